@@ -1,0 +1,117 @@
+"""Typed configuration for every deepmim job.
+
+Recipes (YAML) and command-line overrides are mapped onto these dataclasses by
+`deepmim.config.loader`, which rejects unknown keys and wrong types before any
+work starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class EncoderConfig:
+    """A ViT encoder; names and defaults follow timm's VisionTransformer."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class HeadConfig:
+    """One supervised depth: a decoder reading the output of encoder block `block` (1-based)."""
+
+    block: int = 12
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    weight: float = 1.0
+    # Pass the tapped feature through the encoder's final norm. None: only for the last block
+    # (what the authors do: intermediate taps raw, the last one after the norm).
+    final_norm: Optional[bool] = None
+    # Reconstruction target of this head; None inherits ModelConfig.target.
+    target: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class ModelConfig:
+    """A masked-image-modeling model: encoder + one decoder per supervised depth."""
+
+    preset: Optional[str] = None  # start from a named preset; keys given here override it
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    heads: List[HeadConfig] = field(default_factory=lambda: [HeadConfig()])
+    mask_ratio: float = 0.75
+    target: Dict[str, Any] = field(default_factory=lambda: {"name": "pixel", "norm_pix": True})
+    attn_impl: str = "auto"  # auto | fused | math (auto: fused except bf16 on CPU, see PERFORMANCE.md)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are augmented for pre-training."""
+
+    name: str = "embedded"  # embedded | imagefolder | idx
+    path: Optional[str] = None  # imagefolder root, or folder with MNIST/Fashion-MNIST IDX files
+    split: str = "train"
+    img_size: int = 32
+    num_samples: int = 10000  # embedded dataset only
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    crop_scale_min: float = 0.2  # RandomResizedCrop(scale=(crop_scale_min, 1.0)), bicubic
+    hflip: bool = True
+    strict: bool = False  # fail on the first unreadable image instead of skipping it
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with MAE's lr scaling and schedule."""
+
+    base_lr: float = 1.5e-4  # lr = base_lr * effective_batch / 256
+    lr: Optional[float] = None  # absolute lr; overrides base_lr when set
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_epochs: float = 40.0
+    clip_grad: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    """The shared training loop."""
+
+    epochs: int = 1600
+    batch_size: int = 64  # per process
+    accum_steps: int = 1
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    resume: Optional[str] = None  # None | auto | path to a checkpoint
+    save_every_steps: int = 0  # 0: only at epoch ends
+    save_every_epochs: int = 0  # keep a numbered copy every N epochs (0: never)
+    log_every_steps: int = 10
+    max_steps: Optional[int] = None  # stop early after this many optimizer steps (the schedule is unchanged)
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True  # loss.png and reconstruction.png in output_dir at the end
+
+
+@dataclass
+class PretrainConfig:
+    """`deepmim pretrain`: everything one pre-training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,103 @@
+"""The ViT encoder: timm's VisionTransformer names, MAE masking, taps after any blocks."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from ..config.schema import EncoderConfig
+from .masking import Masking, random_masking
+from .pos_embed import sincos_pos_embed
+
+
+class MaskedViTEncoder(nn.Module):
+    """A ViT whose state dict loads into `timm` VisionTransformer (num_classes=0) as is.
+
+    Only the visible patches go through the blocks. `forward` returns the token
+    sequence (cls + visible patches) after each requested block, before the final norm.
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(f"img_size {cfg.img_size} is not a multiple of patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.grid_size = cfg.img_size // cfg.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid_size), requires_grad=False)
+        norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        self.blocks = nn.Sequential(*[
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_layer=norm_layer)
+            for _ in range(cfg.depth)
+        ])
+        self.norm = norm_layer(cfg.embed_dim)
+        self._init_weights()
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def _init_weights(self) -> None:
+        # MAE's initialisation: xavier on the patch projection as if it were a Linear.
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.blocks.apply(init_linear_and_norm)
+        init_linear_and_norm(self.norm)
+
+    def set_fused_attn(self, enabled: bool) -> None:
+        for block in self.blocks:
+            block.attn.fused_attn = enabled
+
+    def embed(self, images: torch.Tensor, masking: Optional[Masking]) -> torch.Tensor:
+        """Patch tokens + position, masked, with the cls token in front."""
+        x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
+        if masking is not None:
+            x = torch.gather(x, 1, masking.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward(self, images: torch.Tensor, mask_ratio: float = 0.0, noise: Optional[torch.Tensor] = None,
+                taps: Iterable[int] = (), generator: Optional[torch.Generator] = None,
+                ) -> Tuple[Dict[int, torch.Tensor], Optional[Masking]]:
+        """Encode the visible patches; return {block: tokens after that block (1-based)} and the masking.
+
+        mask_ratio 0 and no noise: no masking (all patches, as for downstream tasks).
+        """
+        masking = None
+        if mask_ratio > 0 or noise is not None:
+            masking = random_masking(images.shape[0], self.num_patches, mask_ratio, images.device, noise, generator)
+        taps = sorted(set(taps))
+        if taps and (taps[0] < 1 or taps[-1] > self.depth):
+            raise ValueError(f"taps must be block indices in 1..{self.depth}, got {taps}")
+        x = self.embed(images, masking)
+        outputs: Dict[int, torch.Tensor] = {}
+        last = taps[-1] if taps else self.depth
+        for index, block in enumerate(self.blocks[:last], start=1):
+            x = block(x)
+            if index in taps:
+                outputs[index] = x
+        return outputs, masking
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm, without masking (timm's forward_features)."""
+        outputs, _ = self.forward(images, taps=[self.depth])
+        return self.norm(outputs[self.depth])
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """MAE/timm-style init: xavier-uniform Linear weights, zero biases, unit LayerNorm."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

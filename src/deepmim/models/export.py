@@ -1,0 +1,43 @@
+"""Export the encoder in timm's VisionTransformer layout (safetensors)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from timm.layers import resample_abs_pos_embed
+
+TIMM_NAMES = {  # (embed_dim, depth, patch_size) -> timm model name at 224
+    (192, 12, 16): "vit_tiny_patch16_224",
+    (384, 12, 16): "vit_small_patch16_224",
+    (768, 12, 16): "vit_base_patch16_224",
+    (1024, 24, 16): "vit_large_patch16_224",
+}
+
+
+def encoder_state_dict(model, img_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """The encoder's weights under timm's names; pos_embed resampled to `img_size` if given."""
+    enc = model.encoder
+    state = {k: v.detach().clone().contiguous() for k, v in enc.state_dict().items()}
+    if img_size is not None and img_size != enc.cfg.img_size:
+        grid = img_size // enc.cfg.patch_size
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid], num_prefix_tokens=1).contiguous()
+    return state
+
+
+def timm_model_name(model) -> Optional[str]:
+    c = model.encoder.cfg
+    return TIMM_NAMES.get((c.embed_dim, c.depth, c.patch_size))
+
+
+def export_encoder(model, out_path: Path, img_size: Optional[int] = None) -> Path:
+    from safetensors.torch import save_file
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    c = model.encoder.cfg
+    metadata = {"format": "pt", "img_size": str(img_size or c.img_size), "patch_size": str(c.patch_size),
+                "embed_dim": str(c.embed_dim), "depth": str(c.depth), "num_heads": str(c.num_heads),
+                "timm_model": timm_model_name(model) or ""}
+    save_file(encoder_state_dict(model, img_size), str(out_path), metadata=metadata)
+    return out_path

@@ -1,0 +1,1 @@
+"""Jobs the command line runs: pretrain (finetune, linprobe and segment follow)."""

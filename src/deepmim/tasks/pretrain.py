@@ -1,0 +1,94 @@
+"""`deepmim pretrain`: masked image modeling with deep supervision, end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
+from ..config.schema import PretrainConfig
+from ..models.deepmim import DeepMIM
+from ..models.factory import expand_model_dict
+from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
+from ..training.distributed import cleanup, init_distributed, local_cuda_device
+from ..training.logging import METRICS_FILE, say
+
+
+def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
+    """Recipe + overrides -> a validated PretrainConfig (model presets resolved)."""
+    return load_config(PretrainConfig, recipe, overrides, expand=_expand_preset)
+
+
+def _expand_preset(data: Dict[str, Any]) -> Dict[str, Any]:
+    if isinstance(data.get("model"), dict):
+        data = {**data, "model": expand_model_dict(data["model"])}
+    return data
+
+
+def check_compatible(cfg: PretrainConfig) -> None:
+    """Model/data mismatches that would otherwise surface as a shape error mid-run."""
+    if cfg.data.img_size != cfg.model.encoder.img_size:
+        raise ConfigError(f"data.img_size={cfg.data.img_size} but model.encoder.img_size="
+                          f"{cfg.model.encoder.img_size}; set both to the same value")
+    if len(cfg.data.mean) != cfg.model.encoder.in_chans or len(cfg.data.std) != cfg.model.encoder.in_chans:
+        raise ConfigError("data.mean and data.std need one value per input channel")
+    if cfg.train.accum_steps < 1 or cfg.train.batch_size < 1 or cfg.train.epochs < 1:
+        raise ConfigError("train.batch_size, train.accum_steps and train.epochs must be at least 1")
+    if cfg.train.log_every_steps < 1:
+        raise ConfigError("train.log_every_steps must be at least 1")
+
+
+def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    device = next(model.parameters()).device
+    out = model(batch.images.to(device, non_blocking=True), generator=generator)
+    return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
+
+
+def run_pretrain(cfg: PretrainConfig) -> TrainResult:
+    """Build everything from the config (failing fast on bad input), train, then draw the plots."""
+    from ..data import build_pretrain_loader
+
+    check_compatible(cfg)
+    device = local_cuda_device(resolve_device(cfg.train.device))
+    rank, world_size = init_distributed(device)
+    precision = resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)
+    model = DeepMIM(cfg.model).to(device)
+    model.set_fused_attn(use_fused_attention(cfg.model.attn_impl, device, precision))
+    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size)
+    ddp_model = None
+    if world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                              else None)
+    output_dir = Path(cfg.train.output_dir)
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
+        n_params = sum(p.numel() for p in model.parameters())
+        say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
+            f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
+            f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+    trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
+                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], ddp_model=ddp_model)
+    try:
+        result = trainer.fit()
+        if rank == 0 and cfg.train.plots:
+            write_plots(model, cfg, output_dir)
+    finally:
+        cleanup()
+    return result
+
+
+def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images: int = 8) -> None:
+    """loss.png from the run's log; reconstruction.png for fixed images under a fixed mask."""
+    from ..analysis.plots import plot_loss_curves, plot_reconstructions, reconstruction_grid
+    from ..data import build_preview_images
+
+    plot_loss_curves(output_dir / METRICS_FILE, output_dir / "loss.png")
+    images = build_preview_images(cfg.data, n_images).to(next(model.parameters()).device)
+    noise = torch.rand(images.shape[0], model.encoder.num_patches, generator=torch.Generator().manual_seed(0))
+    rows = reconstruction_grid(model.float(), images, noise, cfg.data.mean, cfg.data.std)
+    plot_reconstructions(rows, output_dir / "reconstruction.png")
+    say(f"wrote {output_dir / 'loss.png'} and {output_dir / 'reconstruction.png'}")
+

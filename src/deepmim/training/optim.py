@@ -1,0 +1,20 @@
+"""AdamW as MAE sets it up: no weight decay on biases, norms, tokens and position embeddings;
+lr scaled linearly with the effective batch."""
+from __future__ import annotations
+
+import torch
+from timm.optim import param_groups_weight_decay
+
+from ..config.schema import OptimConfig
+
+
+def scaled_lr(cfg: OptimConfig, effective_batch: int) -> float:
+    """MAE's rule: lr = base_lr * effective_batch / 256, unless an absolute lr is given."""
+    return cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256
+
+
+def build_adamw(model: torch.nn.Module, cfg: OptimConfig, lr: float, device: torch.device) -> torch.optim.AdamW:
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else []
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
+    kwargs = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **kwargs)
