@@ -45,7 +45,7 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 
 
 def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=100)
 
 
 def _unknown_key_message(full_key: str, key: str, names: List[str]) -> str:

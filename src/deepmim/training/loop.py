@@ -148,9 +148,10 @@ class Trainer:
             if micro >= end_micro:
                 break
             self.skipped_images += getattr(batch, "num_skipped", 0)
-            metrics, n_images = self.micro_step(batch, micro, epoch)
-            window.add(metrics, n_images)
-            epoch_sums.add(metrics, n_images)
+            if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
+                metrics, n_images = self.micro_step(batch, micro, epoch)
+                window.add(metrics, n_images)
+                epoch_sums.add(metrics, n_images)
             micro += 1
             if micro % accum:
                 continue
@@ -189,8 +190,9 @@ class Trainer:
         if self.optim_cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if any(p.grad is not None for p in self.model.parameters()):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 

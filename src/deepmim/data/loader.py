@@ -1,0 +1,259 @@
+"""Reproducible, resumable pre-training data pipeline.
+
+Two properties make a run restartable bit-for-bit and independent of worker count:
+- the sample order depends only on (seed, epoch) and can start at any batch of an epoch
+  (`ResumableSampler.set_start`), without loading the skipped samples;
+- the augmentation of a sample depends only on (seed, epoch, index)
+  (`SeededAugmentation`), not on which worker drew it or what it drew before.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from deepmim.config.schema import DataConfig
+from deepmim.data.embedded import EmbeddedShapes
+from deepmim.data.errors import DataError
+from deepmim.data.folder import ImageFolder
+from deepmim.data.idx import IdxDataset
+from deepmim.data.transforms import build_pretrain_transform
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAMES = ("embedded", "imagefolder", "idx")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers, e.g. (seed, epoch, index); order matters."""
+    state = 0
+    for value in values:
+        state = _splitmix64(state ^ (int(value) & _MASK64))
+    return state >> 1
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a dataset of (uint8 image, label) so that `transform` randomness depends only on
+    (seed, epoch, index). The global CPU RNG is forked, so callers' RNG state is untouched.
+
+    The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
+    DataLoader workers too. `None` items (unreadable files) pass through as `None`.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int):
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int]]:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        image, label = item[0], item[1]
+        with torch.random.fork_rng(devices=[]):
+            # CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA RNGs.
+            torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, index))
+            image = self.transform(image)
+        return image, label
+
+
+class ResumableSampler(Sampler[int]):
+    """Per-epoch order from a generator seeded with (seed, epoch), sharded over ranks.
+
+    Like DistributedSampler, rank r takes positions r, r + world_size, ... of the epoch
+    order, so ranks are disjoint and equally long: drop_last=True drops the tail that does
+    not split evenly, drop_last=False pads by repeating the start of the order.
+    `set_start(k, batch_size)` skips this rank's first k batches of the current epoch (to
+    resume mid-epoch); `set_epoch` resets it to 0. `len()` counts what `iter()` yields (the
+    remainder after `set_start`); `samples_per_epoch` is the full per-rank epoch length.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if num_samples < 1:
+            raise DataError("cannot sample from an empty dataset")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        if drop_last:
+            self.samples_per_epoch = self.num_samples // world_size
+        else:
+            self.samples_per_epoch = math.ceil(self.num_samples / world_size)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.start = 0
+
+    def set_start(self, batch_index: int, batch_size: int) -> None:
+        """Begin the current epoch at this rank's batch `batch_index` (0 = from the start)."""
+        start = int(batch_index) * int(batch_size)
+        if batch_index < 0 or batch_size < 1 or start > self.samples_per_epoch:
+            raise ValueError(
+                f"cannot start at batch {batch_index} of size {batch_size}: "
+                f"an epoch has {self.samples_per_epoch} samples on this rank"
+            )
+        self.start = start
+
+    def epoch_order(self) -> List[int]:
+        """All of this rank's indices for the current epoch, ignoring `set_start`."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        total = self.samples_per_epoch * self.world_size
+        if total > len(order):
+            order = (order * math.ceil(total / len(order)))[:total]
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch - self.start
+
+
+class Batch(NamedTuple):
+    """A collated batch; `num_skipped` counts unreadable samples dropped from it."""
+
+    images: torch.Tensor  # float (N, 3, H, W); N == 0 when every sample was unreadable
+    labels: torch.Tensor  # int64 (N,)
+    num_skipped: int
+
+
+def collate_skip_broken(batch: Sequence[Optional[Tuple[torch.Tensor, int]]]) -> Batch:
+    """Stack (image, label) items, dropping `None` (unreadable) ones and counting them."""
+    items = [item for item in batch if item is not None]
+    num_skipped = len(batch) - len(items)
+    if not items:
+        return Batch(torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64), num_skipped)
+    images = default_collate([image for image, _ in items])  # shared memory inside workers
+    labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)
+    return Batch(images, labels, num_skipped)
+
+
+def validate_data_config(cfg: DataConfig) -> None:
+    """Reject unusable data settings before anything is loaded or built."""
+    if cfg.name not in DATASET_NAMES:
+        raise DataError(f"unknown data.name '{cfg.name}'; choose one of: {', '.join(DATASET_NAMES)}")
+    if cfg.name != "embedded" and not cfg.path:
+        hint = (
+            "an ImageNet-style folder (root/train/<class>/*.jpg)"
+            if cfg.name == "imagefolder"
+            else "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"
+        )
+        raise DataError(f"data.path is required for data.name='{cfg.name}'; set data.path to {hint}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or any(s <= 0 for s in cfg.std):
+        raise DataError(f"data.mean and data.std need 3 values with std > 0, got mean={cfg.mean}, std={cfg.std}")
+    if not 0.0 < cfg.crop_scale_min <= 1.0:
+        raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+    if cfg.num_workers < 0:
+        raise DataError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+
+
+def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
+    """The raw dataset named by `cfg` (items: uint8 (3, H, W) image and int label, or None)."""
+    validate_data_config(cfg)
+    split = split or cfg.split
+    if cfg.name == "embedded":
+        if cfg.path:
+            logger.warning("data.path '%s' is ignored for data.name='embedded'", cfg.path)
+        return EmbeddedShapes(cfg.num_samples, img_size=cfg.img_size, split=split)
+    path = os.path.expanduser(cfg.path)
+    if cfg.name == "imagefolder":
+        return ImageFolder(path, split=split, strict=cfg.strict)
+    return IdxDataset(path, split=split)
+
+
+class PretrainLoader(DataLoader):
+    """A DataLoader over SeededAugmentation + ResumableSampler, with one call per epoch.
+
+    `.dataset` is the SeededAugmentation, `.sampler` the ResumableSampler,
+    `.raw_dataset` the uint8 dataset underneath. Batches are `Batch` tuples.
+    """
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Call before iterating epoch `epoch`; `start_batch` > 0 resumes mid-epoch."""
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        if start_batch:
+            self.sampler.set_start(start_batch, self.batch_size)
+
+    @property
+    def raw_dataset(self) -> Dataset:
+        return self.dataset.dataset
+
+
+def build_pretrain_loader(
+    cfg: DataConfig,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+) -> PretrainLoader:
+    """The pre-training loader for `cfg.split`; call `loader.set_epoch(e)` before each epoch."""
+    validate_data_config(cfg)
+    if batch_size < 1:
+        raise DataError(f"batch size must be positive, got {batch_size}")
+    raw = build_dataset(cfg)
+    transform = build_pretrain_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_scale_min, cfg.hflip)
+    dataset = SeededAugmentation(raw, transform, seed)
+    sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)
+    if drop_last and sampler.samples_per_epoch < batch_size:
+        raise DataError(
+            f"the dataset has {len(raw)} samples ({sampler.samples_per_epoch} per process), fewer than one "
+            f"batch of {batch_size}; lower the batch size or use more data"
+            + (" (data.num_samples)" if cfg.name == "embedded" else "")
+        )
+    workers = cfg.num_workers
+    return PretrainLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skip_broken,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+        # Own generator: creating iterators must not consume the global RNG (the training
+        # loop's mask sampling would otherwise depend on how often a loader was iterated).
+        generator=torch.Generator().manual_seed(mix_seed(seed, 0x10AD)),
+    )

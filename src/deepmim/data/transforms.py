@@ -1,0 +1,134 @@
+"""Image transforms on uint8 (3, H, W) tensors.
+
+The pre-training augmentation is the MAE authors' recipe: RandomResizedCrop(scale=(0.2, 1),
+ratio=(3/4, 4/3), bicubic) + horizontal flip, then normalise. It follows
+torchvision.transforms.v2.RandomResizedCrop's sampling algorithm and uses its kernel
+(`v2.functional.resized_crop`, antialiased), but draws all random numbers in one call and
+fuses uint8->float with normalisation: ~0.1 ms instead of ~0.65 ms per 32x32 image with a
+v2.Compose, which would otherwise cap a CPU core at ~1.5k images/s.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+_CROP_TRIES = 10  # as torchvision
+
+
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: Tuple[float, float],
+    ratio: Tuple[float, float],
+    uniforms: List[float],
+) -> Tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, h, w) from 4 * 10 uniforms in [0, 1)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(_CROP_TRIES):
+        u_area, u_ratio, u_top, u_left = uniforms[4 * attempt : 4 * attempt + 4]
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u_ratio)
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(u_top * (height - h + 1)), int(u_left * (width - w + 1)), h, w
+    # Fallback (as torchvision): central crop with the aspect ratio clamped into range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class NormalizeUint8:
+    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std in one fused multiply-add."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(torch.float32).mul_(self.scale).add_(self.shift)
+
+
+class PretrainTransform:
+    """uint8 (3, H, W) -> normalised float (3, img_size, img_size): random resized crop + flip."""
+
+    def __init__(
+        self,
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_scale_min: float = 0.2,
+        hflip: bool = True,
+        ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    ):
+        self.size = [int(img_size), int(img_size)]
+        self.scale = (float(crop_scale_min), 1.0)
+        self.ratio = ratio
+        self.hflip = hflip
+        self.normalize = NormalizeUint8(mean, std)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        uniforms = torch.rand(4 * _CROP_TRIES + 1, dtype=torch.float64).tolist()  # global CPU RNG
+        top, left, h, w = sample_crop_box(image.shape[-2], image.shape[-1], self.scale, self.ratio, uniforms)
+        image = F.resized_crop(image, top, left, h, w, self.size, InterpolationMode.BICUBIC, antialias=True)
+        if self.hflip and uniforms[-1] < 0.5:
+            image = image.flip(-1)
+        return self.normalize(image)
+
+    def __repr__(self) -> str:
+        return (
+            f"PretrainTransform(size={self.size[0]}, scale={self.scale}, ratio={self.ratio}, "
+            f"bicubic+antialias, hflip={self.hflip})"
+        )
+
+
+def build_pretrain_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale_min: float = 0.2,
+    hflip: bool = True,
+) -> PretrainTransform:
+    """The MAE pre-training augmentation (randomness from the global CPU torch RNG)."""
+    return PretrainTransform(img_size, mean, std, crop_scale_min, hflip)
+
+
+def build_eval_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_ratio: float = 1.0,
+) -> v2.Compose:
+    """Deterministic: resize the short side to img_size / crop_ratio, centre-crop img_size, normalise.
+
+    crop_ratio=1.0 (default) just resizes to img_size (square inputs stay whole);
+    0.875 is the usual ImageNet evaluation (resize 256, crop 224).
+    """
+    resize_to = int(round(img_size / crop_ratio))
+    return v2.Compose(
+        [
+            v2.Resize(resize_to, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(img_size),
+            NormalizeUint8(mean, std),
+        ]
+    )
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo normalisation for plotting: (..., 3, H, W) float -> same shape in [0, 1] (clamped)."""
+    mean_t = torch.as_tensor(list(mean), dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std_t = torch.as_tensor(list(std), dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * std_t + mean_t).clamp_(0.0, 1.0)
