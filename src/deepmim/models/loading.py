@@ -5,6 +5,7 @@ shape that differs is reported by name, never silently dropped.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -12,6 +13,7 @@ import torch
 
 from ..config.loader import from_dict
 from ..config.schema import ModelConfig
+from .convert import convert_state_dict
 
 
 class CheckpointError(RuntimeError):
@@ -34,19 +36,10 @@ def read_state_file(path: str | Path) -> dict:
 
 def extract_state_dict(obj: dict) -> Dict[str, torch.Tensor]:
     """The weights inside a checkpoint dict (under 'model', 'state_dict' or at the top)."""
-    for key in ("model", "state_dict", "model_state"):
+    for key in ("model", "state_dict", "model_state", "module"):
         if key in obj and isinstance(obj[key], dict):
             return obj[key]
     return obj
-
-
-def to_model_keys(state: Dict[str, torch.Tensor], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Map a bare timm/MAE encoder state dict (patch_embed.*, blocks.*) onto `encoder.*`."""
-    own = model.state_dict()
-    if any(k in own for k in state):
-        return state
-    mapped = {f"encoder.{k}": v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
-    return mapped if any(k in own for k in mapped) else state
 
 
 def compare_state_dicts(own: Dict[str, torch.Tensor], incoming: Dict[str, torch.Tensor]
@@ -58,15 +51,26 @@ def compare_state_dicts(own: Dict[str, torch.Tensor], incoming: Dict[str, torch.
     return missing, unexpected, mismatched
 
 
-def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True,
-                 allow_missing_prefixes: Tuple[str, ...] = ()) -> List[str]:
-    """Load into `model`; raise CheckpointError naming every problem. Returns the missing keys
-    that were allowed (e.g. decoders when loading an encoder-only file with allow_missing_prefixes=('decoders.',))."""
+def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> List[str]:
+    """Load a checkpoint of any supported layout (see models/convert.py) into `model`.
+
+    Raises CheckpointError naming every unknown key, missing key and shape mismatch. A file with
+    encoder weights only (MAE's encoder release, timm ViT weights) loads the encoder and leaves the
+    decoders at their initialisation; the returned notes say so."""
     obj = read_state_file(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
-    state = to_model_keys(extract_state_dict(obj), model)
-    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), state)
-    allowed = [k for k in missing if k.startswith(allow_missing_prefixes)] if allow_missing_prefixes else []
-    missing = [k for k in missing if k not in allowed]
+    blocks = sorted(int(b) for b in getattr(model, "decoders", {}))
+    try:
+        state, notes = convert_state_dict(extract_state_dict(obj), blocks)
+    except KeyError as err:
+        raise CheckpointError(str(err.args[0])) from err
+    own = model.state_dict()
+    missing, unexpected, mismatched = compare_state_dicts(own, state)
+    if missing and not any(k.startswith("decoders.") for k in state):
+        decoder_keys = [k for k in missing if k.startswith("decoders.")]
+        if decoder_keys:
+            notes.append(f"the file holds no decoder weights: {len(decoder_keys)} decoder tensors keep their "
+                         f"initialisation")
+            missing = [k for k in missing if not k.startswith("decoders.")]
     problems = []
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched))
@@ -77,7 +81,9 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True,
     if problems:
         raise CheckpointError("checkpoint does not fit the model:\n  " + "\n  ".join(problems))
     model.load_state_dict(state, strict=False)
-    return allowed
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return notes
 
 
 def config_from_checkpoint(obj: dict) -> Optional[ModelConfig]:

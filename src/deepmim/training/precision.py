@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import ContextManager
 
 import torch
@@ -22,11 +23,15 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 where the hardware has it, else fp16 on CUDA, else fp32."""
+    """auto: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or
+    AMX), fp16 on older CUDA GPUs, fp32 otherwise (e.g. AVX2-only CPUs, where bf16 is emulated)."""
     if name not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, got {name!r}")
     if name == "fp16" and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs CUDA; on a CPU use bf16 or fp32")
+    if name == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        warnings.warn("train.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated and "
+                      "far slower than fp32 here; use train.precision=auto", stacklevel=2)
     if name != "auto":
         return name
     if device.type == "cuda":
