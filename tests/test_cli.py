@@ -1,0 +1,54 @@
+import subprocess
+import sys
+
+import pytest
+
+from deepmim.cli.main import main
+from deepmim.config.loader import list_recipes
+
+
+def test_help_teaches_the_tool(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for needle in ("pretrain", "recipes", "export", "key=value", "train.resume=auto", "torchrun"):
+        assert needle in text
+
+
+def test_recipes_lists_every_bundled_recipe_with_a_description(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(list_recipes())
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+    assert any(line.startswith("demo ") for line in lines)
+
+
+def test_presets_lists_names(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "deepmim_pixel_vit_base" in out and "6:4x512" in out and "12:8x512" in out
+
+
+def test_print_config_shows_resolved_values(capsys):
+    assert main(["pretrain", "--config", "demo", "train.epochs=3", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "preset: deepmim_pixel_vit_micro_p4_32" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train.epohcs=3"], "Did you mean 'epochs'"),
+    (["data.name=imagefolder"], "data.path is required"),
+    (["data.name=imagefolder", "data.path=/no/such/folder"], "/no/such/folder"),
+    (["data.img_size=64"], "data.img_size=64 but model.encoder.img_size=32"),
+    (["train.resume=/no/such.pt"], "no such checkpoint"),
+])
+def test_bad_input_exits_2_with_a_message_before_any_work(tmp_path, capsys, args, message):
+    code = main(["pretrain", "--config", "demo", f"train.output_dir={tmp_path / 'run'}", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint-last.pt").exists()
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "deepmim", "recipes"], capture_output=True, text=True, check=True)
+    assert "demo" in out.stdout
