@@ -22,7 +22,7 @@ class AuthorsLayoutModel(nn.Module):
     decoder_pos_embed; predictions for every token, cls dropped before the loss. `k_names` empty
     gives MAE's single-decoder names."""
 
-    def __init__(self, img=16, patch=4, dim=32, depth=4, heads=2, dec_dim=32, dec_depth=1, out_dim=48,
+    def __init__(self, img=16, patch=4, dim=32, depth=4, heads=2, dec_dim=32, dec_depth=1, out_dim=48, dec_heads=2,
                  taps=(2,), numbered=True):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
@@ -38,7 +38,7 @@ class AuthorsLayoutModel(nn.Module):
             setattr(self, f"decoder_embed{s}", nn.Linear(dim, dec_dim))
             setattr(self, f"mask_token{s}", nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02))
             setattr(self, f"decoder_blocks{s}", nn.ModuleList(
-                [Block(dec_dim, heads, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(dec_depth)]))
+                [Block(dec_dim, dec_heads, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(dec_depth)]))
             setattr(self, f"decoder_norm{s}", norm(dec_dim))
             setattr(self, f"decoder_pred{s}", nn.Linear(dec_dim, out_dim))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(dec_dim, img // patch), requires_grad=False)

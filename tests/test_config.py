@@ -70,3 +70,19 @@ def test_recipe_file_path_works(tmp_path):
     path.write_text("model:\n  preset: mae_vit_micro_p4_32\ntrain:\n  epochs: 2\n")
     cfg = load_pretrain_config(str(path), ["train.batch_size=8"])
     assert cfg.train.epochs == 2 and cfg.train.batch_size == 8 and len(cfg.model.heads) == 1
+
+
+def test_a_different_target_replaces_the_presets_options():
+    cfg = load_pretrain_config("demo", ["model.target={name: hog, cell_size: 4}"])
+    assert cfg.model.target["name"] == "hog" and "norm_pix" not in cfg.model.target
+    # hog undoes the input normalisation: it receives data.mean/std
+    assert cfg.model.target["mean"] == cfg.data.mean
+
+
+def test_target_normalisation_follows_data_unless_set():
+    cfg = load_pretrain_config("demo", ["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]",
+                                        "model.target={name: hog, cell_size: 4}",
+                                        "model.heads.0.target={name: hog, cell_size: 4, mean: [0, 0, 0]}"])
+    assert cfg.model.target["mean"] == [0.5, 0.5, 0.5] and cfg.model.target["std"] == [0.25, 0.25, 0.25]
+    assert cfg.model.heads[0].target["mean"] == [0, 0, 0]
+    assert cfg.model.heads[0].target["std"] == [0.25, 0.25, 0.25]

@@ -15,7 +15,11 @@ def expand_model_dict(data: Dict[str, Any]) -> Dict[str, Any]:
     preset = data.get("preset")
     if not preset:
         return data
-    return deep_merge(dataclasses.asdict(preset_config(preset)), data)
+    base = dataclasses.asdict(preset_config(preset))
+    target = data.get("target")
+    if isinstance(target, dict) and target.get("name", base["target"]["name"]) != base["target"]["name"]:
+        base["target"] = {}  # another kind of target: the preset's options do not apply
+    return deep_merge(base, data)
 
 
 def resolve_model_config(spec: Union[str, ModelConfig, Dict[str, Any]]) -> ModelConfig:

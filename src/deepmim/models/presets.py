@@ -44,18 +44,40 @@ def _paper(size: str, deep: bool) -> ModelConfig:
     return _mim(_vit(size, 224, 16), deep, final, extra)
 
 
+def _hog(cfg: ModelConfig) -> ModelConfig:
+    """MaskFeat's HOG target (9 bins, 8x8 cells) in place of pixels."""
+    cfg.target = {"name": "hog", "orientations": 9, "cell_size": 8}
+    return cfg
+
+
 def _cpu(size: str, img_size: int, deep: bool) -> ModelConfig:
-    """Patch-4 models for 32x32 / 28x28 images. The decoders see every patch, so they dominate the
-    cost: keep them light (128 wide; 2 blocks final, 1 block extra, the paper's 2:1 depth ratio)."""
-    final = HeadConfig(decoder_dim=128, decoder_depth=2, decoder_heads=4)
-    extra = HeadConfig(decoder_dim=128, decoder_depth=1, decoder_heads=4)
+    """Patch-4 models for 32x32 / 28x28 images. The decoders see every patch (4x the encoder's
+    tokens), so they dominate the cost: keep them light (64 wide; 2 blocks final, 1 block extra,
+    the paper's 2:1 depth ratio)."""
+    final = HeadConfig(decoder_dim=64, decoder_depth=2, decoder_heads=2)
+    extra = HeadConfig(decoder_dim=64, decoder_depth=1, decoder_heads=2)
     return _mim(_vit(size, img_size, 4), deep, final, extra)
+
+
+def _clip(size: str, deep: bool) -> ModelConfig:
+    """The released DeepMIM-CLIP model (deep=True): 4-block 512-wide decoders on blocks 6/8/10/12,
+    each predicting the 512-d tokens of a frozen OpenAI CLIP ViT-B/16 (2 - 2cos loss). deep=False:
+    MAE-CLIP, the same target on the last block only. Set target.path to the CLIP weights to train."""
+    width = 512 if size in ("base", "large") else 256
+    head = HeadConfig(decoder_dim=width, decoder_depth=4, decoder_heads=16 if width == 512 else 8)
+    cfg = _mim(_vit(size, 224, 16), deep, head, head)
+    cfg.target = {"name": "teacher", "kind": "openai_clip", "path": None, "dim": 512, "loss": "cosine"}
+    return cfg
 
 
 PRESETS: Dict[str, Callable[[], ModelConfig]] = {}
 for _size in ("tiny", "small", "base", "large"):
     PRESETS[f"mae_vit_{_size}"] = lambda s=_size: _paper(s, deep=False)
     PRESETS[f"deepmim_pixel_vit_{_size}"] = lambda s=_size: _paper(s, deep=True)
+    PRESETS[f"mae_clip_vit_{_size}"] = lambda s=_size: _clip(s, deep=False)
+    PRESETS[f"deepmim_clip_vit_{_size}"] = lambda s=_size: _clip(s, deep=True)
+    PRESETS[f"mae_hog_vit_{_size}"] = lambda s=_size: _hog(_paper(s, deep=False))
+    PRESETS[f"deepmim_hog_vit_{_size}"] = lambda s=_size: _hog(_paper(s, deep=True))
 for _size in ("micro", "tiny"):
     for _img in (32, 28):
         PRESETS[f"mae_vit_{_size}_p4_{_img}"] = lambda s=_size, i=_img: _cpu(s, i, deep=False)

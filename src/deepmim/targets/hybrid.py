@@ -59,8 +59,8 @@ class FrozenReconstructor(nn.Module):
                                   f"{final.block}); an encoder-only file cannot reconstruct")
         own = self.model.state_dict()
         load_weights(self.model, {k: v for k, v in state.items() if k in own})
-        self.model.requires_grad_(False)
-        self.model.eval()
+        self.requires_grad_(False)
+        self.eval()
         self._last = None
 
     def train(self, mode: bool = True) -> "FrozenReconstructor":

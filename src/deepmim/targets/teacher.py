@@ -36,6 +36,9 @@ class TeacherConfig:
     # the checkpoint's data config (else ImageNet's) for deepmim.
     teacher_mean: Optional[List[float]] = None
     teacher_std: Optional[List[float]] = None
+    # The teacher's feature width. With it, a model builds without the teacher file (to load,
+    # inspect or export weights); training then asks for `path`. Checked against the file when both are given.
+    dim: Optional[int] = None
 
 
 @register_target("teacher")
@@ -46,7 +49,14 @@ class TeacherTarget(Target):
         super().__init__(cfg, patch_size, in_chans)
         if cfg.loss not in LOSSES:
             raise ConfigError(f"teacher target: loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+        if cfg.path is None and cfg.dim is not None:
+            self.net = None  # weights-only use of the model: no teacher needed until training
+            self.eval()
+            return
         self.net, default_mean, default_std = load_teacher(cfg)
+        if cfg.dim is not None and cfg.dim != self.net.out_dim:
+            raise ConfigError(f"teacher target: dim={cfg.dim} but the teacher in {cfg.path} gives "
+                              f"{self.net.out_dim}-d features")
         teacher_mean = cfg.teacher_mean or default_mean
         teacher_std = cfg.teacher_std or default_std
         teacher_chans = self.net.in_chans
@@ -56,19 +66,21 @@ class TeacherTarget(Target):
                                 ("teacher_mean", teacher_mean, teacher_chans), ("teacher_std", teacher_std, teacher_chans)):
             if len(values) != n:
                 raise ConfigError(f"teacher target: {name} needs {n} values, got {list(values)}")
-        for name, values in (("mean", cfg.mean), ("std", cfg.std), ("teacher_mean", teacher_mean),
-                             ("teacher_std", teacher_std)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.eval()
 
     @property
     def dim(self) -> int:
-        return self.net.out_dim
+        return self.net.out_dim if self.net is not None else self.cfg.dim
 
     def train(self, mode: bool = True) -> "TeacherTarget":
         return super().train(False)  # a frozen teacher stays in eval mode
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masking: Optional[Masking] = None) -> torch.Tensor:
+        if self.net is None:
+            raise ConfigError("teacher target: no teacher weights loaded; set the target's path to the teacher's "
+                              "weights file (e.g. model.target.path=/weights/clip_vit_b16.pt)")
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         size = self.net.input_size_for(grid)
         pixels = images.float() * self.std.float() + self.mean.float()

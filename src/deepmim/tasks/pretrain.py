@@ -18,13 +18,29 @@ from ..training.logging import METRICS_FILE, say
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
     """Recipe + overrides -> a validated PretrainConfig (model presets resolved)."""
-    return load_config(PretrainConfig, recipe, overrides, expand=_expand_preset)
+    cfg = load_config(PretrainConfig, recipe, overrides, expand=_expand_preset)
+    fill_target_normalisation(cfg)
+    return cfg
 
 
 def _expand_preset(data: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(data.get("model"), dict):
         data = {**data, "model": expand_model_dict(data["model"])}
     return data
+
+
+def fill_target_normalisation(cfg: PretrainConfig) -> None:
+    """Targets that need the raw pixels (hog, teacher) undo the input normalisation: give them
+    data.mean/std unless the recipe set their own."""
+    from ..targets import TARGETS
+
+    specs = [cfg.model.target] + [h.target for h in cfg.model.heads if h.target is not None]
+    for spec in specs:
+        target_cls = TARGETS.get(spec.get("name"))
+        fields = getattr(getattr(target_cls, "Config", None), "__dataclass_fields__", {})
+        for key, value in (("mean", cfg.data.mean), ("std", cfg.data.std)):
+            if key in fields and key not in spec:
+                spec[key] = list(value)
 
 
 def check_compatible(cfg: PretrainConfig) -> None:
@@ -36,6 +52,11 @@ def check_compatible(cfg: PretrainConfig) -> None:
         raise ConfigError("data.mean and data.std need one value per input channel")
     if cfg.train.accum_steps < 1 or cfg.train.batch_size < 1 or cfg.train.epochs < 1:
         raise ConfigError("train.batch_size, train.accum_steps and train.epochs must be at least 1")
+    for i, spec in enumerate([cfg.model.target] + [h.target for h in cfg.model.heads]):
+        if spec and spec.get("name") in ("teacher", "hybrid") and not spec.get("path"):
+            where = "model.target" if i == 0 else f"model.heads.{i - 1}.target"
+            raise ConfigError(f"{where}.path is not set: the {spec['name']} target needs the weights of its frozen "
+                              f"model (e.g. {where}.path=/weights/clip_vit_b16.pt)")
     if cfg.train.log_every_steps < 1:
         raise ConfigError("train.log_every_steps must be at least 1")
 

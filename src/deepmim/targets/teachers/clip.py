@@ -31,7 +31,7 @@ def visual_weights(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def load_clip(path: str, quick_gelu: bool, num_heads: Optional[int] = None
-              ) -> Tuple[VisionTransformer, torch.Tensor]:
+              ) -> Tuple[VisionTransformer, Optional[torch.Tensor]]:
     try:
         state = visual_weights(read_weights(path))
     except CheckpointError as err:
@@ -47,7 +47,8 @@ def load_clip(path: str, quick_gelu: bool, num_heads: Optional[int] = None
         pre_norm=True, norm_layer=partial(nn.LayerNorm, eps=1e-5),
         act_layer="quick_gelu" if quick_gelu else "gelu")
     timm_state = _convert_openai_clip({f"visual.{k}": v for k, v in state.items()}, vit)
-    proj = timm_state.pop("head.weight").t().contiguous()  # (width, out): tokens @ proj
-    timm_state.pop("head.bias")
+    proj = timm_state.pop("head.weight", None)  # CLIP's image projection, as timm's head
+    proj = proj.t().contiguous() if proj is not None else None  # (width, out): tokens @ proj
+    timm_state.pop("head.bias", None)
     load_strict(vit, timm_state)
     return vit, proj
