@@ -1,0 +1,255 @@
+"""Throughput of full DeepMIM pre-training steps (forward + backward + AdamW) on random input.
+
+Reports images/s, ms/step, GFLOP/s against the matmul peak measured in the same process, and
+peak memory. `--compare` also runs the authors' CPU behaviour (fp32, unfused attention) in the
+same process, interleaved step by step with the chosen mode, and prints the speed-up and the loss
+difference on the same batch and mask: the shared CPU machines' speed drifts 15-25% between
+processes, so only same-process ratios are meaningful.
+
+    python benchmarks/pretrain_throughput.py --preset deepmim_pixel_vit_micro_p4_32 --batch-size 128
+    python benchmarks/pretrain_throughput.py --preset deepmim_pixel_vit_base --batch-size 8 \\
+        --steps 3 --warmup 1 --compare --json vitb.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+from typing import Dict
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from deepmim import create_model
+from deepmim.config.schema import OptimConfig
+from deepmim.training.optim import build_adamw, scaled_lr
+from deepmim.training.precision import autocast, resolve_device, resolve_precision, use_fused_attention
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="deepmim_pixel_vit_micro_p4_32", help="model preset (`deepmim presets`)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 where the hardware has it (as training does)")
+    p.add_argument("--attn", default="auto", choices=["auto", "fused", "math"],
+                   help="fused: SDPA; math: plain matmul attention; auto: math for bf16 on CPU, else fused")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernel selection)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--compare", action="store_true",
+                   help="also time fp32 + math attention (the authors' CPU behaviour), interleaved with the "
+                        "chosen mode in this process, and report the speed-up and relative loss difference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
+    args = p.parse_args()
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        p.error("need --steps >= 1, --warmup >= 0 and --batch-size >= 1")
+    return args
+
+
+def sync(device: torch.device) -> None:
+    """CUDA kernels run asynchronously: without this we would time the launches, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_matmul(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    a @ b
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 5, max_product_s: float = 1.5) -> Dict:
+    """Best-of-`reps` GFLOP/s of a square matmul: the ceiling the model's matmuls can reach here.
+
+    Aims at 2048^3 (8192^3 on CUDA), growing n from 256, but stops early when one product of the next
+    size would take over `max_product_s`: a CPU without bf16 hardware runs bf16 at ~1 GFLOP/s, where one
+    2048^3 product takes a quarter of a minute.
+    """
+    target = 8192 if device.type == "cuda" else 2048
+    n = 256
+    while True:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up: kernel choice, page faults
+        t = _time_matmul(a, b, device)
+        if n >= target or 8 * t > max_product_s:
+            break
+        n *= 2
+    best = min([t] + [_time_matmul(a, b, device) for _ in range(reps - 1)])
+    return {"gflop_per_s": 2 * n ** 3 / best / 1e9, "n": n}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Per-step peaks, so that each mode gets its own: on Linux, writing 5 to clear_refs resets the
+    RSS high-water that getrusage reports."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # then the CPU figure is the process high-water so far
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+def train_step(model, optimizer, scaler, images, noise, device, precision) -> Dict[int, float]:
+    """One step exactly as the trainer does it; returns the per-head losses (a host sync)."""
+    with autocast(device, precision):
+        out = model(images, noise=noise)
+    scaler.scale(out.loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return {"total": out.loss.item(), **{b: v.item() for b, v in out.losses.items()}}
+
+
+def count_step_flops(model, images, noise, device, precision) -> int:
+    """FLOPs of forward + backward of one step, counted once (the AdamW update is not matmul work).
+
+    Counted with math attention: FlopCounterMode has no formula for CPU flash SDPA and would skip it.
+    """
+    model.set_fused_attn(False)
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device, precision):
+            loss = model(images, noise=noise).loss
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def first_losses(model, images, noise, device, precision, fused) -> Dict:
+    """Losses of one mode on the initial weights: every mode sees the same weights, batch and mask."""
+    model.set_fused_attn(fused)
+    with torch.no_grad(), autocast(device, precision):
+        out = model(images, noise=noise)
+    return {"total": out.loss.item(), **{b: v.item() for b, v in out.losses.items()}}
+
+
+def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
+    """Time `args.steps` training steps of every mode, interleaved (A B, then B A, ...).
+
+    Interleaving matters on a shared, noisy machine: a burst of load from another process then
+    slows every mode alike instead of one of them, so their ratio stays meaningful. All modes
+    train the same model and optimizer; a step costs the same whatever the weights are.
+    """
+    optimizer = build_adamw(model, OptimConfig(), scaled_lr(OptimConfig(), len(images)), device)
+    scalers = {m["name"]: torch.amp.GradScaler(device.type, enabled=m["precision"] == "fp16") for m in modes}
+    times = {m["name"]: [] for m in modes}
+    memory = {m["name"]: 0.0 for m in modes}
+    for i in range(args.warmup + args.steps):
+        for mode in (modes if i % 2 == 0 else modes[::-1]):
+            model.set_fused_attn(mode["fused"])
+            reset_peak_memory(device)
+            sync(device)
+            t0 = time.perf_counter()
+            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"])
+            sync(device)
+            if i >= args.warmup:
+                times[mode["name"]].append(time.perf_counter() - t0)
+            memory[mode["name"]] = max(memory[mode["name"]], peak_memory_gib(device))
+    return {m["name"]: summarize(times[m["name"]], len(images), m, memory[m["name"]]) for m in modes}
+
+
+def summarize(times, batch: int, mode: dict, peak_mem_gib: float) -> dict:
+    median = statistics.median(times)
+    return {"precision": mode["precision"], "attn": "fused" if mode["fused"] else "math",
+            "median_s_per_step": median, "ms_per_step": 1e3 * median, "img_per_s": batch / median,
+            "img_per_s_min": batch / max(times), "img_per_s_max": batch / min(times), "step_times_s": times,
+            "peak_mem_gib": peak_mem_gib}
+
+
+def add_flop_rates(result: dict, step_flops: int, peaks: Dict[str, float]) -> None:
+    result["gflop_per_s"] = step_flops / result["median_s_per_step"] / 1e9
+    result["peak_gflop_per_s"] = peaks[result["precision"]]
+    result["fraction_of_peak"] = result["gflop_per_s"] / result["peak_gflop_per_s"]
+
+
+def loss_difference(base: Dict, other: Dict) -> Dict[str, float]:
+    """Relative difference of the total loss and the worst head, on identical weights/batch/mask."""
+    rel = {k: abs(other[k] - base[k]) / max(abs(base[k]), 1e-12) for k in base}
+    return {"total": rel["total"], "worst_head": max(v for k, v in rel.items() if k != "total")}
+
+
+def print_mode(name: str, r: dict) -> None:
+    print(f"[{name}] {r['precision']} + {r['attn']} attention: {r['img_per_s']:.2f} img/s median "
+          f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
+          f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
+          f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    fused = use_fused_attention(args.attn, device, precision)
+
+    torch.manual_seed(args.seed)
+    model = create_model(args.preset).to(device)
+    enc = model.cfg.encoder
+    gen = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(args.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
+    noise = torch.rand(args.batch_size, model.encoder.num_patches, generator=gen).to(device)
+
+    step_flops = count_step_flops(model, images, noise, device, precision)
+    measured = {p: matmul_peak(device, DTYPES[p]) for p in dict.fromkeys(("fp32", "bf16", precision))}
+    peaks = {p: m["gflop_per_s"] for p, m in measured.items()}
+    print(f"{args.preset}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"FLOPs per step (fwd+bwd): {step_flops / 1e9:.1f} GFLOP = {step_flops / 1e9 / args.batch_size:.2f} "
+          f"GFLOP/image; matmul peak: "
+          + ", ".join(f"{k} {m['gflop_per_s']:.1f} GFLOP/s (n={m['n']})" for k, m in measured.items()))
+
+    report = {"preset": args.preset, "batch_size": args.batch_size, "device": str(device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "warmup": args.warmup,
+              "steps": args.steps, "gflop_per_step": step_flops / 1e9,
+              "gflop_per_image": step_flops / 1e9 / args.batch_size, "matmul_peak": measured,
+              "load_average_start": os.getloadavg()[0]}
+    modes = [{"name": "chosen", "precision": precision, "fused": fused}]
+    if args.compare:
+        modes.insert(0, {"name": "baseline", "precision": "fp32", "fused": False})
+    model.train()
+    losses = {m["name"]: first_losses(model, images, noise, device, m["precision"], m["fused"]) for m in modes}
+    report["modes"] = run_modes(model, images, noise, device, modes, args)
+    for name, result in report["modes"].items():
+        add_flop_rates(result, step_flops, peaks)
+        result["first_losses"] = losses[name]
+        print_mode(name, result)
+    if args.compare:
+        base, chosen = report["modes"]["baseline"], report["modes"]["chosen"]
+        speedup = base["median_s_per_step"] / chosen["median_s_per_step"]
+        paired = statistics.median([b / c for b, c in zip(base["step_times_s"], chosen["step_times_s"])])
+        diff = loss_difference(base["first_losses"], chosen["first_losses"])
+        report["compare"] = {"speedup": speedup, "speedup_paired": paired, "rel_loss_diff": diff}
+        print(f"speed-up over fp32 + math attention: {speedup:.2f}x (ratio of medians; median of the per-round "
+              f"ratios {paired:.2f}x); relative loss difference on the same batch and mask: {diff['total']:.1e} "
+              f"(worst head {diff['worst_head']:.1e})")
+    report["load_average_end"] = os.getloadavg()[0]
+    busy = report["load_average_end"] > (os.cpu_count() or 1) + 0.5
+    print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "
+          f"included" + ("; other processes competed for the CPUs, the timings suffer" if busy else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
