@@ -109,3 +109,24 @@ def test_cosine_losses_equal_the_authors_definition(tmp_path):
         t = teacher_out / teacher_out.norm(dim=2, keepdim=True)
         loss = ((2 - 2 * (p * t).sum(-1)) * out.mask).sum() / out.mask.sum()
         torch.testing.assert_close(out.losses[block], loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_deepmim_clip_recipe_trains_with_an_openai_layout_clip_file(tmp_path):
+    """The released model's recipe, shrunk, with a random-weight CLIP saved in OpenAI's layout."""
+    open_clip = pytest.importorskip("open_clip")
+    from tests.test_targets import tiny_clip
+
+    torch.manual_seed(0)
+    clip = tiny_clip(quick_gelu=True)  # 16px, patch 4, 48-d projected tokens
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    shrink = ["model.encoder.img_size=16", "model.encoder.patch_size=4", "model.encoder.embed_dim=32",
+              "model.encoder.depth=4", "model.encoder.num_heads=2", "data.name=embedded", "data.img_size=16",
+              "data.path=null", f"model.target.path={tmp_path / 'clip.pt'}", "model.target.dim=48"]
+    for i in range(4):
+        shrink += [f"model.heads.{i}.block={i + 1}", f"model.heads.{i}.decoder_dim=32",
+                   f"model.heads.{i}.decoder_depth=1", f"model.heads.{i}.decoder_heads=2"]
+    rows = _train("deepmim_clip_vit_base", tmp_path / "run", *shrink, "optim.base_lr=3e-3")
+    _assert_falls(rows)
+    assert {f"loss_block{b}" for b in (1, 2, 3, 4)} <= set(rows[0])
+    assert all(0 <= r["loss_block4"] <= 4 for r in rows)
