@@ -195,3 +195,46 @@ def test_outputs_logs_plots_and_falling_loss(tmp_path):
     assert (tmp_path / "config.yaml").read_text().startswith("model:")
     model = load_checkpoint(tmp_path / "checkpoint-last.pt")
     assert model.blocks == [2, 4]
+
+
+def _image_folder(root: Path, n_per_class: int = 10):
+    """An ImageNet-style folder of 16px PNGs in odd modes (RGB, L, P, RGBA) plus one broken file."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    modes = ["RGB", "L", "P", "RGBA"]
+    for c in range(2):
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(n_per_class):
+            img = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).convert(modes[i % 4])
+            img.save(folder / f"{i}.png")
+    (root / "train" / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+
+
+def test_imagefolder_run_skips_broken_files_and_counts_them(tmp_path):
+    _image_folder(tmp_path / "data")
+    cfg = tiny_pretrain_config(tmp_path / "run", epochs=1, batch_size=7)
+    cfg.data = DataConfig(name="imagefolder", path=str(tmp_path / "data"), img_size=16, num_workers=0)
+    result = run_pretrain(cfg)
+    assert result.finished and result.step == 3  # 21 files / batch 7
+    epoch = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["type"] == "epoch"]
+    assert epoch[0]["skipped_images"] == 1
+    cfg.data.strict = True
+    cfg.train.output_dir = str(tmp_path / "strict")
+    with pytest.raises(Exception, match="broken.png"):
+        run_pretrain(cfg)
+
+
+def test_forced_bf16_on_cpu_trains_close_to_fp32(tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_pretrain_config(tmp_path / precision, epochs=1, precision=precision, max_steps=1)
+        run_pretrain(cfg)
+        rows = [json.loads(l) for l in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
+        losses[precision] = rows[0]["loss"]
+    assert math.isfinite(losses["bf16"])
+    assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 2e-2
+
