@@ -28,6 +28,8 @@ commands:
   recipes    list the bundled recipes, one line each
   presets    list the model presets usable as model.preset=NAME or create_model(NAME)
   export     write a checkpoint's encoder as safetensors loadable by timm.create_model(..., checkpoint_path=)
+  knn        weighted k-NN accuracy on frozen (cached) features
+  probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
 
 Run 'deepmim COMMAND --help' for each command's options.
 Multi-GPU / multi-node: torchrun --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
@@ -63,7 +65,54 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a deepmim checkpoint")
     e.add_argument("--out", required=True, help="output .safetensors path")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
+
+    k = sub.add_parser("knn", help="weighted k-NN accuracy on frozen features",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="DINO's weighted k-NN (cosine similarity, votes weighted by exp(sim/T)) on\n"
+                                   "frozen train -> val features (cached in features.cache_dir):\n\n"
+                                   "  deepmim knn runs/demo/checkpoint-last.pt data.num_samples=2000 knn.k=20\n"
+                                   "  deepmim knn CKPT features.blocks=[4,8,12] features.pool=avg knn.temperature=0.1\n\n"
+                                   "Config sections: data, features, knn, num_classes (see ProbeConfig).")
+    _add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
+
+    pl = sub.add_parser("probe-layers", help="a linear probe on every block's features, several checkpoints",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="MAE's linear probe (BatchNorm1d(affine=False) + Linear, LARS, warm-up + cosine)\n"
+                                    "on cached frozen features of every block (one encoder pass per split):\n\n"
+                                    "  deepmim probe-layers runs/mae/checkpoint-last.pt runs/deepmim/checkpoint-last.pt \\\n"
+                                    "      --out runs/layers data.num_samples=2000 probe.epochs=20\n\n"
+                                    "Writes layers.json, layers.csv and layers.png (blocks on x, a bar per checkpoint).")
+    _add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
     return parser
+
+
+def _add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
+                         remainder: bool = True) -> None:
+    """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
+    key=value overrides, options anywhere), re-parsed intermixed by _parse_probe_args."""
+    parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
+    parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
+                                                       "(default: probe-layers all, knn the last)")
+    parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(positional, nargs=argparse.REMAINDER if remainder else "*",
+                        metavar="CKPT ... [key=value ...]", help=help_text)
+
+
+def _parse_probe_args(args, positional: str):
+    """Split the remainder into checkpoints and overrides, honouring options given after them."""
+    rest = argparse.ArgumentParser(prog=f"deepmim {args.command}", add_help=False)
+    _add_probe_arguments(rest, "items", "", remainder=False)
+    parsed = rest.parse_intermixed_args(getattr(args, positional))
+    for name in ("out", "blocks", "config"):
+        if getattr(parsed, name) is not None:
+            setattr(args, name, getattr(parsed, name))
+    args.print_config = args.print_config or parsed.print_config
+    args.checkpoints = [a for a in parsed.items if "=" not in a]
+    args.overrides = [a for a in parsed.items if "=" in a]
+    if args.blocks:
+        args.overrides.append(f"features.blocks=[{args.blocks}]")
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -142,7 +191,53 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export}
+def cmd_knn(args) -> int:
+    from ..config.loader import dump_yaml
+    from ..tasks.probe import load_probe_config, run_knn
+
+    _parse_probe_args(args, "checkpoint")
+    cfg = load_probe_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    if len(args.checkpoints) != 1:
+        raise ValueError(f"deepmim knn takes exactly one checkpoint, got {args.checkpoints or 'none'}")
+    results = run_knn(args.checkpoints[0], cfg)
+    for block, r in results.items():
+        top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
+        print(f"knn (k={cfg.knn.k}, T={cfg.knn.temperature}, {cfg.features.pool}) block {block}: "
+              f"top-1 {100 * r['top1']:.2f}%{top5}")
+    if args.out:
+        import json
+        from pathlib import Path
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "knn.json").write_text(json.dumps(
+            {"checkpoint": args.checkpoints[0], "k": cfg.knn.k, "temperature": cfg.knn.temperature,
+             "pool": cfg.features.pool, "results": {str(b): r for b, r in results.items()}}, indent=2))
+        print(f"wrote {args.out}/knn.json")
+    return 0
+
+
+def cmd_probe_layers(args) -> int:
+    from ..config.loader import dump_yaml
+    from ..tasks.probe import format_table, load_probe_config, run_probe_layers
+
+    _parse_probe_args(args, "checkpoints")
+    cfg = load_probe_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    if not args.checkpoints:
+        raise ValueError("probe-layers needs at least one checkpoint")
+    out = run_probe_layers(args.checkpoints, cfg, args.out)
+    print("linear-probe top-1 (%) per block:")
+    print(format_table(out["results"], out["names"]))
+    print(f"wrote {out['out_dir']}/layers.json, layers.csv, layers.png")
+    return 0
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
+            "knn": cmd_knn, "probe-layers": cmd_probe_layers}
 
 if __name__ == "__main__":
     sys.exit(main())

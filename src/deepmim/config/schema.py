@@ -115,3 +115,55 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class FeatureConfig:
+    """Frozen-encoder features for probes (`deepmim knn`, `deepmim probe-layers`)."""
+
+    blocks: Optional[List[int]] = None  # 1-based encoder blocks; None: every block (knn: the last only)
+    pool: str = "cls"  # cls | avg (mean of the patch tokens)
+    batch_size: int = 64
+    cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no cache
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    crop_ratio: float = 1.0  # eval transform: resize img_size / crop_ratio, centre-crop img_size
+    preset: Optional[str] = None  # model preset for checkpoints without a deepmim config (authors', MAE, timm)
+    progress: bool = True
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass
+class LinearProbeConfig:
+    """MAE's linear probe on cached features: BatchNorm1d(affine=False) + Linear, LARS, warm-up + cosine."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256 (MAE linprobe: blr 0.1)
+    lr: Optional[float] = None  # absolute lr; overrides base_lr when set
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    optimizer: str = "lars"  # lars (timm.optim.Lars, MAE's trust ratio on weights) | sgd
+    seed: int = 0
+
+
+@dataclass
+class KnnConfig:
+    """DINO's weighted k-NN: cosine similarity, top-k votes weighted by exp(sim / temperature)."""
+
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
+class ProbeConfig:
+    """`deepmim knn` and `deepmim probe-layers`: data + features + the classifier on top."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    num_classes: Optional[int] = None  # when set, the data must have exactly this many classes
+    output_dir: str = "runs/probe"

@@ -7,6 +7,7 @@ weights as one that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class Trainer:
                 break
             self.skipped_images += getattr(batch, "num_skipped", 0)
             if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
-                metrics, n_images = self.micro_step(batch, micro, epoch)
+                metrics, n_images = self.micro_step(batch, micro, epoch, sync=(micro + 1) % accum == 0)
                 window.add(metrics, n_images)
                 epoch_sums.add(metrics, n_images)
             micro += 1
@@ -175,13 +176,17 @@ class Trainer:
             self.skipped_images = 0
         return means
 
-    def micro_step(self, batch: Any, micro: int, epoch: int) -> Tuple[Dict[str, torch.Tensor], int]:
-        """Forward + backward of one micro-batch; gradients accumulate until optimizer_step."""
+    def micro_step(self, batch: Any, micro: int, epoch: int, sync: bool = True
+                   ) -> Tuple[Dict[str, torch.Tensor], int]:
+        """Forward + backward of one micro-batch; gradients accumulate until optimizer_step.
+        Under DDP, gradients are all-reduced only on the last micro-batch of an accumulation."""
         generator = torch.Generator().manual_seed(step_seed(self.train_cfg.seed, self.rank, epoch, micro))
         n_images = self.batch_size_of(batch)
-        with autocast(self.device, self.precision):
-            loss, metrics = self.compute_loss(self.forward_model, batch, generator)
-        self.scaler.scale(loss / self.train_cfg.accum_steps).backward()
+        no_sync = getattr(self.forward_model, "no_sync", None)
+        with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+            with autocast(self.device, self.precision):
+                loss, metrics = self.compute_loss(self.forward_model, batch, generator)
+            self.scaler.scale(loss / self.train_cfg.accum_steps).backward()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}, n_images
 
     def optimizer_step(self) -> None:
