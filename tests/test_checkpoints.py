@@ -170,3 +170,26 @@ def test_export_loads_in_timm_strict_with_equal_features(tmp_path):
 def _asdict(cfg):
     import dataclasses
     return dataclasses.asdict(cfg)
+
+
+def test_load_encoder_needs_no_teacher_file_and_reads_released_layouts(tmp_path):
+    from deepmim.models.loading import load_encoder
+
+    teacher = DeepMIM(tiny_model_config())
+    torch.save({"model": teacher.state_dict(), "config": {"model": _asdict(teacher.cfg)}}, tmp_path / "t.pt")
+    cfg = tiny_model_config()
+    cfg.target = {"name": "teacher", "kind": "deepmim", "path": str(tmp_path / "t.pt")}
+    student = DeepMIM(cfg)
+    torch.save({"model": student.state_dict(), "config": {"model": _asdict(student.cfg)}}, tmp_path / "s.pt")
+    (tmp_path / "t.pt").unlink()  # the teacher is gone: the full model cannot be rebuilt ...
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "s.pt")
+    encoder = load_encoder(tmp_path / "s.pt")  # ... its encoder still loads
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(encoder.forward_features(x), student.encoder.forward_features(x))
+    ref = AuthorsLayoutModel(taps=(2, 3), numbered=True)
+    torch.save({"model": ref.state_dict()}, tmp_path / "authors.pth")
+    encoder = load_encoder(tmp_path / "authors.pth", tiny_model_config(heads=(2, 3, 4)))
+    assert torch.equal(encoder.blocks[1].mlp.fc1.weight, ref.blocks[1].mlp.fc1.weight)
+    with pytest.raises(CheckpointError, match="no deepmim config"):
+        load_encoder(tmp_path / "authors.pth")

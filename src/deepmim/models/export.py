@@ -15,9 +15,14 @@ TIMM_NAMES = {  # (embed_dim, depth, patch_size) -> timm model name at 224
 }
 
 
+def _encoder(model_or_encoder):
+    return getattr(model_or_encoder, "encoder", model_or_encoder)
+
+
 def encoder_state_dict(model, img_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """The encoder's weights under timm's names; pos_embed resampled to `img_size` if given."""
-    enc = model.encoder
+    """The encoder's weights under timm's names; pos_embed resampled to `img_size` if given.
+    Takes a DeepMIM model or its encoder."""
+    enc = _encoder(model)
     state = {k: v.detach().clone().contiguous() for k, v in enc.state_dict().items()}
     if img_size is not None and img_size != enc.cfg.img_size:
         grid = img_size // enc.cfg.patch_size
@@ -26,7 +31,7 @@ def encoder_state_dict(model, img_size: Optional[int] = None) -> Dict[str, torch
 
 
 def timm_model_name(model) -> Optional[str]:
-    c = model.encoder.cfg
+    c = _encoder(model).cfg
     return TIMM_NAMES.get((c.embed_dim, c.depth, c.patch_size))
 
 
@@ -35,7 +40,7 @@ def export_encoder(model, out_path: Path, img_size: Optional[int] = None) -> Pat
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    c = model.encoder.cfg
+    c = _encoder(model).cfg
     metadata = {"format": "pt", "img_size": str(img_size or c.img_size), "patch_size": str(c.patch_size),
                 "embed_dim": str(c.embed_dim), "depth": str(c.depth), "num_heads": str(c.num_heads),
                 "timm_model": timm_model_name(model) or ""}

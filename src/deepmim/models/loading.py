@@ -105,3 +105,30 @@ def load_checkpoint(path: str | Path, model: Optional[torch.nn.Module] = None) -
         model = DeepMIM(cfg)
     load_weights(model, obj)
     return model
+
+
+def load_encoder(path: str | Path, cfg: Optional[ModelConfig] = None):
+    """Only the encoder of a checkpoint (any supported layout), without building decoders or
+    targets, so a model trained with a teacher exports and probes without the teacher's file.
+    `cfg` is needed for files that carry no deepmim config (MAE, the authors', timm)."""
+    from .encoder import MaskedViTEncoder
+
+    obj = read_state_file(path)
+    cfg = cfg or config_from_checkpoint(obj)
+    if cfg is None:
+        raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture, e.g. with a preset")
+    blocks = sorted(h.block for h in cfg.heads)
+    try:
+        state, _ = convert_state_dict(extract_state_dict(obj), blocks)
+    except KeyError as err:
+        raise CheckpointError(str(err.args[0])) from err
+    encoder = MaskedViTEncoder(cfg.encoder)
+    enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    missing, unexpected, mismatched = compare_state_dicts(encoder.state_dict(), enc_state)
+    problems = [f"shape mismatch: {'; '.join(mismatched)}"] if mismatched else []
+    problems += [f"keys the encoder lacks: {', '.join(unexpected)}"] if unexpected else []
+    problems += [f"encoder keys missing from the file: {', '.join(missing)}"] if missing else []
+    if problems:
+        raise CheckpointError(f"'{path}' does not fit the encoder:\n  " + "\n  ".join(problems))
+    encoder.load_state_dict(enc_state)
+    return encoder
