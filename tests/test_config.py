@@ -1,7 +1,7 @@
 import pytest
 
 from deepmim.config.loader import (ConfigError, deep_merge, from_dict, list_recipes, parse_overrides,
-                                   resolve_recipe_path)
+                                   recipe_task, resolve_recipe_path)
 from deepmim.config.schema import PretrainConfig, TrainConfig
 from deepmim.models.deepmim import validate_model_config
 from deepmim.tasks.pretrain import load_pretrain_config
@@ -57,8 +57,8 @@ def test_unknown_recipe_suggests_bundled():
         resolve_recipe_path("dem")
 
 
-@pytest.mark.parametrize("recipe", [p.stem for p in list_recipes()])
-def test_every_bundled_recipe_resolves_and_validates(recipe):
+@pytest.mark.parametrize("recipe", [p.stem for p in list_recipes() if recipe_task(p) == "pretrain"])
+def test_every_bundled_pretrain_recipe_resolves_and_validates(recipe):
     cfg = load_pretrain_config(recipe)
     validate_model_config(cfg.model)
     assert cfg.data.img_size == cfg.model.encoder.img_size
@@ -86,3 +86,15 @@ def test_target_normalisation_follows_data_unless_set():
     assert cfg.model.target["mean"] == [0.5, 0.5, 0.5] and cfg.model.target["std"] == [0.25, 0.25, 0.25]
     assert cfg.model.heads[0].target["mean"] == [0, 0, 0]
     assert cfg.model.heads[0].target["std"] == [0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("recipe", [p.stem for p in list_recipes() if recipe_task(p) == "finetune"])
+def test_every_bundled_finetune_recipe_resolves(recipe):
+    from deepmim.tasks.finetune import load_finetune_config
+    cfg = load_finetune_config(recipe)
+    assert cfg.optim.layer_decay > 0 and cfg.train.epochs > 0
+
+
+def test_a_recipe_for_another_command_is_refused_with_the_right_command():
+    with pytest.raises(ConfigError, match="run: deepmim finetune --config finetune_demo"):
+        load_pretrain_config("finetune_demo")

@@ -200,10 +200,21 @@ def read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
+def recipe_task(path: Path) -> str:
+    """Which command a recipe is for: its top-level `task` key (default: pretrain)."""
+    return str(read_yaml(path).get("task", "pretrain"))
+
+
 def load_config(cls: Type[T], recipe: Optional[str] = None, overrides: Iterable[str] = (),
-                expand: Optional[typing.Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> T:
-    """Recipe (optional) + overrides -> validated dataclass. `expand` resolves presets."""
+                expand: Optional[typing.Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
+                task: str = "pretrain") -> T:
+    """Recipe (optional) + overrides -> validated dataclass. `expand` resolves presets; `task`
+    refuses a recipe written for another command."""
     data: Dict[str, Any] = read_yaml(resolve_recipe_path(recipe)) if recipe else {}
+    recipe_for = data.pop("task", "pretrain")
+    if recipe_for != task:
+        raise ConfigError(f"recipe '{recipe}' is for 'deepmim {recipe_for}', not 'deepmim {task}'; "
+                          f"run: deepmim {recipe_for} --config {recipe}")
     data = deep_merge(data, parse_overrides(overrides)) if overrides else data
     if expand is not None:
         data = expand(data)

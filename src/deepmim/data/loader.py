@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -73,10 +74,14 @@ class SeededAugmentation(Dataset):
         if item is None:
             return None
         image, label = item[0], item[1]
+        seed = mix_seed(self.seed, self.epoch, index)
+        python_state = random.getstate()  # timm's RandAugment / RandomErasing draw from `random`
         with torch.random.fork_rng(devices=[]):
             # CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA RNGs.
-            torch.default_generator.manual_seed(mix_seed(self.seed, self.epoch, index))
+            torch.default_generator.manual_seed(seed)
+            random.seed(seed)
             image = self.transform(image)
+        random.setstate(python_state)
         return image, label
 
 
@@ -228,13 +233,17 @@ def build_pretrain_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
+    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    split: Optional[str] = None,
 ) -> PretrainLoader:
-    """The pre-training loader for `cfg.split`; call `loader.set_epoch(e)` before each epoch."""
+    """The seeded, resumable training loader for `split` (default cfg.split) with `transform`
+    (default: the pre-training augmentation); call `loader.set_epoch(e)` before each epoch."""
     validate_data_config(cfg)
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
-    raw = build_dataset(cfg)
-    transform = build_pretrain_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_scale_min, cfg.hflip)
+    raw = build_dataset(cfg, split)
+    if transform is None:
+        transform = build_pretrain_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_scale_min, cfg.hflip)
     dataset = SeededAugmentation(raw, transform, seed)
     sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)
     if drop_last and sampler.samples_per_epoch < batch_size:

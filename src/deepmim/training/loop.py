@@ -39,6 +39,23 @@ class EpochLoader(Protocol):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
 
 
+class TrainHooks:
+    """Task-specific additions to the loop (evaluation, EMA): override what you need."""
+
+    def after_optimizer_step(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_epoch(self, trainer: "Trainer", epoch: int) -> Dict[str, float]:
+        """Runs on every rank after each full epoch; returned numbers are logged as 'eval' rows."""
+        return {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -54,7 +71,8 @@ class Trainer:
     def __init__(self, model: nn.Module, loader: EpochLoader, compute_loss: LossFn, train: TrainConfig,
                  optim: OptimConfig, config_dict: Dict[str, Any], device: torch.device, precision: str,
                  rank: int = 0, world_size: int = 1, batch_size_of: Callable[[Any], int] = lambda b: len(b[0]),
-                 ddp_model: Optional[nn.Module] = None):
+                 ddp_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
+                 hooks: Optional[TrainHooks] = None):
         self.model, self.loader, self.compute_loss = model, loader, compute_loss
         self.forward_model = ddp_model if ddp_model is not None else model
         self.train_cfg, self.optim_cfg, self.config_dict = train, optim, config_dict
@@ -69,7 +87,9 @@ class Trainer:
         self.warmup_steps = optim.warmup_epochs * self.steps_per_epoch
         effective_batch = train.batch_size * train.accum_steps * world_size
         self.peak_lr = scaled_lr(optim, effective_batch)
-        self.optimizer = build_adamw(model, optim, self.peak_lr, device)
+        self.optimizer = build_adamw(model, optim, self.peak_lr, device, groups=param_groups)
+        self.hooks = hooks or TrainHooks()
+        self.last_eval: Dict[str, float] = {}
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
         self.step = 0
         self.is_main = rank == 0
@@ -80,7 +100,8 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
-                "steps_per_epoch": self.steps_per_epoch, "rng": rng_state(), "config": self.config_dict}
+                "steps_per_epoch": self.steps_per_epoch, "rng": rng_state(), "config": self.config_dict,
+                "hooks": self.hooks.state_dict()}
 
     def save(self, numbered_epoch: Optional[int] = None) -> Optional[Path]:
         if not self.is_main:
@@ -104,6 +125,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        self.hooks.load_state_dict(state.get("hooks", {}))
         self.step = state["step"]
         return path
 
@@ -170,6 +192,12 @@ class Trainer:
         means = self.check_finite(epoch_sums, epoch)
         if self.step % self.steps_per_epoch == 0:
             logger.log("epoch", self.step, {"epoch": epoch, **means, "skipped_images": self.skipped_images})
+            evaluation = self.hooks.after_epoch(self, epoch)
+            if evaluation:
+                self.last_eval = evaluation
+                logger.log("eval", self.step, {"epoch": epoch, **evaluation})
+                if self.is_main:
+                    say(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
             if self.skipped_images and self.is_main:
                 say(f"epoch {epoch}: skipped {self.skipped_images} unreadable images (set data.strict=true to stop "
                     f"on the first one)")
@@ -200,6 +228,7 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.hooks.after_optimizer_step(self)
 
     def log_window(self, window: "_Window", logger: MetricsLogger, bar, epoch: int) -> None:
         """The only host-device sync point: turn the window's sums into numbers and log them."""
