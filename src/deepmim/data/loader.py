@@ -14,6 +14,7 @@ import os
 import random
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
@@ -75,13 +76,16 @@ class SeededAugmentation(Dataset):
             return None
         image, label = item[0], item[1]
         seed = mix_seed(self.seed, self.epoch, index)
-        python_state = random.getstate()  # timm's RandAugment / RandomErasing draw from `random`
+        # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too.
+        python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             # CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA RNGs.
             torch.default_generator.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % 2**32)
             image = self.transform(image)
         random.setstate(python_state)
+        np.random.set_state(numpy_state)
         return image, label
 
 

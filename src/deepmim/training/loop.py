@@ -8,6 +8,7 @@ weights as one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -167,9 +168,8 @@ class Trainer:
         epoch_sums = _Window()
         micro = (self.step - first_step) * accum
         end_micro = min(self.steps_per_epoch, stop_at - first_step) * accum
-        for batch in self.loader:
-            if micro >= end_micro:
-                break
+        # islice: never fetch a batch past the stop, its augmentation would advance the RNG states.
+        for batch in itertools.islice(self.loader, end_micro - micro):
             self.skipped_images += getattr(batch, "num_skipped", 0)
             if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
                 metrics, n_images = self.micro_step(batch, micro, epoch, sync=(micro + 1) % accum == 0)

@@ -1,0 +1,115 @@
+"""Fine-tuning: timm's pieces wired as the MAE/BEiT recipe, exact resume, evaluation."""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepmim.config.loader import ConfigError
+from deepmim.models import DeepMIM
+from deepmim.tasks.finetune import (ClassifierConfig, build_classifier, layer_decay_groups, load_classifier,
+                                    load_finetune_config, run_evaluate, run_finetune)
+from tests.conftest import tiny_model_config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    model = DeepMIM(tiny_model_config())
+    path = tmp_path_factory.mktemp("pre") / "checkpoint-last.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
+    return path
+
+
+def tiny_finetune(pretrained, out, *extra):
+    return load_finetune_config("finetune_demo", [
+        f"model.checkpoint={pretrained}", "data.img_size=16", "data.num_samples=160", "data.num_workers=0",
+        "train.batch_size=32", "train.epochs=3", f"train.output_dir={out}", "train.progress=false",
+        "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "train.log_every_steps=1",
+        "optim.base_lr=2e-3", *extra])
+
+
+def test_layer_decay_scales_follow_the_formula(pretrained):
+    model, _ = build_classifier(ClassifierConfig(checkpoint=str(pretrained)), 10, 16)
+    cfg = load_finetune_config("finetune_demo", ["optim.layer_decay=0.6"])
+    groups = layer_decay_groups(model, cfg.optim)
+    scale_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        for p in group["params"]:
+            scale_of[names[id(p)]] = group["lr_scale"]
+    depth = 4
+    for i in range(depth):  # block i has layer id i + 1: scale 0.6 ** (L + 1 - (i + 1))
+        assert scale_of[f"blocks.{i}.attn.qkv.weight"] == pytest.approx(0.6 ** (depth - i))
+    assert scale_of["patch_embed.proj.weight"] == pytest.approx(0.6 ** (depth + 1))
+    assert scale_of["head.weight"] == pytest.approx(1.0) and scale_of["fc_norm.weight"] == pytest.approx(1.0)
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"cls_token", "pos_embed", "head.bias", "blocks.0.norm1.weight"} <= no_decay
+    assert "blocks.0.attn.qkv.weight" not in no_decay
+
+
+def test_classifier_takes_the_encoder_weights_drops_the_final_norm_and_resamples(pretrained):
+    source = torch.load(pretrained, weights_only=True)["model"]
+    model, enc = build_classifier(ClassifierConfig(checkpoint=str(pretrained)), 7, 24)
+    assert torch.equal(model.blocks[2].mlp.fc1.weight, source["encoder.blocks.2.mlp.fc1.weight"])
+    assert isinstance(model.norm, torch.nn.Identity)  # avg pooling: a new fc_norm instead
+    assert torch.equal(model.fc_norm.weight, torch.ones(32))
+    assert model.pos_embed.shape == (1, 1 + 36, 32)  # 24px / patch 4: resampled from 4x4 to 6x6
+    assert model.head.weight.std().item() < 1e-4 and model.head.out_features == 7
+    token, _ = build_classifier(ClassifierConfig(checkpoint=str(pretrained), global_pool="token"), 7, 16)
+    assert torch.equal(token.norm.weight, source["encoder.norm.weight"])
+
+
+def test_mixup_targets_sum_to_one():
+    from timm.data import Mixup
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8)
+    _, targets = mixup(images, labels)
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    assert (targets > 0).sum(1).min() >= 2  # smoothed and mixed
+
+
+def test_finetune_learns_resumes_exactly_and_evaluates(pretrained, tmp_path):
+    result = run_finetune(tiny_finetune(pretrained, tmp_path / "full", "augment.mixup=0", "augment.cutmix=0",
+                                        "train.ema_decay=0.9"))
+    assert result.finished and result.step == 15
+    rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["type"] == "eval"]
+    assert len(evals) == 3 and {"top1", "top5", "loss", "ema_top1", "best_top1"} <= set(evals[0])
+    losses = [r["loss"] for r in rows if r["type"] == "train"]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    # stop after 7 steps, resume: identical weights (EMA included) to the uninterrupted run
+    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "augment.mixup=0", "augment.cutmix=0",
+                               "train.ema_decay=0.9", "train.max_steps=7"))
+    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "augment.mixup=0", "augment.cutmix=0",
+                               "train.ema_decay=0.9", "train.resume=auto"))
+    full = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
+    part = torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=True)
+    for key in full["model"]:
+        assert torch.equal(full["model"][key], part["model"][key]), key
+    for key in full["hooks"]["ema"]:
+        assert torch.equal(full["hooks"]["ema"][key], part["hooks"]["ema"][key]), key
+    # `deepmim evaluate` on the checkpoint reproduces the last evaluation
+    metrics = run_evaluate(str(tmp_path / "full" / "checkpoint-last.pt"))
+    assert metrics["top1"] == pytest.approx(evals[-1]["top1"])
+    model, cfg = load_classifier(tmp_path / "full" / "checkpoint-last.pt")
+    assert model.num_classes == 10 and cfg.model.global_pool == "avg"
+
+
+def test_finetune_with_mixup_resumes_exactly(pretrained, tmp_path):
+    run_finetune(tiny_finetune(pretrained, tmp_path / "full", "train.epochs=2"))
+    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "train.epochs=2", "train.max_steps=3"))
+    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "train.epochs=2", "train.resume=auto"))
+    full = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model"]
+    part = torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert all(torch.equal(full[k], part[k]) for k in full)
+
+
+def test_class_count_mismatch_is_a_clear_error(pretrained, tmp_path):
+    with pytest.raises(ConfigError, match="model.num_classes=5 but the data has 10 classes"):
+        run_finetune(tiny_finetune(pretrained, tmp_path, "model.num_classes=5"))
+
+
+def test_odd_batch_with_mixup_is_refused(pretrained, tmp_path):
+    with pytest.raises(ConfigError, match="even train.batch_size"):
+        run_finetune(tiny_finetune(pretrained, tmp_path, "train.batch_size=31"))
