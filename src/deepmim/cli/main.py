@@ -30,6 +30,9 @@ commands:
   export     write a checkpoint's encoder as safetensors loadable by timm.create_model(..., checkpoint_path=)
   knn        weighted k-NN accuracy on frozen (cached) features
   probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
+  linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
+  finetune   the MAE/BEiT fine-tuning recipe (layer decay, RandAugment, Mixup/CutMix, EMA), eval every epoch
+  evaluate   top-1/top-5/loss of a fine-tuned checkpoint
 
 Run 'deepmim COMMAND --help' for each command's options.
 Multi-GPU / multi-node: torchrun --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
@@ -83,6 +86,33 @@ def build_parser() -> argparse.ArgumentParser:
                                     "      --out runs/layers data.num_samples=2000 probe.epochs=20\n\n"
                                     "Writes layers.json, layers.csv and layers.png (blocks on x, a bar per checkpoint).")
     _add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
+
+    lp = sub.add_parser("linprobe", help="MAE's linear probe on the last block (frozen encoder, LARS)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="MAE's linear-probing protocol: frozen encoder, last block's cls token after\n"
+                                    "the final norm (features.pool=avg: mean patch token), BatchNorm1d(affine=False)\n"
+                                    "+ Linear, LARS, warm-up + cosine (probe.*). augment=true (default): end to end\n"
+                                    "with RandomResizedCrop + flip every epoch; augment=false: cached features.\n\n"
+                                    "  deepmim linprobe runs/demo/checkpoint-last.pt --out runs/linprobe \\\n"
+                                    "      data.num_samples=2000 probe.epochs=10 probe.warmup_epochs=1\n\n"
+                                    "Writes linprobe.json and probe-head.pt. Config: LinprobeConfig.")
+    _add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
+
+    f = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="The authors' ImageNet recipe (finetune_vit_base_in1k) or your own:\n\n"
+                                   "  deepmim finetune --config finetune_demo model.checkpoint=runs/demo/checkpoint-last.pt\n"
+                                   "  deepmim finetune --config finetune_vit_base_in1k model.checkpoint=deepmim_clip.pth "
+                                   "data.path=/data/imagenet\n\n"
+                                   "model.checkpoint takes our checkpoints, the authors', MAE's or timm weights "
+                                   "(with model.preset naming the architecture when the file has no deepmim config).")
+    f.add_argument("--config", "-c", metavar="RECIPE", help="bundled finetune recipe or YAML path")
+    f.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    f.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=10")
+
+    v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
+    v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
+    v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
     return parser
 
 
@@ -126,6 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..training.loop import NonFiniteLossError
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # e.g. `deepmim presets | head`
+        sys.stderr.close()
+        return 0
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -156,12 +189,12 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from ..config.loader import list_recipes, recipe_description
+    from ..config.loader import list_recipes, recipe_description, recipe_task
 
     recipes = list_recipes()
     width = max(len(p.stem) for p in recipes)
     for path in recipes:
-        print(f"{path.stem:<{width}}  {recipe_description(path)}")
+        print(f"{path.stem:<{width}}  [{recipe_task(path)}] {recipe_description(path)}")
     return 0
 
 
@@ -179,13 +212,13 @@ def cmd_presets(args) -> int:
 
 def cmd_export(args) -> int:
     from ..models.export import export_encoder, timm_model_name
-    from ..models.loading import load_checkpoint
+    from ..models.loading import load_encoder
 
-    model = load_checkpoint(args.checkpoint)
-    path = export_encoder(model, args.out, args.img_size)
-    name = timm_model_name(model)
+    encoder = load_encoder(args.checkpoint)  # no decoders or teacher needed
+    path = export_encoder(encoder, args.out, args.img_size)
+    name = timm_model_name(encoder)
     hint = (f"timm.create_model('{name}', num_classes=0, checkpoint_path='{path}')" if name and
-            (args.img_size or model.encoder.cfg.img_size) == 224 else
+            (args.img_size or encoder.cfg.img_size) == 224 else
             "a timm VisionTransformer with the same size (num_classes=0)")
     print(f"wrote {path}; load it with {hint}")
     return 0
@@ -236,8 +269,51 @@ def cmd_probe_layers(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "knn": cmd_knn, "probe-layers": cmd_probe_layers}
+def cmd_linprobe(args) -> int:
+    from ..config.loader import dump_yaml
+    from ..tasks.linprobe import load_linprobe_config, run_linprobe
+
+    _parse_probe_args(args, "checkpoint")
+    if args.blocks:
+        raise ValueError("linprobe reads the last block only; use probe-layers for --blocks")
+    cfg = load_linprobe_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    if len(args.checkpoints) != 1:
+        raise ValueError(f"deepmim linprobe takes exactly one checkpoint, got {args.checkpoints or 'none'}")
+    r = run_linprobe(args.checkpoints[0], cfg, args.out)
+    top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
+    mode = "augmented, end to end" if cfg.augment else "cached features"
+    print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
+          f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from ..config.loader import dump_yaml
+    from ..tasks.finetune import load_finetune_config, run_finetune
+
+    cfg = load_finetune_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    result = run_finetune(cfg)
+    print(f"finetune {'finished' if result.finished else 'stopped'}: {result.step} steps, "
+          f"checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..tasks.finetune import run_evaluate
+
+    metrics = run_evaluate(args.checkpoint, args.overrides)
+    print(" ".join(f"{k} {v:.4f}" if k != "images" else f"images {int(v)}" for k, v in metrics.items()))
+    return 0
+
+
+COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
+            "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":
     sys.exit(main())

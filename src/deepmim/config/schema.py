@@ -137,9 +137,12 @@ class FeatureConfig:
 class LinearProbeConfig:
     """MAE's linear probe on cached features: BatchNorm1d(affine=False) + Linear, LARS, warm-up + cosine."""
 
-    epochs: int = 20
+    epochs: int = 50  # cheap on cached features; LARS needs a few hundred steps to converge
     batch_size: int = 256
-    base_lr: float = 0.1  # lr = base_lr * batch_size / 256 (MAE linprobe: blr 0.1)
+    # lr = base_lr * batch_size / 256. MAE's linprobe uses blr 0.1 at batch 16384, i.e. an absolute lr of
+    # 6.4; LARS moves weights by ~lr * 1e-3 of their norm per step, so a small-batch run needs MAE's
+    # absolute lr (not its blr) to learn at all: 6.4 at batch 256.
+    base_lr: float = 6.4
     lr: Optional[float] = None  # absolute lr; overrides base_lr when set
     min_lr: float = 0.0
     weight_decay: float = 0.0
@@ -167,3 +170,21 @@ class ProbeConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     num_classes: Optional[int] = None  # when set, the data must have exactly this many classes
     output_dir: str = "runs/probe"
+
+
+@dataclass
+class LinprobeConfig:
+    """`deepmim linprobe`: MAE's linear-probing protocol on the last block's features.
+
+    augment=True: end to end with MAE's linprobe augmentation (RandomResizedCrop(scale=(crop_scale_min, 1)),
+    flip) through the frozen encoder every epoch; augment=False: cached eval-transform features (fast).
+    Validation always uses cached eval-transform features."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    probe: LinearProbeConfig = field(default_factory=lambda: LinearProbeConfig(epochs=90, warmup_epochs=10.0))
+    augment: bool = True
+    crop_scale_min: float = 0.08  # torchvision's RandomResizedCrop default, as MAE's main_linprobe
+    hflip: bool = True
+    num_classes: Optional[int] = None  # when set, the data must have exactly this many classes
+    output_dir: str = "runs/linprobe"

@@ -1,0 +1,186 @@
+"""Frozen-encoder features of a dataset, for every requested block in one pass, cached on disk.
+
+Pooling (`pool`): "cls" takes the cls token, "avg" the mean of the patch tokens.
+Norm: the LAST encoder block's tokens go through the encoder's final LayerNorm before pooling
+(what MAE's linear probe reads: the cls token after `norm`); intermediate blocks are pooled from
+the raw residual stream (no norm), as the DeepMIM decoders read them. The probe's own
+BatchNorm normalises every block's features anyway.
+
+The cache file is keyed by the checkpoint (resolved path, size, mtime), pool, the dataset
+identity (name, path, num_samples, source img_size), split, the encoder input size, mean/std,
+crop ratio and preset; it stores one tensor per block, so asking for blocks already cached
+runs no encoder, and asking for new ones extracts only those (still one pass) and merges them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config.schema import DataConfig, FeatureConfig
+from ..data import build_dataset, build_eval_transform
+from ..data.loader import collate_skip_broken
+
+logger = logging.getLogger(__name__)
+
+POOLS = ("cls", "avg")
+
+
+@dataclass
+class Features:
+    """{block: (N, D) float32} and the (N,) int64 labels of one split."""
+
+    blocks: Dict[int, torch.Tensor]
+    labels: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max().item()) + 1 if self.labels.numel() else 0
+
+
+class _Transformed(Dataset):
+    def __init__(self, dataset: Dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if item is None:
+            return None
+        image, label = item
+        return self.transform(image), int(label)
+
+
+def load_encoder(checkpoint: str | Path, preset: Optional[str] = None) -> torch.nn.Module:
+    """The frozen encoder (eval mode) of a checkpoint, without building decoders or targets (so a
+    teacher-target model needs no teacher file). Files without a deepmim config (the authors', MAE,
+    timm) need `preset` to name the architecture."""
+    from ..models.factory import resolve_model_config
+    from ..models.loading import load_encoder as _load
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist")
+    encoder = _load(path, resolve_model_config(preset) if preset else None).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+def resolve_blocks(blocks: Optional[Sequence[int]], depth: int) -> List[int]:
+    if not blocks:
+        return list(range(1, depth + 1))
+    blocks = sorted(set(int(b) for b in blocks))
+    if blocks[0] < 1 or blocks[-1] > depth:
+        raise ValueError(f"features.blocks must be in 1..{depth} (the encoder has {depth} blocks), got {blocks}")
+    return blocks
+
+
+def _checkpoint_identity(path: Path) -> Dict[str, object]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: int, pool: str,
+              crop_ratio: float, preset: Optional[str]) -> str:
+    ident = {
+        "checkpoint": _checkpoint_identity(Path(checkpoint)),
+        "dataset": {"name": data.name, "path": os.path.abspath(os.path.expanduser(data.path)) if data.path else None,
+                    "num_samples": data.num_samples if data.name == "embedded" else None,
+                    "source_img_size": data.img_size if data.name == "embedded" else None},
+        "split": split, "img_size": img_size, "pool": pool, "mean": list(data.mean), "std": list(data.std),
+        "crop_ratio": crop_ratio, "preset": preset, "version": 1,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+@torch.no_grad()
+def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int], pool: str,
+                device: torch.device, progress: bool = False, desc: str = "features") -> Features:
+    """One pass over `loader`, tapping every block in `blocks`."""
+    from tqdm import tqdm
+
+    encoder = encoder.to(device)
+    out: Dict[int, List[torch.Tensor]] = {b: [] for b in blocks}
+    labels: List[torch.Tensor] = []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images, targets = batch[0], batch[1]
+        if images.numel() == 0:
+            continue
+        taps, _ = encoder(images.to(device), taps=blocks)
+        for b in blocks:
+            tokens = encoder.norm(taps[b]) if b == encoder.depth else taps[b]
+            out[b].append(pool_tokens(tokens, pool).float().cpu())
+        labels.append(targets.long().cpu())
+    return Features({b: torch.cat(v) for b, v in out.items()}, torch.cat(labels))
+
+
+def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat: FeatureConfig,
+                     blocks: Optional[Sequence[int]] = None, encoder: Optional[torch.nn.Module] = None,
+                     ) -> Features:
+    """Features of `split` for `blocks` (default: feat.blocks, None = all), from the cache when possible."""
+    from ..training.precision import resolve_device
+
+    if feat.pool not in POOLS:
+        raise ValueError(f"features.pool must be one of {POOLS}, got {feat.pool!r}")
+    encoder = encoder if encoder is not None else load_encoder(checkpoint, feat.preset)
+    img_size = encoder.cfg.img_size
+    blocks = resolve_blocks(blocks if blocks is not None else feat.blocks, encoder.depth)
+
+    cached: Optional[dict] = None
+    cache_path: Optional[Path] = None
+    if feat.cache_dir:
+        key = cache_key(checkpoint, data, split, img_size, feat.pool, feat.crop_ratio, feat.preset)
+        cache_path = Path(feat.cache_dir) / f"{Path(checkpoint).stem}-{split}-{feat.pool}-{key}.pt"
+        if cache_path.is_file():
+            try:
+                cached = torch.load(cache_path, map_location="cpu", weights_only=True)
+            except Exception as err:  # a torn file: extract again
+                logger.warning("ignoring unreadable feature cache %s: %s", cache_path, err)
+    have = dict(cached["blocks"]) if cached else {}
+    missing = [b for b in blocks if b not in have]
+    labels = cached["labels"] if cached else None
+    if missing:
+        dataset = _Transformed(build_dataset(data, split),
+                               build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio))
+        loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,
+                            collate_fn=collate_skip_broken)
+        new = run_encoder(encoder, loader, missing, feat.pool, resolve_device(feat.device), feat.progress,
+                          desc=f"{Path(checkpoint).name} {split} blocks {missing}")
+        if labels is not None and not torch.equal(labels, new.labels):
+            have = {}  # the data changed under the same key: drop the stale entries
+        have.update(new.blocks)
+        labels = new.labels
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            torch.save({"blocks": have, "labels": labels}, tmp)
+            os.replace(tmp, cache_path)
+    return Features({b: have[b] for b in blocks}, labels)
+
+
+def check_classes(train: Features, val: Features, num_classes: Optional[int]) -> int:
+    """The number of classes; a clear error when train/val/--num-classes disagree."""
+    n_train, n_val = train.num_classes, val.num_classes
+    if num_classes is not None and n_train != num_classes:
+        raise ValueError(f"class-count mismatch: num_classes={num_classes} but the training data has "
+                         f"{n_train} classes (labels 0..{n_train - 1})")
+    if n_val > n_train:
+        raise ValueError(f"class-count mismatch: the validation data has labels up to {n_val - 1} but the "
+                         f"training data only {n_train} classes")
+    if n_train < 2:
+        raise ValueError(f"probing needs at least 2 classes, the training data has {n_train}")
+    return n_train

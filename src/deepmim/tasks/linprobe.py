@@ -1,0 +1,121 @@
+"""`deepmim linprobe`: MAE's linear probe (frozen encoder, BatchNorm1d(affine=False) + Linear, LARS,
+warm-up + cosine) on the last block's cls token (after the final norm) or average-pooled patch tokens.
+
+augment=True (default) runs the frozen encoder on freshly augmented images every epoch (MAE's
+RandomResizedCrop + flip); augment=False trains on cached eval-transform features instead.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..analysis.features import (_Transformed, check_classes, extract_features, load_encoder, pool_tokens)
+from ..analysis.probes import LinearProbeHead, _lr_at, build_probe_optimizer, topk_accuracy, train_linear_probe
+from ..config.loader import load_config, to_dict
+from ..config.schema import LinprobeConfig
+from ..data import build_dataset, build_pretrain_transform
+from ..data.loader import collate_skip_broken
+
+
+def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> LinprobeConfig:
+    return load_config(LinprobeConfig, recipe, overrides)
+
+
+def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None) -> Dict[str, float]:
+    """Train the probe; write linprobe.json and probe-head.pt (bn + head state, pool, block) to out_dir."""
+    from ..training.precision import resolve_device
+
+    t0 = time.perf_counter()
+    encoder = load_encoder(checkpoint, cfg.features.preset)
+    last = encoder.depth
+    val = extract_features(checkpoint, cfg.data, cfg.features.val_split, cfg.features, [last], encoder)
+    if not cfg.augment:
+        train = extract_features(checkpoint, cfg.data, cfg.features.train_split, cfg.features, [last], encoder)
+        num_classes = check_classes(train, val, cfg.num_classes)
+        result, head = train_linear_probe(train.blocks[last], train.labels, val.blocks[last], val.labels,
+                                          num_classes, cfg.probe, return_head=True)
+    else:
+        result, head = _train_augmented(encoder, checkpoint, cfg, val, resolve_device(cfg.features.device))
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    out = Path(out_dir or cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last,
+                                                   "config": to_dict(cfg), "results": result}, indent=2))
+    torch.save({"head": head.state_dict(), "pool": cfg.features.pool, "block": last,
+                "num_classes": head.head.out_features}, out / "probe-head.pt")
+    return result
+
+
+def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
+    from tqdm import tqdm
+
+    p = cfg.probe
+    dataset = build_dataset(cfg.data, cfg.features.train_split)
+    labels = _labels_of(dataset)
+    num_classes = check_classes(_Labels(labels), val, cfg.num_classes)
+    img_size = encoder.cfg.img_size
+    transform = build_pretrain_transform(img_size, cfg.data.mean, cfg.data.std, cfg.crop_scale_min, cfg.hflip)
+    n = len(dataset)
+    batch_size = min(p.batch_size, n)
+    gen = torch.Generator().manual_seed(p.seed)
+    loader = DataLoader(_Transformed(dataset, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+                        num_workers=0, collate_fn=collate_skip_broken, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(p.seed)
+        head = LinearProbeHead(encoder.cfg.embed_dim, num_classes)
+        lr = p.lr if p.lr is not None else p.base_lr * batch_size / 256
+        opt = build_probe_optimizer(head, p, lr)
+        steps_per_epoch = max(1, len(loader))
+        total, warmup = p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch
+        encoder = encoder.to(device)
+        step, loss = 0, torch.tensor(float("nan"))
+        bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress, leave=False)
+        for _ in range(p.epochs):
+            head.train()
+            for images, targets, _skipped in loader:
+                if images.shape[0] < 2:
+                    continue
+                with torch.no_grad():
+                    taps, _ = encoder(images.to(device), taps=[encoder.depth])
+                    x = pool_tokens(encoder.norm(taps[encoder.depth]), cfg.features.pool).float().cpu()
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(step, total, warmup, lr, p.min_lr)
+                loss = F.cross_entropy(head(x), targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                bar.update(1)
+        bar.close()
+    head.eval()
+    with torch.no_grad():
+        scores = head(val.blocks[encoder.depth])
+        result = topk_accuracy(scores, val.labels)
+        result["val_loss"] = F.cross_entropy(scores, val.labels).item()
+    result["train_loss"] = float(loss.item())
+    return result, head
+
+
+def _labels_of(dataset) -> torch.Tensor:
+    """Labels without decoding images where the dataset lists them (ImageFolder, IDX: `targets`;
+    the embedded data: index % 10)."""
+    if hasattr(dataset, "targets"):
+        return torch.as_tensor(list(dataset.targets)).long()
+    if type(dataset).__name__ == "EmbeddedShapes":
+        return torch.arange(len(dataset)) % 10
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+class _Labels:
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max().item()) + 1 if self.labels.numel() else 0
