@@ -113,3 +113,17 @@ def test_class_count_mismatch_is_a_clear_error(pretrained, tmp_path):
 def test_odd_batch_with_mixup_is_refused(pretrained, tmp_path):
     with pytest.raises(ConfigError, match="even train.batch_size"):
         run_finetune(tiny_finetune(pretrained, tmp_path, "train.batch_size=31"))
+
+
+def test_finetuned_model_exports_to_timm_with_equal_logits(pretrained, tmp_path):
+    import timm
+    from deepmim.cli.main import main
+
+    run_finetune(tiny_finetune(pretrained, tmp_path / "ft", "train.epochs=1", "train.max_steps=2"))
+    out = tmp_path / "classifier.safetensors"
+    assert main(["export", str(tmp_path / "ft" / "checkpoint-last.pt"), "--out", str(out)]) == 0
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2,
+                            num_classes=10, global_pool="avg", checkpoint_path=str(out)).eval()
+    model, _ = load_classifier(tmp_path / "ft" / "checkpoint-last.pt")
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(vit(x), model(x))

@@ -212,8 +212,10 @@ def cmd_presets(args) -> int:
 
 def cmd_export(args) -> int:
     from ..models.export import export_encoder, timm_model_name
-    from ..models.loading import load_encoder
+    from ..models.loading import load_encoder, read_state_file
 
+    if "architecture" in (read_state_file(args.checkpoint).get("config") or {}):
+        return _export_classifier(args)
     encoder = load_encoder(args.checkpoint)  # no decoders or teacher needed
     path = export_encoder(encoder, args.out, args.img_size)
     name = timm_model_name(encoder)
@@ -287,6 +289,24 @@ def cmd_linprobe(args) -> int:
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
           f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
+    return 0
+
+
+def _export_classifier(args) -> int:
+    """A fine-tuned checkpoint is a timm VisionTransformer already: write its weights as they are."""
+    from safetensors.torch import save_file
+    from ..tasks.finetune import load_classifier
+
+    if args.img_size:
+        print("deepmim export: --img-size applies to pre-trained encoders; timm resamples a classifier's "
+              "position embedding itself when created with another img_size", file=sys.stderr)
+        return 2
+    model, cfg = load_classifier(args.checkpoint)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, args.out, metadata={"format": "pt", "num_classes": str(model.num_classes),
+                                         "global_pool": cfg.model.global_pool, "img_size": str(cfg.data.img_size)})
+    print(f"wrote {args.out}; load it with a timm VisionTransformer of the same size, "
+          f"num_classes={model.num_classes}, global_pool='{cfg.model.global_pool}'")
     return 0
 
 
