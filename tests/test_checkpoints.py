@@ -27,7 +27,6 @@ class AuthorsLayoutModel(nn.Module):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.patch_embed = PatchEmbed(img, patch, 3, dim)
-        n = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(sincos_pos_embed(dim, img // patch), requires_grad=False)
         self.blocks = nn.ModuleList([Block(dim, heads, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
@@ -138,7 +137,7 @@ def test_unknown_keys_and_shape_mismatches_are_named():
     with pytest.raises(CheckpointError, match="decoders.2.pred.bias"):
         load_weights(model, state)
     with pytest.raises(CheckpointError, match="names decoder 5"):
-        load_weights(model, {f"decoder_embed5.weight": torch.zeros(1), "decoder_embed1.weight": torch.zeros(1)})
+        load_weights(model, {"decoder_embed5.weight": torch.zeros(1), "decoder_embed1.weight": torch.zeros(1)})
 
 
 def test_missing_or_corrupt_file_is_a_clear_error(tmp_path):

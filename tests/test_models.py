@@ -5,13 +5,11 @@ import torch
 
 from deepmim import create_model
 from deepmim.config.loader import ConfigError
-from deepmim.config.schema import HeadConfig
 from deepmim.models import DeepMIM, random_masking
 from deepmim.models.decoder import MaskedDecoder
 from deepmim.models.pos_embed import sincos_pos_embed
 from deepmim.models.presets import extra_blocks, preset_config
 from deepmim.targets import build_target, patchify, unpatchify
-from tests.conftest import tiny_model_config
 
 
 # ------------------------------------------------------------------ masking

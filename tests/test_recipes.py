@@ -114,7 +114,7 @@ def test_cosine_losses_equal_the_authors_definition(tmp_path):
 @pytest.mark.slow
 def test_deepmim_clip_recipe_trains_with_an_openai_layout_clip_file(tmp_path):
     """The released model's recipe, shrunk, with a random-weight CLIP saved in OpenAI's layout."""
-    open_clip = pytest.importorskip("open_clip")
+    pytest.importorskip("open_clip")
     from tests.test_targets import tiny_clip
 
     torch.manual_seed(0)
