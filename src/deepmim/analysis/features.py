@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..config.schema import DataConfig, FeatureConfig
 from ..data import build_dataset, build_eval_transform
-from ..data.loader import collate_skip_broken
+from ..data.loader import TransformedDataset, collate_skip_broken
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +43,6 @@ class Features:
     @property
     def num_classes(self) -> int:
         return int(self.labels.max().item()) + 1 if self.labels.numel() else 0
-
-
-class _Transformed(Dataset):
-    def __init__(self, dataset: Dataset, transform):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        if item is None:
-            return None
-        image, label = item
-        return self.transform(image), int(label)
 
 
 def load_encoder(checkpoint: str | Path, preset: Optional[str] = None) -> torch.nn.Module:
@@ -154,7 +139,7 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
     missing = [b for b in blocks if b not in have]
     labels = cached["labels"] if cached else None
     if missing:
-        dataset = _Transformed(build_dataset(data, split),
+        dataset = TransformedDataset(build_dataset(data, split),
                                build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio))
         loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,
                             collate_fn=collate_skip_broken)

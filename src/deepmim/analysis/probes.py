@@ -1,7 +1,6 @@
 """Classifiers on frozen features: DINO's weighted k-NN and MAE's linear probe."""
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import torch
@@ -9,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config.schema import KnnConfig, LinearProbeConfig
+from ..training.schedule import warmup_cosine_lr
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict[str, float]:
@@ -56,13 +56,6 @@ class LinearProbeHead(nn.Module):
         return self.head(self.bn(x))
 
 
-def _lr_at(step: float, total: int, warmup: float, lr: float, min_lr: float) -> float:
-    if step < warmup:
-        return lr * step / warmup
-    progress = (step - warmup) / max(1e-8, total - warmup)
-    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def build_probe_optimizer(head: LinearProbeHead, cfg: LinearProbeConfig, lr: float) -> torch.optim.Optimizer:
     """LARS as in MAE's linprobe: trust ratio on the weight matrix (always, even at wd 0), none on the
     bias (no decay either). timm.optim.Lars with per-group always_adapt. Or plain SGD + momentum."""
@@ -104,7 +97,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, lr, cfg.min_lr)
+                group["lr"] = warmup_cosine_lr(step, total, warmup, lr, cfg.min_lr)
             loss = F.cross_entropy(head(train_x[idx].float()), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -89,6 +89,23 @@ class SeededAugmentation(Dataset):
         return image, label
 
 
+class TransformedDataset(Dataset):
+    """Applies a deterministic `transform` to each image (evaluation, cached features); None
+    items (unreadable files) pass through as None for collate_skip_broken."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int]]:
+        item = self.dataset[index]
+        if item is None:
+            return None
+        return self.transform(item[0]), int(item[1])
+
+
 class ResumableSampler(Sampler[int]):
     """Per-epoch order from a generator seeded with (seed, epoch), sharded over ranks.
 

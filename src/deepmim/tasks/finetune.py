@@ -168,25 +168,13 @@ def build_transforms(cfg: FinetuneConfig):
 
 
 def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int):
-    from ..data import build_dataset, collate_skip_broken
+    from ..data import TransformedDataset, build_dataset, collate_skip_broken
 
     dataset = build_dataset(cfg, split)
-    mapped = _Mapped(dataset, transform)
+    mapped = TransformedDataset(dataset, transform)
     loader = torch.utils.data.DataLoader(mapped, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers,
                                          collate_fn=collate_skip_broken)
     return dataset, loader
-
-
-class _Mapped(torch.utils.data.Dataset):
-    def __init__(self, dataset, transform):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        item = self.dataset[index]
-        return None if item is None else (self.transform(item[0]), item[1])
 
 
 # ----------------------------------------------------------------------------- evaluation

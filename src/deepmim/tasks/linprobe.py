@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import (_Transformed, check_classes, extract_features, load_encoder, pool_tokens)
-from ..analysis.probes import LinearProbeHead, _lr_at, build_probe_optimizer, topk_accuracy, train_linear_probe
+from ..analysis.features import check_classes, extract_features, load_encoder, pool_tokens
+from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
 from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
-from ..data.loader import collate_skip_broken
+from ..data.loader import TransformedDataset, collate_skip_broken
+from ..training.schedule import warmup_cosine_lr
 
 
 def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> LinprobeConfig:
@@ -64,7 +65,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
     n = len(dataset)
     batch_size = min(p.batch_size, n)
     gen = torch.Generator().manual_seed(p.seed)
-    loader = DataLoader(_Transformed(dataset, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=0, collate_fn=collate_skip_broken, generator=gen)
     with torch.random.fork_rng():
         torch.manual_seed(p.seed)
@@ -85,7 +86,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
                     taps, _ = encoder(images.to(device), taps=[encoder.depth])
                     x = pool_tokens(encoder.norm(taps[encoder.depth]), cfg.features.pool).float().cpu()
                 for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, total, warmup, lr, p.min_lr)
+                    group["lr"] = warmup_cosine_lr(step, total, warmup, lr, p.min_lr)
                 loss = F.cross_entropy(head(x), targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
