@@ -1,13 +1,20 @@
-"""torch.distributed set-up under torchrun; a single process needs none of it."""
+"""torch.distributed set-up under torchrun; a single process needs none of it.
+
+Every training command calls `setup_distributed` first and `wrap_ddp` on its model; evaluation
+code shards its data with `shard_indices` and sums its counts with `all_reduce_sum`, so numbers
+are the same on 1 or N processes and no sample is counted twice.
+"""
 from __future__ import annotations
 
 import os
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
+def init_distributed(device: torch.device) -> Tuple[int, int]:
     """(rank, world_size). Initialises the process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -18,22 +25,56 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def local_cuda_device(device: torch.device) -> torch.device:
+    """Under torchrun each process on a node takes the GPU of its LOCAL_RANK."""
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     return device
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+def setup_distributed(device: torch.device) -> Tuple[torch.device, int, int]:
+    """(device for this process, rank, world_size): the one call a task makes before building its model."""
+    device = local_cuda_device(device)
+    rank, world_size = init_distributed(device)
+    return device, rank, world_size
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> Optional[nn.Module]:
+    """DistributedDataParallel around `model` when running on several processes, else None."""
+    if not is_distributed():
+        return None
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=find_unused_parameters)
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> List[int]:
+    """Contiguous, disjoint shards of range(n) covering every index once (evaluation: no padding,
+    no duplicates, so summed counts equal the single-process ones)."""
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return list(range(start, start + per + (rank < extra)))
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of `value` over processes (a copy; the input is left as is). Identity on one process."""
+    if is_distributed():
         value = value.clone()
         dist.all_reduce(value)
-        value /= dist.get_world_size()
+    return value
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        return all_reduce_sum(value) / dist.get_world_size()
     return value
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
