@@ -4,7 +4,10 @@ Two properties make a run restartable bit-for-bit and independent of worker coun
 - the sample order depends only on (seed, epoch) and can start at any batch of an epoch
   (`ResumableSampler.set_start`), without loading the skipped samples;
 - the augmentation of a sample depends only on (seed, epoch, index)
-  (`SeededAugmentation`), not on which worker drew it or what it drew before.
+  (`SeededAugmentation`), not on which worker drew it or what it drew before;
+- so does its mask: every item carries a per-sample seed (`Batch.seeds`) from which the
+  training loss draws the masking noise, so a sample gets the same mask whatever the batch
+  size, accumulation or number of processes (1 process x 8 images == 2 processes x 4).
 """
 from __future__ import annotations
 
@@ -46,9 +49,13 @@ def mix_seed(*values: int) -> int:
     return state >> 1
 
 
+MASK_STREAM = 0x3A5C  # separates the mask seed from the augmentation seed of the same sample
+
+
 class SeededAugmentation(Dataset):
     """Wraps a dataset of (uint8 image, label) so that `transform` randomness depends only on
     (seed, epoch, index). The global CPU RNG is forked, so callers' RNG state is untouched.
+    Items are (image, label, sample_seed): the seed the loss uses for this sample's mask.
 
     The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
     DataLoader workers too. `None` items (unreadable files) pass through as `None`.
@@ -70,7 +77,7 @@ class SeededAugmentation(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int]]:
+    def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int, int]]:
         item = self.dataset[index]
         if item is None:
             return None
@@ -86,7 +93,7 @@ class SeededAugmentation(Dataset):
             image = self.transform(image)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        return image, label
+        return image, label, mix_seed(self.seed, self.epoch, index, MASK_STREAM)
 
 
 class TransformedDataset(Dataset):
@@ -182,17 +189,19 @@ class Batch(NamedTuple):
     images: torch.Tensor  # float (N, 3, H, W); N == 0 when every sample was unreadable
     labels: torch.Tensor  # int64 (N,)
     num_skipped: int
+    seeds: Optional[torch.Tensor] = None  # int64 (N,) per-sample mask seeds (training loaders)
 
 
-def collate_skip_broken(batch: Sequence[Optional[Tuple[torch.Tensor, int]]]) -> Batch:
-    """Stack (image, label) items, dropping `None` (unreadable) ones and counting them."""
+def collate_skip_broken(batch: Sequence[Optional[tuple]]) -> Batch:
+    """Stack (image, label[, sample_seed]) items, dropping `None` (unreadable) ones and counting them."""
     items = [item for item in batch if item is not None]
     num_skipped = len(batch) - len(items)
     if not items:
         return Batch(torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64), num_skipped)
-    images = default_collate([image for image, _ in items])  # shared memory inside workers
-    labels = torch.tensor([int(label) for _, label in items], dtype=torch.int64)
-    return Batch(images, labels, num_skipped)
+    images = default_collate([item[0] for item in items])  # shared memory inside workers
+    labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
+    seeds = torch.tensor([int(item[2]) for item in items], dtype=torch.int64) if len(items[0]) > 2 else None
+    return Batch(images, labels, num_skipped, seeds)
 
 
 def validate_data_config(cfg: DataConfig) -> None:

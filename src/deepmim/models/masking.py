@@ -19,6 +19,13 @@ class Masking(NamedTuple):
     mask: torch.Tensor
 
 
+def noise_from_seeds(seeds: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(N, L) uniform noise, row i drawn from a generator seeded with seeds[i]: a sample's mask then
+    depends on its own seed only, not on the batch, accumulation or process it lands in."""
+    rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return torch.stack(rows) if rows else torch.empty(0, num_patches)
+
+
 def num_visible(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 

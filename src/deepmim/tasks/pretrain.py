@@ -11,6 +11,7 @@ from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import DataConfig, PretrainConfig
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
+from ..models.masking import noise_from_seeds
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
 from ..training.distributed import cleanup, init_distributed, local_cuda_device
 from ..training.logging import METRICS_FILE, say
@@ -61,10 +62,17 @@ def check_compatible(cfg: PretrainConfig) -> None:
         raise ConfigError("train.log_every_steps must be at least 1")
 
 
-def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    device = next(model.parameters()).device
-    out = model(batch.images.to(device, non_blocking=True), generator=generator)
-    return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
+def make_pretrain_loss(num_patches: int):
+    """The loss the loop minimises. Masks come from the batch's per-sample seeds, so they do not
+    depend on how samples are split into micro-batches or processes (exact 1-vs-N equivalence)."""
+
+    def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        device = next(model.parameters()).device
+        noise = noise_from_seeds(batch.seeds, num_patches) if batch.seeds is not None else None
+        out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
+        return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
+
+    return pretrain_loss
 
 
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
@@ -91,7 +99,7 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
             f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
-    trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
+    trainer = Trainer(model, loader, make_pretrain_loss(model.encoder.num_patches), cfg.train, cfg.optim, to_dict(cfg), device, precision,
                       rank, world_size, batch_size_of=lambda b: b.images.shape[0], ddp_model=ddp_model)
     try:
         result = trainer.fit()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config.schema import OptimConfig, TrainConfig
+from .distributed import all_reduce_sum, is_distributed
 from .checkpoint import LAST, atomic_save, find_resume_checkpoint, load_training_checkpoint, rng_state, set_rng_state
 from .logging import MetricsLogger, progress_bar, say
 from .optim import build_adamw, scaled_lr
@@ -234,7 +235,7 @@ class Trainer:
         """The only host-device sync point: turn the window's sums into numbers and log them."""
         means = self.check_finite(window, epoch)
         values = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **means,
-                  "img_per_s": window.images * self.world_size / max(window.elapsed(), 1e-9)}
+                  "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
         bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['lr']:.2e}",
                         img_s=f"{values['img_per_s']:.1f}", refresh=False)
@@ -265,6 +266,7 @@ class _Window:
         self.sums: Dict[str, torch.Tensor] = {}
         self.count = 0
         self.images = 0
+        self.global_images = 0
         self.start = time.perf_counter()
 
     def add(self, metrics: Dict[str, torch.Tensor], n_images: int) -> None:
@@ -274,7 +276,18 @@ class _Window:
         self.images += n_images
 
     def means(self) -> Dict[str, float]:
-        return {k: (v / max(self.count, 1)).item() for k, v in self.sums.items()}
+        """Means over every micro-step of every process. Under torch.distributed this is one
+        all-reduce (at logging steps only), so all ranks log, check and act on the same numbers,
+        covering the whole global batch. Sets `global_images` (images of all processes)."""
+        sums, count, self.global_images = self.sums, self.count, self.images
+        if is_distributed() and sums:
+            keys = sorted(sums)
+            device = sums[keys[0]].device
+            packed = all_reduce_sum(torch.stack([sums[k] for k in keys] + [
+                torch.tensor(float(count), device=device), torch.tensor(float(self.images), device=device)]))
+            sums = {k: packed[i] for i, k in enumerate(keys)}
+            count, self.global_images = int(packed[-2].item()), int(packed[-1].item())
+        return {k: (v / max(count, 1)).item() for k, v in sums.items()}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
