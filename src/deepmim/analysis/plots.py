@@ -77,3 +77,117 @@ def plot_reconstructions(rows: Dict[str, torch.Tensor], out_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)
+
+
+# ---- `deepmim analyze` ----------------------------------------------------------------------------
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_layer_accuracy(linear: Dict[str, Dict[int, float]], knn: Dict[str, Dict[int, float]],
+                        out_path: Path) -> None:
+    """Top-1 (%) against the block: solid = linear probe, dashed = k-NN, one colour per checkpoint."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for color, name in zip(_colors(len(linear) or len(knn)), list(linear or knn)):
+        for series, style, kind in ((linear, "-o", "linear"), (knn, "--s", "k-NN")):
+            if name in series and series[name]:
+                blocks = sorted(series[name])
+                ax.plot(blocks, [100 * series[name][b] for b in blocks], style, color=color, markersize=4,
+                        label=f"{name} ({kind})")
+    ax.set_xlabel("encoder block")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Per-layer accuracy of frozen features")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path) -> None:
+    """Blocks on x, one dot per head (mean attention distance in pixels), checkpoints side by side."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    n = len(distances)
+    for i, (color, (name, d)) in enumerate(zip(_colors(n), distances.items())):
+        offset = (i - (n - 1) / 2) * (0.6 / max(n, 1))
+        depth, heads = d.shape
+        xs = [b + 1 + offset for b in range(depth) for _ in range(heads)]
+        ax.scatter(xs, d.flatten().tolist(), s=14, color=color, alpha=0.8, label=name)
+    ax.set_xlabel("encoder block")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_title("Attention distance of every head (one dot per head)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title: str, out_path: Path,
+             row_label: str = "block", col_label: str = "block") -> None:
+    """Heat map of linear CKA (0..1) with the values written in the cells."""
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(col_blocks) + 1.2, 1.0 + 0.45 * len(row_blocks)), dpi=110)
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(col_blocks)), [str(b) for b in col_blocks])
+    ax.set_yticks(range(len(row_blocks)), [str(b) for b in row_blocks])
+    if len(row_blocks) * len(col_blocks) <= 400:
+        for i in range(len(row_blocks)):
+            for j in range(len(col_blocks)):
+                v = matrix[i][j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="black" if v > 0.6 else "white")
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def plot_convergence(series: Dict[int, Dict[int, float]], title: str, out_path: Path,
+                     ylabel: str = "linear-probe top-1 (%)") -> None:
+    """Accuracy against the number of finished epochs, one line per block: {block: {epoch: acc}}."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=110)
+    cmap = plt.get_cmap("viridis")
+    blocks = sorted(series)
+    for i, b in enumerate(blocks):
+        epochs = sorted(series[b])
+        ax.plot(epochs, [100 * series[b][e] for e in epochs], "-o", markersize=3,
+                color=cmap(i / max(1, len(blocks) - 1)), label=f"block {b}")
+    ax.set_xlabel("epochs trained")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str, str]:
+    """The loss of each run's head on its last block against the optimizer step (the one loss MAE and
+    DeepMIM runs share). Returns {run: the plotted key}."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    plotted = {}
+    for color, (name, path) in zip(_colors(len(metrics)), metrics.items()):
+        rows = [r for r in read_metrics(path) if r.get("type") == "train"]
+        keys = sorted((k for k in (rows[0] if rows else {}) if k.startswith("loss_block")), key=lambda k: int(k[10:]))
+        if not keys:
+            continue
+        key = keys[-1]
+        ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
+                label=f"{name}: head @ block {key[10:]}")
+        plotted[name] = key
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (masked patches)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title("Loss of the last block's head, runs side by side")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return plotted

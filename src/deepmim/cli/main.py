@@ -33,6 +33,7 @@ commands:
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
   finetune   the MAE/BEiT fine-tuning recipe (layer decay, RandAugment, Mixup/CutMix, EMA), eval every epoch
   evaluate   top-1/top-5/loss of a fine-tuned checkpoint
+  analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
 
 Run 'deepmim COMMAND --help' for each command's options.
 Multi-GPU / multi-node: torchrun --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
     v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
+    __import__("deepmim.cli.analyze", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
@@ -333,6 +335,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
+            "analyze": lambda args: __import__("deepmim.cli.analyze", fromlist=["run"]).run(args),
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

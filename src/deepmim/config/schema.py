@@ -188,3 +188,24 @@ class LinprobeConfig:
     hflip: bool = True
     num_classes: Optional[int] = None  # when set, the data must have exactly this many classes
     output_dir: str = "runs/linprobe"
+
+
+@dataclass
+class AnalysisConfig:
+    """What `deepmim analyze` measures besides the probes, and on how many images."""
+
+    measures: List[str] = field(default_factory=lambda: ["probe", "knn", "attention", "cka", "reconstruction",
+                                                         "loss", "convergence"])
+    attention_images: int = 256  # val images for the attention distances (full images, no masking)
+    cka_samples: int = 2000  # val examples (pooled features, as the probes read them) for linear CKA
+    reconstruction_images: int = 8  # first val images, under one fixed mask (seed below)
+    mask_seed: int = 0
+    convergence_knn: bool = True  # also k-NN per block on every periodic checkpoint
+
+
+@dataclass
+class AnalyzeConfig(ProbeConfig):
+    """`deepmim analyze`: ProbeConfig (data, features, probe, knn, num_classes) + analysis.*."""
+
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    output_dir: str = "runs/analyze"
