@@ -33,6 +33,7 @@ commands:
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
   finetune   the MAE/BEiT fine-tuning recipe (layer decay, RandAugment, Mixup/CutMix, EMA), eval every epoch
   evaluate   top-1/top-5/loss of a fine-tuned checkpoint
+  segment    semantic segmentation: UperNet on a pre-trained ViT (train, eval: mIoU), the ADE20K protocol
   analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
 
 Run 'deepmim COMMAND --help' for each command's options.
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
     v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
+    __import__("deepmim.cli.segment", fromlist=["add_parser"]).add_parser(sub)
     __import__("deepmim.cli.analyze", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
@@ -184,6 +186,8 @@ def cmd_pretrain(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_pretrain(cfg)
+    if not _is_rank_zero():
+        return 0
     state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
     print(f"pretrain {state}: {result.step} steps, last loss {result.last_metrics.get('loss', float('nan')):.4f}, "
           f"checkpoint {result.checkpoint}")
@@ -294,6 +298,12 @@ def cmd_linprobe(args) -> int:
     return 0
 
 
+def _is_rank_zero() -> bool:
+    """Under torchrun only the first process reports (every process runs the command)."""
+    import os
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _export_classifier(args) -> int:
     """A fine-tuned checkpoint is a timm VisionTransformer already: write its weights as they are."""
     from safetensors.torch import save_file
@@ -321,6 +331,8 @@ def cmd_finetune(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_finetune(cfg)
+    if not _is_rank_zero():
+        return 0
     print(f"finetune {'finished' if result.finished else 'stopped'}: {result.step} steps, "
           f"checkpoint {result.checkpoint}")
     return 0
@@ -336,6 +348,7 @@ def cmd_evaluate(args) -> int:
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
             "analyze": lambda args: __import__("deepmim.cli.analyze", fromlist=["run"]).run(args),
+            "segment": lambda args: __import__("deepmim.cli.segment", fromlist=["run"]).run(args),
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

@@ -105,6 +105,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     plots: bool = True  # loss.png and reconstruction.png in output_dir at the end
+    # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
+    strategy: str = "ddp"
+    activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
+    compile: bool = False  # torch.compile the model (pays a compile time at start; see benchmarks/)
 
 
 @dataclass

@@ -76,6 +76,16 @@ class DeepMIM(nn.Module):
         for decoder in self.decoders.values():
             decoder.set_fused_attn(enabled)
 
+    def unused_parameter_names(self) -> List[str]:
+        """Parameters no loss reaches: encoder blocks after the deepest head, and the final norm when no
+        head reads it. DDP must be told (find_unused_parameters) only when this is not empty."""
+        deepest = max(self.blocks)
+        names = [n for n, _ in self.encoder.blocks.named_parameters() if int(n.split(".")[0]) >= deepest]
+        names = [f"encoder.blocks.{n}" for n in names]
+        if not any(self._uses_final_norm(h) for h in self.heads):
+            names += [f"encoder.norm.{n}" for n, _ in self.encoder.norm.named_parameters()]
+        return names
+
     def no_weight_decay(self) -> List[str]:
         """Parameter names exempt from weight decay beyond biases and norms (which are 1-D)."""
         names = ["encoder.cls_token", "encoder.pos_embed"]

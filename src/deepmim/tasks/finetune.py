@@ -167,11 +167,16 @@ def build_transforms(cfg: FinetuneConfig):
     return (lambda x: train(to_pil(x))), (lambda x: evaluate(to_pil(x)))
 
 
-def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int):
+def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, rank: int = 0, world_size: int = 1):
+    """The split's loader; under torch.distributed each process gets a disjoint shard (no padding, so no
+    image is counted twice once `evaluate` sums the counts)."""
     from ..data import TransformedDataset, build_dataset, collate_skip_broken
+    from ..training.distributed import shard_indices
 
     dataset = build_dataset(cfg, split)
     mapped = TransformedDataset(dataset, transform)
+    if world_size > 1:
+        mapped = torch.utils.data.Subset(mapped, shard_indices(len(mapped), rank, world_size))
     loader = torch.utils.data.DataLoader(mapped, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers,
                                          collate_fn=collate_skip_broken)
     return dataset, loader
@@ -182,27 +187,31 @@ def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str) -> Dict[str, float]:
-    """top-1, top-5 (when there are 5+ classes) and cross-entropy over the whole loader."""
+    """top-1, top-5 (when there are 5+ classes) and cross-entropy over the whole loader; under
+    torch.distributed the counts of every process's shard are summed (one all-reduce, at the end)."""
+    from ..training.distributed import all_reduce_sum
     from ..training.precision import autocast
 
     model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
+    counts = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, images
+    num_classes = getattr(model, "num_classes", 0)
     for batch in loader:
         if batch.images.shape[0] == 0:
             continue
         images, labels = batch.images.to(device), batch.labels.to(device)
         with autocast(device, precision):
             logits = model(images).float()
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
-        total += labels.numel()
+        counts += torch.stack([(top[:, 0] == labels).sum().double(),
+                               (top == labels[:, None]).any(dim=1).sum().double(),
+                               nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                               torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+        num_classes = logits.shape[1]
+    correct1, correct5, loss_sum, total = all_reduce_sum(counts).tolist()
     if total == 0:
         raise ConfigError("the evaluation split has no readable images")
     result = {"top1": 100.0 * correct1 / total, "loss": loss_sum / total, "images": float(total)}
-    if logits.shape[1] >= 5:
+    if num_classes >= 5:
         result["top5"] = 100.0 * correct5 / total
     return result
 
@@ -278,36 +287,51 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
 
 
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:
+    """Fine-tune on one process or, under torchrun, with DDP (sharded training and evaluation data)."""
     from ..data import build_pretrain_loader
+    from ..training.distributed import cleanup, setup_distributed
+    from ..training.parallel import prepare_model
 
-    device = resolve_device(cfg.train.device)
+    if cfg.train.strategy != "ddp":
+        raise ConfigError("fine-tuning supports train.strategy=ddp (with train.activation_checkpointing=true for "
+                          "large models); fsdp is available for pretrain")
+    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
     train_tf, eval_tf = build_transforms(cfg)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, transform=train_tf)
+    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
+                                   transform=train_tf)
     data_classes = num_classes_of(loader.raw_dataset)
     num_classes = cfg.model.num_classes or data_classes
     if num_classes != data_classes:
         raise ConfigError(f"model.num_classes={num_classes} but the data has {data_classes} classes")
-    val_dataset, val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size)
+    val_dataset, val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size, rank,
+                                                world_size)
     if num_classes_of(val_dataset) != num_classes:
         raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(val_dataset)} classes, training "
                           f"has {num_classes}")
     model, encoder_cfg = build_classifier(cfg.model, num_classes, cfg.data.img_size)
     model = model.to(device)
     hooks = FinetuneHooks(model, val_loader, device, precision, cfg.train.ema_decay)
+    groups = layer_decay_groups(model, cfg.optim)
+    model, forward_model = prepare_model(model, device, "ddp", cfg.train.activation_checkpointing, cfg.train.compile)
     output_dir = Path(cfg.train.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-    say(f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
-        f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
-        f"precision {precision}\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
+        say(f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
+            f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
+            f"precision {precision}, {world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}"
+            f"-----------------------")
     config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(encoder_cfg),
                                                     "num_classes": num_classes}}
     trainer = Trainer(model, loader, make_loss(cfg, num_classes), cfg.train, cfg.optim, config_dict, device,
-                      precision, batch_size_of=lambda b: b.images.shape[0],
-                      param_groups=layer_decay_groups(model, cfg.optim), hooks=hooks)
-    return trainer.fit()
+                      precision, rank, world_size, batch_size_of=lambda b: b.images.shape[0],
+                      forward_model=forward_model, param_groups=groups, hooks=hooks)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup()
 
 
 def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:

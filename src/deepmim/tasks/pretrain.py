@@ -13,7 +13,8 @@ from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
 from ..models.masking import noise_from_seeds
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
-from ..training.distributed import cleanup, init_distributed, local_cuda_device
+from ..training.distributed import cleanup, setup_distributed
+from ..training.parallel import is_sharded, prepare_model
 from ..training.logging import METRICS_FILE, say
 
 
@@ -80,17 +81,15 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     from ..data import build_pretrain_loader
 
     check_compatible(cfg)
-    device = local_cuda_device(resolve_device(cfg.train.device))
-    rank, world_size = init_distributed(device)
+    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)
     model = DeepMIM(cfg.model).to(device)
     model.set_fused_attn(use_fused_attention(cfg.model.attn_impl, device, precision))
     loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size)
-    ddp_model = None
-    if world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                              else None)
+    unused = model.unused_parameter_names()
+    model, forward_model = prepare_model(model, device, cfg.train.strategy, cfg.train.activation_checkpointing,
+                                         cfg.train.compile, find_unused_parameters=bool(unused))
     output_dir = Path(cfg.train.output_dir)
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -100,14 +99,23 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
             f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
     trainer = Trainer(model, loader, make_pretrain_loss(model.encoder.num_patches), cfg.train, cfg.optim, to_dict(cfg), device, precision,
-                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], ddp_model=ddp_model)
+                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model)
     try:
         result = trainer.fit()
         if rank == 0 and cfg.train.plots:
-            write_plots(model, cfg, output_dir)
+            write_plots(plain_model(model, cfg, result.checkpoint), cfg, output_dir)
     finally:
         cleanup()
     return result
+
+
+def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
+    """`model` itself, or under FSDP (sharded parameters) an unsharded copy read from the checkpoint."""
+    if not is_sharded(model) or checkpoint is None:
+        return model
+    plain = DeepMIM(cfg.model)
+    plain.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    return plain
 
 
 def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,13 @@ import torch
 from torch import nn
 
 from ..config.schema import OptimConfig, TrainConfig
-from .distributed import all_reduce_sum, is_distributed
+from .distributed import all_reduce_sum, barrier, is_distributed
+from .parallel import full_state_dict, is_sharded, load_full_state_dict
 from .checkpoint import LAST, atomic_save, find_resume_checkpoint, load_training_checkpoint, rng_state, set_rng_state
 from .logging import MetricsLogger, progress_bar, say
 from .optim import build_adamw, scaled_lr
 from .precision import autocast
-from .schedule import set_lr, warmup_cosine_lr
+from .schedule import lr_at_step, set_lr
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -73,10 +75,12 @@ class Trainer:
     def __init__(self, model: nn.Module, loader: EpochLoader, compute_loss: LossFn, train: TrainConfig,
                  optim: OptimConfig, config_dict: Dict[str, Any], device: torch.device, precision: str,
                  rank: int = 0, world_size: int = 1, batch_size_of: Callable[[Any], int] = lambda b: len(b[0]),
-                 ddp_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
+                 forward_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
                  hooks: Optional[TrainHooks] = None):
+        """`model` is what is optimised and saved; `forward_model` (default: model) what the step calls,
+        e.g. its DDP wrapper or compiled form (training.parallel.prepare_model)."""
         self.model, self.loader, self.compute_loss = model, loader, compute_loss
-        self.forward_model = ddp_model if ddp_model is not None else model
+        self.forward_model = forward_model if forward_model is not None else model
         self.train_cfg, self.optim_cfg, self.config_dict = train, optim, config_dict
         self.device, self.precision, self.rank, self.world_size = device, precision, rank, world_size
         self.batch_size_of = batch_size_of
@@ -100,15 +104,22 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Everything to resume; model and optimizer gathered in full (parameter names as keys), so a
+        checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP."""
+        model_state, optimizer_state = full_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optimizer_state,
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "rng": rng_state(), "config": self.config_dict,
                 "hooks": self.hooks.state_dict()}
 
     def save(self, numbered_epoch: Optional[int] = None) -> Optional[Path]:
-        if not self.is_main:
+        """Rank 0 writes (atomically); under FSDP every rank takes part in gathering the state."""
+        sharded = is_sharded(self.model)
+        if not self.is_main and not sharded:
             return None
         state = self.state_dict()
+        if not self.is_main:
+            return None
         path = self.output_dir / LAST
         atomic_save(state, path)
         if numbered_epoch is not None:
@@ -116,15 +127,19 @@ class Trainer:
         return path
 
     def maybe_resume(self) -> Optional[Path]:
-        path = find_resume_checkpoint(self.output_dir, self.train_cfg.resume)
+        """Load train.resume; a worker group restarted by torchrun (--max-restarts) resumes from the
+        newest checkpoint in output_dir even when the command did not ask to."""
+        resume = self.train_cfg.resume
+        if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            resume = "auto"
+        path = find_resume_checkpoint(self.output_dir, resume)
         if path is None:
             return None
         state = load_training_checkpoint(path)
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_state_dict(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.hooks.load_state_dict(state.get("hooks", {}))
@@ -156,6 +171,7 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+        barrier()  # no process leaves (and tears down the group) while rank 0 still writes
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
                            last_metrics, checkpoint)
 
@@ -219,7 +235,7 @@ class Trainer:
         return {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}, n_images
 
     def optimizer_step(self) -> None:
-        lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, self.peak_lr, self.optim_cfg.min_lr)
+        lr = lr_at_step(self.optim_cfg, self.step, self.total_steps, self.warmup_steps, self.peak_lr)
         set_lr(self.optimizer, lr)
         if self.optim_cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
