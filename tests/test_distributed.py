@@ -128,3 +128,32 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(setup):
     assert "resumed from" in log
     assert _step(out / "checkpoint-last.pt") == 32
     assert max_difference(weights(reference), weights(out)) == 0.0
+
+
+def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
+    import dataclasses
+
+    from deepmim.models import DeepMIM
+    from tests.conftest import tiny_model_config
+
+    model = DeepMIM(tiny_model_config())
+    pretrained = tmp_path / "pretrained.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, pretrained)
+    out = tmp_path / "finetune"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "deepmim", "finetune",
+           "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",
+           "data.num_samples=161", "data.num_workers=0", "train.batch_size=16", "train.epochs=1",
+           f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+           "train.precision=fp32"]
+    run(cmd)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluation = [r for r in rows if r["type"] == "eval"][-1]
+    assert evaluation["images"] == 161  # shards of 81 + 80: none padded, none counted twice
+    # The same checkpoint evaluated by one process gives the same numbers.
+    single = subprocess.run([sys.executable, "-m", "deepmim", "evaluate", str(out / "checkpoint-last.pt")], env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    numbers = dict(zip(single.stdout.split()[::2], single.stdout.split()[1::2]))
+    assert int(numbers["images"]) == 161
+    assert float(numbers["top1"]) == pytest.approx(evaluation["top1"], abs=1e-3)
+    assert float(numbers["loss"]) == pytest.approx(evaluation["loss"], rel=1e-4)

@@ -291,6 +291,8 @@ def cmd_linprobe(args) -> int:
     if len(args.checkpoints) != 1:
         raise ValueError(f"deepmim linprobe takes exactly one checkpoint, got {args.checkpoints or 'none'}")
     r = run_linprobe(args.checkpoints[0], cfg, args.out)
+    if not _is_rank_zero():
+        return 0
     top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "

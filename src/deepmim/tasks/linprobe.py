@@ -29,20 +29,47 @@ def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] 
 
 
 def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None) -> Dict[str, float]:
-    """Train the probe; write linprobe.json and probe-head.pt (bn + head state, pool, block) to out_dir."""
+    """Train the probe; write linprobe.json and probe-head.pt (bn + head state, pool, block) to out_dir.
+
+    Under torchrun the augmented probe trains with DDP on disjoint shards of the training set (each
+    process runs the frozen encoder on its own images); cached-feature probes, seconds long, train
+    on rank 0 alone. Only rank 0 writes files.
+    """
+    from ..training.distributed import cleanup, setup_distributed
     from ..training.precision import resolve_device
+
+    device, rank, world_size = setup_distributed(resolve_device(cfg.features.device))
+    try:
+        return _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size)
+    finally:
+        cleanup()
+
+
+def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[str, float]:
+    from ..training.distributed import barrier
 
     t0 = time.perf_counter()
     encoder = load_encoder(checkpoint, cfg.features.preset)
     last = encoder.depth
+    if rank != 0:
+        barrier()  # rank 0 extracts (and caches) the validation features first
     val = extract_features(checkpoint, cfg.data, cfg.features.val_split, cfg.features, [last], encoder)
+    if rank == 0:
+        barrier()
+    if not cfg.augment and rank != 0:
+        barrier()  # rank 0 trains the probe on cached features alone
+        return {}
     if not cfg.augment:
         train = extract_features(checkpoint, cfg.data, cfg.features.train_split, cfg.features, [last], encoder)
         num_classes = check_classes(train, val, cfg.num_classes)
         result, head = train_linear_probe(train.blocks[last], train.labels, val.blocks[last], val.labels,
                                           num_classes, cfg.probe, return_head=True)
+        if world_size > 1:
+            barrier()
     else:
-        result, head = _train_augmented(encoder, checkpoint, cfg, val, resolve_device(cfg.features.device))
+        result, head = _train_augmented(encoder, checkpoint, cfg, val, device, rank, world_size)
+        if rank != 0:
+            return result
     result["seconds"] = round(time.perf_counter() - t0, 3)
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,8 +80,11 @@ def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = 
     return result
 
 
-def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
+def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
+    from torch.utils.data import DistributedSampler
     from tqdm import tqdm
+
+    from ..training.distributed import wrap_ddp
 
     p = cfg.probe
     dataset = build_dataset(cfg.data, cfg.features.train_split)
@@ -62,24 +92,31 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
     num_classes = check_classes(_Labels(labels), val, cfg.num_classes)
     img_size = encoder.cfg.img_size
     transform = build_pretrain_transform(img_size, cfg.data.mean, cfg.data.std, cfg.crop_scale_min, cfg.hflip)
-    n = len(dataset)
-    batch_size = min(p.batch_size, n)
+    n = len(dataset) // world_size
+    batch_size = min(p.batch_size, n)  # per process
+    mapped = TransformedDataset(dataset, transform)
+    sampler = DistributedSampler(mapped, world_size, rank, shuffle=True, seed=p.seed, drop_last=True) \
+        if world_size > 1 else None
     gen = torch.Generator().manual_seed(p.seed)
-    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(mapped, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
                         num_workers=0, collate_fn=collate_skip_broken, generator=gen)
     with torch.random.fork_rng():
         torch.manual_seed(p.seed)
         head = LinearProbeHead(encoder.cfg.embed_dim, num_classes)
-        lr = p.lr if p.lr is not None else p.base_lr * batch_size / 256
+        train_head = wrap_ddp(head, torch.device("cpu")) or head  # features are moved to the CPU for the probe
+        lr = p.lr if p.lr is not None else p.base_lr * batch_size * world_size / 256
         opt = build_probe_optimizer(head, p, lr)
         steps_per_epoch = max(1, len(loader))
         total, warmup = p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch
         encoder = encoder.to(device)
         step, loss = 0, torch.tensor(float("nan"))
-        bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress, leave=False)
-        for _ in range(p.epochs):
+        bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress or rank != 0, leave=False)
+        for epoch in range(p.epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             head.train()
-            for images, targets, _skipped in loader:
+            for batch in loader:
+                images, targets = batch.images, batch.labels
                 if images.shape[0] < 2:
                     continue
                 with torch.no_grad():
@@ -87,7 +124,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device):
                     x = pool_tokens(encoder.norm(taps[encoder.depth]), cfg.features.pool).float().cpu()
                 for group in opt.param_groups:
                     group["lr"] = warmup_cosine_lr(step, total, warmup, lr, p.min_lr)
-                loss = F.cross_entropy(head(x), targets)
+                loss = F.cross_entropy(train_head(x), targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
