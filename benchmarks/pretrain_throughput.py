@@ -46,6 +46,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare", action="store_true",
                    help="also time fp32 + math attention (the authors' CPU behaviour), interleaved with the "
                         "chosen mode in this process, and report the speed-up and relative loss difference")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated modes to time side by side instead of the chosen one, each "
+                        "PRECISION+ATTN[+compile], e.g. fp32+fused,fp32+fused+compile,bf16+math")
+    p.add_argument("--random-clip-teacher", action="store_true",
+                   help="for teacher presets (deepmim_clip_*): write a random-weight OpenAI-layout CLIP "
+                        "ViT-B/16 (open_clip) to a temp file and use it as the teacher, so the teacher's "
+                        "forward is timed as in real training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     args = p.parse_args()
@@ -107,10 +114,11 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def train_step(model, optimizer, scaler, images, noise, device, precision) -> Dict[int, float]:
-    """One step exactly as the trainer does it; returns the per-head losses (a host sync)."""
+def train_step(model, optimizer, scaler, images, noise, device, precision, forward=None) -> Dict[int, float]:
+    """One step exactly as the trainer does it; returns the per-head losses (a host sync).
+    `forward`: what to call instead of the model (its torch.compile'd form)."""
     with autocast(device, precision):
-        out = model(images, noise=noise)
+        out = (forward if forward is not None else model)(images, noise=noise)
     scaler.scale(out.loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -151,13 +159,23 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
     scalers = {m["name"]: torch.amp.GradScaler(device.type, enabled=m["precision"] == "fp16") for m in modes}
     times = {m["name"]: [] for m in modes}
     memory = {m["name"]: 0.0 for m in modes}
+    compiled = {m["name"]: torch.compile(model) for m in modes if m.get("compile")}
+    for mode in modes:  # compile time is paid once per run: reported, not timed per step
+        if mode.get("compile"):
+            model.set_fused_attn(mode["fused"])
+            t0 = time.perf_counter()
+            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"],
+                       compiled[mode["name"]])
+            mode["compile_s"] = time.perf_counter() - t0
+            print(f"[{mode['name']}] first (compiling) step took {mode['compile_s']:.1f} s")
     for i in range(args.warmup + args.steps):
         for mode in (modes if i % 2 == 0 else modes[::-1]):
             model.set_fused_attn(mode["fused"])
             reset_peak_memory(device)
             sync(device)
             t0 = time.perf_counter()
-            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"])
+            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"],
+                       compiled.get(mode["name"]))
             sync(device)
             if i >= args.warmup:
                 times[mode["name"]].append(time.perf_counter() - t0)
@@ -168,6 +186,7 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
 def summarize(times, batch: int, mode: dict, peak_mem_gib: float) -> dict:
     median = statistics.median(times)
     return {"precision": mode["precision"], "attn": "fused" if mode["fused"] else "math",
+            "compile": bool(mode.get("compile")), "compile_s": mode.get("compile_s"),
             "median_s_per_step": median, "ms_per_step": 1e3 * median, "img_per_s": batch / median,
             "img_per_s_min": batch / max(times), "img_per_s_max": batch / min(times), "step_times_s": times,
             "peak_mem_gib": peak_mem_gib}
@@ -186,10 +205,42 @@ def loss_difference(base: Dict, other: Dict) -> Dict[str, float]:
 
 
 def print_mode(name: str, r: dict) -> None:
-    print(f"[{name}] {r['precision']} + {r['attn']} attention: {r['img_per_s']:.2f} img/s median "
+    compiled = " + torch.compile" if r.get("compile") else ""
+    print(f"[{name}] {r['precision']} + {r['attn']} attention{compiled}: {r['img_per_s']:.2f} img/s median "
           f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
           f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
           f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB")
+
+
+def parse_modes(text: str) -> list:
+    """'fp32+fused,bf16+math+compile' -> mode dicts (name = the text of each)."""
+    modes = []
+    for item in text.split(","):
+        parts = item.strip().split("+")
+        if len(parts) not in (2, 3) or parts[0] not in DTYPES or parts[1] not in ("fused", "math") \
+                or parts[2:] not in ([], ["compile"]):
+            raise SystemExit(f"--modes: cannot read {item!r}; write PRECISION+ATTN[+compile], e.g. fp32+fused")
+        modes.append({"name": item.strip(), "precision": parts[0], "fused": parts[1] == "fused",
+                      "compile": parts[2:] == ["compile"]})
+    return modes
+
+
+def model_spec(args):
+    """The preset, with a random-weight CLIP teacher file for --random-clip-teacher."""
+    if not args.random_clip_teacher:
+        return args.preset
+    import tempfile
+
+    import open_clip  # the test extra installs it
+
+    from deepmim.models.presets import preset_config
+    clip = open_clip.create_model("ViT-B-16", pretrained=None)
+    path = os.path.join(tempfile.mkdtemp(prefix="deepmim-bench-"), "random_clip_vit_b16.pt")
+    torch.save(clip.state_dict(), path)
+    cfg = preset_config(args.preset)
+    cfg.target = {**cfg.target, "path": path, "kind": "open_clip", "model": "ViT-B-16"}
+    print(f"teacher: random-weight open_clip ViT-B-16 written to {path}")
+    return cfg
 
 
 def main() -> None:
@@ -201,7 +252,7 @@ def main() -> None:
     fused = use_fused_attention(args.attn, device, precision)
 
     torch.manual_seed(args.seed)
-    model = create_model(args.preset).to(device)
+    model = create_model(model_spec(args)).to(device)
     enc = model.cfg.encoder
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
@@ -222,7 +273,7 @@ def main() -> None:
               "steps": args.steps, "gflop_per_step": step_flops / 1e9,
               "gflop_per_image": step_flops / 1e9 / args.batch_size, "matmul_peak": measured,
               "load_average_start": os.getloadavg()[0]}
-    modes = [{"name": "chosen", "precision": precision, "fused": fused}]
+    modes = parse_modes(args.modes) if args.modes else [{"name": "chosen", "precision": precision, "fused": fused}]
     if args.compare:
         modes.insert(0, {"name": "baseline", "precision": "fp32", "fused": False})
     model.train()
@@ -233,14 +284,18 @@ def main() -> None:
         result["first_losses"] = losses[name]
         print_mode(name, result)
     if args.compare:
-        base, chosen = report["modes"]["baseline"], report["modes"]["chosen"]
-        speedup = base["median_s_per_step"] / chosen["median_s_per_step"]
-        paired = statistics.median([b / c for b, c in zip(base["step_times_s"], chosen["step_times_s"])])
-        diff = loss_difference(base["first_losses"], chosen["first_losses"])
-        report["compare"] = {"speedup": speedup, "speedup_paired": paired, "rel_loss_diff": diff}
-        print(f"speed-up over fp32 + math attention: {speedup:.2f}x (ratio of medians; median of the per-round "
-              f"ratios {paired:.2f}x); relative loss difference on the same batch and mask: {diff['total']:.1e} "
-              f"(worst head {diff['worst_head']:.1e})")
+        base = report["modes"]["baseline"]
+        report["compare"] = {}
+        for name, other in report["modes"].items():
+            if name == "baseline":
+                continue
+            speedup = base["median_s_per_step"] / other["median_s_per_step"]
+            paired = statistics.median([b / c for b, c in zip(base["step_times_s"], other["step_times_s"])])
+            diff = loss_difference(base["first_losses"], other["first_losses"])
+            report["compare"][name] = {"speedup": speedup, "speedup_paired": paired, "rel_loss_diff": diff}
+            print(f"[{name}] speed-up over fp32 + math attention: {speedup:.2f}x (ratio of medians; median of the "
+                  f"per-round ratios {paired:.2f}x); relative loss difference on the same batch and mask: "
+                  f"{diff['total']:.1e} (worst head {diff['worst_head']:.1e})")
     report["load_average_end"] = os.getloadavg()[0]
     busy = report["load_average_end"] > (os.cpu_count() or 1) + 0.5
     print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "

@@ -83,6 +83,9 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     check_compatible(cfg)
     device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.strategy == "fsdp" and precision == "fp16":
+        raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
+                          "use train.precision=bf16 or fp32, or train.strategy=ddp")
     torch.manual_seed(cfg.train.seed)
     model = DeepMIM(cfg.model).to(device)
     model.set_fused_attn(use_fused_attention(cfg.model.attn_impl, device, precision))
