@@ -418,3 +418,29 @@ def test_preflight_errors_say_what_to_set(tmp_path):
         build_dataset(DataConfig(num_samples=0))
     ds = build_dataset(DataConfig(img_size=28, num_samples=5), split="val")
     assert isinstance(ds, EmbeddedShapes) and ds.split == "val" and ds[0][0].shape == (3, 28, 28)
+
+
+def test_masking_noise_depends_on_the_sample_not_on_the_batching():
+    """Same (seed, epoch, index) -> same mask noise, whatever the batch size or the rank."""
+    from deepmim.models.masking import noise_from_seeds
+
+    cfg = DataConfig(name="embedded", img_size=16, num_samples=16, num_workers=0)
+
+    def noise_by_image(batch_size, rank=0, world=1):
+        loader = build_pretrain_loader(cfg, batch_size, seed=5, rank=rank, world_size=world, mask_patches=16)
+        loader.set_epoch(1)
+        found = {}
+        for batch in loader:
+            assert batch.noise.shape == (batch.images.shape[0], 16)
+            assert torch.equal(batch.noise, noise_from_seeds(batch.seeds, 16))
+            for image, noise in zip(batch.images, batch.noise):
+                found[image.sum().item()] = noise
+        return found
+
+    whole = noise_by_image(8)
+    halves = {**noise_by_image(4, 0, 2), **noise_by_image(4, 1, 2)}
+    assert len(whole) == 16 and sorted(whole) == sorted(halves)
+    assert all(torch.equal(whole[k], halves[k]) for k in whole)
+    other_epoch = build_pretrain_loader(cfg, 8, seed=5, mask_patches=16)
+    other_epoch.set_epoch(2)
+    assert not torch.equal(next(iter(other_epoch)).noise, next(iter(build_pretrain_loader(cfg, 8, seed=5, mask_patches=16))).noise)

@@ -223,3 +223,17 @@ def test_create_model_from_dict_with_preset_override():
                           "mask_ratio": 0.6})
     assert model.heads[0].weight == 0.25 and model.cfg.mask_ratio == 0.6
     assert len(model.heads) == 4
+
+
+def test_unused_parameters_are_the_blocks_after_the_deepest_head_and_the_unread_norm():
+    from tests.conftest import tiny_model_config
+    shallow = DeepMIM(tiny_model_config(heads=(2,)))
+    names = shallow.unused_parameter_names()
+    assert {n.split(".")[2] for n in names if n.startswith("encoder.blocks.")} == {"2", "3"}
+    assert "encoder.norm.weight" in names and not any(n.startswith("encoder.blocks.1.") for n in names)
+    # Confirm by backward: exactly these get no gradient.
+    out = shallow(torch.randn(2, 3, 16, 16))
+    out.loss.backward()
+    no_grad = {n for n, p in shallow.named_parameters() if p.requires_grad and p.grad is None}
+    assert no_grad == set(names)
+    assert DeepMIM(tiny_model_config(heads=(2, 4))).unused_parameter_names() == []

@@ -53,7 +53,9 @@ class ModelConfig:
     heads: List[HeadConfig] = field(default_factory=lambda: [HeadConfig()])
     mask_ratio: float = 0.75
     target: Dict[str, Any] = field(default_factory=lambda: {"name": "pixel", "norm_pix": True})
-    attn_impl: str = "auto"  # auto | fused | math (auto: fused except bf16 on CPU, see PERFORMANCE.md)
+    # auto: SDPA except bf16 on CPUs (measured rule, see benchmarks/) | fused | math | measure: time both
+    # kernels at start on this machine and these shapes, record the winner in config.yaml and checkpoints
+    attn_impl: str = "auto"
 
 
 @dataclass

@@ -11,6 +11,7 @@ Two properties make a run restartable bit-for-bit and independent of worker coun
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -190,10 +191,13 @@ class Batch(NamedTuple):
     labels: torch.Tensor  # int64 (N,)
     num_skipped: int
     seeds: Optional[torch.Tensor] = None  # int64 (N,) per-sample mask seeds (training loaders)
+    noise: Optional[torch.Tensor] = None  # float (N, L) masking noise drawn from `seeds` (pre-training)
 
 
-def collate_skip_broken(batch: Sequence[Optional[tuple]]) -> Batch:
-    """Stack (image, label[, sample_seed]) items, dropping `None` (unreadable) ones and counting them."""
+def collate_skip_broken(batch: Sequence[Optional[tuple]], num_patches: Optional[int] = None) -> Batch:
+    """Stack (image, label[, sample_seed]) items, dropping `None` (unreadable) ones and counting them.
+    With `num_patches`, also draw each sample's masking noise from its seed, here in the loader's
+    workers: the training step then only copies it (pinned, asynchronously) to the device."""
     items = [item for item in batch if item is not None]
     num_skipped = len(batch) - len(items)
     if not items:
@@ -201,7 +205,11 @@ def collate_skip_broken(batch: Sequence[Optional[tuple]]) -> Batch:
     images = default_collate([item[0] for item in items])  # shared memory inside workers
     labels = torch.tensor([int(item[1]) for item in items], dtype=torch.int64)
     seeds = torch.tensor([int(item[2]) for item in items], dtype=torch.int64) if len(items[0]) > 2 else None
-    return Batch(images, labels, num_skipped, seeds)
+    noise = None
+    if num_patches is not None and seeds is not None:
+        from deepmim.models.masking import noise_from_seeds
+        noise = noise_from_seeds(seeds, num_patches)
+    return Batch(images, labels, num_skipped, seeds, noise)
 
 
 def validate_data_config(cfg: DataConfig) -> None:
@@ -265,9 +273,11 @@ def build_pretrain_loader(
     drop_last: bool = True,
     transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     split: Optional[str] = None,
+    mask_patches: Optional[int] = None,
 ) -> PretrainLoader:
     """The seeded, resumable training loader for `split` (default cfg.split) with `transform`
-    (default: the pre-training augmentation); call `loader.set_epoch(e)` before each epoch."""
+    (default: the pre-training augmentation); call `loader.set_epoch(e)` before each epoch.
+    `mask_patches`: batches carry per-sample masking noise over that many patches (Batch.noise)."""
     validate_data_config(cfg)
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
@@ -288,7 +298,7 @@ def build_pretrain_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_skip_broken,
+        collate_fn=functools.partial(collate_skip_broken, num_patches=mask_patches),
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=workers > 0,

@@ -140,5 +140,5 @@ def validate_model_config(cfg: ModelConfig) -> None:
         if head.decoder_dim % head.decoder_heads:
             raise ConfigError(f"model.heads.{i}: decoder_dim {head.decoder_dim} is not divisible by "
                               f"decoder_heads {head.decoder_heads}")
-    if cfg.attn_impl not in ("auto", "fused", "math"):
-        raise ConfigError(f"model.attn_impl must be auto, fused or math, got {cfg.attn_impl!r}")
+    if cfg.attn_impl not in ("auto", "fused", "math", "measure"):
+        raise ConfigError(f"model.attn_impl must be auto, fused, math or measure, got {cfg.attn_impl!r}")

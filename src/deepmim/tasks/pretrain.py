@@ -69,7 +69,11 @@ def make_pretrain_loss(num_patches: int):
 
     def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         device = next(model.parameters()).device
-        noise = noise_from_seeds(batch.seeds, num_patches) if batch.seeds is not None else None
+        noise = batch.noise
+        if noise is None and batch.seeds is not None:
+            noise = noise_from_seeds(batch.seeds, num_patches)
+        if noise is not None:
+            noise = noise.to(device, non_blocking=True)  # pinned by the loader on CUDA: no host sync
         out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
         return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
 
@@ -88,8 +92,9 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
                           "use train.precision=bf16 or fp32, or train.strategy=ddp")
     torch.manual_seed(cfg.train.seed)
     model = DeepMIM(cfg.model).to(device)
-    model.set_fused_attn(use_fused_attention(cfg.model.attn_impl, device, precision))
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size)
+    choose_attention(model, cfg, device, precision, rank)
+    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
+                                   mask_patches=model.encoder.num_patches)
     unused = model.unused_parameter_names()
     model, forward_model = prepare_model(model, device, cfg.train.strategy, cfg.train.activation_checkpointing,
                                          cfg.train.compile, find_unused_parameters=bool(unused))
@@ -110,6 +115,45 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     finally:
         cleanup()
     return result
+
+
+def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> None:
+    """Set the attention kernel. attn_impl=measure times both kernels on a batch of the run's shape, once:
+    a resumed run takes the choice recorded in its checkpoint (same kernel, same numbers). The choice
+    replaces 'measure' in the config, so config.yaml and the checkpoints record it."""
+    from ..training.checkpoint import find_resume_checkpoint, load_training_checkpoint
+
+    impl = cfg.model.attn_impl
+    if impl == "measure":
+        previous = find_resume_checkpoint(Path(cfg.train.output_dir), cfg.train.resume)
+        recorded = (load_training_checkpoint(previous).get("config") or {}).get("model", {}).get("attn_impl") \
+            if previous else None
+        if recorded in ("fused", "math"):
+            impl = recorded
+        else:
+            impl = measure_attention(model, cfg, device, precision, rank)
+        cfg.model.attn_impl = impl
+    model.set_fused_attn(use_fused_attention(impl, device, precision))
+
+
+def measure_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> str:
+    from ..training.precision import autocast, fastest_attention
+
+    enc = cfg.model.encoder
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(cfg.train.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
+
+    def step():
+        with autocast(device, precision):
+            loss = model(images, generator=torch.Generator().manual_seed(0)).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    fused, best = fastest_attention(step, model.set_fused_attn, device)
+    if rank == 0:
+        say(f"attention kernel by measurement: SDPA {1e3 * best['fused']:.1f} ms, plain {1e3 * best['math']:.1f} ms "
+            f"per forward+backward of a batch -> {'fused (SDPA)' if fused else 'math'}")
+    return "fused" if fused else "math"
 
 
 def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
-from typing import ContextManager
+from typing import Callable, ContextManager, Dict, Tuple
 
 import torch
 
@@ -47,7 +48,40 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
 
 
 def use_fused_attention(attn_impl: str, device: torch.device, precision: str) -> bool:
-    """On CPUs, SDPA's bf16 backward is slower than plain matmul attention (PERFORMANCE.md)."""
+    """auto: the rule our measurements gave (benchmarks/README.md, PERFORMANCE.md): SDPA everywhere except
+    bf16 on CPUs, where its backward is slower than plain matmul attention. ('measure' is resolved by
+    `fastest_attention` before this is called.)"""
+    if attn_impl not in ("auto", "fused", "math"):
+        raise ValueError(f"attention must be auto, fused, math or measure, got {attn_impl!r}")
     if attn_impl != "auto":
         return attn_impl == "fused"
     return not (device.type == "cpu" and precision == "bf16")
+
+
+def fastest_attention(step: Callable[[], None], set_fused: Callable[[bool], None], device: torch.device,
+                      reps: int = 2) -> Tuple[bool, Dict[str, float]]:
+    """Time `step` (a forward + backward at the run's shapes) with SDPA and with plain attention,
+    alternating after one warm-up each; (SDPA is faster, {kernel: best seconds}). Under
+    torch.distributed every process takes rank 0's times, so all choose the same kernel."""
+    from .distributed import is_distributed
+
+    best = {"fused": float("inf"), "math": float("inf")}
+    for i in range(reps + 1):
+        for name in ("fused", "math"):
+            set_fused(name == "fused")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i > 0:  # the first round warms up allocators and kernel caches
+                best[name] = min(best[name], time.perf_counter() - t0)
+    if is_distributed():
+        import torch.distributed as dist
+        times = torch.tensor([best["fused"], best["math"]], device=device if device.type == "cuda" else "cpu")
+        dist.broadcast(times, src=0)
+        best = {"fused": times[0].item(), "math": times[1].item()}
+    fused = best["fused"] <= best["math"]
+    set_fused(fused)
+    return fused, best
