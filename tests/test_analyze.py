@@ -16,7 +16,8 @@ from scipy.spatial.distance import cdist, pdist
 
 from deepmim import create_model
 from deepmim.analysis.attention import (attention_distance, attention_distances, attention_probs,
-                                        patch_distances, record_attention)
+                                        patch_distances, record_attention,
+                                        uniform_attention_distance)
 from deepmim.analysis.cka import cka_matrix, linear_cka
 from deepmim.cli.main import main
 from deepmim.config.schema import DataConfig, EncoderConfig, HeadConfig, ModelConfig, OptimConfig, \
@@ -59,6 +60,7 @@ def test_uniform_attention_gives_the_mean_pairwise_distance(grid, patch):
     # mean over all ordered (query, key) pairs, the query itself included (distance 0)
     expected = pdist(coords).sum() * 2 / (grid * grid) ** 2
     assert torch.allclose(attention_distance(attn, grid, patch), torch.full((3,), expected, dtype=torch.float64))
+    assert uniform_attention_distance(grid, patch) == pytest.approx(expected)
 
 
 def test_hand_built_maps_per_head():

@@ -31,6 +31,12 @@ def patch_distances(grid_size: int, patch_size: int) -> torch.Tensor:
     return torch.cdist(coords, coords)
 
 
+def uniform_attention_distance(grid_size: int, patch_size: int) -> float:
+    """The attention distance of uniform attention: the mean distance over all (query, key) patch pairs,
+    the query itself included. The reference a head's distance is read against."""
+    return float(patch_distances(grid_size, patch_size).mean())
+
+
 def attention_distance(attn: torch.Tensor, grid_size: int, patch_size: int, num_prefix_tokens: int = 1
                        ) -> torch.Tensor:
     """Per-head mean attention distance (pixels) of maps `attn` (B, H, N, N), N = prefix + grid_size**2.

@@ -106,9 +106,13 @@ def plot_layer_accuracy(linear: Dict[str, Dict[int, float]], knn: Dict[str, Dict
     plt.close(fig)
 
 
-def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path) -> None:
-    """Blocks on x, one dot per head (mean attention distance in pixels), checkpoints side by side."""
+def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path,
+                            uniform: Dict[str, float] = None) -> None:
+    """Blocks on x, one dot per head (mean attention distance in pixels), checkpoints side by side;
+    `uniform`: {label: distance of uniform attention} drawn as dashed reference lines."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, value in (uniform or {}).items():
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1, label=label)
     n = len(distances)
     for i, (color, (name, d)) in enumerate(zip(_colors(n), distances.items())):
         offset = (i - (n - 1) / 2) * (0.6 / max(n, 1))
@@ -140,7 +144,7 @@ def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title
                         color="black" if v > 0.6 else "white")
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8, wrap=True)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(out_path)
@@ -158,6 +162,7 @@ def plot_convergence(series: Dict[int, Dict[int, float]], title: str, out_path: 
         ax.plot(epochs, [100 * series[b][e] for e in epochs], "-o", markersize=3,
                 color=cmap(i / max(1, len(blocks) - 1)), label=f"block {b}")
     ax.set_xlabel("epochs trained")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -13,9 +13,9 @@ from typing import Dict, List
 
 SECTIONS = [
     ("probe", "Per-layer linear probe and k-NN",
-     "A linear probe (MAE's: BatchNorm without affine + Linear, LARS, on frozen, cached features; the same "
-     "code and cache as <code>deepmim probe-layers</code>) and DINO's weighted k-NN are trained on the "
-     "pooled tokens after every block. Claim (1) of DeepMIM: deep supervision makes the shallower blocks' "
+     "A linear probe (MAE's head: BatchNorm without affine + Linear, trained as set by <code>probe.*</code>, "
+     "LARS by default, on frozen, cached features; the same code and cache as <code>deepmim probe-layers</code>) "
+     "and DINO's weighted k-NN (<code>knn.*</code>) on the pooled tokens after every block. Claim (1) of DeepMIM: deep supervision makes the shallower blocks' "
      "features more meaningful, i.e. higher accuracy at intermediate blocks."),
     ("attention", "Attention distance of every head",
      "For each head: the attention-weighted mean distance in pixels between a query patch and the patches it "
@@ -82,6 +82,10 @@ def _section_tables(key: str, result: Dict) -> str:
                                    f"({data[n]['min'][i]:.1f}\u2013{data[n]['max'][i]:.1f})"
                                    if n in data and i < len(data[n]["mean"]) else "-" for n in names])
         out.append(_table(["block"] + [f"{n}: mean \u00b1 std over heads (min\u2013max), px" for n in names], rows))
+        refs = sorted({(a["uniform_px"], a["max_possible_px"]) for a in data.values() if "uniform_px" in a})
+        images = ", ".join(str(n) for n in sorted({a["images"] for a in data.values()}))
+        out.append("<p>" + "; ".join(f"uniform attention gives {u:.2f} px, the largest possible distance is "
+                                     f"{m:.2f} px" for u, m in refs) + f" (over {images} images).</p>")
     elif key == "cka" and result.get("cka"):
         for pair, e in result["cka"].get("between", {}).items():
             if "same_block" in e:

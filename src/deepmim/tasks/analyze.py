@@ -143,7 +143,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
     from tqdm import tqdm
 
     from ..analysis import plots
-    from ..analysis.attention import attention_distances
+    from ..analysis.attention import attention_distances, uniform_attention_distance
     from ..analysis.cka import cka_matrix
     from ..analysis.report import write_report
     from ..training.precision import resolve_device
@@ -212,8 +212,11 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
                 "max": d.max(dim=1).values.tolist(),
                 "images": min(cfg.analysis.attention_images, len(loader.dataset)),
                 "max_possible_px": float(enc.cfg.patch_size * (enc.grid_size - 1) * 2 ** 0.5),
+                "uniform_px": uniform_attention_distance(enc.grid_size, enc.cfg.patch_size),
             }
-        plots.plot_attention_distance(dists, out / "attention_distance.png")
+        refs = {f"uniform attention ({a['uniform_px']:.1f} px)": a["uniform_px"]
+                for a in result["attention"].values()}
+        plots.plot_attention_distance(dists, out / "attention_distance.png", refs)
         figure("attention", "attention_distance.png", "mean attention distance of every head, blocks on x")
         timed("attention", t0)
 
@@ -229,7 +232,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
             m = cka_matrix(feats[c], feats[c])
             result["cka"]["within"][names[c]] = {"blocks": blocks[c], "matrix": m}
             file = f"cka-{slugs[c]}.png"
-            plots.plot_cka(m, blocks[c], blocks[c], f"linear CKA between blocks: {names[c]}", out / file)
+            plots.plot_cka(m, blocks[c], blocks[c], f"linear CKA between blocks\n{names[c]}", out / file)
             figure("cka", file, f"{names[c]}: CKA between every pair of blocks")
         for i, a in enumerate(checkpoints):
             for b in checkpoints[i + 1:]:
@@ -243,7 +246,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
                                            f"blocks) differ; the full cross-block matrix is")
                 result["cka"]["between"][f"{names[a]} vs {names[b]}"] = entry
                 file = f"cka-{slugs[a]}-vs-{slugs[b]}.png"
-                plots.plot_cka(m, blocks[a], blocks[b], f"linear CKA: {names[a]} (rows) vs {names[b]} (columns)",
+                plots.plot_cka(m, blocks[a], blocks[b], f"linear CKA\n{names[a]} (rows) vs\n{names[b]} (columns)",
                                out / file, row_label=f"block of {names[a]}", col_label=f"block of {names[b]}")
                 figure("cka", file, f"CKA between the blocks of {names[a]} and those of {names[b]}")
         timed("cka", t0)
@@ -295,10 +298,10 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
                 result["notes"].append(f"no convergence curve for {names[c]}: no checkpoint-epochNNNN.pt in "
                                        f"{run_dir} (pre-train with train.save_every_epochs=N to keep them)")
                 continue
-            paths = [str(p) for p in epochs.values()]
             per_epoch: Dict[str, Dict] = {"linear": {}, "knn": {}}
-            probed = run_probe_layers(paths, cfg, str(out / "convergence" / slugs[c]))  # one layers.json per run
-            for epoch, path in epochs.items():
+            for epoch, path in tqdm(epochs.items(), desc=f"probes along {names[c]}", disable=not progress,
+                                    leave=False):  # probe-layers' own outputs per epoch under convergence/
+                probed = run_probe_layers([str(path)], cfg, str(out / "convergence" / slugs[c] / f"epoch{epoch}"))
                 per_epoch["linear"][epoch] = {b: r["top1"] for b, r in probed["results"][str(path)].items()}
             if cfg.analysis.convergence_knn:
                 for epoch, path in tqdm(epochs.items(), desc=f"k-NN along {names[c]}", disable=not progress,
@@ -345,6 +348,7 @@ def metric_rows(result: Dict) -> List[List[object]]:
                 rows.append([name, "attention_distance_px", i + 1, f"head {h}", v])
             for stat in ("mean", "std", "min", "max"):
                 rows.append([name, f"attention_distance_{stat}_px", i + 1, "over heads", a[stat][i]])
+        rows.append([name, "attention_distance_uniform_px", "", "reference", a["uniform_px"]])
     cka = result.get("cka", {})
     for name, w in cka.get("within", {}).items():
         for i, bi in enumerate(w["blocks"]):
