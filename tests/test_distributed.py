@@ -34,7 +34,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def deepmim(recipe: Path, out: Path, *overrides: str, procs: int = 1, torchrun_args=()) -> list:
     """The command line of a `deepmim pretrain` run on `procs` processes."""
     launcher = [sys.executable, "-m", "deepmim"] if procs == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", *torchrun_args, "-m", "deepmim"]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *torchrun_args,
+        "-m", "deepmim"]
     return launcher + ["pretrain", "--config", str(recipe), f"train.output_dir={out}", *overrides]
 
 
@@ -140,7 +141,7 @@ def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
     pretrained = tmp_path / "pretrained.pt"
     torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, pretrained)
     out = tmp_path / "finetune"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "deepmim", "finetune",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deepmim", "finetune",
            "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",
            "data.num_samples=161", "data.num_workers=0", "train.batch_size=16", "train.epochs=1",
            f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",

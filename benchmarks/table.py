@@ -1,0 +1,56 @@
+"""Markdown table of pretrain_throughput.py JSON files: one row per mode, speed-ups against the
+baseline of the same run (same process, interleaved steps).
+
+    python benchmarks/table.py benchmarks/results/cpu_*.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def mode_label(r: dict) -> str:
+    return f"{r['precision']} + {r['attn']}" + (" + compile" if r.get("compile") else "")
+
+
+def speedup_of(report: dict, name: str):
+    compare = report.get("compare") or {}
+    entry = compare.get(name) if name in compare else (compare if "speedup" in compare and name == "chosen" else None)
+    return entry
+
+
+def rows(report: dict):
+    peaks = {k: v["gflop_per_s"] for k, v in report["matmul_peak"].items()}
+    for name, r in report["modes"].items():
+        entry = speedup_of(report, name)
+        speed = "1 (baseline)" if name == "baseline" else (
+            f"**{entry['speedup']:.2f}x** ({entry['speedup_paired']:.2f}x)" if entry else "-")
+        diff = "-" if not entry else f"{entry['rel_loss_diff']['total']:.1e}"
+        compile_s = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "-"
+        yield (f"| {report['preset']}, bs {report['batch_size']} | {mode_label(r)} | {r['img_per_s']:.2f} "
+               f"({r['img_per_s_min']:.2f}-{r['img_per_s_max']:.2f}) | {r['gflop_per_s']:.0f} | "
+               f"{100 * r['gflop_per_s'] / peaks['fp32']:.0f}% / {100 * r['gflop_per_s'] / peaks['bf16']:.0f}% | "
+               f"{r['peak_mem_gib']:.2f} | {speed} | {diff} | {compile_s} |")
+
+
+def main(paths) -> None:
+    print("| model, batch | mode | img/s median (min-max) | GFLOP/s | % of fp32 / bf16 matmul peak | peak memory GiB "
+          "| speed-up vs fp32 + math (paired) | rel. loss diff | compile time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        for row in rows(report):
+            print(row)
+    print()
+    for path in paths:
+        with open(path) as f:
+            r = json.load(f)
+        peaks = ", ".join(f"{k} {v['gflop_per_s']:.1f}" for k, v in r["matmul_peak"].items())
+        print(f"- `{path}`: {r['gflop_per_image']:.2f} GFLOP/image; matmul peaks (GFLOP/s) {peaks}; "
+              f"load average {r['load_average_start']:.1f} -> {r['load_average_end']:.1f}; torch {r['torch']}, "
+              f"{r['threads']} threads")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
