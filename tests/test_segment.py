@@ -235,7 +235,7 @@ def test_relative_position_bias_refuses_other_sizes_in_whole_mode():
 
 def test_poly_schedule_with_linear_warmup_matches_mmcv():
     lr = lambda s: warmup_poly_lr(s, total_steps=100, warmup_steps=10, peak_lr=1.0, min_lr=0.0,
-                                  power=1.0, warmup_ratio=1e-6)  # noqa: E731
+                                  power=1.0, warmup_ratio=1e-6)
     assert lr(0) == pytest.approx(1e-6)
     assert lr(5) == pytest.approx(0.95 * (1 - 0.5 * (1 - 1e-6)))
     assert lr(10) == pytest.approx(0.9) and lr(50) == pytest.approx(0.5) and lr(100) == 0.0
