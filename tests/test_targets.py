@@ -478,3 +478,14 @@ def test_hybrid_reads_a_config_less_mae_checkpoint_with_a_preset(tmp_path):
     with torch.no_grad():
         reference = mae(images, noise=noise)
     torch.testing.assert_close(hybrid(images, reference.masking), reference.preds[6], rtol=1e-5, atol=1e-5)
+
+
+def test_one_teacher_forward_per_batch_for_all_heads(tmp_path):
+    """Four heads with the same teacher target: one teacher, run once per batch (not once per head)."""
+    model = teacher_model(tmp_path)
+    (target,) = model.targets.values()
+    assert len(model.heads) == 4
+    calls = []
+    target.net.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    assert calls == [1]
