@@ -37,7 +37,11 @@ commands:
   analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
 
 Run 'deepmim COMMAND --help' for each command's options.
-Multi-GPU / multi-node: torchrun --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
+Multi-GPU / multi-node (every training command; train.batch_size is per process):
+  torchrun --standalone --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
+  torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 --max-restarts=3 \\
+      -m deepmim pretrain --config RECIPE train.strategy=fsdp train.activation_checkpointing=true
+  (restarted workers resume from the newest checkpoint; see the README for SLURM)
 """
 
 
