@@ -15,8 +15,7 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 
 from deepmim import create_model
-from deepmim.analysis.attention import (attention_distance, attention_distances, attention_probs,
-                                        patch_distances, record_attention,
+from deepmim.analysis.attention import (attention_distance, attention_distances, patch_distances, record_attention,
                                         uniform_attention_distance)
 from deepmim.analysis.cka import cka_matrix, linear_cka
 from deepmim.cli.main import main
@@ -340,12 +339,12 @@ def test_report_renders_in_headless_chromium(analyzed, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
     url = (out / "report.html").resolve().as_uri()
-    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
     # the page's own check: every <img> complete with a non-zero natural width once loaded
     assert f'data-images="ok {n_figures}"' in dom
     shot = tmp_path / "report.png"
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True,
-                   timeout=120)
+                   timeout=120, check=True)
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (2400, 1200)
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # text, plots: not blank
