@@ -295,12 +295,41 @@ def test_cli_segment_eval_prints_scores_and_saves_colour_predictions(pretrained,
     assert main(["segment", "eval", str(tmp_path / "missing.pt")]) == 2
 
 
-@pytest.mark.slow
 def test_tiny_model_overfits_a_few_embedded_images(pretrained, tmp_path):
-    """4 images, no augmentation noise, validation on the training images themselves."""
-    cfg = tiny_segment(pretrained, tmp_path, "data.num_samples=4", "data.val_split=train", "train.iterations=150",
-                       "train.eval_every=150", "data.ratio_range=[1.0,1.0]", "data.photometric=false",
+    """4 images, no augmentation noise, validation on the training images themselves (~7 s;
+    it reached 98.3 mIoU when written)."""
+    cfg = tiny_segment(pretrained, tmp_path, "data.num_samples=4", "data.val_split=train", "train.iterations=80",
+                       "train.eval_every=80", "data.ratio_range=[1.0,1.0]", "data.photometric=false",
                        "data.hflip=false", "model.drop_path=0", "model.dropout=0", "optim.lr=2e-3",
                        "optim.warmup_iters=10", "optim.layer_decay=1.0", "model.channels=32")
     _, scores = run_segment_train(cfg)
-    assert scores["mIoU"] > 80, scores
+    assert scores["mIoU"] > 90 and scores["aAcc"] > 95, scores
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_count_every_validation_pixel_once(pretrained, tmp_path):
+    """DDP training on 2 gloo processes, then the sharded evaluation (5 images: shards of 3 and 2)
+    must give the single-process scores exactly."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    common = ["segment", "train", "--config", "upernet_demo", f"model.checkpoint={pretrained}", "model.channels=16",
+              "model.aux_channels=8", "data.img_size=16", "data.scale=[16,16]", "data.crop_size=16",
+              "data.num_samples=8", "data.val_samples=5", "data.num_workers=0", "eval.crop_size=16",
+              "train.batch_size=2", "train.iterations=2", "train.eval_every=2", "optim.warmup_iters=1",
+              f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
+              "train.precision=fp32"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deepmim"]
+    done = subprocess.run(torchrun + common, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = json.loads((out / "eval.json").read_text())
+    done = subprocess.run(torchrun + ["segment", "eval", str(out / "checkpoint-last.pt"), "--out",
+                                      str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["segment", "eval", str(out / "checkpoint-last.pt"), "--out", str(tmp_path / "one.json")]) == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["mIoU"] == two["mIoU"] == pytest.approx(trained["mIoU"]) and one["aAcc"] == two["aAcc"]
+    assert one["IoU"] == two["IoU"]

@@ -24,7 +24,7 @@ from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import EncoderConfig, OptimConfig, TrainConfig
 from ..data.segmentation import SegDataConfig, SegTransform, build_iteration_loader, build_seg_dataset, colourise
 from ..training import TrainResult, Trainer, resolve_device, resolve_precision
-from ..training.distributed import all_reduce_sum, setup_distributed, shard_indices, wrap_ddp
+from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices, wrap_ddp
 from ..training.logging import say
 from ..training.loop import TrainHooks
 from ..training.precision import autocast
@@ -253,6 +253,14 @@ def save_prediction(folder: Path, name: str, raw: torch.Tensor, pred: torch.Tens
     Image.fromarray(panel).save(folder / f"{name}.png")
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's BatchNorm statistics to every process (what DDP does before each forward): after the
+    last step each rank holds its own, and evaluation must use the checkpointed ones."""
+    if is_distributed():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 class SegmentHooks(TrainHooks):
     """Score the validation set after every interval of train.eval_every iterations."""
 
@@ -263,6 +271,7 @@ class SegmentHooks(TrainHooks):
         self.scores: Dict[str, Any] = {}
 
     def after_epoch(self, trainer, epoch: int) -> Dict[str, float]:
+        broadcast_buffers(self.model)
         self.scores = evaluate_segmentation(self.model, self.val_dataset, self.cfg, self.device, self.precision,
                                             self.rank, self.world_size)
         self.best_miou = max(self.best_miou, self.scores["mIoU"])
@@ -300,7 +309,7 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     if num_classes != len(train_set.classes):
         raise ConfigError(f"model.num_classes={num_classes} but the data has {len(train_set.classes)} classes")
     model, enc = build_segmentor(cfg.model, num_classes, cfg.data.crop_size)
-    if world_size > 1:
+    if world_size > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
     model = model.to(device)
     hooks = SegmentHooks(model, val_set, cfg, device, precision, rank, world_size)
@@ -318,7 +327,8 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     # The DDP wrapper goes positionally: the Trainer's keyword for it is being renamed (issue 6).
     trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
                       optim_cfg, config_dict, device, precision, rank, world_size, lambda b: b.images.shape[0],
-                      wrap_ddp(model, device), param_groups=layer_decay_groups(model, cfg.optim), hooks=hooks)
+                      wrap_ddp(model, device, find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1),
+                      param_groups=layer_decay_groups(model, cfg.optim), hooks=hooks)
     result = trainer.fit()
     if rank == 0 and hooks.scores:
         (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **hooks.scores}, indent=2))
