@@ -152,6 +152,7 @@ def test_ade20k_layout_reads_and_reduces_labels(tmp_path):
     dataset = build_seg_dataset(SegDataConfig(name="ade20k", path=str(tmp_path)), "train")
     sample = dataset[0]
     assert len(dataset) == 1 and dataset.num_classes == 150 and sample.name == "a"
+    assert (dataset.classes[0], dataset.classes[44], dataset.classes[149]) == ("wall", "chest of drawers", "flag")
     assert sample.label.tolist() == [[255, 0], [149, 6]] and sample.image.shape == (3, 2, 2)
 
 

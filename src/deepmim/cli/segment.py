@@ -64,7 +64,7 @@ def _train(args) -> int:
     state = "finished" if result.finished else f"stopped at iteration {result.step} (train.max_steps)"
     print(f"segment train {state}: {result.step} iterations, checkpoint {result.checkpoint}")
     if scores:
-        print(format_scores(scores, _names(cfg, len(scores["IoU"]))))
+        print(format_scores(scores, scores["classes"]))
     return 0
 
 
@@ -90,11 +90,3 @@ def _is_rank_zero() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _names(cfg, num_classes: int):
-    from ..data.segmentation import EmbeddedSegmentation
-
-    if cfg.data.name == "embedded" and num_classes == len(EmbeddedSegmentation.classes):
-        return EmbeddedSegmentation.classes
-    return [str(i) for i in range(num_classes)]

@@ -23,6 +23,21 @@ from deepmim.data.folder import load_rgb
 from deepmim.data.loader import mix_seed
 
 ADE20K_NUM_CLASSES = 150
+# The 150 SceneParsing classes in label order (mask value k + 1 -> class k), for the per-class table.
+ADE20K_CLASSES = [name.replace("_", " ") for name in """
+wall building sky floor tree ceiling road bed windowpane grass cabinet sidewalk person earth door
+table mountain plant curtain chair car water painting sofa shelf house sea mirror rug field
+armchair seat fence desk rock wardrobe lamp bathtub railing cushion base box column signboard
+chest_of_drawers counter sand sink skyscraper fireplace refrigerator grandstand path stairs runway
+case pool_table pillow screen_door stairway river bridge bookcase blind coffee_table toilet flower
+book hill bench countertop stove palm kitchen_island computer swivel_chair boat bar arcade_machine
+hovel bus towel light truck tower chandelier awning streetlight booth television_receiver airplane
+dirt_track apparel pole land bannister escalator ottoman bottle buffet poster stage van ship
+fountain conveyer_belt canopy washer plaything swimming_pool stool barrel basket waterfall tent bag
+minibike cradle oven ball food step tank trade_name microwave pot animal bicycle lake dishwasher
+screen blanket sculpture hood sconce vase traffic_light tray ashcan fan pier crt_screen plate
+monitor bulletin_board shower radiator glass clock flag
+""".split()]
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 SEG_DATASETS = ("embedded", "ade20k", "maskfolder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -157,7 +172,7 @@ def build_seg_dataset(cfg: SegDataConfig, split: str) -> Dataset:
     if cfg.name == "ade20k":
         return MaskFolder(root, ADE20K_SPLITS.get(split, split), ADE20K_NUM_CLASSES, "annotations",
                           reduce_zero_label=True if cfg.reduce_zero_label is None else cfg.reduce_zero_label,
-                          ignore_index=cfg.ignore_index)
+                          ignore_index=cfg.ignore_index, classes=ADE20K_CLASSES)
     if not cfg.num_classes:
         raise DataError("data.num_classes is required for data.name=maskfolder")
     return MaskFolder(root, split, cfg.num_classes, cfg.mask_dir, bool(cfg.reduce_zero_label), cfg.ignore_index)

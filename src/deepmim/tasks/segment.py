@@ -295,7 +295,7 @@ def class_names(dataset, num_classes: int) -> List[str]:
 
 def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     """Train, scoring the validation set every train.eval_every iterations; returns the Trainer's
-    result and the last scores (also written to output_dir/eval.json by rank 0)."""
+    result and the last scores with the class names (also written to output_dir/eval.json by rank 0)."""
     validate_segment_config(cfg)
     device = resolve_device(cfg.train.device)
     device, rank, world_size = setup_distributed(device)
@@ -330,9 +330,10 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
                       wrap_ddp(model, device, find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1),
                       param_groups=layer_decay_groups(model, cfg.optim), hooks=hooks)
     result = trainer.fit()
-    if rank == 0 and hooks.scores:
-        (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **hooks.scores}, indent=2))
-    return result, hooks.scores
+    scores = {**hooks.scores, "classes": config_dict["architecture"]["classes"]} if hooks.scores else {}
+    if rank == 0 and scores:
+        (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
+    return result, scores
 
 
 def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str]]:
