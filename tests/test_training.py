@@ -274,3 +274,21 @@ def test_measured_attention_is_recorded_and_reused_on_resume(tmp_path, monkeypat
     cfg.model.attn_impl = "measure"
     run_pretrain(cfg)
     assert calls == [1]  # not measured again: the recorded kernel keeps the resumed run exact
+
+
+def test_checkpoint_state_is_keyed_by_parameter_name_and_old_positional_optimizer_state_loads():
+    from deepmim.training.parallel import full_state_dict, load_full_state_dict
+
+    model = DeepMIM(tiny_model_config())
+    optimizer = build_adamw(model, OptimConfig(), 1e-3, torch.device("cpu"))
+    model(torch.randn(2, 3, 16, 16)).loss.backward()
+    optimizer.step()
+    model_state, optimizer_state = full_state_dict(model, optimizer)
+    assert "encoder.blocks.0.attn.qkv.weight" in optimizer_state["state"]  # names, not positions
+    for state in (optimizer_state, optimizer.state_dict()):  # the current and the positional format
+        fresh = DeepMIM(tiny_model_config())
+        fresh_opt = build_adamw(fresh, OptimConfig(), 1e-3, torch.device("cpu"))
+        load_full_state_dict(fresh, fresh_opt, model_state, state)
+        assert_same_weights(fresh.state_dict(), model.state_dict())
+        a, b = optimizer.state_dict()["state"], fresh_opt.state_dict()["state"]
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
