@@ -24,7 +24,8 @@ from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import EncoderConfig, OptimConfig, TrainConfig
 from ..data.segmentation import SegDataConfig, SegTransform, build_iteration_loader, build_seg_dataset, colourise
 from ..training import TrainResult, Trainer, resolve_device, resolve_precision
-from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices, wrap_ddp
+from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices
+from ..training.parallel import prepare_model
 from ..training.logging import say
 from ..training.loop import TrainHooks
 from ..training.precision import autocast
@@ -324,11 +325,15 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
             f"{t.batch_size}x{world_size} crops, device {device}, precision {precision}")
     config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(enc), "num_classes": num_classes,
                                                     "classes": class_names(train_set, num_classes)}}
-    # The DDP wrapper goes positionally: the Trainer's keyword for it is being renamed (issue 6).
+    if t.strategy != "ddp":
+        raise ConfigError("segmentation supports train.strategy=ddp (with train.activation_checkpointing=true "
+                          "for large backbones); fsdp is available for pretrain")
+    groups = layer_decay_groups(model, cfg.optim)
+    model, forward_model = prepare_model(model, device, "ddp", t.activation_checkpointing, t.compile,
+                                         find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1)
     trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
                       optim_cfg, config_dict, device, precision, rank, world_size, lambda b: b.images.shape[0],
-                      wrap_ddp(model, device, find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1),
-                      param_groups=layer_decay_groups(model, cfg.optim), hooks=hooks)
+                      forward_model=forward_model, param_groups=groups, hooks=hooks)
     result = trainer.fit()
     scores = {**hooks.scores, "classes": config_dict["architecture"]["classes"]} if hooks.scores else {}
     if rank == 0 and scores:

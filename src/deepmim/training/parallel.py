@@ -21,10 +21,12 @@ STRATEGIES = ("ddp", "fsdp")
 
 
 def transformer_blocks(model: nn.Module) -> list:
-    """timm Transformer blocks (encoder, decoders, classifiers): the unit of sharding and recompute."""
+    """timm Transformer blocks (encoder, decoders, classifiers, the segmentation backbone): the unit
+    of sharding and recompute."""
+    from timm.models.beit import Block as BeitBlock
     from timm.models.vision_transformer import Block
 
-    return [m for m in model.modules() if isinstance(m, Block)]
+    return [m for m in model.modules() if isinstance(m, (Block, BeitBlock))]
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:
