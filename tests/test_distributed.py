@@ -110,14 +110,15 @@ def _step(path: Path) -> int:
 
 def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(setup):
     root, recipe, _ = setup
-    common = ["train.batch_size=4", "train.epochs=4", "train.save_every_steps=2"]
+    # 48 steps, a checkpoint every 2: the kill lands mid-run even when the test process is starved of CPU.
+    common = ["train.batch_size=4", "train.epochs=6", "train.save_every_steps=2"]
     reference = root / "elastic-reference"
     run(deepmim(recipe, reference, *common, procs=2))
     out = root / "elastic"
     proc = subprocess.Popen(deepmim(recipe, out, *common, procs=2, torchrun_args=["--max-restarts=1"]), env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and _step(out / "checkpoint-last.pt") < 6:
+    while time.time() < deadline and _step(out / "checkpoint-last.pt") < 4:
         time.sleep(0.02)
     workers = _children(proc.pid)
     assert len(workers) == 2, "torchrun should have started two workers"
@@ -125,9 +126,9 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(setup):
     os.kill(workers[-1], signal.SIGKILL)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-3000:]
-    assert 6 <= killed_at < 32, "the kill must land mid-run"
+    assert 4 <= killed_at < 48, "the kill must land mid-run"
     assert "resumed from" in log
-    assert _step(out / "checkpoint-last.pt") == 32
+    assert _step(out / "checkpoint-last.pt") == 48
     assert max_difference(weights(reference), weights(out)) == 0.0
 
 
