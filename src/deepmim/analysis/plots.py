@@ -27,16 +27,21 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:
         label = "total (weighted sum)" if key == "loss" else f"head @ block {key[10:]}"
         style = {"linewidth": 2.4, "color": "black"} if key == "loss" else {"linewidth": 1.4}
         ax.plot(steps, [float(r[key]) for r in rows], label=label, **style)
+    _save_loss_axes(fig, ax, out_path, "DeepMIM pre-training loss per supervised head", legend_size=8)
+    return keys
+
+
+def _save_loss_axes(fig, ax, out_path: Path, title: str, legend_size: int) -> None:
+    """Loss plots share their look: log scale over optimizer steps."""
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (masked patches)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title("DeepMIM pre-training loss per supervised head")
+    ax.legend(fontsize=legend_size)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)
-    return keys
 
 
 @torch.no_grad()
@@ -186,13 +191,5 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
         ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
                 label=f"{name}: head @ block {key[10:]}")
         plotted[name] = key
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (masked patches)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    ax.set_title("Loss of the last block's head, runs side by side")
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
+    _save_loss_axes(fig, ax, out_path, "Loss of the last block's head, runs side by side", legend_size=7)
     return plotted
