@@ -19,6 +19,14 @@ def speedup_of(report: dict, name: str):
     return entry
 
 
+def bf16_share(r: dict, peaks: dict) -> str:
+    """Against the bf16 peak only where bf16 is real: a CPU that emulates bf16 has a 'peak' far below
+    its fp32 one, and a share of it says nothing."""
+    if peaks["bf16"] < peaks["fp32"]:
+        return f"n/a (bf16 emulated, {peaks['bf16']:.1f} GFLOP/s)"
+    return f"{100 * r['gflop_per_s'] / peaks['bf16']:.0f}%"
+
+
 def rows(report: dict):
     peaks = {k: v["gflop_per_s"] for k, v in report["matmul_peak"].items()}
     for name, r in report["modes"].items():
@@ -29,7 +37,7 @@ def rows(report: dict):
         compile_s = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "-"
         yield (f"| {report['preset']}, bs {report['batch_size']} | {mode_label(r)} | {r['img_per_s']:.2f} "
                f"({r['img_per_s_min']:.2f}-{r['img_per_s_max']:.2f}) | {r['gflop_per_s']:.0f} | "
-               f"{100 * r['gflop_per_s'] / peaks['fp32']:.0f}% / {100 * r['gflop_per_s'] / peaks['bf16']:.0f}% | "
+               f"{100 * r['gflop_per_s'] / peaks['fp32']:.0f}% / {bf16_share(r, peaks)} | "
                f"{r['peak_mem_gib']:.2f} | {speed} | {diff} | {compile_s} |")
 
 
