@@ -116,7 +116,15 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(setup):
     run(deepmim(recipe, reference, *common, procs=2))
     out = root / "elastic"
     proc = subprocess.Popen(deepmim(recipe, out, *common, procs=2, torchrun_args=["--max-restarts=1"]), env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _kill_a_worker_and_wait(proc, out, reference)
+    finally:
+        if proc.poll() is None:  # a hang must not outlive the test
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill_a_worker_and_wait(proc, out: Path, reference: Path) -> None:
     deadline = time.time() + 240
     while time.time() < deadline and _step(out / "checkpoint-last.pt") < 4:
         time.sleep(0.02)

@@ -20,7 +20,14 @@ def init_distributed(device: torch.device) -> Tuple[int, int]:
     if world_size == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # The rendezvous store can outlive a worker group that torchrun restarts (--max-restarts): keys
+        # of the previous attempt (e.g. gloo's peer addresses) would send the new processes to dead
+        # ports. A prefix per restart attempt keeps every attempt's keys apart.
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                store=dist.PrefixStore(f"deepmim/attempt{attempt}", store),
+                                rank=rank, world_size=world_size)
     return dist.get_rank(), dist.get_world_size()
 
 
