@@ -16,6 +16,17 @@ def tiny_model_config(img_size: int = 16, heads=(2, 4), norm_pix: bool = True) -
     )
 
 
+def save_tiny_pretrained(path):
+    """A randomly initialised tiny DeepMIM checkpoint (model + config), as `deepmim pretrain` writes one."""
+    import dataclasses
+
+    from deepmim.models import DeepMIM
+
+    model = DeepMIM(tiny_model_config())
+    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return tiny_model_config()

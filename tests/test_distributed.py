@@ -141,14 +141,9 @@ def _kill_a_worker_and_wait(proc, out: Path, reference: Path) -> None:
 
 
 def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
-    import dataclasses
+    from tests.conftest import save_tiny_pretrained
 
-    from deepmim.models import DeepMIM
-    from tests.conftest import tiny_model_config
-
-    model = DeepMIM(tiny_model_config())
-    pretrained = tmp_path / "pretrained.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, pretrained)
+    pretrained = save_tiny_pretrained(tmp_path / "pretrained.pt")
     out = tmp_path / "finetune"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deepmim", "finetune",
            "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",

@@ -1,5 +1,4 @@
 """Fine-tuning: timm's pieces wired as the MAE/BEiT recipe, exact resume, evaluation."""
-import dataclasses
 import json
 from pathlib import Path
 
@@ -7,18 +6,14 @@ import pytest
 import torch
 
 from deepmim.config.loader import ConfigError
-from deepmim.models import DeepMIM
 from deepmim.tasks.finetune import (ClassifierConfig, build_classifier, layer_decay_groups, load_classifier,
                                     load_finetune_config, run_evaluate, run_finetune)
-from tests.conftest import tiny_model_config
+from tests.conftest import save_tiny_pretrained
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    model = DeepMIM(tiny_model_config())
-    path = tmp_path_factory.mktemp("pre") / "checkpoint-last.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
-    return path
+    return save_tiny_pretrained(tmp_path_factory.mktemp("pre") / "checkpoint-last.pt")
 
 
 def tiny_finetune(pretrained, out, *extra):

@@ -1,6 +1,5 @@
 """Semantic segmentation: pyramid shapes, metrics against hand counts, label mapping, data errors,
 sliding-window inference, the poly schedule, exact resume, and a tiny model that overfits."""
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,17 +23,14 @@ from deepmim.tasks.segment import (SegEvalConfig, build_segmentor, evaluate_segm
                                    load_segment_config, load_segmentor, predict_probs, run_segment_train,
                                    slide_logits)
 from deepmim.training.schedule import warmup_poly_lr
-from tests.conftest import tiny_model_config
+from tests.conftest import save_tiny_pretrained, tiny_model_config
 
 TINY = EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    model = DeepMIM(tiny_model_config())
-    path = tmp_path_factory.mktemp("pre") / "checkpoint-last.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
-    return path
+    return save_tiny_pretrained(tmp_path_factory.mktemp("pre") / "checkpoint-last.pt")
 
 
 def tiny_segment(pretrained, out, *extra):

@@ -27,16 +27,19 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:
         label = "total (weighted sum)" if key == "loss" else f"head @ block {key[10:]}"
         style = {"linewidth": 2.4, "color": "black"} if key == "loss" else {"linewidth": 1.4}
         ax.plot(steps, [float(r[key]) for r in rows], label=label, **style)
-    _save_loss_axes(fig, ax, out_path, "DeepMIM pre-training loss per supervised head", legend_size=8)
+    _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
+            "DeepMIM pre-training loss per supervised head", legend_size=8, log_y=True)
     return keys
 
 
-def _save_loss_axes(fig, ax, out_path: Path, title: str, legend_size: int) -> None:
-    """Loss plots share their look: log scale over optimizer steps."""
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (masked patches)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
+def _finish(fig, ax, out_path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 7,
+            log_y: bool = False) -> None:
+    """The plots' shared look: labels, grid, legend; saved and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both" if log_y else "major")
     ax.legend(fontsize=legend_size)
     ax.set_title(title)
     fig.tight_layout()
@@ -101,14 +104,7 @@ def plot_layer_accuracy(linear: Dict[str, Dict[int, float]], knn: Dict[str, Dict
                 blocks = sorted(series[name])
                 ax.plot(blocks, [100 * series[name][b] for b in blocks], style, color=color, markersize=4,
                         label=f"{name} ({kind})")
-    ax.set_xlabel("encoder block")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Per-layer accuracy of frozen features")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
+    _finish(fig, ax, out_path, "encoder block", "top-1 (%)", "Per-layer accuracy of frozen features")
 
 
 def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path,
@@ -124,14 +120,8 @@ def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path
         depth, heads = d.shape
         xs = [b + 1 + offset for b in range(depth) for _ in range(heads)]
         ax.scatter(xs, d.flatten().tolist(), s=14, color=color, alpha=0.8, label=name)
-    ax.set_xlabel("encoder block")
-    ax.set_ylabel("mean attention distance (pixels)")
-    ax.set_title("Attention distance of every head (one dot per head)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
+    _finish(fig, ax, out_path, "encoder block", "mean attention distance (pixels)",
+            "Attention distance of every head (one dot per head)")
 
 
 def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title: str, out_path: Path,
@@ -191,5 +181,6 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
         ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
                 label=f"{name}: head @ block {key[10:]}")
         plotted[name] = key
-    _save_loss_axes(fig, ax, out_path, "Loss of the last block's head, runs side by side", legend_size=7)
+    _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
+            "Loss of the last block's head, runs side by side", log_y=True)
     return plotted
