@@ -31,12 +31,18 @@ train: {epochs: 3, batch_size: 8, log_every_steps: 2, progress: false, tensorboa
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def launcher(procs: int = 1, torchrun_args=()) -> list:
+    """`python -m deepmim` on 1 process, or under torchrun (--standalone: a free port) on `procs`."""
+    if procs == 1:
+        return [sys.executable, "-m", "deepmim"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+            *torchrun_args, "-m", "deepmim"]
+
+
 def deepmim(recipe: Path, out: Path, *overrides: str, procs: int = 1, torchrun_args=()) -> list:
     """The command line of a `deepmim pretrain` run on `procs` processes."""
-    launcher = [sys.executable, "-m", "deepmim"] if procs == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *torchrun_args,
-        "-m", "deepmim"]
-    return launcher + ["pretrain", "--config", str(recipe), f"train.output_dir={out}", *overrides]
+    return launcher(procs, torchrun_args) + ["pretrain", "--config", str(recipe), f"train.output_dir={out}",
+                                             *overrides]
 
 
 def run(cmd: list) -> None:
@@ -145,8 +151,7 @@ def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
 
     pretrained = save_tiny_pretrained(tmp_path / "pretrained.pt")
     out = tmp_path / "finetune"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deepmim", "finetune",
-           "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",
+    cmd = launcher(2) + ["finetune", "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",
            "data.num_samples=161", "data.num_workers=0", "train.batch_size=16", "train.epochs=1",
            f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
            "train.precision=fp32"]
@@ -155,7 +160,7 @@ def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
     evaluation = [r for r in rows if r["type"] == "eval"][-1]
     assert evaluation["images"] == 161  # shards of 81 + 80: none padded, none counted twice
     # The same checkpoint evaluated by one process gives the same numbers.
-    single = subprocess.run([sys.executable, "-m", "deepmim", "evaluate", str(out / "checkpoint-last.pt")], env=ENV,
+    single = subprocess.run(launcher() + ["evaluate", str(out / "checkpoint-last.pt")], env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     numbers = dict(zip(single.stdout.split()[::2], single.stdout.split()[1::2]))

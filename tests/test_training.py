@@ -158,21 +158,17 @@ def _checkpoint_step_at_least(path: Path, step: int) -> bool:
 def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import deepmim.tasks.pretrain as pretrain_task
 
-    make_real_loss = pretrain_task.make_pretrain_loss
+    real_loss = pretrain_task.pretrain_loss
     calls = {"n": 0}
 
-    def make_exploding_loss(num_patches):
-        real_loss = make_real_loss(num_patches)
+    def exploding_loss(model, batch, generator):
+        calls["n"] += 1
+        loss, metrics = real_loss(model, batch, generator)
+        if calls["n"] > 6:  # from the 7th step: inside the second epoch
+            loss = loss * float("nan")
+        return loss, metrics
 
-        def exploding_loss(model, batch, generator):
-            calls["n"] += 1
-            loss, metrics = real_loss(model, batch, generator)
-            if calls["n"] > 6:  # from the 7th step: inside the second epoch
-                loss = loss * float("nan")
-            return loss, metrics
-        return exploding_loss
-
-    monkeypatch.setattr(pretrain_task, "make_pretrain_loss", make_exploding_loss)
+    monkeypatch.setattr(pretrain_task, "pretrain_loss", exploding_loss)
     cfg = tiny_pretrain_config(tmp_path, epochs=3, log_every_steps=100)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(epoch 1\).*last good checkpoint"):
         run_pretrain(cfg)

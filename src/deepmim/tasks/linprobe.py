@@ -64,8 +64,7 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
         num_classes = check_classes(train, val, cfg.num_classes)
         result, head = train_linear_probe(train.blocks[last], train.labels, val.blocks[last], val.labels,
                                           num_classes, cfg.probe, return_head=True)
-        if world_size > 1:
-            barrier()
+        barrier()  # releases the other ranks (a no-op on one process)
     else:
         result, head = _train_augmented(encoder, checkpoint, cfg, val, device, rank, world_size)
         if rank != 0:

@@ -11,7 +11,6 @@ from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import DataConfig, PretrainConfig
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
-from ..models.masking import noise_from_seeds
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
 from ..training.distributed import cleanup, setup_distributed
 from ..training.parallel import is_sharded, prepare_model
@@ -63,21 +62,13 @@ def check_compatible(cfg: PretrainConfig) -> None:
         raise ConfigError("train.log_every_steps must be at least 1")
 
 
-def make_pretrain_loss(num_patches: int):
-    """The loss the loop minimises. Masks come from the batch's per-sample seeds, so they do not
-    depend on how samples are split into micro-batches or processes (exact 1-vs-N equivalence)."""
-
-    def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        device = next(model.parameters()).device
-        noise = batch.noise
-        if noise is None and batch.seeds is not None:
-            noise = noise_from_seeds(batch.seeds, num_patches)
-        if noise is not None:
-            noise = noise.to(device, non_blocking=True)  # pinned by the loader on CUDA: no host sync
-        out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
-        return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
-
-    return pretrain_loss
+def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The loss the loop minimises. Masks come from the noise the loader drew from per-sample seeds
+    (Batch.noise), so they do not depend on how samples are split into micro-batches or processes."""
+    device = next(model.parameters()).device
+    noise = batch.noise.to(device, non_blocking=True) if batch.noise is not None else None  # pinned on CUDA
+    out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
+    return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
 
 
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
@@ -106,7 +97,7 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
             f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
-    trainer = Trainer(model, loader, make_pretrain_loss(model.encoder.num_patches), cfg.train, cfg.optim, to_dict(cfg), device, precision,
+    trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
                       rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model)
     try:
         result = trainer.fit()

@@ -74,12 +74,6 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        return all_reduce_sum(value) / dist.get_world_size()
-    return value
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -47,7 +47,7 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
     return len(blocks)
 
 
-def shard_fsdp(model: nn.Module, device: torch.device) -> None:
+def shard_fsdp(model: nn.Module) -> None:
     """FSDP2: shard every Transformer block, then the rest at the root (in place)."""
     from torch.distributed.fsdp import fully_shard
 
@@ -66,7 +66,7 @@ def prepare_model(model: nn.Module, device: torch.device, strategy: str = "ddp",
     forward_model = model
     if is_distributed():
         if strategy == "fsdp":
-            shard_fsdp(model, device)
+            shard_fsdp(model)
         else:
             forward_model = wrap_ddp(model, device, find_unused_parameters=find_unused_parameters)
     if compile_model:
