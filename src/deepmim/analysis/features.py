@@ -7,7 +7,7 @@ the raw residual stream (no norm), as the DeepMIM decoders read them. The probe'
 BatchNorm normalises every block's features anyway.
 
 The cache file is keyed by the checkpoint (resolved path, size, mtime), pool, the dataset
-identity (name, path, num_samples, source img_size), split, the encoder input size, mean/std,
+identity (name, path, num_samples, max_samples, source img_size), split, the encoder input size, mean/std,
 crop ratio and preset; it stores one tensor per block, so asking for blocks already cached
 runs no encoder, and asking for new ones extracts only those (still one pass) and merges them.
 """
@@ -85,6 +85,8 @@ def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: in
         "split": split, "img_size": img_size, "pool": pool, "mean": list(data.mean), "std": list(data.std),
         "crop_ratio": crop_ratio, "preset": preset, "version": 1,
     }
+    if data.max_samples is not None:  # only when set, so caches written before the option stay valid
+        ident["dataset"]["max_samples"] = data.max_samples
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -67,6 +67,9 @@ class DataConfig:
     split: str = "train"
     img_size: int = 32
     num_samples: int = 10000  # embedded dataset only
+    # At most this many images of every split: a fixed class-balanced subset (data/subset.py), the same for
+    # every run and seed. For idx / imagefolder; the embedded data has num_samples. None: the whole split.
+    max_samples: Optional[int] = None
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_scale_min: float = 0.2  # RandomResizedCrop(scale=(crop_scale_min, 1.0)), bicubic

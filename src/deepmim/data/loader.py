@@ -229,12 +229,22 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
     if cfg.num_workers < 0:
         raise DataError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.max_samples is not None and cfg.max_samples < 1:
+        raise DataError(f"data.max_samples must be a positive number of images (or null: all), got {cfg.max_samples}")
 
 
 def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
-    """The raw dataset named by `cfg` (items: uint8 (3, H, W) image and int label, or None)."""
+    """The raw dataset named by `cfg` (items: uint8 (3, H, W) image and int label, or None), cut to
+    `cfg.max_samples` images (a fixed class-balanced subset) when that is set."""
     validate_data_config(cfg)
-    split = split or cfg.split
+    dataset = _full_dataset(cfg, split or cfg.split)
+    if cfg.max_samples is not None and cfg.max_samples < len(dataset):
+        from deepmim.data.subset import ClassBalancedSubset
+        return ClassBalancedSubset(dataset, cfg.max_samples)
+    return dataset
+
+
+def _full_dataset(cfg: DataConfig, split: str) -> Dataset:
     if cfg.name == "embedded":
         if cfg.path:
             logger.warning("data.path '%s' is ignored for data.name='embedded'", cfg.path)
