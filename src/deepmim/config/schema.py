@@ -7,7 +7,7 @@ work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -117,13 +117,28 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainTrainConfig(TrainConfig):
+    """TrainConfig + pre-training's online probe (training/online_probe.py says what its numbers mean).
+
+    online_probe=true trains a linear classifier per block on the detached features of the masked forward
+    and logs its top-1 (%) per step and epoch (metrics.jsonl, TensorBoard); it never changes the
+    pre-training weights (tested: identical weights with and without)."""
+
+    online_probe: bool = False
+    online_probe_blocks: Union[str, List[int]] = "supervised"  # supervised (the decoders' blocks) | all | [2, 4]
+    online_probe_pool: str = "avg"  # avg (mean of the visible patch tokens) | cls
+    online_probe_lr: float = 1e-3  # AdamW, constant, no weight decay
+    online_probe_val_images: int = 2000  # first N val images (unmasked) scored at every epoch end; 0: none
+
+
+@dataclass
 class PretrainConfig:
     """`deepmim pretrain`: everything one pre-training run needs."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -19,13 +19,16 @@ from .masking import Masking
 @dataclass
 class PretrainOutput:
     """loss: weighted sum over heads; losses: {block: unweighted loss of that head};
-    mask: (N, L), 1 = masked; preds: {block: (N, L, target dim)}; masking: the full masking."""
+    mask: (N, L), 1 = masked; preds: {block: (N, L, target dim)}; masking: the full masking;
+    taps: {block: (N, 1 + L_visible, D) encoder tokens after that block, before the final norm} for the
+    supervised blocks and any extra `taps` asked of forward (e.g. by the online probe)."""
 
     loss: torch.Tensor
     losses: Dict[int, torch.Tensor]
     mask: torch.Tensor
     preds: Dict[int, torch.Tensor]
     masking: Masking
+    taps: Dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class DeepMIM(nn.Module):
@@ -94,12 +97,14 @@ class DeepMIM(nn.Module):
         return names
 
     def forward(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> PretrainOutput:
+                generator: Optional[torch.Generator] = None, taps: Iterable[int] = ()) -> PretrainOutput:
         """Mask, encode, decode at every supervised depth, score each head on the masked patches.
 
         noise: optional (N, L) tensor replacing the uniform draw (smallest noise = kept).
+        taps: extra encoder blocks whose tokens to return in `.taps` (the loss is the same either way).
         """
-        taps, masking = self.encoder(images, self.cfg.mask_ratio, noise, taps=self.blocks, generator=generator)
+        taps, masking = self.encoder(images, self.cfg.mask_ratio, noise, taps=sorted(set(self.blocks) | set(taps)),
+                                     generator=generator)
         with torch.no_grad():
             target_values = {key: target(images, masking) for key, target in self.targets.items()}
         losses: Dict[int, torch.Tensor] = {}
@@ -114,7 +119,7 @@ class DeepMIM(nn.Module):
             loss = self.targets[key].loss(pred, target_values[key], masking.mask)
             losses[head.block], preds[head.block] = loss, pred
             total = total + head.weight * loss
-        return PretrainOutput(total, losses, masking.mask, preds, masking)
+        return PretrainOutput(total, losses, masking.mask, preds, masking, taps)
 
     def _uses_final_norm(self, head: HeadConfig) -> bool:
         return head.final_norm if head.final_norm is not None else head.block == self.encoder.depth

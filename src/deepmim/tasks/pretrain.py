@@ -1,6 +1,7 @@
 """`deepmim pretrain`: masked image modeling with deep supervision, end to end."""
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -15,6 +16,7 @@ from ..training import Trainer, TrainResult, resolve_device, resolve_precision, 
 from ..training.distributed import cleanup, setup_distributed
 from ..training.parallel import is_sharded, prepare_model
 from ..training.logging import METRICS_FILE, say
+from ..training.online_probe import build_online_probe
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
@@ -62,13 +64,19 @@ def check_compatible(cfg: PretrainConfig) -> None:
         raise ConfigError("train.log_every_steps must be at least 1")
 
 
-def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def pretrain_loss(model, batch, generator: torch.Generator, online_probe=None
+                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The loss the loop minimises. Masks come from the noise the loader drew from per-sample seeds
-    (Batch.noise), so they do not depend on how samples are split into micro-batches or processes."""
+    (Batch.noise), so they do not depend on how samples are split into micro-batches or processes.
+    With an online probe, its heads take one step on this batch's detached block outputs."""
     device = next(model.parameters()).device
     noise = batch.noise.to(device, non_blocking=True) if batch.noise is not None else None  # pinned on CUDA
-    out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
-    return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
+    taps = online_probe.blocks if online_probe is not None else ()
+    out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator, taps=taps)
+    metrics = {f"loss_block{block}": loss for block, loss in out.losses.items()}
+    if online_probe is not None:
+        metrics.update(online_probe.train_step(out.taps, batch.labels))
+    return out.loss, metrics
 
 
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
@@ -97,8 +105,11 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
             f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
-    trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
-                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model)
+    probe = build_online_probe(cfg, model, loader, device, precision, rank, world_size)
+    loss = pretrain_loss if probe is None else functools.partial(pretrain_loss, online_probe=probe)
+    trainer = Trainer(model, loader, loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
+                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
+                      hooks=probe)
     try:
         result = trainer.fit()
         if rank == 0 and cfg.train.plots:
