@@ -180,3 +180,21 @@ def render_report(result: Dict, fig_dir: Path) -> str:
 def write_report(result: Dict, fig_dir: Path, out_path: Path) -> Path:
     out_path.write_text(render_report(result, fig_dir), encoding="utf-8")
     return out_path
+
+
+# ---- building blocks for other self-contained pages (deepmim study) -------------------------------
+
+def figure_html(path: Path, caption: str) -> str:
+    """A <figure> with the PNG at `path` embedded as a base64 data URI."""
+    return (f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)} (<code>{html.escape(path.name)}"
+            f"</code>)</figcaption></figure>")
+
+
+def table_html(header: List[str], rows: List[List[object]]) -> str:
+    return _table(header, rows)
+
+
+def page_html(title: str, body: str) -> str:
+    """A complete page in the report's style (same CSS, same image-check stamp on <body>)."""
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>\n{body}\n</body></html>\n")

@@ -35,6 +35,8 @@ commands:
   evaluate   top-1/top-5/loss of a fine-tuned checkpoint
   segment    semantic segmentation: UperNet on a pre-trained ViT (train, eval: mIoU), the ADE20K protocol
   analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
+  study      a declared comparison (MAE / DeepMIM / untrained encoder) over seeds, end to end and resumable:
+             probes per block, fine-tuning, attention, convergence, wall-clock, FLOPs -> results.md, report.html
 
 Run 'deepmim COMMAND --help' for each command's options.
 Multi-GPU / multi-node (every training command; train.batch_size is per process):
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
     __import__("deepmim.cli.segment", fromlist=["add_parser"]).add_parser(sub)
     __import__("deepmim.cli.analyze", fromlist=["add_parser"]).add_parser(sub)
+    __import__("deepmim.cli.study", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
@@ -355,6 +358,7 @@ def cmd_evaluate(args) -> int:
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
             "analyze": lambda args: __import__("deepmim.cli.analyze", fromlist=["run"]).run(args),
             "segment": lambda args: __import__("deepmim.cli.segment", fromlist=["run"]).run(args),
+            "study": lambda args: __import__("deepmim.cli.study", fromlist=["run"]).run(args),
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

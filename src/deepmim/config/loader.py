@@ -211,7 +211,7 @@ def load_config(cls: Type[T], recipe: Optional[str] = None, overrides: Iterable[
     """Recipe (optional) + overrides -> validated dataclass. `expand` resolves presets; `task`
     refuses a recipe written for another command."""
     data: Dict[str, Any] = read_yaml(resolve_recipe_path(recipe)) if recipe else {}
-    recipe_for = data.pop("task", "pretrain")
+    recipe_for = data.pop("task", "pretrain" if recipe else task)  # no recipe: nothing to refuse
     if recipe_for != task:
         raise ConfigError(f"recipe '{recipe}' is for 'deepmim {recipe_for}', not 'deepmim {task}'; "
                           f"run: deepmim {recipe_for} --config {recipe}")
