@@ -17,7 +17,6 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from ...config.loader import ConfigError, dump_yaml, load_config
 from ...config.study import StudyConfig
-from ...training.logging import say
 from .arms import Arm, build_arm
 from .measures import attention_stage, convergence_stage, finetune_stage, probe_stage
 from .results import build_results, machine_info
@@ -143,10 +142,12 @@ def run_study(cfg: StudyConfig, command: Optional[str] = None) -> Dict[str, Any]
     validate_study(cfg)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
+    console = sys.stderr  # the stages' own output is redirected to their log files; these lines are not
 
     def log(message: str) -> None:
         elapsed = int(time.perf_counter() - start)
-        say(f"study {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {message}")
+        print(f"study {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {message}", file=console,
+              flush=True)
 
     arms = [build_arm(a, cfg) for a in cfg.arms]
     check_arms(cfg, arms)

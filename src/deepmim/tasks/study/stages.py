@@ -10,6 +10,7 @@ everything downstream of it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -97,7 +98,8 @@ class StageRunner:
         self.ran: List[str] = []  # labels of the stages this process computed (not skipped)
 
     def run(self, stage: Stage, record_path: Path, label: str) -> Dict[str, Any]:
-        """The stage's result (and its record's bookkeeping: hash, seconds, attempts)."""
+        """The stage's result (and its record's bookkeeping: hash, seconds, attempts). What the stage itself
+        prints (resolved configs, progress bars, warnings) goes to logs/<stage>.log beside the records."""
         digest = inputs_hash(stage.inputs)
         record = read_json(record_path)
         if record is not None and record["hash"] != digest:
@@ -125,9 +127,21 @@ class StageRunner:
         attempts.append({"start": time.time()})
         base = {"stage": stage.name, "hash": digest, "inputs": stage.inputs, "attempts": attempts}
         write_json(record_path, {**base, "status": "running"})
-        self.log(f"start  {label}" + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else ""))
+        log_path = record_path.parent.parent / "logs" / f"{stage.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log(f"start  {label}" + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else "")
+                 + (f"; log: {log_path}" if stage.folder is not None else ""))
         t0 = time.perf_counter()
-        result = stage.run()
+        with open(log_path, "a") as log_file, contextlib.redirect_stderr(log_file):
+            print(f"=== {label}, attempt {len(attempts)}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===", file=log_file,
+                  flush=True)
+            try:
+                result = stage.run()
+            except BaseException as err:
+                print(f"=== failed: {type(err).__name__}: {err}", file=log_file)
+                self.log(f"failed {label} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
+                         f"its output: {log_path}")
+                raise
         seconds = time.perf_counter() - t0 + earlier
         write_json(record_path, {**base, "status": "done", "seconds": seconds, "result": result})
         self.ran.append(label)
