@@ -262,8 +262,12 @@ def test_study_config_is_checked_before_any_work(tmp_path):
     cfg = load_study_config(str(recipe), [f"arms.1.model={json.dumps(deeper)}"])
     with pytest.raises(ConfigError, match="different encoders.*depth"):
         run_study(cfg, command="test")
-    with pytest.raises(ConfigError, match="only optim and train"):
-        run_study(load_study_config(str(recipe), ["pretrain.data={num_samples: 8}"]), command="test")
+    for override, message in (("pretrain.data={num_samples: 8}", "pretrain: data.num_samples is set by the study's own data"),
+                              ("pretrain.train.seed=3", "pretrain: train.seed is set by the study"),
+                              ("finetune.overrides.model.checkpoint=x.pt", "finetune.overrides: model.checkpoint"),
+                              ("arms.0.overrides=[data.hflip=false]", "arms.mae.overrides: data.hflip")):
+        with pytest.raises(ConfigError, match=message):
+            load_study_config(str(recipe), [override])
     assert not (tmp_path / "out").exists()
 
 
@@ -312,3 +316,11 @@ def test_encoder_flops_match_the_hand_count():
     train, forward = classifier_flops_per_image(enc, 10, 16, "avg", images)
     assert forward == 2 * patches * d * 48 + 4 * per_block + 2 * d * 10  # + the head
     assert train == 3 * forward - 2 * patches * d * 48  # backward = 2x forward, but no input gradient for the images
+
+
+def test_typos_in_the_runs_the_study_makes_stop_at_load(tmp_path):
+    recipe = write_recipe(tmp_path / "s.yaml", tiny_study(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="unknown config key 'train.epohcs'"):
+        load_study_config(str(recipe), ["pretrain.train.epohcs=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'augment.mixupp'"):
+        load_study_config(str(recipe), ["finetune.overrides.augment.mixupp=0"])

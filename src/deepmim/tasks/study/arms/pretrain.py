@@ -20,12 +20,8 @@ class PretrainArm(Arm):
         arm's own overrides, the study's data, then seed, folder and resume."""
         if not self.cfg.model:
             raise ConfigError(f"arm '{self.name}' (pretrain) needs a model, e.g. model: {{preset: mae_vit_micro_p4_28}}")
-        extra = sorted(set(self.study.pretrain) - {"optim", "train"})
-        if extra:
-            raise ConfigError(f"study pretrain: only optim and train keys go here, got {extra} (data is the study's "
-                              f"own section, model each arm's)")
         return (mapping_overrides({"model": self.cfg.model}) + mapping_overrides(self.study.pretrain)
-                + list(self.cfg.overrides) + mapping_overrides({"data": to_dict(self.study.data)})
+                + mapping_overrides({"data": to_dict(self.study.data)}) + list(self.cfg.overrides)
                 + [f"train.seed={seed}", f"train.output_dir={yaml_value(str(folder))}", "train.resume=auto"])
 
     def pretrain_config(self, seed: int, folder: Path) -> PretrainConfig:
