@@ -64,7 +64,14 @@ def test_online_probe_leaves_every_weight_loss_and_rng_state_as_without_it(tmp_p
 
 
 def test_online_probe_logs_train_epoch_and_val_rows(tmp_path):
-    run_pretrain(probe_config(tmp_path, online_probe_blocks="supervised"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_pretrain(probe_config(tmp_path, online_probe_blocks="supervised", tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = events.Tags()["scalars"]
+    assert {"epoch/online_probe_top1_block4", "eval/online_probe_val_top1_block2", "train/online_probe_top1_block2"} \
+        <= set(tags)
+    assert [e.step for e in events.Scalars("eval/online_probe_val_top1_block4")] == [4, 8]
     train, epochs, evals = rows(tmp_path, "train"), rows(tmp_path, "epoch"), rows(tmp_path, "eval")
     keys = ["online_probe_top1_block2", "online_probe_top1_block4"]
     assert len(train) == 8 and all(0 <= r[k] <= 100 for r in train for k in keys)

@@ -1,7 +1,6 @@
 """deepmim study: arms x seeds as ordinary runs, resumable after a kill, tables from recorded numbers only."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

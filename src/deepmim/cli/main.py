@@ -180,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"deepmim {args.command}: interrupted; resume with train.resume=auto", file=sys.stderr)
+        how = "run the same command again to continue" if args.command == "study" else "resume with train.resume=auto"
+        print(f"deepmim {args.command}: interrupted; {how}", file=sys.stderr)
         return 130
 
 

@@ -5,8 +5,9 @@ a killed study continues where it stopped; results.json, results.md, PNGs and re
 """
 from ...config.study import ArmConfig, StudyConfig, StudyEvalConfig, StudyFinetuneConfig
 from .arms import ARM_KINDS
-from .runner import load_study_config, run_study
+from .runner import run_study
 from .stages import StudyChangedError
+from .validate import load_study_config
 
 __all__ = ["ARM_KINDS", "ArmConfig", "StudyChangedError", "StudyConfig", "StudyEvalConfig", "StudyFinetuneConfig",
            "load_study_config", "run_study"]

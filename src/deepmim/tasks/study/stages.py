@@ -101,6 +101,31 @@ class StageRunner:
         """The stage's result (and its record's bookkeeping: hash, seconds, attempts). What the stage itself
         prints (resolved configs, progress bars, warnings) goes to logs/<stage>.log beside the records."""
         digest = inputs_hash(stage.inputs)
+        record = self._record_to_continue(stage, record_path, label, digest)
+        if record is not None and record["status"] == "done":
+            self.log(f"skip   {label} (finished earlier, {record['seconds']:.1f} s)")
+            return {**record["result"], "seconds": record["seconds"]}
+        attempts = list(record["attempts"]) if record else []
+        if attempts and "useful_s" not in attempts[-1]:  # the killed attempt: measured now, before we save again
+            attempts[-1]["useful_s"] = self._useful_seconds(attempts[-1], stage)
+        attempts.append({"start": time.time()})
+        base = {"stage": stage.name, "hash": digest, "inputs": stage.inputs, "attempts": attempts}
+        write_json(record_path, {**base, "status": "running"})
+        log_path = record_path.parent.parent / "logs" / f"{stage.name}.log"
+        self.log(f"start  {label}" + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else "")
+                 + (f"; log: {log_path}" if stage.folder is not None else ""))
+        t0 = time.perf_counter()
+        result = self._execute(stage, log_path, f"{label}, attempt {len(attempts)}")
+        seconds = time.perf_counter() - t0 + sum(a.get("useful_s", 0.0) for a in attempts)
+        write_json(record_path, {**base, "status": "done", "seconds": seconds, "result": result})
+        self.ran.append(label)
+        self.log(f"done   {label} in {seconds:.1f} s" + _summary(result))
+        return {**result, "seconds": seconds}
+
+    def _record_to_continue(self, stage: Stage, record_path: Path, label: str, digest: str
+                            ) -> Optional[Dict[str, Any]]:
+        """The stage's record if it was made from the same inputs; otherwise refuse, or (on_change=rerun)
+        delete the stage's folder and start over."""
         record = read_json(record_path)
         if record is not None and record["hash"] != digest:
             change = describe_change(record.get("inputs", {}), stage.inputs)
@@ -113,40 +138,24 @@ class StageRunner:
             self.log(f"rerun  {label}: inputs changed ({change})")
             if stage.folder is not None and stage.folder.exists():
                 shutil.rmtree(stage.folder)
-            record = None
-        if record is not None and record["status"] == "done":
-            self.log(f"skip   {label} (finished earlier, {record['seconds']:.1f} s)")
-            return {**record["result"], "seconds": record["seconds"]}
+            return None
         if record is None and stage.folder is not None and stage.folder.exists() and any(stage.folder.iterdir()):
             raise ConfigError(f"{stage.folder} exists but the study has no record of starting it: it was not "
                               f"made by this study; move it away or use another output_dir")
-        attempts = list(record["attempts"]) if record else []
-        if attempts and "useful_s" not in attempts[-1]:  # the killed attempt: measured now, before we save again
-            attempts[-1]["useful_s"] = self._useful_seconds(attempts[-1], stage)
-        earlier = sum(a["useful_s"] for a in attempts)
-        attempts.append({"start": time.time()})
-        base = {"stage": stage.name, "hash": digest, "inputs": stage.inputs, "attempts": attempts}
-        write_json(record_path, {**base, "status": "running"})
-        log_path = record_path.parent.parent / "logs" / f"{stage.name}.log"
+        return record
+
+    def _execute(self, stage: Stage, log_path: Path, title: str) -> Dict[str, Any]:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log(f"start  {label}" + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else "")
-                 + (f"; log: {log_path}" if stage.folder is not None else ""))
         t0 = time.perf_counter()
         with open(log_path, "a") as log_file, contextlib.redirect_stderr(log_file):
-            print(f"=== {label}, attempt {len(attempts)}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===", file=log_file,
-                  flush=True)
+            print(f"=== {title}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===", file=log_file, flush=True)
             try:
-                result = stage.run()
+                return stage.run()
             except BaseException as err:
                 print(f"=== failed: {type(err).__name__}: {err}", file=log_file)
-                self.log(f"failed {label} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
+                self.log(f"failed {title} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
                          f"its output: {log_path}")
                 raise
-        seconds = time.perf_counter() - t0 + earlier
-        write_json(record_path, {**base, "status": "done", "seconds": seconds, "result": result})
-        self.ran.append(label)
-        self.log(f"done   {label} in {seconds:.1f} s" + _summary(result))
-        return {**result, "seconds": seconds}
 
     @staticmethod
     def _useful_seconds(attempt: Dict[str, Any], stage: Stage) -> float:
