@@ -89,7 +89,7 @@ def headline(results: Dict[str, Any]) -> Table:
              "fine-tune column is supervised training from scratch with the same recipe and epochs.",
              "wall-clock: pre-training (or writing the initial weights) + fine-tuning; FLOPs: their training steps "
              "(forward + backward), evaluation passes excluded (see the cost table)."]
-    return Table("headline", "Headline", header, rows, notes)
+    return Table("headline", "Per arm", header, rows, notes)
 
 
 def per_block(results: Dict[str, Any], kind: str) -> List[Table]:
@@ -171,6 +171,14 @@ def markdown_table(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_arm(arm: Dict[str, Any]) -> str:
+    m = arm.get("model", {})
+    what = "untrained" if arm["kind"] == "random" else (f"decoders on blocks {', '.join(map(str, m['supervised_blocks']))}, "
+                                                        f"{m.get('target')} target" if m.get("supervised_blocks") else "")
+    size = f"ViT {m['embed_dim']}w x {m['depth']}, {m['img_size']}px/p{m['patch_size']}" if m.get("depth") else ""
+    return ", ".join(x for x in (m.get("preset") or "", size, what) if x) or arm["kind"]
+
+
 def render_markdown(results: Dict[str, Any]) -> str:
     m = results["machine"]
     head = [f"# {results['title']}", "",
@@ -178,5 +186,7 @@ def render_markdown(results: Dict[str, Any]) -> str:
             f"Machine: {m.get('cpu')} ({m.get('cpu_count')} CPUs), GPU: {m.get('gpu') or 'none'}, torch "
             f"{m.get('torch')}, precision auto = {m.get('precision_auto')}; deepmim {m.get('deepmim')} at commit "
             f"{m.get('git_commit') or 'unknown'}{' (with local changes)' if m.get('git_dirty') else ''}; "
-            f"written {results['created']}.", ""]
+            f"written {results['created']}.", "",
+            "Arms: " + "; ".join(f"**{name}** ({describe_arm(arm)})" for name, arm in results["arms"].items()) + ".",
+            ""]
     return "\n".join(head) + "\n" + "\n".join(markdown_table(t) for t in build_tables(results))
