@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 0
     from ..config.loader import ConfigError
-    from ..models.loading import CheckpointError
+    from ..checkpoint import CheckpointError
     from ..training.loop import NonFiniteLossError
     try:
         return COMMANDS[args.command](args)
@@ -221,10 +221,11 @@ def cmd_presets(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from ..checkpoint import read_checkpoint
     from ..models.export import export_encoder, timm_model_name
-    from ..models.loading import load_encoder, read_state_file
+    from ..models.loading import load_encoder
 
-    if "architecture" in (read_state_file(args.checkpoint).get("config") or {}):
+    if read_checkpoint(args.checkpoint).task == "finetune":
         return _export_classifier(args)
     encoder = load_encoder(args.checkpoint)  # no decoders or teacher needed
     path = export_encoder(encoder, args.out, args.img_size)

@@ -16,6 +16,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..checkpoint import strip_module_prefix
+
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 _DECODER_PARTS = {"decoder_embed": "embed", "mask_token": "mask_token", "decoder_blocks": "blocks",
@@ -34,18 +36,11 @@ def detect_layout(state: Dict[str, torch.Tensor]) -> str:
     return "encoder"
 
 
-def strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Drop the `module.` that DDP-wrapped saves add."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def convert_state_dict(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Map any supported layout onto deepmim keys for a model supervising `blocks` (sorted).
 
     Returns (converted state, notes about what was dropped on purpose)."""
-    state = strip_prefix(state)
+    state = strip_module_prefix(state)
     layout = detect_layout(state)
     if layout == "deepmim":
         return dict(state), []

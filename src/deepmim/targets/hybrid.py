@@ -19,7 +19,8 @@ from torch import nn
 
 from ..config.loader import ConfigError
 from ..models.convert import convert_state_dict
-from ..models.loading import CheckpointError, config_from_checkpoint, extract_state_dict, load_weights, read_state_file
+from ..checkpoint import CheckpointError, read_checkpoint
+from ..models.loading import load_weights
 from ..models.masking import Masking
 from .pixel import PixelConfig, PixelTarget
 from .base import register_target
@@ -40,8 +41,8 @@ class FrozenReconstructor(nn.Module):
         from ..models.deepmim import DeepMIM  # here: models.deepmim imports this package
         from ..models.presets import preset_config
 
-        obj = read_state_file(path)
-        cfg = config_from_checkpoint(obj) or (preset_config(preset) if preset else None)
+        ckpt = read_checkpoint(path)
+        cfg = ckpt.model_config() or (preset_config(preset) if preset else None)
         if cfg is None:
             raise CheckpointError(f"hybrid target: '{path}' holds no deepmim config; name the model it holds "
                                   f"with `preset` (e.g. mae_vit_base for MAE's released *_full.pth)")
@@ -50,7 +51,7 @@ class FrozenReconstructor(nn.Module):
         if spec.get("name") != "pixel":
             raise ConfigError(f"hybrid target: the final head of '{path}' predicts {spec}, not pixels")
         # Only the final head is needed: build that alone (other heads' targets could be anything).
-        state, _ = convert_state_dict(extract_state_dict(obj), sorted(h.block for h in cfg.heads))
+        state, _ = convert_state_dict(ckpt.model_state, sorted(h.block for h in cfg.heads))
         cfg = dataclasses.replace(cfg, heads=[dataclasses.replace(final, target=None)], target=spec)
         self.spec, self.block = spec, final.block
         self.model = DeepMIM(cfg)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..analysis.features import extract_features, load_encoder, resolve_blocks
+from ..checkpoint import epoch_checkpoints
 from ..config.loader import load_config, to_dict
 from ..config.schema import AnalyzeConfig, DataConfig
 from .probe import _short_names, run_knn, run_probe_layers
@@ -28,7 +29,6 @@ from .probe import _short_names, run_knn, run_probe_layers
 logger = logging.getLogger(__name__)
 
 MEASURES = ("probe", "knn", "attention", "cka", "reconstruction", "loss", "convergence")
-EPOCH_FILE = re.compile(r"checkpoint-epoch(\d+)\.pt$")
 
 
 def load_analyze_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> AnalyzeConfig:
@@ -59,17 +59,6 @@ def data_overrides(shorthand: Optional[str]) -> List[str]:
     return [f"data.name={'idx' if is_idx else 'imagefolder'}", f"data.path={path}"]
 
 
-def epoch_checkpoints(run_dir: Path) -> Dict[int, Path]:
-    """{epochs trained: path} of a run's periodic checkpoints (checkpoint-epochNNNN.pt holds the state
-    after 0-based epoch NNNN, i.e. NNNN + 1 epochs)."""
-    out = {}
-    for p in run_dir.glob("checkpoint-epoch*.pt"):
-        m = EPOCH_FILE.search(p.name)
-        if m:
-            out[int(m.group(1)) + 1] = p
-    return dict(sorted(out.items()))
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "ckpt"
 
@@ -84,18 +73,17 @@ def _eval_loader(data: DataConfig, split: str, img_size: int, crop_ratio: float,
 
 
 def _describe(ckpt: str, encoder) -> Dict[str, object]:
-    from ..models.loading import config_from_checkpoint, read_state_file
+    from ..checkpoint import read_checkpoint
 
     e = encoder.cfg
     info = {"path": str(ckpt), "depth": encoder.depth, "embed_dim": e.embed_dim, "num_heads": e.num_heads,
             "patch_size": e.patch_size, "img_size": e.img_size, "supervised_blocks": None, "epoch": None}
     try:
-        obj = read_state_file(ckpt)
-        cfg = config_from_checkpoint(obj)
+        checkpoint = read_checkpoint(ckpt)
+        info["epoch"] = checkpoint.epoch
+        cfg = checkpoint.model_config()
         if cfg is not None:
             info["supervised_blocks"] = sorted(h.block for h in cfg.heads)
-        if isinstance(obj.get("epoch"), int):
-            info["epoch"] = obj["epoch"]
     except Exception as err:  # noqa: BLE001 - descriptive only
         logger.debug("no run config in %s: %s", ckpt, err)
     return info

@@ -323,11 +323,11 @@ def run_finetune(cfg: FinetuneConfig) -> TrainResult:
             f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
             f"precision {precision}, {world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}"
             f"-----------------------")
-    config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(encoder_cfg),
-                                                    "num_classes": num_classes}}
-    trainer = Trainer(model, loader, make_loss(cfg, num_classes), cfg.train, cfg.optim, config_dict, device,
+    architecture = {"encoder": dataclasses.asdict(encoder_cfg), "num_classes": num_classes}
+    trainer = Trainer(model, loader, make_loss(cfg, num_classes), cfg.train, cfg.optim, to_dict(cfg), device,
                       precision, rank, world_size, batch_size_of=lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks)
+                      forward_model=forward_model, param_groups=groups, hooks=hooks, task="finetune",
+                      architecture=architecture)
     try:
         return trainer.fit()
     finally:
@@ -336,18 +336,16 @@ def run_finetune(cfg: FinetuneConfig) -> TrainResult:
 
 def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:
     """A fine-tuned checkpoint -> (classifier with its weights, the config it was trained with)."""
+    from ..checkpoint import load_strict, read_checkpoint
     from ..config.loader import from_dict
-    from ..models.loading import CheckpointError, read_state_file
 
-    obj = read_state_file(path)
-    saved = dict(obj.get("config") or {})
-    arch = saved.pop("architecture", None)
-    if arch is None:
-        raise CheckpointError(f"'{path}' is not a deepmim fine-tuning checkpoint (no architecture in its config)")
-    cfg = from_dict(FinetuneConfig, saved)
+    ckpt = read_checkpoint(path)
+    ckpt.require("finetune", "evaluate and export read fine-tuned classifiers")
+    cfg = from_dict(FinetuneConfig, ckpt.config)
+    arch = ckpt.architecture
     enc = from_dict(EncoderConfig, arch["encoder"])
     model = vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
-    model.load_state_dict(obj["model"])
+    load_strict(model, ckpt.model_state, context=f"'{path}' does not fit its classifier")
     return model.eval(), cfg
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..analysis.features import check_classes, extract_features, load_encoder, pool_tokens
 from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
+from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
@@ -74,8 +75,8 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
     out.mkdir(parents=True, exist_ok=True)
     (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last,
                                                    "config": to_dict(cfg), "results": result}, indent=2))
-    torch.save({"head": head.state_dict(), "pool": cfg.features.pool, "block": last,
-                "num_classes": head.head.out_features}, out / "probe-head.pt")
+    atomic_save(make_checkpoint("linprobe", head.state_dict(), to_dict(cfg), pool=cfg.features.pool, block=last,
+                                num_classes=head.head.out_features), out / "probe-head.pt")
     return result
 
 

@@ -7,6 +7,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from ..checkpoint import find_resume_checkpoint, read_checkpoint
 from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import DataConfig, PretrainConfig
 from ..models.deepmim import DeepMIM
@@ -98,7 +99,8 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
             f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
     trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
-                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model)
+                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
+                      task="pretrain")
     try:
         result = trainer.fit()
         if rank == 0 and cfg.train.plots:
@@ -112,13 +114,10 @@ def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, 
     """Set the attention kernel. attn_impl=measure times both kernels on a batch of the run's shape, once:
     a resumed run takes the choice recorded in its checkpoint (same kernel, same numbers). The choice
     replaces 'measure' in the config, so config.yaml and the checkpoints record it."""
-    from ..training.checkpoint import find_resume_checkpoint, load_training_checkpoint
-
     impl = cfg.model.attn_impl
     if impl == "measure":
         previous = find_resume_checkpoint(Path(cfg.train.output_dir), cfg.train.resume)
-        recorded = (load_training_checkpoint(previous).get("config") or {}).get("model", {}).get("attn_impl") \
-            if previous else None
+        recorded = read_checkpoint(previous).config.get("model", {}).get("attn_impl") if previous else None
         if recorded in ("fused", "math"):
             impl = recorded
         else:
@@ -152,7 +151,7 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
     if not is_sharded(model) or checkpoint is None:
         return model
     plain = DeepMIM(cfg.model)
-    plain.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    plain.load_state_dict(read_checkpoint(checkpoint).model_state)
     return plain
 
 

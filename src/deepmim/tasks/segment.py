@@ -323,8 +323,8 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
         say(f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
             f"classes, {len(train_set)} train / {len(val_set)} val images, {t.iterations} iterations of "
             f"{t.batch_size}x{world_size} crops, device {device}, precision {precision}")
-    config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(enc), "num_classes": num_classes,
-                                                    "classes": class_names(train_set, num_classes)}}
+    architecture = {"encoder": dataclasses.asdict(enc), "num_classes": num_classes,
+                    "classes": class_names(train_set, num_classes)}
     if t.strategy != "ddp":
         raise ConfigError("segmentation supports train.strategy=ddp (with train.activation_checkpointing=true "
                           "for large backbones); fsdp is available for pretrain")
@@ -332,10 +332,11 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     model, forward_model = prepare_model(model, device, "ddp", t.activation_checkpointing, t.compile,
                                          find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1)
     trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
-                      optim_cfg, config_dict, device, precision, rank, world_size, lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks)
+                      optim_cfg, to_dict(cfg), device, precision, rank, world_size, lambda b: b.images.shape[0],
+                      forward_model=forward_model, param_groups=groups, hooks=hooks, task="segment",
+                      architecture=architecture)
     result = trainer.fit()
-    scores = {**hooks.scores, "classes": config_dict["architecture"]["classes"]} if hooks.scores else {}
+    scores = {**hooks.scores, "classes": architecture["classes"]} if hooks.scores else {}
     if rank == 0 and scores:
         (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
     return result, scores
@@ -343,18 +344,16 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
 
 def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str]]:
     """A `deepmim segment train` checkpoint -> (model with its weights, its config, class names)."""
+    from ..checkpoint import load_strict, read_checkpoint
     from ..config.loader import from_dict
-    from ..models.loading import CheckpointError, read_state_file
 
-    obj = read_state_file(path)
-    saved = dict(obj.get("config") or {})
-    arch = saved.pop("architecture", None)
-    if arch is None or "data" not in saved or "eval" not in saved:
-        raise CheckpointError(f"'{path}' is not a deepmim segmentation checkpoint (written by deepmim segment train)")
-    cfg = from_dict(SegmentConfig, saved)
+    ckpt = read_checkpoint(path)
+    ckpt.require("segment", "segment eval scores segmentation models")
+    cfg = from_dict(SegmentConfig, ckpt.config)
+    arch = ckpt.architecture
     enc = from_dict(EncoderConfig, arch["encoder"])
     model, _ = build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)
-    model.load_state_dict(obj["model"])
+    load_strict(model, ckpt.model_state, context=f"'{path}' does not fit its segmentation model")
     return model.eval(), cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
 
 

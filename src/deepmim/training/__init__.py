@@ -1,5 +1,5 @@
 """The shared training machinery: loop, optimizer, schedule, precision, checkpoints, logs."""
-from .checkpoint import atomic_save, find_resume_checkpoint
+from ..checkpoint import atomic_save, find_resume_checkpoint
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .optim import build_adamw, scaled_lr
 from .precision import autocast, resolve_device, resolve_precision, use_fused_attention
