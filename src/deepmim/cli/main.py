@@ -5,6 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import analyze as analyze_cli
+from . import segment as segment_cli
+from .arguments import add_probe_arguments, parse_probe_args
+
 DESCRIPTION = """\
 deepmim: pre-train Vision Transformers with masked image modeling under deep supervision
 (DeepMIM, WACV 2025) and carry the result downstream.
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  deepmim knn runs/demo/checkpoint-last.pt data.num_samples=2000 knn.k=20\n"
                                    "  deepmim knn CKPT features.blocks=[4,8,12] features.pool=avg knn.temperature=0.1\n\n"
                                    "Config sections: data, features, knn, num_classes (see ProbeConfig).")
-    _add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
+    add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
 
     pl = sub.add_parser("probe-layers", help="a linear probe on every block's features, several checkpoints",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  deepmim probe-layers runs/mae/checkpoint-last.pt runs/deepmim/checkpoint-last.pt \\\n"
                                     "      --out runs/layers data.num_samples=2000 probe.epochs=20\n\n"
                                     "Writes layers.json, layers.csv and layers.png (blocks on x, a bar per checkpoint).")
-    _add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
+    add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
 
     lp = sub.add_parser("linprobe", help="MAE's linear probe on the last block (frozen encoder, LARS)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  deepmim linprobe runs/demo/checkpoint-last.pt --out runs/linprobe \\\n"
                                     "      data.num_samples=2000 probe.epochs=10 probe.warmup_epochs=1\n\n"
                                     "Writes linprobe.json and probe-head.pt. Config: LinprobeConfig.")
-    _add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
+    add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
 
     f = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,38 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
     v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
-    __import__("deepmim.cli.segment", fromlist=["add_parser"]).add_parser(sub)
-    __import__("deepmim.cli.analyze", fromlist=["add_parser"]).add_parser(sub)
+    segment_cli.add_parser(sub)
+    analyze_cli.add_parser(sub)
     return parser
-
-
-def _add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
-                         remainder: bool = True) -> None:
-    """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
-    key=value overrides, options anywhere), re-parsed intermixed by _parse_probe_args."""
-    parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
-    parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
-                                                       "(default: probe-layers all, knn the last)")
-    parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument(positional, nargs=argparse.REMAINDER if remainder else "*",
-                        metavar="CKPT ... [key=value ...]", help=help_text)
-
-
-def _parse_probe_args(args, positional: str):
-    """Split the remainder into checkpoints and overrides, honouring options given after them."""
-    rest = argparse.ArgumentParser(prog=f"deepmim {args.command}", add_help=False)
-    _add_probe_arguments(rest, "items", "", remainder=False)
-    parsed = rest.parse_intermixed_args(getattr(args, positional))
-    for name in ("out", "blocks", "config"):
-        if getattr(parsed, name) is not None:
-            setattr(args, name, getattr(parsed, name))
-    args.print_config = args.print_config or parsed.print_config
-    args.checkpoints = [a for a in parsed.items if "=" not in a]
-    args.overrides = [a for a in parsed.items if "=" in a]
-    if args.blocks:
-        args.overrides.append(f"features.blocks=[{args.blocks}]")
-    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -241,7 +216,7 @@ def cmd_knn(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import load_probe_config, run_knn
 
-    _parse_probe_args(args, "checkpoint")
+    parse_probe_args(args, "checkpoint")
     cfg = load_probe_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
@@ -268,7 +243,7 @@ def cmd_probe_layers(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import format_table, load_probe_config, run_probe_layers
 
-    _parse_probe_args(args, "checkpoints")
+    parse_probe_args(args, "checkpoints")
     cfg = load_probe_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
@@ -286,7 +261,7 @@ def cmd_linprobe(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.linprobe import load_linprobe_config, run_linprobe
 
-    _parse_probe_args(args, "checkpoint")
+    parse_probe_args(args, "checkpoint")
     if args.blocks:
         raise ValueError("linprobe reads the last block only; use probe-layers for --blocks")
     cfg = load_linprobe_config(args.config, args.overrides)
@@ -354,8 +329,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "analyze": lambda args: __import__("deepmim.cli.analyze", fromlist=["run"]).run(args),
-            "segment": lambda args: __import__("deepmim.cli.segment", fromlist=["run"]).run(args),
+            "analyze": analyze_cli.run, "segment": segment_cli.run,
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

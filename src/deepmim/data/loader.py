@@ -28,6 +28,7 @@ from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import build_pretrain_transform
+from deepmim.models.masking import noise_from_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,6 @@ def collate_skip_broken(batch: Sequence[Optional[tuple]], num_patches: Optional[
     seeds = torch.tensor([int(item[2]) for item in items], dtype=torch.int64) if len(items[0]) > 2 else None
     noise = None
     if num_patches is not None and seeds is not None:
-        from deepmim.models.masking import noise_from_seeds
         noise = noise_from_seeds(seeds, num_patches)
     return Batch(images, labels, num_skipped, seeds, noise)
 

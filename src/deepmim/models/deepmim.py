@@ -10,10 +10,10 @@ from torch import nn
 
 from ..config.loader import ConfigError
 from ..config.schema import HeadConfig, ModelConfig
-from ..targets import Target, build_target
 from .decoder import MaskedDecoder
 from .encoder import MaskedViTEncoder
 from .masking import Masking
+from .target import Target, build_target
 
 
 @dataclass

@@ -17,11 +17,13 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError, read_checkpoint
 from ..config.loader import ConfigError
 from ..models.convert import convert_state_dict
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..models.deepmim import DeepMIM
 from ..models.loading import load_weights
 from ..models.masking import Masking
+from ..models.presets import preset_config
 from .pixel import PixelConfig, PixelTarget
 from .base import register_target
 
@@ -38,9 +40,6 @@ class FrozenReconstructor(nn.Module):
 
     def __init__(self, path: str, preset: Optional[str] = None):
         super().__init__()
-        from ..models.deepmim import DeepMIM  # here: models.deepmim imports this package
-        from ..models.presets import preset_config
-
         ckpt = read_checkpoint(path)
         cfg = ckpt.model_config() or (preset_config(preset) if preset else None)
         if cfg is None:
