@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,57 +18,11 @@ import torch
 from torch import nn
 
 from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import DataConfig, EncoderConfig, OptimConfig, TrainConfig
+from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
+                             FinetuneOptimConfig, FinetuneTrainConfig)
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision
 from ..training.logging import say
 from ..training.loop import TrainHooks
-
-
-@dataclass
-class ClassifierConfig:
-    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
-    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
-    num_classes: Optional[int] = None  # None: the data's class count
-    global_pool: str = "avg"  # avg: mean of patch tokens + new norm (MAE fine-tuning) | token: cls token
-    drop_path: float = 0.1
-    head_init_std: float = 2e-5
-
-
-@dataclass
-class AugmentConfig:
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null: off
-    reprob: float = 0.25  # random erasing probability
-    crop_scale_min: float = 0.08
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
-    eval_crop_pct: float = 0.875  # resize img_size / crop_pct, centre crop img_size (256 -> 224)
-
-
-@dataclass
-class FinetuneOptimConfig(OptimConfig):
-    base_lr: float = 1e-4  # the authors' blr; lr = blr * batch / 256
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = 5.0
-    min_lr: float = 1e-6
-    layer_decay: float = 0.6  # block i's lr scale: layer_decay ** (depth - i)
-
-
-@dataclass
-class FinetuneTrainConfig(TrainConfig):
-    epochs: int = 100
-    output_dir: str = "runs/finetune"
-    ema_decay: Optional[float] = None  # e.g. 0.9998: evaluate an EMA of the weights as well
-
-
-@dataclass
-class FinetuneConfig:
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(num_workers=2))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
-    val_split: str = "val"
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:

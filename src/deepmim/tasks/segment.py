@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -21,73 +20,15 @@ from torch import nn
 
 from ..analysis.segmentation_metrics import confusion_matrix, per_class_table, segmentation_scores
 from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import EncoderConfig, OptimConfig, TrainConfig
-from ..data.segmentation import SegDataConfig, SegTransform, build_iteration_loader, build_seg_dataset, colourise
+from ..config.schema import (EncoderConfig, SegDataConfig, SegEvalConfig, SegModelConfig, SegmentConfig,
+                             SegmentOptimConfig, SegmentTrainConfig)
+from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_dataset, colourise
 from ..training import TrainResult, Trainer, resolve_device, resolve_precision
 from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices
 from ..training.parallel import prepare_model
 from ..training.logging import say
 from ..training.loop import TrainHooks
 from ..training.precision import autocast
-
-
-@dataclass
-class SegModelConfig:
-    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
-    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
-    num_classes: Optional[int] = None  # None: the data's class count
-    out_indices: Optional[List[int]] = None  # 0-based blocks feeding the pyramid; None: 3,5,7,11 of 12, scaled
-    channels: int = 768  # UperHead width (the authors' ViT-B setting)
-    aux_channels: int = 256  # FCN auxiliary head width; 0: no auxiliary head
-    aux_weight: float = 0.4
-    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])
-    dropout: float = 0.1
-    drop_path: float = 0.1
-    rel_pos_bias: bool = True  # BEiT's per-block relative position bias (starts at zero)
-    layer_scale: Optional[float] = 1.0  # BEiT's layer scale initial value; null: none
-
-
-@dataclass
-class SegmentOptimConfig(OptimConfig):
-    lr: Optional[float] = 5e-5  # absolute, for the authors' 16-image batch
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.05
-    layer_decay: float = 0.9
-    schedule: str = "poly"  # poly (mmcv's, with linear warm-up) | cosine
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6  # the warm-up starts at this fraction of the lr
-    poly_power: float = 1.0
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0  # derived from warmup_iters; do not set
-
-
-@dataclass
-class SegmentTrainConfig(TrainConfig):
-    iterations: int = 160_000
-    eval_every: int = 16_000  # iterations between validations (and numbered checkpoints)
-    batch_size: int = 2  # per process: the authors ran 8 GPUs x 2
-    epochs: int = 0  # derived: iterations / eval_every; do not set
-    output_dir: str = "runs/segment"
-    log_every_steps: int = 50
-    plots: bool = False
-
-
-@dataclass
-class SegEvalConfig:
-    mode: str = "slide"  # slide (windows of crop_size every stride pixels) | whole
-    crop_size: Optional[int] = None  # None: data.crop_size
-    stride: int = 341
-    flip: bool = False  # average the softmax of the image and its mirror
-    save_predictions: Optional[str] = None  # folder for image | prediction | label PNGs
-
-
-@dataclass
-class SegmentConfig:
-    model: SegModelConfig = field(default_factory=SegModelConfig)
-    data: SegDataConfig = field(default_factory=SegDataConfig)
-    optim: SegmentOptimConfig = field(default_factory=SegmentOptimConfig)
-    train: SegmentTrainConfig = field(default_factory=SegmentTrainConfig)
-    eval: SegEvalConfig = field(default_factory=SegEvalConfig)
 
 
 def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
