@@ -184,3 +184,24 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
     _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
             "Loss of the last block's head, runs side by side", log_y=True)
     return plotted
+
+
+def plot_layers(series: Dict[str, Dict[int, float]], path: Path) -> None:
+    """Bar chart (probe-layers' layers.png): blocks on x, one bar per checkpoint in each group, top-1 (%) on y."""
+    blocks = sorted({b for s in series.values() for b in s})
+    n = max(1, len(series))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(blocks) * n + 2), 4.0), dpi=120)
+    for i, (name, s) in enumerate(series.items()):
+        xs = [j + (i - (n - 1) / 2) * width for j, b in enumerate(blocks) if b in s]
+        ax.bar(xs, [100 * s[b] for b in blocks if b in s], width=width, label=name)
+    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.set_xlabel("encoder block")
+    ax.set_ylabel("linear-probe top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Linear probe per layer")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from . import analyze as analyze_cli
 from . import segment as segment_cli
+from ..training.distributed import is_rank_zero
 from .arguments import add_probe_arguments, parse_probe_args
 
 DESCRIPTION = """\
@@ -165,7 +166,7 @@ def cmd_pretrain(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_pretrain(cfg)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
     print(f"pretrain {state}: {result.step} steps, last loss {result.last_metrics.get('loss', float('nan')):.4f}, "
@@ -271,19 +272,13 @@ def cmd_linprobe(args) -> int:
     if len(args.checkpoints) != 1:
         raise ValueError(f"deepmim linprobe takes exactly one checkpoint, got {args.checkpoints or 'none'}")
     r = run_linprobe(args.checkpoints[0], cfg, args.out)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
           f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
     return 0
-
-
-def _is_rank_zero() -> bool:
-    """Under torchrun only the first process reports (every process runs the command)."""
-    import os
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _export_classifier(args) -> int:
@@ -313,7 +308,7 @@ def cmd_finetune(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_finetune(cfg)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     print(f"finetune {'finished' if result.finished else 'stopped'}: {result.step} steps, "
           f"checkpoint {result.checkpoint}")

@@ -12,6 +12,7 @@ Two properties make a run restartable bit-for-bit and independent of worker coun
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
-from deepmim.data.transforms import build_pretrain_transform
+from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,19 @@ def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
     if cfg.name == "imagefolder":
         return ImageFolder(path, split=split, strict=cfg.strict)
     return IdxDataset(path, split=split)
+
+
+def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:
+    """The first n readable images of the validation split (the train split where there is none), with the
+    evaluation transform: the fixed images reconstruction pictures show."""
+    try:
+        dataset = build_dataset(cfg, split="val")
+    except ValueError:
+        dataset = build_dataset(cfg)
+    transform = build_eval_transform(cfg.img_size, cfg.mean, cfg.std)
+    items = (dataset[i] for i in range(len(dataset)))
+    images = list(itertools.islice((transform(item[0]) for item in items if item is not None), n_images))
+    return torch.stack(images)
 
 
 class PretrainLoader(DataLoader):

@@ -152,10 +152,6 @@ def build_seg_dataset(cfg: SegDataConfig, split: str) -> Dataset:
     return MaskFolder(root, split, cfg.num_classes, cfg.mask_dir, bool(cfg.reduce_zero_label), cfg.ignore_index)
 
 
-def num_seg_classes(dataset: Dataset) -> int:
-    return len(dataset.classes) if hasattr(dataset, "classes") else dataset.num_classes
-
-
 # ----------------------------------------------------------------------------- paired transforms
 
 

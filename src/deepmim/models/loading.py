@@ -13,11 +13,15 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from ..checkpoint import CheckpointError, load_strict, read_checkpoint
-from ..config.schema import ModelConfig
+from ..config.loader import ConfigError
+from ..config.schema import EncoderConfig, ModelConfig
 from .convert import convert_state_dict
+from .deepmim import DeepMIM
 from .encoder import MaskedViTEncoder
+from .export import encoder_state_dict
+from .presets import preset_config
 
-__all__ = ["CheckpointError", "load_weights", "load_checkpoint", "load_encoder"]
+__all__ = ["CheckpointError", "load_weights", "load_checkpoint", "load_encoder", "pretrained_encoder", "frozen"]
 
 
 def _converted(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
@@ -59,18 +63,18 @@ def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = N
         if cfg is None:
             raise CheckpointError(f"'{path}' holds no deepmim config; build the model first and pass it: "
                                   f"load_checkpoint(path, create_model('preset_name'))")
-        from .deepmim import DeepMIM
         model = DeepMIM(cfg)
     load_weights(model, ckpt.raw)
     return model
 
 
-def load_encoder(path: Union[str, Path], cfg: Optional[ModelConfig] = None) -> MaskedViTEncoder:
+def load_encoder(path: Union[str, Path], model: Union[ModelConfig, str, None] = None) -> MaskedViTEncoder:
     """Only the encoder of a checkpoint (any supported layout), without building decoders or
     targets, so a model trained with a teacher exports and probes without the teacher's file.
-    `cfg` is needed for files that carry no deepmim config (MAE, the authors', timm)."""
+    `model` (a ModelConfig or a preset name) names the architecture of files that carry no deepmim
+    config (MAE, the authors', timm)."""
     ckpt = read_checkpoint(path)
-    cfg = cfg or ckpt.model_config()
+    cfg = (preset_config(model) if isinstance(model, str) else model) or ckpt.model_config()
     if cfg is None:
         raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture, e.g. with a preset")
     state, _ = _converted(ckpt.model_state, sorted(h.block for h in cfg.heads))
@@ -78,3 +82,25 @@ def load_encoder(path: Union[str, Path], cfg: Optional[ModelConfig] = None) -> M
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     load_strict(encoder, enc_state, context=f"'{path}' does not fit the encoder")
     return encoder
+
+
+def pretrained_encoder(checkpoint: Optional[str], preset: Optional[str]
+                       ) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
+    """What a downstream model (classifier, segmentor) starts from: the architecture and weights of
+    the encoder in `checkpoint` (`preset` naming the architecture of files without a deepmim config),
+    or with no checkpoint the preset's architecture and no weights (random initialisation)."""
+    cfg = preset_config(preset) if preset else None
+    if checkpoint:
+        encoder = load_encoder(checkpoint, cfg)
+        return encoder.cfg, encoder_state_dict(encoder)
+    if cfg is None:
+        raise ConfigError("set model.checkpoint (pre-trained weights) or model.preset (random initialisation)")
+    return cfg.encoder, None
+
+
+def frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` in eval mode with gradients off, in place: features for probes and analyses."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

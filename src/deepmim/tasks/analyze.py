@@ -20,11 +20,12 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..analysis.features import extract_features, load_encoder, resolve_blocks
+from ..analysis.features import extract_features, frozen_encoder, resolve_blocks
 from ..checkpoint import epoch_checkpoints
 from ..config.loader import load_config, to_dict
 from ..config.schema import AnalyzeConfig, DataConfig
-from .probe import _short_names, run_knn, run_probe_layers
+from ..analysis.report import short_names
+from .probe import run_knn, run_probe_layers
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _reconstruct(ckpt: str, cfg: AnalyzeConfig, out_png: Path) -> Dict[str, floa
     from ..models.loading import load_checkpoint
     from ..models.masking import random_masking
     from ..targets import unpatchify
-    from .pretrain import preview_images
+    from ..data import preview_images
 
     model = load_checkpoint(ckpt).float().eval()
     enc = model.cfg.encoder
@@ -134,7 +135,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
     from ..analysis.attention import attention_distances, uniform_attention_distance
     from ..analysis.cka import cka_matrix
     from ..analysis.report import write_report
-    from ..training.precision import resolve_device
+    from ..training.distributed import resolve_device
 
     if not checkpoints:
         raise ValueError("analyze needs at least one checkpoint")
@@ -144,11 +145,11 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
     measures = [m for m in MEASURES if m in cfg.analysis.measures]
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = _short_names(checkpoints)
+    names = short_names(checkpoints)
     slugs = {c: _slug(names[c]) for c in checkpoints}
     progress = cfg.features.progress
     device = resolve_device(cfg.features.device)
-    encoders = {c: load_encoder(c, cfg.features.preset) for c in checkpoints}
+    encoders = {c: frozen_encoder(c, cfg.features.preset) for c in checkpoints}
     blocks = {c: resolve_blocks(cfg.features.blocks, encoders[c].depth) for c in checkpoints}
     result: Dict = {"checkpoints": {names[c]: _describe(c, encoders[c]) for c in checkpoints},
                     "measures": measures, "config": to_dict(cfg), "notes": [], "figures": [], "timings": {}}

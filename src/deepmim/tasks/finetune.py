@@ -22,7 +22,9 @@ from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, Encode
                              FinetuneOptimConfig, FinetuneTrainConfig)
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision
 from ..training.logging import say
+from ..models.loading import pretrained_encoder
 from ..training.loop import TrainHooks
+from ..training.optim import layer_decay_groups
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -30,21 +32,6 @@ def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- the classifier
-
-
-def encoder_config_for(cfg: ClassifierConfig) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
-    """The encoder architecture and weights named by the config (weights None for random init)."""
-    from ..models.export import encoder_state_dict
-    from ..models.loading import load_encoder
-    from ..models.presets import preset_config
-
-    preset = preset_config(cfg.preset) if cfg.preset else None
-    if cfg.checkpoint:
-        encoder = load_encoder(cfg.checkpoint, preset)
-        return encoder.cfg, encoder_state_dict(encoder)
-    if preset is None:
-        raise ConfigError("set model.checkpoint (pre-trained weights) or model.preset (random initialisation)")
-    return preset.encoder, None
 
 
 def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str = "avg",
@@ -66,7 +53,7 @@ def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> 
     img_size differs; with average pooling the pre-trained final norm is dropped (MAE)."""
     from timm.layers import resample_abs_pos_embed, trunc_normal_
 
-    enc, state = encoder_config_for(cfg)
+    enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
     vit = vit_classifier(enc, num_classes, img_size, cfg.global_pool, cfg.drop_path)
     if state is not None:
         grid = img_size // enc.patch_size
@@ -80,15 +67,6 @@ def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> 
     trunc_normal_(vit.head.weight, std=cfg.head_init_std)
     nn.init.zeros_(vit.head.bias)
     return vit, enc
-
-
-def layer_decay_groups(model: nn.Module, optim: FinetuneOptimConfig) -> List[Dict[str, Any]]:
-    """timm's BEiT-style groups: patch embed/cls/pos = layer 0, block i = layer i + 1, head = L + 1;
-    lr scale = layer_decay ** (L + 1 - layer_id); no weight decay on 1-D params and tokens."""
-    from timm.optim import param_groups_layer_decay
-
-    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
-                                    no_weight_decay_list=list(model.no_weight_decay()))
 
 
 # ----------------------------------------------------------------------------- data

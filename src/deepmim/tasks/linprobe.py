@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import check_classes, extract_features, load_encoder, pool_tokens
+from ..analysis.features import check_classes, extract_features, frozen_encoder, pool_tokens
 from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
 from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
@@ -36,8 +36,7 @@ def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = 
     process runs the frozen encoder on its own images); cached-feature probes, seconds long, train
     on rank 0 alone. Only rank 0 writes files.
     """
-    from ..training.distributed import cleanup, setup_distributed
-    from ..training.precision import resolve_device
+    from ..training.distributed import cleanup, resolve_device, setup_distributed
 
     device, rank, world_size = setup_distributed(resolve_device(cfg.features.device))
     try:
@@ -50,7 +49,7 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
     from ..training.distributed import barrier
 
     t0 = time.perf_counter()
-    encoder = load_encoder(checkpoint, cfg.features.preset)
+    encoder = frozen_encoder(checkpoint, cfg.features.preset)
     last = encoder.depth
     if rank != 0:
         barrier()  # rank 0 extracts (and caches) the validation features first

@@ -1,7 +1,6 @@
 """`deepmim pretrain`: masked image modeling with deep supervision, end to end."""
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -9,7 +8,7 @@ import torch
 
 from ..checkpoint import find_resume_checkpoint, read_checkpoint
 from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import DataConfig, PretrainConfig
+from ..config.schema import PretrainConfig
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
@@ -155,23 +154,10 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
     return plain
 
 
-def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:
-    """The first n images of the validation split (the train split where there is none), resized, normalised."""
-    from ..data import build_dataset, build_eval_transform
-
-    try:
-        dataset = build_dataset(cfg, split="val")
-    except ValueError:
-        dataset = build_dataset(cfg)
-    transform = build_eval_transform(cfg.img_size, cfg.mean, cfg.std)
-    items = (dataset[i] for i in range(len(dataset)))
-    images = list(itertools.islice((transform(item[0]) for item in items if item is not None), n_images))
-    return torch.stack(images)
-
-
 def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images: int = 8) -> None:
     """loss.png from the run's log; reconstruction.png for fixed images under a fixed mask."""
     from ..analysis.plots import plot_loss_curves, plot_reconstructions, reconstruction_grid
+    from ..data import preview_images
 
     plot_loss_curves(output_dir / METRICS_FILE, output_dir / "loss.png")
     images = preview_images(cfg.data, n_images).to(next(model.parameters()).device)

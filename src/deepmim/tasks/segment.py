@@ -27,7 +27,10 @@ from ..training import TrainResult, Trainer, resolve_device, resolve_precision
 from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices
 from ..training.parallel import prepare_model
 from ..training.logging import say
+from ..models.loading import pretrained_encoder
+from ..models.segmentation import UperNetViT, default_out_indices
 from ..training.loop import TrainHooks
+from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
 
 
@@ -61,25 +64,15 @@ def build_segmentor(cfg: SegModelConfig, num_classes: int, crop_size: int,
                     enc: Optional[EncoderConfig] = None) -> Tuple[nn.Module, EncoderConfig]:
     """UperNet on the encoder named by cfg (pre-trained weights loaded, position embedding
     resampled to the crop); `enc` given: that architecture, random weights (loading a checkpoint)."""
-    from ..models.segmentation import UperNetViT, default_out_indices
-    from .finetune import encoder_config_for
-
     state = None
     if enc is None:
-        enc, state = encoder_config_for(cfg)
+        enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
     out_indices = cfg.out_indices or default_out_indices(enc.depth)
     model = UperNetViT(enc, num_classes, crop_size, out_indices, cfg.channels, cfg.aux_channels,
                        tuple(cfg.pool_scales), cfg.drop_path, cfg.rel_pos_bias, cfg.layer_scale, dropout=cfg.dropout)
     if state is not None:
         model.backbone.load_encoder_state(state)
     return model, enc
-
-
-def layer_decay_groups(model: nn.Module, optim: SegmentOptimConfig) -> List[Dict[str, Any]]:
-    from timm.optim import param_groups_layer_decay
-
-    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
-                                    no_weight_decay_list=model.no_weight_decay())
 
 
 def make_seg_loss(aux_weight: float, ignore_index: int):

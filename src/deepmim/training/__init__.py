@@ -2,7 +2,8 @@
 from ..checkpoint import atomic_save, find_resume_checkpoint
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .optim import build_adamw, scaled_lr
-from .precision import autocast, resolve_device, resolve_precision, use_fused_attention
+from .distributed import resolve_device
+from .precision import autocast, resolve_precision, use_fused_attention
 from .schedule import warmup_cosine_lr
 
 __all__ = ["atomic_save", "find_resume_checkpoint", "NonFiniteLossError", "Trainer", "TrainResult", "build_adamw",
