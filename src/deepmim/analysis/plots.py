@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..models.heads import head_loss_keys, loss_block, row_name  # noqa: E402
 from ..targets import patchify, unpatchify  # noqa: E402
 from ..training.logging import read_metrics  # noqa: E402
 
@@ -20,11 +21,11 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:
     rows = [r for r in read_metrics(metrics_path) if r.get("type") == "train"]
     if not rows:
         raise ValueError(f"{metrics_path} has no training rows to plot")
-    keys = ["loss"] + sorted((k for k in rows[0] if k.startswith("loss_block")), key=lambda k: int(k[10:]))
+    keys = ["loss"] + head_loss_keys(rows[0])
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     steps = [r["step"] for r in rows]
     for key in keys:
-        label = "total (weighted sum)" if key == "loss" else f"head @ block {key[10:]}"
+        label = "total (weighted sum)" if key == "loss" else f"head @ block {loss_block(key)}"
         style = {"linewidth": 2.4, "color": "black"} if key == "loss" else {"linewidth": 1.4}
         ax.plot(steps, [float(r[key]) for r in rows], label=label, **style)
     _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
@@ -63,7 +64,7 @@ def reconstruction_grid(model, images: torch.Tensor, noise: torch.Tensor, mean: 
         if pixels is None:
             continue
         pasted = original * (1 - mask) + pixels * mask
-        rows[f"block {block}"] = unpatchify(pasted, patch, images.shape[1])
+        rows[row_name(block)] = unpatchify(pasted, patch, images.shape[1])
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return {name: (x.cpu() * s + m).clamp(0, 1) for name, x in rows.items()}
@@ -174,12 +175,12 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
     plotted = {}
     for color, (name, path) in zip(_colors(len(metrics)), metrics.items()):
         rows = [r for r in read_metrics(path) if r.get("type") == "train"]
-        keys = sorted((k for k in (rows[0] if rows else {}) if k.startswith("loss_block")), key=lambda k: int(k[10:]))
+        keys = head_loss_keys(rows[0] if rows else {})
         if not keys:
             continue
         key = keys[-1]
         ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
-                label=f"{name}: head @ block {key[10:]}")
+                label=f"{name}: head @ block {loss_block(key)}")
         plotted[name] = key
     _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
             "Loss of the last block's head, runs side by side", log_y=True)

@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..checkpoint import strip_module_prefix
+from .heads import decoder_key
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
@@ -54,13 +55,13 @@ def convert_state_dict(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tup
             continue
         if key == "decoder_pos_embed":  # one shared embedding -> every decoder's copy
             for block in blocks:
-                out[f"decoders.{block}.pos_embed"] = value
+                out[f"decoders.{decoder_key(block)}.pos_embed"] = value
             continue
         match = _NUMBERED.match(key)
         if match and layout != "encoder":
             part, number, rest = match.groups()
             block = _block_for(number, blocks, key)
-            out[f"decoders.{block}.{_DECODER_PARTS[part]}{rest}"] = value
+            out[f"decoders.{decoder_key(block)}.{_DECODER_PARTS[part]}{rest}"] = value
         else:
             out[f"encoder.{key}"] = value
     return out, notes

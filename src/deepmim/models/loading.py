@@ -19,6 +19,7 @@ from .convert import convert_state_dict
 from .deepmim import DeepMIM
 from .encoder import MaskedViTEncoder
 from .export import encoder_state_dict
+from .heads import decoder_blocks
 from .presets import preset_config
 
 __all__ = ["CheckpointError", "load_weights", "load_checkpoint", "load_encoder", "pretrained_encoder", "frozen"]
@@ -39,7 +40,7 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
     decoders at their initialisation; the returned notes say so. strict=False: missing and unknown
     keys are let through (shapes must still fit)."""
     ckpt = read_checkpoint(path_or_state)
-    blocks = sorted(int(b) for b in getattr(model, "decoders", {}))
+    blocks = decoder_blocks(getattr(model, "decoders", {}))
     state, notes = _converted(ckpt.model_state, blocks)
     allow_missing: Tuple[str, ...] = ()
     if not any(k.startswith("decoders.") for k in state):

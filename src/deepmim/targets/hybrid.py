@@ -21,6 +21,7 @@ from ..checkpoint import CheckpointError, read_checkpoint
 from ..config.loader import ConfigError
 from ..models.convert import convert_state_dict
 from ..models.deepmim import DeepMIM
+from ..models.heads import decoder_key
 from ..models.loading import load_weights
 from ..models.masking import Masking
 from ..models.presets import preset_config
@@ -54,7 +55,7 @@ class FrozenReconstructor(nn.Module):
         cfg = dataclasses.replace(cfg, heads=[dataclasses.replace(final, target=None)], target=spec)
         self.spec, self.block = spec, final.block
         self.model = DeepMIM(cfg)
-        if not any(k.startswith(f"decoders.{final.block}.") for k in state):
+        if not any(k.startswith(f"decoders.{decoder_key(final.block)}.") for k in state):
             raise CheckpointError(f"hybrid target: '{path}' holds no weights for the final decoder (block "
                                   f"{final.block}); an encoder-only file cannot reconstruct")
         own = self.model.state_dict()
@@ -79,7 +80,7 @@ class FrozenReconstructor(nn.Module):
             x = block(x)
         if self.model._uses_final_norm(self.model.heads[0]):
             x = enc.norm(x)
-        pred = self.model.decoders[str(self.block)](x, masking).float()
+        pred = self.model.decoders[decoder_key(self.block)](x, masking).float()
         self._last = (weakref.ref(images), weakref.ref(masking.ids_keep), images._version, pred)
         return pred
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..analysis.features import extract_features, frozen_encoder, resolve_blocks
 from ..checkpoint import epoch_checkpoints
+from ..models.heads import loss_block, row_block
 from ..config.loader import load_config, to_dict
 from ..config.schema import AnalyzeConfig, DataConfig
 from ..analysis.report import short_names
@@ -110,7 +111,7 @@ def _reconstruct(ckpt: str, cfg: AnalyzeConfig, out_png: Path) -> Dict[str, floa
     pixel_mask = unpatchify(mask.unsqueeze(-1).expand(-1, -1, enc.patch_size ** 2 * images.shape[1]),
                             enc.patch_size, images.shape[1])
     return {name: float(((x - rows["original"]) ** 2 * pixel_mask).sum() / pixel_mask.sum().clamp_min(1))
-            for name, x in rows.items() if name.startswith("block")}
+            for name, x in rows.items() if row_block(name) is not None}
 
 
 def _loss_summary(metrics: Path) -> Dict[str, Dict[str, float]]:
@@ -119,7 +120,7 @@ def _loss_summary(metrics: Path) -> Dict[str, Dict[str, float]]:
     rows = [r for r in read_metrics(metrics) if r.get("type") == "train"]
     if not rows:
         return {}
-    keys = [k for k in rows[0] if k == "loss" or k.startswith("loss_block")]
+    keys = [k for k in rows[0] if k == "loss" or loss_block(k) is not None]
     tail = rows[-max(1, len(rows) // 10):]
     return {k: {"first": float(rows[0][k]), "last": float(rows[-1][k]),
                 "last_10pct_mean": sum(float(r[k]) for r in tail) / len(tail), "steps": int(rows[-1]["step"])}
@@ -349,7 +350,7 @@ def metric_rows(result: Dict) -> List[List[object]]:
                 rows.append([pair, "cka_between", bi, f"{e['b']} block {bj}", e["matrix"][i][j]])
     for name, r in result.get("reconstruction", {}).items():
         for head, v in r["masked_pixel_mse"].items():
-            rows.append([name, "reconstruction_masked_mse", head.split()[-1], "head", v])
+            rows.append([name, "reconstruction_masked_mse", str(row_block(head)), "head", v])
     for name, losses in result.get("loss", {}).items():
         for key, s in losses.items():
             for stat, v in s.items():

@@ -11,6 +11,7 @@ from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
 from ..config.schema import PretrainConfig
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
+from ..models.heads import loss_key
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
 from ..training.distributed import cleanup, setup_distributed
 from ..training.parallel import is_sharded, prepare_model
@@ -68,7 +69,7 @@ def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tenso
     device = next(model.parameters()).device
     noise = batch.noise.to(device, non_blocking=True) if batch.noise is not None else None  # pinned on CUDA
     out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
-    return out.loss, {f"loss_block{block}": loss for block, loss in out.losses.items()}
+    return out.loss, {loss_key(block): loss for block, loss in out.losses.items()}
 
 
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
