@@ -1,13 +1,14 @@
 """Reproducible, resumable pre-training data pipeline.
 
-Two properties make a run restartable bit-for-bit and independent of worker count:
+Three properties make a run restartable bit-for-bit and independent of worker count:
 - the sample order depends only on (seed, epoch) and can start at any batch of an epoch
   (`ResumableSampler.set_start`), without loading the skipped samples;
 - the augmentation of a sample depends only on (seed, epoch, index)
   (`SeededAugmentation`), not on which worker drew it or what it drew before;
 - so does its mask: every item carries a per-sample seed (`Batch.seeds`) from which the
-  training loss draws the masking noise, so a sample gets the same mask whatever the batch
-  size, accumulation or number of processes (1 process x 8 images == 2 processes x 4).
+  collate draws its masking noise (`Batch.noise`, the one source of pre-training masks), so a
+  sample gets the same mask whatever the batch size, accumulation or number of processes
+  (1 process x 8 images == 2 processes x 4).
 """
 from __future__ import annotations
 
@@ -316,7 +317,7 @@ def build_pretrain_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=workers > 0,
-        # Own generator: creating iterators must not consume the global RNG (the training
-        # loop's mask sampling would otherwise depend on how often a loader was iterated).
+        # Own generator: creating iterators must not consume the global RNG (drop path draws from it,
+        # and checkpoints restore it for an exact resume).
         generator=torch.Generator().manual_seed(mix_seed(seed, 0x10AD)),
     )

@@ -64,11 +64,12 @@ def check_compatible(cfg: PretrainConfig) -> None:
 
 
 def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The loss the loop minimises. Masks come from the noise the loader drew from per-sample seeds
-    (Batch.noise), so they do not depend on how samples are split into micro-batches or processes."""
+    """The loss the loop minimises. Masks come from one source only, the noise the loader drew from
+    per-sample seeds (Batch.noise), so they do not depend on how samples are split into micro-batches
+    or processes. (The step's `generator` serves losses that draw, e.g. fine-tuning's Mixup.)"""
     device = next(model.parameters()).device
-    noise = batch.noise.to(device, non_blocking=True) if batch.noise is not None else None  # pinned on CUDA
-    out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator)
+    noise = batch.noise.to(device, non_blocking=True)  # pinned on CUDA
+    out = model(batch.images.to(device, non_blocking=True), noise=noise)
     return out.loss, {loss_key(block): loss for block, loss in out.losses.items()}
 
 
