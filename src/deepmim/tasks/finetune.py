@@ -17,14 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
+from ..checkpoint import load_strict
+from ..config.loader import ConfigError, deep_merge, dump_yaml, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
                              FinetuneOptimConfig, FinetuneTrainConfig)
-from ..training import Trainer, TrainResult, resolve_device, resolve_precision
-from ..training.logging import say
+from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken
 from ..models.loading import pretrained_encoder
-from ..training.loop import TrainHooks
+from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
+from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
+from ..training.precision import autocast, resolve_precision
+from .base import Env, TrainingTask, load_trained, run_training
+
+__all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
+           "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
+           "build_transforms", "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config",
+           "make_loss", "run_evaluate", "run_finetune", "vit_classifier"]
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -60,10 +68,8 @@ def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> 
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid], num_prefix_tokens=1)
         if cfg.global_pool == "avg":
             state = {k: v for k, v in state.items() if not k.startswith("norm.")}
-        missing, unexpected = vit.load_state_dict(state, strict=False)
-        new = [k for k in missing if not k.startswith(("head.", "fc_norm.", "norm."))]
-        if new or unexpected:
-            raise ConfigError(f"pre-trained weights do not fit the classifier: missing {new}, unexpected {unexpected}")
+        load_strict(vit, state, context="pre-trained weights do not fit the classifier",
+                    allow_missing=("head.*", "fc_norm.*", "norm.*"))
     trunc_normal_(vit.head.weight, std=cfg.head_init_std)
     nn.init.zeros_(vit.head.bias)
     return vit, enc
@@ -101,9 +107,6 @@ def build_transforms(cfg: FinetuneConfig):
 def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, rank: int = 0, world_size: int = 1):
     """The split's loader; under torch.distributed each process gets a disjoint shard (no padding, so no
     image is counted twice once `evaluate` sums the counts)."""
-    from ..data import TransformedDataset, build_dataset, collate_skip_broken
-    from ..training.distributed import shard_indices
-
     dataset = build_dataset(cfg, split)
     mapped = TransformedDataset(dataset, transform)
     if world_size > 1:
@@ -120,9 +123,6 @@ def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, r
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str) -> Dict[str, float]:
     """top-1, top-5 (when there are 5+ classes) and cross-entropy over the whole loader; under
     torch.distributed the counts of every process's shard are summed (one all-reduce, at the end)."""
-    from ..training.distributed import all_reduce_sum
-    from ..training.precision import autocast
-
     model.eval()
     counts = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, images
     num_classes = getattr(model, "num_classes", 0)
@@ -193,9 +193,7 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
 
     a = cfg.augment
     mixup = None
-    if a.mixup > 0 or a.cutmix > 0:
-        if cfg.train.batch_size % 2:
-            raise ConfigError("Mixup/CutMix needs an even train.batch_size (or augment.mixup=0 augment.cutmix=0)")
+    if a.mixup > 0 or a.cutmix > 0:  # an even train.batch_size: FinetuneTask.validate
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.label_smoothing,
                       num_classes=num_classes)
         criterion = SoftTargetCrossEntropy()
@@ -217,73 +215,75 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
     return finetune_loss
 
 
+class FinetuneTask(TrainingTask):
+    """The skeleton's steps for fine-tuning: timm's transforms on the seeded loader, the classifier from
+    the pre-trained encoder, layer-decay groups, Mixup/CutMix loss, evaluation (and EMA) every epoch."""
+
+    kind, title = "finetune", "fine-tuning"
+
+    def validate(self) -> None:
+        a = self.cfg.augment
+        if (a.mixup > 0 or a.cutmix > 0) and self.cfg.train.batch_size % 2:
+            raise ConfigError("Mixup/CutMix needs an even train.batch_size (or augment.mixup=0 augment.cutmix=0)")
+
+    def build_data(self, env: Env):
+        cfg = self.cfg
+        train_tf, eval_tf = build_transforms(cfg)
+        loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
+                                       transform=train_tf)
+        data_classes = num_classes_of(loader.raw_dataset)
+        self.num_classes = cfg.model.num_classes or data_classes
+        if self.num_classes != data_classes:
+            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {data_classes} classes")
+        self.val_dataset, self.val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size,
+                                                              env.rank, env.world_size)
+        if num_classes_of(self.val_dataset) != self.num_classes:
+            raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(self.val_dataset)} classes, training "
+                              f"has {self.num_classes}")
+        return loader
+
+    def build_model(self, env: Env) -> nn.Module:
+        model, self.encoder_cfg = build_classifier(self.cfg.model, self.num_classes, self.cfg.data.img_size)
+        return model.to(env.device)
+
+    def hooks(self, model: nn.Module, env: Env) -> FinetuneHooks:
+        return FinetuneHooks(model, self.val_loader, env.device, env.precision, self.cfg.train.ema_decay)
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return layer_decay_groups(model, self.cfg.optim)
+
+    def loss(self):
+        return make_loss(self.cfg, self.num_classes)
+
+    def architecture(self) -> Dict[str, Any]:
+        return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes}
+
+    def describe(self, model: nn.Module, loader, env: Env) -> str:
+        cfg = self.cfg
+        return (f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{self.num_classes} classes, {len(loader.dataset)} train / {len(self.val_dataset)} {cfg.val_split} "
+                f"images, device {env.device}, precision {env.precision}, {env.world_size} process(es)\n"
+                f"--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+
+
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune on one process or, under torchrun, with DDP (sharded training and evaluation data)."""
-    from ..data import build_pretrain_loader
-    from ..training.distributed import cleanup, setup_distributed
-    from ..training.parallel import prepare_model
-
-    if cfg.train.strategy != "ddp":
-        raise ConfigError("fine-tuning supports train.strategy=ddp (with train.activation_checkpointing=true for "
-                          "large models); fsdp is available for pretrain")
-    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    train_tf, eval_tf = build_transforms(cfg)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
-                                   transform=train_tf)
-    data_classes = num_classes_of(loader.raw_dataset)
-    num_classes = cfg.model.num_classes or data_classes
-    if num_classes != data_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {data_classes} classes")
-    val_dataset, val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size, rank,
-                                                world_size)
-    if num_classes_of(val_dataset) != num_classes:
-        raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(val_dataset)} classes, training "
-                          f"has {num_classes}")
-    model, encoder_cfg = build_classifier(cfg.model, num_classes, cfg.data.img_size)
-    model = model.to(device)
-    hooks = FinetuneHooks(model, val_loader, device, precision, cfg.train.ema_decay)
-    groups = layer_decay_groups(model, cfg.optim)
-    model, forward_model = prepare_model(model, device, "ddp", cfg.train.activation_checkpointing, cfg.train.compile)
-    output_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        say(f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
-            f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
-            f"precision {precision}, {world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}"
-            f"-----------------------")
-    architecture = {"encoder": dataclasses.asdict(encoder_cfg), "num_classes": num_classes}
-    trainer = Trainer(model, loader, make_loss(cfg, num_classes), cfg.train, cfg.optim, to_dict(cfg), device,
-                      precision, rank, world_size, batch_size_of=lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks, task="finetune",
-                      architecture=architecture)
-    try:
-        return trainer.fit()
-    finally:
-        cleanup()
+    return run_training(FinetuneTask(cfg))
 
 
 def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:
     """A fine-tuned checkpoint -> (classifier with its weights, the config it was trained with)."""
-    from ..checkpoint import load_strict, read_checkpoint
-    from ..config.loader import from_dict
+    model, cfg, _ = load_trained(path, "finetune", FinetuneConfig, _classifier_for,
+                                 "evaluate and export read fine-tuned classifiers")
+    return model, cfg
 
-    ckpt = read_checkpoint(path)
-    ckpt.require("finetune", "evaluate and export read fine-tuned classifiers")
-    cfg = from_dict(FinetuneConfig, ckpt.config)
-    arch = ckpt.architecture
-    enc = from_dict(EncoderConfig, arch["encoder"])
-    model = vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
-    load_strict(model, ckpt.model_state, context=f"'{path}' does not fit its classifier")
-    return model.eval(), cfg
+
+def _classifier_for(cfg: FinetuneConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
+    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
 
 
 def run_evaluate(path: str, overrides=()) -> Dict[str, float]:
     """top-1/top-5/loss of a fine-tuned checkpoint on its validation split (or data.* overrides)."""
-    from ..config.loader import deep_merge, from_dict, parse_overrides
-
     model, cfg = load_classifier(path)
     if overrides:
         cfg = from_dict(FinetuneConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))

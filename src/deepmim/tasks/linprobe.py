@@ -22,7 +22,9 @@ from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
+from ..training.distributed import barrier, wrap_ddp
 from ..training.schedule import warmup_cosine_lr
+from .base import session
 
 
 def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> LinprobeConfig:
@@ -36,18 +38,11 @@ def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = 
     process runs the frozen encoder on its own images); cached-feature probes, seconds long, train
     on rank 0 alone. Only rank 0 writes files.
     """
-    from ..training.distributed import cleanup, resolve_device, setup_distributed
-
-    device, rank, world_size = setup_distributed(resolve_device(cfg.features.device))
-    try:
-        return _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size)
-    finally:
-        cleanup()
+    with session(cfg.features.device) as env:
+        return _run_linprobe(checkpoint, cfg, out_dir, env.device, env.rank, env.world_size)
 
 
 def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[str, float]:
-    from ..training.distributed import barrier
-
     t0 = time.perf_counter()
     encoder = frozen_encoder(checkpoint, cfg.features.preset)
     last = encoder.depth
@@ -82,8 +77,6 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
 def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
     from torch.utils.data import DistributedSampler
     from tqdm import tqdm
-
-    from ..training.distributed import wrap_ddp
 
     p = cfg.probe
     dataset = build_dataset(cfg.data, cfg.features.train_split)

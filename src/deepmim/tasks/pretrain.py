@@ -7,15 +7,18 @@ from typing import Any, Dict, Tuple
 import torch
 
 from ..checkpoint import find_resume_checkpoint, read_checkpoint
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
+from ..config.loader import ConfigError, dump_yaml, load_config
 from ..config.schema import PretrainConfig
+from ..data import build_pretrain_loader, preview_images
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
 from ..models.heads import loss_key
-from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
-from ..training.distributed import cleanup, setup_distributed
-from ..training.parallel import is_sharded, prepare_model
+from ..targets import TARGETS
 from ..training.logging import METRICS_FILE, say
+from ..training.loop import TrainResult
+from ..training.parallel import is_sharded
+from ..training.precision import autocast, fastest_attention, use_fused_attention
+from .base import Env, TrainingTask, run_training
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
@@ -34,8 +37,6 @@ def _expand_preset(data: Dict[str, Any]) -> Dict[str, Any]:
 def fill_target_normalisation(cfg: PretrainConfig) -> None:
     """Targets that need the raw pixels (hog, teacher) undo the input normalisation: give them
     data.mean/std unless the recipe set their own."""
-    from ..targets import TARGETS
-
     specs = [cfg.model.target] + [h.target for h in cfg.model.heads if h.target is not None]
     for spec in specs:
         target_cls = TARGETS.get(spec.get("name"))
@@ -73,42 +74,48 @@ def pretrain_loss(model, batch, generator: torch.Generator) -> Tuple[torch.Tenso
     return out.loss, {loss_key(block): loss for block, loss in out.losses.items()}
 
 
+class PretrainTask(TrainingTask):
+    """The skeleton's steps for pre-training: the seeded loader with per-sample masking noise, DeepMIM
+    with its attention kernel chosen, the loss of every head; the pictures at the end."""
+
+    kind, title, strategies = "pretrain", "pre-training", ("ddp", "fsdp")
+
+    def validate(self) -> None:
+        check_compatible(self.cfg)
+
+    def build_data(self, env: Env):
+        enc = self.cfg.model.encoder
+        return build_pretrain_loader(self.cfg.data, self.cfg.train.batch_size, self.cfg.train.seed, env.rank,
+                                     env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2)
+
+    def build_model(self, env: Env) -> DeepMIM:
+        model = DeepMIM(self.cfg.model).to(env.device)
+        choose_attention(model, self.cfg, env.device, env.precision, env.rank)
+        return model
+
+    def loss(self):
+        return pretrain_loss  # looked up at run time (tests replace it)
+
+    def find_unused_parameters(self, model: DeepMIM) -> bool:
+        return bool(model.unused_parameter_names())
+
+    def describe(self, model: DeepMIM, loader, env: Env) -> str:
+        n_params = sum(p.numel() for p in model.parameters())
+        n_encoder = sum(p.numel() for p in model.encoder.parameters())
+        return (f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({n_encoder / 1e6:.2f}M encoder), heads at "
+                f"blocks {model.blocks}, {len(loader.dataset)} images, device {env.device}, precision "
+                f"{env.precision}, {env.world_size} process(es)\n--- resolved config ---\n{dump_yaml(self.cfg)}"
+                f"-----------------------")
+
+    def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
+        if env.is_main and self.cfg.train.plots:
+            write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, Path(self.cfg.train.output_dir))
+        return result
+
+
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     """Build everything from the config (failing fast on bad input), train, then draw the plots."""
-    from ..data import build_pretrain_loader
-
-    check_compatible(cfg)
-    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
-    precision = resolve_precision(cfg.train.precision, device)
-    if cfg.train.strategy == "fsdp" and precision == "fp16":
-        raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
-                          "use train.precision=bf16 or fp32, or train.strategy=ddp")
-    torch.manual_seed(cfg.train.seed)
-    model = DeepMIM(cfg.model).to(device)
-    choose_attention(model, cfg, device, precision, rank)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
-                                   mask_patches=model.encoder.num_patches)
-    unused = model.unused_parameter_names()
-    model, forward_model = prepare_model(model, device, cfg.train.strategy, cfg.train.activation_checkpointing,
-                                         cfg.train.compile, find_unused_parameters=bool(unused))
-    output_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        n_params = sum(p.numel() for p in model.parameters())
-        say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
-            f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
-            f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
-    trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
-                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
-                      task="pretrain")
-    try:
-        result = trainer.fit()
-        if rank == 0 and cfg.train.plots:
-            write_plots(plain_model(model, cfg, result.checkpoint), cfg, output_dir)
-    finally:
-        cleanup()
-    return result
+    return run_training(PretrainTask(cfg))
 
 
 def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> None:
@@ -128,8 +135,6 @@ def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, 
 
 
 def measure_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> str:
-    from ..training.precision import autocast, fastest_attention
-
     enc = cfg.model.encoder
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(cfg.train.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
@@ -159,7 +164,6 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
 def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images: int = 8) -> None:
     """loss.png from the run's log; reconstruction.png for fixed images under a fixed mask."""
     from ..analysis.plots import plot_loss_curves, plot_reconstructions, reconstruction_grid
-    from ..data import preview_images
 
     plot_loss_curves(output_dir / METRICS_FILE, output_dir / "loss.png")
     images = preview_images(cfg.data, n_images).to(next(model.parameters()).device)

@@ -19,22 +19,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis.segmentation_metrics import confusion_matrix, per_class_table, segmentation_scores
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
+from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (EncoderConfig, SegDataConfig, SegEvalConfig, SegModelConfig, SegmentConfig,
                              SegmentOptimConfig, SegmentTrainConfig)
 from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_dataset, colourise
-from ..training import TrainResult, Trainer, resolve_device, resolve_precision
-from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices
-from ..training.parallel import prepare_model
-from ..training.logging import say
 from ..models.loading import pretrained_encoder
 from ..models.segmentation import UperNetViT, default_out_indices
-from ..training.loop import TrainHooks
+from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
+from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
+from .base import Env, TrainingTask, load_trained, run_training, session
+
+__all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
+           "SegmentTrainConfig", "SegmentHooks", "SegmentTask", "build_segmentor", "evaluate_segmentation",
+           "format_scores", "layer_decay_groups", "load_segment_config", "load_segmentor", "make_seg_loss",
+           "predict_probs", "run_segment_eval", "run_segment_train", "slide_logits", "validate_segment_config"]
 
 
 def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
+    """Recipe + overrides -> a SegmentConfig, checked at once (so --print-config refuses a bad recipe;
+    run_segment_train checks again, for configs built in Python)."""
     cfg = load_config(SegmentConfig, recipe, overrides, task="segment")
     validate_segment_config(cfg)
     return cfg
@@ -228,85 +233,107 @@ def class_names(dataset, num_classes: int) -> List[str]:
     return list(names) if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
+class SegmentTask(TrainingTask):
+    """The skeleton's steps for segmentation: the endless crop stream, UperNet on the pre-trained
+    encoder (SyncBN over GPUs), layer-decay groups, scoring every train.eval_every iterations."""
+
+    kind, title = "segment", "segmentation"
+
+    def validate(self) -> None:
+        validate_segment_config(self.cfg)
+
+    def build_data(self, env: Env):
+        cfg, t = self.cfg, self.cfg.train
+        loader = build_iteration_loader(cfg.data, t.batch_size, t.eval_every * t.accum_steps, t.seed, env.rank,
+                                        env.world_size)
+        self.train_set = loader.dataset.dataset
+        self.val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
+        self.num_classes = cfg.model.num_classes or len(self.train_set.classes)
+        if self.num_classes != len(self.train_set.classes):
+            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.train_set.classes)} "
+                              f"classes")
+        return loader
+
+    def build_model(self, env: Env) -> nn.Module:
+        model, self.enc = build_segmentor(self.cfg.model, self.num_classes, self.cfg.data.crop_size)
+        if env.world_size > 1 and env.device.type == "cuda":  # SyncBatchNorm has no CPU kernel
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
+        return model.to(env.device)
+
+    def hooks(self, model: nn.Module, env: Env) -> SegmentHooks:
+        self.scoring = SegmentHooks(model, self.val_set, self.cfg, env.device, env.precision, env.rank,
+                                    env.world_size)
+        return self.scoring
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return layer_decay_groups(model, self.cfg.optim)
+
+    def find_unused_parameters(self, model: nn.Module) -> bool:
+        return model.backbone.out_indices[-1] < self.enc.depth - 1
+
+    def train_config(self):
+        """The Trainer counts epochs: one is an interval of train.eval_every iterations."""
+        t = self.cfg.train
+        return dataclasses.replace(t, epochs=t.iterations // t.eval_every)
+
+    def optim_config(self):
+        o = self.cfg.optim
+        return dataclasses.replace(o, warmup_epochs=o.warmup_iters / self.cfg.train.eval_every)
+
+    def loss(self):
+        return make_seg_loss(self.cfg.model.aux_weight, self.cfg.data.ignore_index)
+
+    def architecture(self) -> Dict[str, Any]:
+        return {"encoder": dataclasses.asdict(self.enc), "num_classes": self.num_classes,
+                "classes": class_names(self.train_set, self.num_classes)}
+
+    def describe(self, model: nn.Module, loader, env: Env) -> str:
+        t = self.cfg.train
+        return (f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{self.num_classes} classes, {len(self.train_set)} train / {len(self.val_set)} val images, "
+                f"{t.iterations} iterations of {t.batch_size}x{env.world_size} crops, device {env.device}, "
+                f"precision {env.precision}")
+
+    def finish(self, result: TrainResult, model: nn.Module, env: Env) -> Tuple[TrainResult, Dict[str, Any]]:
+        scores = self.scoring.scores
+        scores = {**scores, "classes": class_names(self.train_set, self.num_classes)} if scores else {}
+        if env.is_main and scores:
+            out = Path(self.cfg.train.output_dir) / "eval.json"
+            out.write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
+        return result, scores
+
+
 def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     """Train, scoring the validation set every train.eval_every iterations; returns the Trainer's
     result and the last scores with the class names (also written to output_dir/eval.json by rank 0)."""
-    validate_segment_config(cfg)
-    device = resolve_device(cfg.train.device)
-    device, rank, world_size = setup_distributed(device)
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    t = cfg.train
-    loader = build_iteration_loader(cfg.data, t.batch_size, t.eval_every * t.accum_steps, t.seed, rank, world_size)
-    train_set = loader.dataset.dataset
-    val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
-    num_classes = cfg.model.num_classes or len(train_set.classes)
-    if num_classes != len(train_set.classes):
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {len(train_set.classes)} classes")
-    model, enc = build_segmentor(cfg.model, num_classes, cfg.data.crop_size)
-    if world_size > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
-    model = model.to(device)
-    hooks = SegmentHooks(model, val_set, cfg, device, precision, rank, world_size)
-    train_cfg = dataclasses.replace(t, epochs=t.iterations // t.eval_every)
-    optim_cfg = dataclasses.replace(cfg.optim, warmup_epochs=cfg.optim.warmup_iters / t.eval_every)
-    output_dir = Path(t.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        say(f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
-            f"classes, {len(train_set)} train / {len(val_set)} val images, {t.iterations} iterations of "
-            f"{t.batch_size}x{world_size} crops, device {device}, precision {precision}")
-    architecture = {"encoder": dataclasses.asdict(enc), "num_classes": num_classes,
-                    "classes": class_names(train_set, num_classes)}
-    if t.strategy != "ddp":
-        raise ConfigError("segmentation supports train.strategy=ddp (with train.activation_checkpointing=true "
-                          "for large backbones); fsdp is available for pretrain")
-    groups = layer_decay_groups(model, cfg.optim)
-    model, forward_model = prepare_model(model, device, "ddp", t.activation_checkpointing, t.compile,
-                                         find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1)
-    trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
-                      optim_cfg, to_dict(cfg), device, precision, rank, world_size, lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks, task="segment",
-                      architecture=architecture)
-    result = trainer.fit()
-    scores = {**hooks.scores, "classes": architecture["classes"]} if hooks.scores else {}
-    if rank == 0 and scores:
-        (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
-    return result, scores
+    return run_training(SegmentTask(cfg))
 
 
 def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str]]:
     """A `deepmim segment train` checkpoint -> (model with its weights, its config, class names)."""
-    from ..checkpoint import load_strict, read_checkpoint
-    from ..config.loader import from_dict
+    model, cfg, arch = load_trained(path, "segment", SegmentConfig, _segmentor_for,
+                                    "segment eval scores segmentation models")
+    return model, cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
 
-    ckpt = read_checkpoint(path)
-    ckpt.require("segment", "segment eval scores segmentation models")
-    cfg = from_dict(SegmentConfig, ckpt.config)
-    arch = ckpt.architecture
-    enc = from_dict(EncoderConfig, arch["encoder"])
-    model, _ = build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)
-    load_strict(model, ckpt.model_state, context=f"'{path}' does not fit its segmentation model")
-    return model.eval(), cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
+
+def _segmentor_for(cfg: SegmentConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
+    return build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)[0]
 
 
 def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]]:
-    """Scores of a checkpoint on its validation split (or data.* / eval.* overrides)."""
-    from ..config.loader import deep_merge, from_dict, parse_overrides
-
+    """Scores of a checkpoint on its validation split (or data.* / eval.* overrides); under torchrun
+    each process scores its shard and all return the summed scores."""
     model, cfg, names = load_segmentor(path)
     if overrides:
         cfg = from_dict(SegmentConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
         validate_segment_config(cfg)
-    device = resolve_device(cfg.train.device)
-    device, rank, world_size = setup_distributed(device)
-    precision = resolve_precision(cfg.train.precision, device)
-    dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
-    if len(dataset.classes) != model.num_classes:
-        raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split "
-                          f"{len(dataset.classes)}")
-    scores = evaluate_segmentation(model.to(device), dataset, cfg, device, precision, rank, world_size)
+    with session(cfg.train.device, cfg.train.precision) as env:
+        dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
+        if len(dataset.classes) != model.num_classes:
+            raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split "
+                              f"{len(dataset.classes)}")
+        scores = evaluate_segmentation(model.to(env.device), dataset, cfg, env.device, env.precision, env.rank,
+                                       env.world_size)
     return scores, names
 
 
