@@ -12,8 +12,10 @@ A deepmim checkpoint is a dict:
                   everything an exact resume needs (training/loop.py writes and reads those)
 
 Files written before `task` was recorded still load: `infer_task` reads their kind off the other
-keys (and finds `architecture` inside `config`, where those files kept it). Files deepmim did not
-write (MAE's, the authors', timm's, `deepmim export`'s safetensors) are bare weights: task None.
+keys (and finds `architecture` inside `config`, where those files kept it). A safetensors file that
+`save_weights` wrote with `checkpoint_metadata` (`deepmim export` of a classifier or a segmentation
+model) reads back as that checkpoint. Files deepmim did not write (MAE's, the authors', timm's) and
+exported encoders are bare weights: task None.
 
 This module sits on the ground floor (it imports only the configs), so models, targets, training
 and tasks all read and write checkpoints through it. `save_checkpoint` is the one writer of a
@@ -22,6 +24,7 @@ run's checkpoints: rotation of old files belongs there.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import tempfile
@@ -134,6 +137,32 @@ def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optio
     if numbered_epoch is not None:
         atomic_save(obj, Path(output_dir) / epoch_file_name(numbered_epoch))
     return path
+
+
+def save_weights(state: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str]) -> Path:
+    """Weights as a safetensors file (no pickle), written atomically; `metadata` goes in its header."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def checkpoint_metadata(ckpt: "Checkpoint") -> Dict[str, str]:
+    """The safetensors metadata that makes exported weights read back as `ckpt` (task, config, architecture)."""
+    meta = {"task": ckpt.task or "", "config": json.dumps(ckpt.config)}
+    if ckpt.architecture is not None:
+        meta["architecture"] = json.dumps(ckpt.architecture)
+    return meta
 
 
 # ----------------------------------------------------------------------------- reading
@@ -264,9 +293,14 @@ class Checkpoint:
 
 def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any]]) -> Checkpoint:
     """A file path, or a dict already loaded, as a `Checkpoint`."""
-    if isinstance(path_or_obj, (str, Path)):
-        return Checkpoint(read_state_file(path_or_obj), Path(path_or_obj))
-    return Checkpoint(dict(path_or_obj))
+    if not isinstance(path_or_obj, (str, Path)):
+        return Checkpoint(dict(path_or_obj))
+    raw = read_state_file(path_or_obj)
+    meta = read_metadata(path_or_obj)
+    if meta.get("task") in TASKS and "config" in meta:  # exported weights with their checkpoint's metadata
+        raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": json.loads(meta["config"]),
+               "architecture": json.loads(meta["architecture"]) if "architecture" in meta else None}
+    return Checkpoint(raw, Path(path_or_obj))
 
 
 # ----------------------------------------------------------------------------- the strict loader

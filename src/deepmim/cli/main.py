@@ -32,7 +32,8 @@ commands:
   pretrain   MAE / DeepMIM pre-training (checkpoints, metrics.jsonl, TensorBoard, loss.png, reconstruction.png)
   recipes    list the bundled recipes, one line each
   presets    list the model presets usable as model.preset=NAME or create_model(NAME)
-  export     write a checkpoint's encoder as safetensors loadable by timm.create_model(..., checkpoint_path=)
+  export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
+             or the fine-tuned classifier / segmentation model as it is
   knn        weighted k-NN accuracy on frozen (cached) features
   probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
@@ -70,13 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("presets", help="list the model presets")
 
-    e = sub.add_parser("export", help="export a checkpoint's encoder for timm",
+    e = sub.add_parser("export", help="export a checkpoint's weights as safetensors (encoder for timm, "
+                                      "classifier, segmentation model)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Write the encoder as safetensors in timm's VisionTransformer layout:\n\n"
+                       description="Write a checkpoint's weights as safetensors. A pre-training checkpoint gives\n"
+                                   "its encoder in timm's VisionTransformer layout:\n\n"
                                    "  deepmim export runs/demo/checkpoint-last.pt --out encoder.safetensors\n"
                                    "  timm.create_model('vit_base_patch16_224', num_classes=0,\n"
-                                   "                    checkpoint_path='encoder.safetensors')")
-    e.add_argument("checkpoint", help="a deepmim checkpoint")
+                                   "                    checkpoint_path='encoder.safetensors')\n\n"
+                                   "A fine-tuning checkpoint gives the timm classifier as it is, a segmentation\n"
+                                   "checkpoint the UperNet model as it is; both keep their config in the file's\n"
+                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.")
+    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train")
     e.add_argument("--out", required=True, help="output .safetensors path")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
 
@@ -197,19 +203,9 @@ def cmd_presets(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..checkpoint import read_checkpoint
-    from ..models.export import export_encoder, timm_model_name
-    from ..models.loading import load_encoder
+    from ..tasks.export import export_checkpoint
 
-    if read_checkpoint(args.checkpoint).task == "finetune":
-        return _export_classifier(args)
-    encoder = load_encoder(args.checkpoint)  # no decoders or teacher needed
-    path = export_encoder(encoder, args.out, args.img_size)
-    name = timm_model_name(encoder)
-    hint = (f"timm.create_model('{name}', num_classes=0, checkpoint_path='{path}')" if name and
-            (args.img_size or encoder.cfg.img_size) == 224 else
-            "a timm VisionTransformer with the same size (num_classes=0)")
-    print(f"wrote {path}; load it with {hint}")
+    print(export_checkpoint(args.checkpoint, args.out, args.img_size))
     return 0
 
 
@@ -278,24 +274,6 @@ def cmd_linprobe(args) -> int:
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
           f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
-    return 0
-
-
-def _export_classifier(args) -> int:
-    """A fine-tuned checkpoint is a timm VisionTransformer already: write its weights as they are."""
-    from safetensors.torch import save_file
-    from ..tasks.finetune import load_classifier
-
-    if args.img_size:
-        print("deepmim export: --img-size applies to pre-trained encoders; timm resamples a classifier's "
-              "position embedding itself when created with another img_size", file=sys.stderr)
-        return 2
-    model, cfg = load_classifier(args.checkpoint)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, args.out, metadata={"format": "pt", "num_classes": str(model.num_classes),
-                                         "global_pool": cfg.model.global_pool, "img_size": str(cfg.data.img_size)})
-    print(f"wrote {args.out}; load it with a timm VisionTransformer of the same size, "
-          f"num_classes={model.num_classes}, global_pool='{cfg.model.global_pool}'")
     return 0
 
 
