@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..config.schema import DataConfig, FeatureConfig
 from ..data import build_dataset, build_eval_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
-from ..models.loading import frozen, load_encoder
+from ..models import loading
 from ..training.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Features:
 def frozen_encoder(checkpoint: str | Path, preset: Optional[str] = None) -> torch.nn.Module:
     """The encoder of a checkpoint (models.loading.load_encoder: no decoders, no teacher file needed),
     frozen, in eval mode. Files without a deepmim config (the authors', MAE, timm) need `preset`."""
-    return frozen(load_encoder(checkpoint, preset))
+    return loading.frozen(loading.load_encoder(checkpoint, preset))
 
 
 def resolve_blocks(blocks: Optional[Sequence[int]], depth: int) -> List[int]:
