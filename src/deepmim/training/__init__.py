@@ -1,4 +1,4 @@
-"""The shared training machinery: loop, optimizer, schedule, precision, checkpoints, logs."""
+"""The shared training machinery: loop, optimizer, schedule, precision, resume state, logs, torchrun."""
 from ..checkpoint import atomic_save, find_resume_checkpoint
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .optim import build_adamw, scaled_lr
