@@ -141,3 +141,12 @@ def test_the_probe_head_records_its_run(runs):
     assert ckpt.raw["block"] == 4 and ckpt.raw["pool"] == "cls" and ckpt.model_state["head.weight"].shape == (10, 128)
     assert ckpt.config == to_dict(LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None,
         progress=False), probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False))
+
+
+def test_resume_refuses_a_checkpoint_of_another_task(runs, tmp_path):
+    with pytest.raises(CheckpointError, match="is a pre-training checkpoint .*train.resume continues a run of the "
+                                              "same task"):
+        run_finetune(load_finetune_config("finetune_demo", [
+            f"model.checkpoint={runs['pretrain']}", "data.img_size=16", "data.num_samples=40", "data.num_workers=0",
+            "train.batch_size=8", "train.epochs=1", f"train.resume={runs['pretrain']}",
+            f"train.output_dir={tmp_path / 'ft'}", *COMMON]))

@@ -6,7 +6,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ..checkpoint import find_resume_checkpoint, read_checkpoint
+from ..checkpoint import find_resume_checkpoint, load_strict, read_checkpoint
 from ..config.loader import ConfigError, dump_yaml, load_config
 from ..config.schema import PretrainConfig
 from ..data import build_pretrain_loader, preview_images
@@ -157,7 +157,7 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
     if not is_sharded(model) or checkpoint is None:
         return model
     plain = DeepMIM(cfg.model)
-    plain.load_state_dict(read_checkpoint(checkpoint).model_state)
+    load_strict(plain, read_checkpoint(checkpoint).model_state)
     return plain
 
 

@@ -135,11 +135,13 @@ class Trainer:
         path = find_resume_checkpoint(self.output_dir, resume)
         if path is None:
             return None
-        state = read_checkpoint(path).raw
+        ckpt = read_checkpoint(path)
+        ckpt.require(self.task, "train.resume continues a run of the same task")
+        state = ckpt.raw
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
-        load_full_state_dict(self.model, self.optimizer, state["model"], state["optimizer"])
+        load_full_state_dict(self.model, self.optimizer, ckpt.model_state, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.hooks.load_state_dict(state.get("hooks", {}))
