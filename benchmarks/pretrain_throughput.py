@@ -26,7 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from deepmim import create_model
 from deepmim.config.schema import OptimConfig
 from deepmim.training.optim import build_adamw, scaled_lr
-from deepmim.training.precision import autocast, resolve_device, resolve_precision, use_fused_attention
+from deepmim.training.distributed import resolve_device
+from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

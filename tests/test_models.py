@@ -237,3 +237,16 @@ def test_unused_parameters_are_the_blocks_after_the_deepest_head_and_the_unread_
     no_grad = {n for n, p in shallow.named_parameters() if p.requires_grad and p.grad is None}
     assert no_grad == set(names)
     assert DeepMIM(tiny_model_config(heads=(2, 4))).unused_parameter_names() == []
+
+
+def test_a_heads_names_are_made_and_parsed_in_one_place():
+    from deepmim.models.heads import decoder_blocks, head_loss_keys, loss_block, loss_key, row_block, row_name
+
+    assert [loss_block(loss_key(b)) for b in (2, 10, 12)] == [2, 10, 12]
+    assert loss_block("loss") is None and loss_block("loss_blockx") is None
+    assert head_loss_keys(["loss", "loss_block10", "lr", "loss_block2"]) == ["loss_block2", "loss_block10"]  # by depth
+    assert row_block(row_name(6)) == 6 and row_block("masked") is None
+    from tests.conftest import tiny_model_config
+
+    model = DeepMIM(tiny_model_config(heads=(4, 2)))
+    assert decoder_blocks(model.decoders) == [2, 4] == model.blocks

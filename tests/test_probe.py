@@ -11,7 +11,7 @@ import torch
 
 from deepmim import create_model
 from deepmim.analysis import features as feat_mod
-from deepmim.analysis.features import extract_features, load_encoder
+from deepmim.analysis.features import extract_features, frozen_encoder
 from deepmim.analysis.probes import build_probe_optimizer, knn_classify, LinearProbeHead, train_linear_probe
 from deepmim.cli.main import main
 from deepmim.config.schema import DataConfig, FeatureConfig, KnnConfig, LinearProbeConfig
@@ -101,7 +101,7 @@ def test_features_shapes_and_norm(tiny_ckpt, tmp_path):
         assert all(v.shape == (20, 32) and v.dtype == torch.float32 for v in f.blocks.values())
         assert f.labels.tolist() == [i % 10 for i in range(20)]
     # the last block is read after the encoder's final norm (MAE's linprobe), the others raw
-    encoder = load_encoder(tiny_ckpt)
+    encoder = frozen_encoder(tiny_ckpt)
     f = extract_features(tiny_ckpt, tiny_data(), "val", dataclasses.replace(fc, cache_dir=None), encoder=encoder)
     from deepmim.data import build_dataset, build_eval_transform
     ds = build_dataset(tiny_data(), "val")

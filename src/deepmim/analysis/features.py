@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader
 from ..config.schema import DataConfig, FeatureConfig
 from ..data import build_dataset, build_eval_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
+from ..models import loading
+from ..training.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +47,10 @@ class Features:
         return int(self.labels.max().item()) + 1 if self.labels.numel() else 0
 
 
-def load_encoder(checkpoint: str | Path, preset: Optional[str] = None) -> torch.nn.Module:
-    """The frozen encoder (eval mode) of a checkpoint, without building decoders or targets (so a
-    teacher-target model needs no teacher file). Files without a deepmim config (the authors', MAE,
-    timm) need `preset` to name the architecture."""
-    from ..models.factory import resolve_model_config
-    from ..models.loading import load_encoder as _load
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{checkpoint}' does not exist")
-    encoder = _load(path, resolve_model_config(preset) if preset else None).eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder
+def frozen_encoder(checkpoint: str | Path, preset: Optional[str] = None) -> torch.nn.Module:
+    """The encoder of a checkpoint (models.loading.load_encoder: no decoders, no teacher file needed),
+    frozen, in eval mode. Files without a deepmim config (the authors', MAE, timm) need `preset`."""
+    return loading.frozen(loading.load_encoder(checkpoint, preset))
 
 
 def resolve_blocks(blocks: Optional[Sequence[int]], depth: int) -> List[int]:
@@ -119,11 +111,9 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
                      blocks: Optional[Sequence[int]] = None, encoder: Optional[torch.nn.Module] = None,
                      ) -> Features:
     """Features of `split` for `blocks` (default: feat.blocks, None = all), from the cache when possible."""
-    from ..training.precision import resolve_device
-
     if feat.pool not in POOLS:
         raise ValueError(f"features.pool must be one of {POOLS}, got {feat.pool!r}")
-    encoder = encoder if encoder is not None else load_encoder(checkpoint, feat.preset)
+    encoder = encoder if encoder is not None else frozen_encoder(checkpoint, feat.preset)
     img_size = encoder.cfg.img_size
     blocks = resolve_blocks(blocks if blocks is not None else feat.blocks, encoder.depth)
 

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..models.heads import head_loss_keys, loss_block, row_name  # noqa: E402
 from ..targets import patchify, unpatchify  # noqa: E402
 from ..training.logging import read_metrics  # noqa: E402
 
@@ -20,11 +21,11 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:
     rows = [r for r in read_metrics(metrics_path) if r.get("type") == "train"]
     if not rows:
         raise ValueError(f"{metrics_path} has no training rows to plot")
-    keys = ["loss"] + sorted((k for k in rows[0] if k.startswith("loss_block")), key=lambda k: int(k[10:]))
+    keys = ["loss"] + head_loss_keys(rows[0])
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     steps = [r["step"] for r in rows]
     for key in keys:
-        label = "total (weighted sum)" if key == "loss" else f"head @ block {key[10:]}"
+        label = "total (weighted sum)" if key == "loss" else f"head @ block {loss_block(key)}"
         style = {"linewidth": 2.4, "color": "black"} if key == "loss" else {"linewidth": 1.4}
         ax.plot(steps, [float(r[key]) for r in rows], label=label, **style)
     _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
@@ -63,7 +64,7 @@ def reconstruction_grid(model, images: torch.Tensor, noise: torch.Tensor, mean: 
         if pixels is None:
             continue
         pasted = original * (1 - mask) + pixels * mask
-        rows[f"block {block}"] = unpatchify(pasted, patch, images.shape[1])
+        rows[row_name(block)] = unpatchify(pasted, patch, images.shape[1])
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     return {name: (x.cpu() * s + m).clamp(0, 1) for name, x in rows.items()}
@@ -174,13 +175,34 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
     plotted = {}
     for color, (name, path) in zip(_colors(len(metrics)), metrics.items()):
         rows = [r for r in read_metrics(path) if r.get("type") == "train"]
-        keys = sorted((k for k in (rows[0] if rows else {}) if k.startswith("loss_block")), key=lambda k: int(k[10:]))
+        keys = head_loss_keys(rows[0] if rows else {})
         if not keys:
             continue
         key = keys[-1]
         ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
-                label=f"{name}: head @ block {key[10:]}")
+                label=f"{name}: head @ block {loss_block(key)}")
         plotted[name] = key
     _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
             "Loss of the last block's head, runs side by side", log_y=True)
     return plotted
+
+
+def plot_layers(series: Dict[str, Dict[int, float]], path: Path) -> None:
+    """Bar chart (probe-layers' layers.png): blocks on x, one bar per checkpoint in each group, top-1 (%) on y."""
+    blocks = sorted({b for s in series.values() for b in s})
+    n = max(1, len(series))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(blocks) * n + 2), 4.0), dpi=120)
+    for i, (name, s) in enumerate(series.items()):
+        xs = [j + (i - (n - 1) / 2) * width for j, b in enumerate(blocks) if b in s]
+        ax.bar(xs, [100 * s[b] for b in blocks if b in s], width=width, label=name)
+    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.set_xlabel("encoder block")
+    ax.set_ylabel("linear-probe top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Linear probe per layer")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -11,6 +11,16 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+
+def short_names(checkpoints: List[str]) -> Dict[str, str]:
+    """Distinct short labels for checkpoints in tables and figures: the file name, or parent/file
+    when names collide."""
+    stems = [Path(c).name for c in checkpoints]
+    if len(set(stems)) == len(stems):
+        return dict(zip(checkpoints, stems))
+    return {c: str(Path(Path(c).parent.name) / Path(c).name) + (f" #{i}" if checkpoints.count(c) > 1 else "")
+            for i, c in enumerate(checkpoints)}
+
 SECTIONS = [
     ("probe", "Per-layer linear probe and k-NN",
      "A linear probe (MAE's head: BatchNorm without affine + Linear, trained as set by <code>probe.*</code>, "

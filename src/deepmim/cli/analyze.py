@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .arguments import add_probe_arguments, parse_probe_args
+
 HELP = """\
 Measure DeepMIM's claims on checkpoints, side by side (e.g. an MAE run and a DeepMIM run):
 
@@ -32,20 +34,17 @@ number), one PNG per figure, probe/ and convergence/ (probe-layers' own layers.j
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from .main import _add_probe_arguments
-
     p = subparsers.add_parser("analyze", help="measure the paper's claims on checkpoints; report.html",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
     p.add_argument("--data", default=None, metavar="SHORTHAND",
                    help="embedded | embedded:N | FOLDER (IDX files or an image folder); see above")
-    _add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides")
+    add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides")
     return p
 
 
 def run(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.analyze import data_overrides, load_analyze_config, run_analyze
-    from .main import _parse_probe_args
 
     data = args.data
     rest = list(args.checkpoints)
@@ -61,7 +60,7 @@ def run(args) -> int:
             del rest[i:i + 2]
             break
     args.checkpoints = rest
-    _parse_probe_args(args, "checkpoints")
+    parse_probe_args(args, "checkpoints")
     cfg = load_analyze_config(args.config, data_overrides(data) + args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")

@@ -5,6 +5,12 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import analyze as analyze_cli
+from . import segment as segment_cli
+from . import study as study_cli
+from ..training.distributed import is_rank_zero
+from .arguments import add_probe_arguments, parse_probe_args
+
 DESCRIPTION = """\
 deepmim: pre-train Vision Transformers with masked image modeling under deep supervision
 (DeepMIM, WACV 2025) and carry the result downstream.
@@ -27,7 +33,8 @@ commands:
   pretrain   MAE / DeepMIM pre-training (checkpoints, metrics.jsonl, TensorBoard, loss.png, reconstruction.png)
   recipes    list the bundled recipes, one line each
   presets    list the model presets usable as model.preset=NAME or create_model(NAME)
-  export     write a checkpoint's encoder as safetensors loadable by timm.create_model(..., checkpoint_path=)
+  export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
+             or the fine-tuned classifier / segmentation model as it is
   knn        weighted k-NN accuracy on frozen (cached) features
   probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
@@ -67,13 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the bundled recipes")
     sub.add_parser("presets", help="list the model presets")
 
-    e = sub.add_parser("export", help="export a checkpoint's encoder for timm",
+    e = sub.add_parser("export", help="export a checkpoint's weights as safetensors (encoder for timm, "
+                                      "classifier, segmentation model)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Write the encoder as safetensors in timm's VisionTransformer layout:\n\n"
+                       description="Write a checkpoint's weights as safetensors. A pre-training checkpoint gives\n"
+                                   "its encoder in timm's VisionTransformer layout:\n\n"
                                    "  deepmim export runs/demo/checkpoint-last.pt --out encoder.safetensors\n"
                                    "  timm.create_model('vit_base_patch16_224', num_classes=0,\n"
-                                   "                    checkpoint_path='encoder.safetensors')")
-    e.add_argument("checkpoint", help="a deepmim checkpoint")
+                                   "                    checkpoint_path='encoder.safetensors')\n\n"
+                                   "A fine-tuning checkpoint gives the timm classifier as it is, a segmentation\n"
+                                   "checkpoint the UperNet model as it is; both keep their config in the file's\n"
+                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.")
+    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train")
     e.add_argument("--out", required=True, help="output .safetensors path")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
 
@@ -84,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  deepmim knn runs/demo/checkpoint-last.pt data.num_samples=2000 knn.k=20\n"
                                    "  deepmim knn CKPT features.blocks=[4,8,12] features.pool=avg knn.temperature=0.1\n\n"
                                    "Config sections: data, features, knn, num_classes (see ProbeConfig).")
-    _add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
+    add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
 
     pl = sub.add_parser("probe-layers", help="a linear probe on every block's features, several checkpoints",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  deepmim probe-layers runs/mae/checkpoint-last.pt runs/deepmim/checkpoint-last.pt \\\n"
                                     "      --out runs/layers data.num_samples=2000 probe.epochs=20\n\n"
                                     "Writes layers.json, layers.csv and layers.png (blocks on x, a bar per checkpoint).")
-    _add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
+    add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
 
     lp = sub.add_parser("linprobe", help="MAE's linear probe on the last block (frozen encoder, LARS)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -104,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  deepmim linprobe runs/demo/checkpoint-last.pt --out runs/linprobe \\\n"
                                     "      data.num_samples=2000 probe.epochs=10 probe.warmup_epochs=1\n\n"
                                     "Writes linprobe.json and probe-head.pt. Config: LinprobeConfig.")
-    _add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
+    add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
 
     f = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -121,39 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
     v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
-    __import__("deepmim.cli.segment", fromlist=["add_parser"]).add_parser(sub)
-    __import__("deepmim.cli.analyze", fromlist=["add_parser"]).add_parser(sub)
-    __import__("deepmim.cli.study", fromlist=["add_parser"]).add_parser(sub)
+    segment_cli.add_parser(sub)
+    analyze_cli.add_parser(sub)
+    study_cli.add_parser(sub)
     return parser
-
-
-def _add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
-                         remainder: bool = True) -> None:
-    """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
-    key=value overrides, options anywhere), re-parsed intermixed by _parse_probe_args."""
-    parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
-    parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
-                                                       "(default: probe-layers all, knn the last)")
-    parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument(positional, nargs=argparse.REMAINDER if remainder else "*",
-                        metavar="CKPT ... [key=value ...]", help=help_text)
-
-
-def _parse_probe_args(args, positional: str):
-    """Split the remainder into checkpoints and overrides, honouring options given after them."""
-    rest = argparse.ArgumentParser(prog=f"deepmim {args.command}", add_help=False)
-    _add_probe_arguments(rest, "items", "", remainder=False)
-    parsed = rest.parse_intermixed_args(getattr(args, positional))
-    for name in ("out", "blocks", "config"):
-        if getattr(parsed, name) is not None:
-            setattr(args, name, getattr(parsed, name))
-    args.print_config = args.print_config or parsed.print_config
-    args.checkpoints = [a for a in parsed.items if "=" not in a]
-    args.overrides = [a for a in parsed.items if "=" in a]
-    if args.blocks:
-        args.overrides.append(f"features.blocks=[{args.blocks}]")
-    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,7 +146,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 0
     from ..config.loader import ConfigError
-    from ..models.loading import CheckpointError
+    from ..checkpoint import CheckpointError
     from ..training.loop import NonFiniteLossError
     try:
         return COMMANDS[args.command](args)
@@ -194,7 +177,7 @@ def cmd_pretrain(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_pretrain(cfg)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
     print(f"pretrain {state}: {result.step} steps, last loss {result.last_metrics.get('loss', float('nan')):.4f}, "
@@ -225,18 +208,9 @@ def cmd_presets(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..models.export import export_encoder, timm_model_name
-    from ..models.loading import load_encoder, read_state_file
+    from ..tasks.export import export_checkpoint
 
-    if "architecture" in (read_state_file(args.checkpoint).get("config") or {}):
-        return _export_classifier(args)
-    encoder = load_encoder(args.checkpoint)  # no decoders or teacher needed
-    path = export_encoder(encoder, args.out, args.img_size)
-    name = timm_model_name(encoder)
-    hint = (f"timm.create_model('{name}', num_classes=0, checkpoint_path='{path}')" if name and
-            (args.img_size or encoder.cfg.img_size) == 224 else
-            "a timm VisionTransformer with the same size (num_classes=0)")
-    print(f"wrote {path}; load it with {hint}")
+    print(export_checkpoint(args.checkpoint, args.out, args.img_size))
     return 0
 
 
@@ -244,7 +218,7 @@ def cmd_knn(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import load_probe_config, run_knn
 
-    _parse_probe_args(args, "checkpoint")
+    parse_probe_args(args, "checkpoint")
     cfg = load_probe_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
@@ -271,7 +245,7 @@ def cmd_probe_layers(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import format_table, load_probe_config, run_probe_layers
 
-    _parse_probe_args(args, "checkpoints")
+    parse_probe_args(args, "checkpoints")
     cfg = load_probe_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
@@ -289,7 +263,7 @@ def cmd_linprobe(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.linprobe import load_linprobe_config, run_linprobe
 
-    _parse_probe_args(args, "checkpoint")
+    parse_probe_args(args, "checkpoint")
     if args.blocks:
         raise ValueError("linprobe reads the last block only; use probe-layers for --blocks")
     cfg = load_linprobe_config(args.config, args.overrides)
@@ -299,36 +273,12 @@ def cmd_linprobe(args) -> int:
     if len(args.checkpoints) != 1:
         raise ValueError(f"deepmim linprobe takes exactly one checkpoint, got {args.checkpoints or 'none'}")
     r = run_linprobe(args.checkpoints[0], cfg, args.out)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
           f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
-    return 0
-
-
-def _is_rank_zero() -> bool:
-    """Under torchrun only the first process reports (every process runs the command)."""
-    import os
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _export_classifier(args) -> int:
-    """A fine-tuned checkpoint is a timm VisionTransformer already: write its weights as they are."""
-    from safetensors.torch import save_file
-    from ..tasks.finetune import load_classifier
-
-    if args.img_size:
-        print("deepmim export: --img-size applies to pre-trained encoders; timm resamples a classifier's "
-              "position embedding itself when created with another img_size", file=sys.stderr)
-        return 2
-    model, cfg = load_classifier(args.checkpoint)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, args.out, metadata={"format": "pt", "num_classes": str(model.num_classes),
-                                         "global_pool": cfg.model.global_pool, "img_size": str(cfg.data.img_size)})
-    print(f"wrote {args.out}; load it with a timm VisionTransformer of the same size, "
-          f"num_classes={model.num_classes}, global_pool='{cfg.model.global_pool}'")
     return 0
 
 
@@ -341,7 +291,7 @@ def cmd_finetune(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_finetune(cfg)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     print(f"finetune {'finished' if result.finished else 'stopped'}: {result.step} steps, "
           f"checkpoint {result.checkpoint}")
@@ -357,9 +307,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "analyze": lambda args: __import__("deepmim.cli.analyze", fromlist=["run"]).run(args),
-            "segment": lambda args: __import__("deepmim.cli.segment", fromlist=["run"]).run(args),
-            "study": lambda args: __import__("deepmim.cli.study", fromlist=["run"]).run(args),
+            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run,
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

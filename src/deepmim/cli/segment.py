@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..training.distributed import is_rank_zero
+
 TRAIN_HELP = """\
 Train UperNet on a pre-trained ViT (iteration-based; validation every train.eval_every iterations):
 
@@ -59,7 +61,7 @@ def _train(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result, scores = run_segment_train(cfg)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     state = "finished" if result.finished else f"stopped at iteration {result.step} (train.max_steps)"
     print(f"segment train {state}: {result.step} iterations, checkpoint {result.checkpoint}")
@@ -75,7 +77,7 @@ def _eval(args) -> int:
     if args.save_predictions:
         overrides.append(f"eval.save_predictions={args.save_predictions}")
     scores, names = run_segment_eval(args.checkpoint, overrides)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     print(format_scores(scores, names))
     if args.out:
@@ -83,10 +85,3 @@ def _eval(args) -> int:
         Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "classes": names, **scores}, indent=2))
         print(f"wrote {args.out}")
     return 0
-
-
-def _is_rank_zero() -> bool:
-    """Under torchrun every process gets the same scores; one prints and writes them."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -1,6 +1,8 @@
-"""Typed configs and the YAML/override loader."""
+"""Typed configs (schema.py: every task's dataclasses) and the YAML/override loader."""
 from .loader import ConfigError, dump_yaml, from_dict, load_config, parse_overrides, to_dict
-from .schema import DataConfig, EncoderConfig, HeadConfig, ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+from .schema import (AnalyzeConfig, DataConfig, EncoderConfig, FinetuneConfig, HeadConfig, LinprobeConfig,
+                     ModelConfig, OptimConfig, PretrainConfig, ProbeConfig, SegDataConfig, SegmentConfig, TrainConfig)
 
-__all__ = ["ConfigError", "dump_yaml", "from_dict", "load_config", "parse_overrides", "to_dict", "DataConfig",
-           "EncoderConfig", "HeadConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "TrainConfig"]
+__all__ = ["ConfigError", "dump_yaml", "from_dict", "load_config", "parse_overrides", "to_dict", "AnalyzeConfig",
+           "DataConfig", "EncoderConfig", "FinetuneConfig", "HeadConfig", "LinprobeConfig", "ModelConfig",
+           "OptimConfig", "PretrainConfig", "ProbeConfig", "SegDataConfig", "SegmentConfig", "TrainConfig"]

@@ -1,8 +1,9 @@
-"""Typed configuration for every deepmim job.
+"""Typed configuration for every deepmim job, all in this file: pre-training, probes and analysis,
+fine-tuning, segmentation.
 
 Recipes (YAML) and command-line overrides are mapped onto these dataclasses by
 `deepmim.config.loader`, which rejects unknown keys and wrong types before any
-work starts.
+work starts. What a task checks beyond types (ranges, combinations) is its `validate`.
 """
 from __future__ import annotations
 
@@ -233,3 +234,161 @@ class AnalyzeConfig(ProbeConfig):
 
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     output_dir: str = "runs/analyze"
+
+
+# ----------------------------------------------------------------------------- deepmim finetune
+
+
+@dataclass
+class ClassifierConfig:
+    """`deepmim finetune` model.*: the pre-trained encoder it starts from and the new head."""
+
+    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
+    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
+    num_classes: Optional[int] = None  # None: the data's class count
+    global_pool: str = "avg"  # avg: mean of patch tokens + new norm (MAE fine-tuning) | token: cls token
+    drop_path: float = 0.1
+    head_init_std: float = 2e-5
+
+
+@dataclass
+class AugmentConfig:
+    """timm's fine-tuning augmentation (RandAugment, random erasing, Mixup/CutMix, label smoothing)."""
+
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null: off
+    reprob: float = 0.25  # random erasing probability
+    crop_scale_min: float = 0.08
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    eval_crop_pct: float = 0.875  # resize img_size / crop_pct, centre crop img_size (256 -> 224)
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """AdamW with layer-wise lr decay, the authors' fine-tuning defaults."""
+
+    base_lr: float = 1e-4  # the authors' blr; lr = blr * batch / 256
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 5.0
+    min_lr: float = 1e-6
+    layer_decay: float = 0.6  # block i's lr scale: layer_decay ** (depth - i)
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """The shared loop, fine-tuning defaults, and an optional EMA of the weights."""
+
+    epochs: int = 100
+    output_dir: str = "runs/finetune"
+    ema_decay: Optional[float] = None  # e.g. 0.9998: evaluate an EMA of the weights as well
+
+
+@dataclass
+class FinetuneConfig:
+    """`deepmim finetune` and `deepmim evaluate`: the MAE/BEiT fine-tuning recipe."""
+
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(num_workers=2))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    val_split: str = "val"
+
+
+# ----------------------------------------------------------------------------- deepmim segment
+
+
+@dataclass
+class SegDataConfig:
+    """Where the images and masks are and how training crops are made (mmseg's ADE20K pipeline)."""
+
+    name: str = "embedded"  # embedded | ade20k | maskfolder
+    path: Optional[str] = None  # root with images/<split>/ and <mask_dir>/<split>/
+    mask_dir: str = "annotations"  # maskfolder: folder beside images/ holding <stem>.png masks
+    train_split: str = "train"  # ade20k maps train/val to training/validation
+    val_split: str = "val"
+    num_classes: Optional[int] = None  # maskfolder: required; ade20k 150; embedded 11 (background + 10 shapes)
+    reduce_zero_label: Optional[bool] = None  # label 0 -> ignore, others - 1 (None: True for ade20k only)
+    ignore_index: int = 255
+    scale: List[int] = field(default_factory=lambda: [2048, 512])  # (long, short) edge bound of the base size
+    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0])  # training rescale of the base size
+    crop_size: int = 512
+    cat_max_ratio: float = 0.75  # a crop where one class covers more than this is redrawn (up to 10 times)
+    hflip: bool = True
+    photometric: bool = True
+    mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # on 0-255 pixels
+    std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    img_size: int = 64  # embedded: the rendered size
+    num_samples: int = 512  # embedded: training images
+    val_samples: int = 64  # embedded: validation images
+    num_workers: int = 2
+
+
+@dataclass
+class SegModelConfig:
+    """`deepmim segment` model.*: UperNet on a pre-trained ViT (BEiT options in the backbone)."""
+
+    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
+    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
+    num_classes: Optional[int] = None  # None: the data's class count
+    out_indices: Optional[List[int]] = None  # 0-based blocks feeding the pyramid; None: 3,5,7,11 of 12, scaled
+    channels: int = 768  # UperHead width (the authors' ViT-B setting)
+    aux_channels: int = 256  # FCN auxiliary head width; 0: no auxiliary head
+    aux_weight: float = 0.4
+    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    dropout: float = 0.1
+    drop_path: float = 0.1
+    rel_pos_bias: bool = True  # BEiT's per-block relative position bias (starts at zero)
+    layer_scale: Optional[float] = 1.0  # BEiT's layer scale initial value; null: none
+
+
+@dataclass
+class SegmentOptimConfig(OptimConfig):
+    """AdamW, layer decay and mmcv's iteration-based poly schedule with linear warm-up."""
+
+    lr: Optional[float] = 5e-5  # absolute, for the authors' 16-image batch
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.05
+    layer_decay: float = 0.9
+    schedule: str = "poly"  # poly (mmcv's, with linear warm-up) | cosine
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6  # the warm-up starts at this fraction of the lr
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0  # derived from warmup_iters; do not set
+
+
+@dataclass
+class SegmentTrainConfig(TrainConfig):
+    """The shared loop counted in iterations: a Trainer epoch is one interval of eval_every."""
+
+    iterations: int = 160_000
+    eval_every: int = 16_000  # iterations between validations (and numbered checkpoints)
+    batch_size: int = 2  # per process: the authors ran 8 GPUs x 2
+    epochs: int = 0  # derived: iterations / eval_every; do not set
+    output_dir: str = "runs/segment"
+    log_every_steps: int = 50
+    plots: bool = False
+
+
+@dataclass
+class SegEvalConfig:
+    """Inference for the validation scores: sliding window or whole image, optional flip."""
+
+    mode: str = "slide"  # slide (windows of crop_size every stride pixels) | whole
+    crop_size: Optional[int] = None  # None: data.crop_size
+    stride: int = 341
+    flip: bool = False  # average the softmax of the image and its mirror
+    save_predictions: Optional[str] = None  # folder for image | prediction | label PNGs
+
+
+@dataclass
+class SegmentConfig:
+    """`deepmim segment train` and `deepmim segment eval`: the ADE20K protocol of the paper."""
+
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    optim: SegmentOptimConfig = field(default_factory=SegmentOptimConfig)
+    train: SegmentTrainConfig = field(default_factory=SegmentTrainConfig)
+    eval: SegEvalConfig = field(default_factory=SegEvalConfig)

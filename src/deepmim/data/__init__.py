@@ -18,6 +18,7 @@ from deepmim.data.loader import (
     build_pretrain_loader,
     collate_skip_broken,
     mix_seed,
+    preview_images,
     validate_data_config,
 )
 from deepmim.data.transforms import (
@@ -53,6 +54,7 @@ __all__ = [
     "denormalize",
     "load_rgb",
     "mix_seed",
+    "preview_images",
     "read_idx",
     "sample_crop_box",
     "validate_data_config",

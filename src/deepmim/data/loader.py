@@ -1,17 +1,19 @@
 """Reproducible, resumable pre-training data pipeline.
 
-Two properties make a run restartable bit-for-bit and independent of worker count:
+Three properties make a run restartable bit-for-bit and independent of worker count:
 - the sample order depends only on (seed, epoch) and can start at any batch of an epoch
   (`ResumableSampler.set_start`), without loading the skipped samples;
 - the augmentation of a sample depends only on (seed, epoch, index)
   (`SeededAugmentation`), not on which worker drew it or what it drew before;
 - so does its mask: every item carries a per-sample seed (`Batch.seeds`) from which the
-  training loss draws the masking noise, so a sample gets the same mask whatever the batch
-  size, accumulation or number of processes (1 process x 8 images == 2 processes x 4).
+  collate draws its masking noise (`Batch.noise`, the one source of pre-training masks), so a
+  sample gets the same mask whatever the batch size, accumulation or number of processes
+  (1 process x 8 images == 2 processes x 4).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
@@ -27,7 +29,8 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
-from deepmim.data.transforms import build_pretrain_transform
+from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
+from deepmim.models.masking import noise_from_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +210,6 @@ def collate_skip_broken(batch: Sequence[Optional[tuple]], num_patches: Optional[
     seeds = torch.tensor([int(item[2]) for item in items], dtype=torch.int64) if len(items[0]) > 2 else None
     noise = None
     if num_patches is not None and seeds is not None:
-        from deepmim.models.masking import noise_from_seeds
         noise = noise_from_seeds(seeds, num_patches)
     return Batch(images, labels, num_skipped, seeds, noise)
 
@@ -253,6 +255,19 @@ def _full_dataset(cfg: DataConfig, split: str) -> Dataset:
     if cfg.name == "imagefolder":
         return ImageFolder(path, split=split, strict=cfg.strict)
     return IdxDataset(path, split=split)
+
+
+def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:
+    """The first n readable images of the validation split (the train split where there is none), with the
+    evaluation transform: the fixed images reconstruction pictures show."""
+    try:
+        dataset = build_dataset(cfg, split="val")
+    except ValueError:
+        dataset = build_dataset(cfg)
+    transform = build_eval_transform(cfg.img_size, cfg.mean, cfg.std)
+    items = (dataset[i] for i in range(len(dataset)))
+    images = list(itertools.islice((transform(item[0]) for item in items if item is not None), n_images))
+    return torch.stack(images)
 
 
 class PretrainLoader(DataLoader):
@@ -312,7 +327,7 @@ def build_pretrain_loader(
         pin_memory=torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=workers > 0,
-        # Own generator: creating iterators must not consume the global RNG (the training
-        # loop's mask sampling would otherwise depend on how often a loader was iterated).
+        # Own generator: creating iterators must not consume the global RNG (drop path draws from it,
+        # and checkpoints restore it for an exact resume).
         generator=torch.Generator().manual_seed(mix_seed(seed, 0x10AD)),
     )

@@ -8,7 +8,6 @@ crops, flips and colours (see `IterationSampler`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from deepmim.config.schema import SegDataConfig
 from deepmim.data.embedded import CLASSES as SHAPE_CLASSES, EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import load_rgb
@@ -41,32 +41,6 @@ monitor bulletin_board shower radiator glass clock flag
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 SEG_DATASETS = ("embedded", "ade20k", "maskfolder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-@dataclass
-class SegDataConfig:
-    """Where the images and masks are and how training crops are made (mmseg's ADE20K pipeline)."""
-
-    name: str = "embedded"  # embedded | ade20k | maskfolder
-    path: Optional[str] = None  # root with images/<split>/ and <mask_dir>/<split>/
-    mask_dir: str = "annotations"  # maskfolder: folder beside images/ holding <stem>.png masks
-    train_split: str = "train"  # ade20k maps train/val to training/validation
-    val_split: str = "val"
-    num_classes: Optional[int] = None  # maskfolder: required; ade20k 150; embedded 11 (background + 10 shapes)
-    reduce_zero_label: Optional[bool] = None  # label 0 -> ignore, others - 1 (None: True for ade20k only)
-    ignore_index: int = 255
-    scale: List[int] = field(default_factory=lambda: [2048, 512])  # (long, short) edge bound of the base size
-    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0])  # training rescale of the base size
-    crop_size: int = 512
-    cat_max_ratio: float = 0.75  # a crop where one class covers more than this is redrawn (up to 10 times)
-    hflip: bool = True
-    photometric: bool = True
-    mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])  # on 0-255 pixels
-    std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
-    img_size: int = 64  # embedded: the rendered size
-    num_samples: int = 512  # embedded: training images
-    val_samples: int = 64  # embedded: validation images
-    num_workers: int = 2
 
 
 class SegSample(NamedTuple):
@@ -176,10 +150,6 @@ def build_seg_dataset(cfg: SegDataConfig, split: str) -> Dataset:
     if not cfg.num_classes:
         raise DataError("data.num_classes is required for data.name=maskfolder")
     return MaskFolder(root, split, cfg.num_classes, cfg.mask_dir, bool(cfg.reduce_zero_label), cfg.ignore_index)
-
-
-def num_seg_classes(dataset: Dataset) -> int:
-    return len(dataset.classes) if hasattr(dataset, "classes") else dataset.num_classes
 
 
 # ----------------------------------------------------------------------------- paired transforms

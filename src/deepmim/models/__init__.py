@@ -1,4 +1,5 @@
-"""Models: the masked ViT encoder, the decoder, the DeepMIM wrapper, presets and loading."""
+"""Models: the masked ViT encoder, the decoder, the DeepMIM wrapper, the target interface it consumes
+(target.py), head naming, presets, checkpoint layouts and loading, export, the UperNet segmentor."""
 from .decoder import MaskedDecoder
 from .deepmim import DeepMIM, PretrainOutput, validate_model_config
 from .encoder import MaskedViTEncoder

@@ -16,6 +16,9 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..checkpoint import strip_module_prefix
+from .heads import decoder_key
+
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 _DECODER_PARTS = {"decoder_embed": "embed", "mask_token": "mask_token", "decoder_blocks": "blocks",
@@ -34,18 +37,11 @@ def detect_layout(state: Dict[str, torch.Tensor]) -> str:
     return "encoder"
 
 
-def strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Drop the `module.` that DDP-wrapped saves add."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def convert_state_dict(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Map any supported layout onto deepmim keys for a model supervising `blocks` (sorted).
 
     Returns (converted state, notes about what was dropped on purpose)."""
-    state = strip_prefix(state)
+    state = strip_module_prefix(state)
     layout = detect_layout(state)
     if layout == "deepmim":
         return dict(state), []
@@ -59,13 +55,13 @@ def convert_state_dict(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tup
             continue
         if key == "decoder_pos_embed":  # one shared embedding -> every decoder's copy
             for block in blocks:
-                out[f"decoders.{block}.pos_embed"] = value
+                out[f"decoders.{decoder_key(block)}.pos_embed"] = value
             continue
         match = _NUMBERED.match(key)
         if match and layout != "encoder":
             part, number, rest = match.groups()
             block = _block_for(number, blocks, key)
-            out[f"decoders.{block}.{_DECODER_PARTS[part]}{rest}"] = value
+            out[f"decoders.{decoder_key(block)}.{_DECODER_PARTS[part]}{rest}"] = value
         else:
             out[f"encoder.{key}"] = value
     return out, notes

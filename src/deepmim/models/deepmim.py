@@ -10,10 +10,11 @@ from torch import nn
 
 from ..config.loader import ConfigError
 from ..config.schema import HeadConfig, ModelConfig
-from ..targets import Target, build_target
 from .decoder import MaskedDecoder
 from .encoder import MaskedViTEncoder
+from .heads import decoder_key
 from .masking import Masking
+from .target import Target, build_target
 
 
 @dataclass
@@ -55,7 +56,7 @@ class DeepMIM(nn.Module):
             self.head_target_key[head.block] = key
         object.__setattr__(self, "targets", targets)
         self.decoders = nn.ModuleDict({
-            str(h.block): MaskedDecoder(
+            decoder_key(h.block): MaskedDecoder(
                 cfg.encoder.embed_dim, self.encoder.num_patches, h.decoder_dim, h.decoder_depth, h.decoder_heads,
                 out_dim=targets[self.head_target_key[h.block]].dim, norm_eps=cfg.encoder.norm_eps)
             for h in self.heads
@@ -92,8 +93,8 @@ class DeepMIM(nn.Module):
     def no_weight_decay(self) -> List[str]:
         """Parameter names exempt from weight decay beyond biases and norms (which are 1-D)."""
         names = ["encoder.cls_token", "encoder.pos_embed"]
-        for block in self.decoders:
-            names += [f"decoders.{block}.mask_token", f"decoders.{block}.pos_embed"]
+        for key in self.decoders:
+            names += [f"decoders.{key}.mask_token", f"decoders.{key}.pos_embed"]
         return names
 
     def forward(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
@@ -114,7 +115,7 @@ class DeepMIM(nn.Module):
             feature = taps[head.block]
             if self._uses_final_norm(head):
                 feature = self.encoder.norm(feature)
-            pred = self.decoders[str(head.block)](feature, masking)
+            pred = self.decoders[decoder_key(head.block)](feature, masking)
             key = self.head_target_key[head.block]
             loss = self.targets[key].loss(pred, target_values[key], masking.mask)
             losses[head.block], preds[head.block] = loss, pred

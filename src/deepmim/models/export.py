@@ -7,6 +7,8 @@ from typing import Dict, Optional
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from ..checkpoint import save_weights
+
 TIMM_NAMES = {  # (embed_dim, depth, patch_size) -> timm model name at 224
     (192, 12, 16): "vit_tiny_patch16_224",
     (384, 12, 16): "vit_small_patch16_224",
@@ -36,13 +38,10 @@ def timm_model_name(model) -> Optional[str]:
 
 
 def export_encoder(model, out_path: Path, img_size: Optional[int] = None) -> Path:
-    from safetensors.torch import save_file
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    """The encoder as safetensors in timm's layout, its architecture in the metadata (num_heads is
+    not in the weights: deepmim's teacher target reads it from there)."""
     c = _encoder(model).cfg
     metadata = {"format": "pt", "img_size": str(img_size or c.img_size), "patch_size": str(c.patch_size),
                 "embed_dim": str(c.embed_dim), "depth": str(c.depth), "num_heads": str(c.num_heads),
                 "timm_model": timm_model_name(model) or ""}
-    save_file(encoder_state_dict(model, img_size), str(out_path), metadata=metadata)
-    return out_path
+    return save_weights(encoder_state_dict(model, img_size), out_path, metadata)

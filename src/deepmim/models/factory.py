@@ -7,6 +7,7 @@ from typing import Any, Dict, Union
 from ..config.loader import deep_merge, from_dict
 from ..config.schema import ModelConfig
 from .deepmim import DeepMIM
+from .loading import load_weights
 from .presets import preset_config
 
 
@@ -38,6 +39,5 @@ def create_model(spec: Union[str, ModelConfig, Dict[str, Any]], checkpoint_path:
     """
     model = DeepMIM(resolve_model_config(spec))
     if checkpoint_path:
-        from .loading import load_weights
         load_weights(model, checkpoint_path)
     return model

@@ -1,54 +1,35 @@
-"""Load weights into a DeepMIM model from our checkpoints or a bare encoder state dict.
+"""Load weights into a DeepMIM model, or its encoder alone, from any supported checkpoint layout
+(ours, the authors' DeepMIM release, MAE's, timm's; see models/convert.py).
 
-Every key is accounted for: a key the model does not have, a weight the file lacks or a
-shape that differs is reported by name, never silently dropped.
+Every key is accounted for (deepmim.checkpoint.load_strict): a key the model does not have, a
+weight the file lacks or a shape that differs is reported by name, never silently dropped.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..config.loader import from_dict
-from ..config.schema import ModelConfig
+from ..checkpoint import CheckpointError, load_strict, read_checkpoint
+from ..config.loader import ConfigError
+from ..config.schema import EncoderConfig, ModelConfig
 from .convert import convert_state_dict
+from .deepmim import DeepMIM
+from .encoder import MaskedViTEncoder
+from .export import encoder_state_dict
+from .heads import decoder_blocks
+from .presets import preset_config
+
+__all__ = ["CheckpointError", "load_weights", "load_checkpoint", "load_encoder", "pretrained_encoder", "frozen"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
-
-
-def read_state_file(path: str | Path) -> dict:
-    """Read a .pt/.pth (weights_only) or .safetensors file."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
+def _converted(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from err
-
-
-def extract_state_dict(obj: dict) -> Dict[str, torch.Tensor]:
-    """The weights inside a checkpoint dict (under 'model', 'state_dict' or at the top)."""
-    for key in ("model", "state_dict", "model_state", "module"):
-        if key in obj and isinstance(obj[key], dict):
-            return obj[key]
-    return obj
-
-
-def compare_state_dicts(own: Dict[str, torch.Tensor], incoming: Dict[str, torch.Tensor]
-                        ) -> Tuple[List[str], List[str], List[str]]:
-    missing = sorted(k for k in own if k not in incoming)
-    unexpected = sorted(k for k in incoming if k not in own)
-    mismatched = sorted(f"{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in incoming if k in own and incoming[k].shape != own[k].shape)
-    return missing, unexpected, mismatched
+        return convert_state_dict(state, blocks)
+    except KeyError as err:
+        raise CheckpointError(str(err.args[0])) from err
 
 
 def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> List[str]:
@@ -56,79 +37,71 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
 
     Raises CheckpointError naming every unknown key, missing key and shape mismatch. A file with
     encoder weights only (MAE's encoder release, timm ViT weights) loads the encoder and leaves the
-    decoders at their initialisation; the returned notes say so."""
-    obj = read_state_file(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
-    blocks = sorted(int(b) for b in getattr(model, "decoders", {}))
-    try:
-        state, notes = convert_state_dict(extract_state_dict(obj), blocks)
-    except KeyError as err:
-        raise CheckpointError(str(err.args[0])) from err
-    own = model.state_dict()
-    missing, unexpected, mismatched = compare_state_dicts(own, state)
-    if missing and not any(k.startswith("decoders.") for k in state):
-        decoder_keys = [k for k in missing if k.startswith("decoders.")]
+    decoders at their initialisation; the returned notes say so. strict=False: missing and unknown
+    keys are let through (shapes must still fit)."""
+    ckpt = read_checkpoint(path_or_state)
+    blocks = decoder_blocks(getattr(model, "decoders", {}))
+    state, notes = _converted(ckpt.model_state, blocks)
+    allow_missing: Tuple[str, ...] = ()
+    if not any(k.startswith("decoders.") for k in state):
+        decoder_keys = [k for k in model.state_dict() if k.startswith("decoders.")]
         if decoder_keys:
             notes.append(f"the file holds no decoder weights: {len(decoder_keys)} decoder tensors keep their "
                          f"initialisation")
-            missing = [k for k in missing if not k.startswith("decoders.")]
-    problems = []
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched))
-    if strict and unexpected:
-        problems.append("keys in the file that the model lacks: " + ", ".join(unexpected))
-    if strict and missing:
-        problems.append("keys the model needs that the file lacks: " + ", ".join(missing))
-    if problems:
-        raise CheckpointError("checkpoint does not fit the model:\n  " + "\n  ".join(problems))
-    model.load_state_dict(state, strict=False)
+            allow_missing = ("decoders.*",)
+    load_strict(model, state, allow_missing=allow_missing if strict else ("*",),
+                allow_unexpected=() if strict else ("*",))
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return notes
 
 
-def config_from_checkpoint(obj: dict) -> Optional[ModelConfig]:
-    cfg = obj.get("config") if isinstance(obj, dict) else None
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-        return from_dict(ModelConfig, cfg["model"], "model.")
-    return None
-
-
-def load_checkpoint(path: str | Path, model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
+def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
     """Load a deepmim checkpoint. Without `model`, rebuild the model from the config saved in it."""
-    obj = read_state_file(path)
+    ckpt = read_checkpoint(path)
     if model is None:
-        cfg = config_from_checkpoint(obj)
+        cfg = ckpt.model_config()
         if cfg is None:
             raise CheckpointError(f"'{path}' holds no deepmim config; build the model first and pass it: "
                                   f"load_checkpoint(path, create_model('preset_name'))")
-        from .deepmim import DeepMIM
         model = DeepMIM(cfg)
-    load_weights(model, obj)
+    load_weights(model, ckpt.raw)
     return model
 
 
-def load_encoder(path: str | Path, cfg: Optional[ModelConfig] = None):
+def load_encoder(path: Union[str, Path], model: Union[ModelConfig, str, None] = None) -> MaskedViTEncoder:
     """Only the encoder of a checkpoint (any supported layout), without building decoders or
     targets, so a model trained with a teacher exports and probes without the teacher's file.
-    `cfg` is needed for files that carry no deepmim config (MAE, the authors', timm)."""
-    from .encoder import MaskedViTEncoder
-
-    obj = read_state_file(path)
-    cfg = cfg or config_from_checkpoint(obj)
+    `model` (a ModelConfig or a preset name) names the architecture of files that carry no deepmim
+    config (MAE, the authors', timm)."""
+    ckpt = read_checkpoint(path)
+    cfg = (preset_config(model) if isinstance(model, str) else model) or ckpt.model_config()
     if cfg is None:
         raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture, e.g. with a preset")
-    blocks = sorted(h.block for h in cfg.heads)
-    try:
-        state, _ = convert_state_dict(extract_state_dict(obj), blocks)
-    except KeyError as err:
-        raise CheckpointError(str(err.args[0])) from err
+    state, _ = _converted(ckpt.model_state, sorted(h.block for h in cfg.heads))
     encoder = MaskedViTEncoder(cfg.encoder)
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    missing, unexpected, mismatched = compare_state_dicts(encoder.state_dict(), enc_state)
-    problems = [f"shape mismatch: {'; '.join(mismatched)}"] if mismatched else []
-    problems += [f"keys the encoder lacks: {', '.join(unexpected)}"] if unexpected else []
-    problems += [f"encoder keys missing from the file: {', '.join(missing)}"] if missing else []
-    if problems:
-        raise CheckpointError(f"'{path}' does not fit the encoder:\n  " + "\n  ".join(problems))
-    encoder.load_state_dict(enc_state)
+    load_strict(encoder, enc_state, context=f"'{path}' does not fit the encoder")
     return encoder
+
+
+def pretrained_encoder(checkpoint: Optional[str], preset: Optional[str]
+                       ) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
+    """What a downstream model (classifier, segmentor) starts from: the architecture and weights of
+    the encoder in `checkpoint` (`preset` naming the architecture of files without a deepmim config),
+    or with no checkpoint the preset's architecture and no weights (random initialisation)."""
+    cfg = preset_config(preset) if preset else None
+    if checkpoint:
+        encoder = load_encoder(checkpoint, cfg)
+        return encoder.cfg, encoder_state_dict(encoder)
+    if cfg is None:
+        raise ConfigError("set model.checkpoint (pre-trained weights) or model.preset (random initialisation)")
+    return cfg.encoder, None
+
+
+def frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` in eval mode with gradients off, in place: features for probes and analyses."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

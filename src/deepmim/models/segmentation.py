@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_strict
 from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig
 
@@ -82,12 +83,9 @@ class ViTBackbone(nn.Module):
             else:
                 mapped[key] = value
         mapped["pos_embed"] = resample_abs_pos_embed(mapped["pos_embed"], [self.grid, self.grid], num_prefix_tokens=1)
-        missing, unexpected = self.vit.load_state_dict(mapped, strict=False)
-        new_ok = ("relative_position_bias_table", "gamma_1", "gamma_2")
-        missing = [k for k in missing if not k.endswith(new_ok)]
-        if missing or unexpected:
-            raise ConfigError(f"pre-trained weights do not fit the backbone: missing {missing}, "
-                              f"unexpected {unexpected}")
+        # BEiT's parts our encoder lacks start fresh: a zero relative position bias, layer scale 1.
+        load_strict(self.vit, mapped, context="pre-trained weights do not fit the backbone",
+                    allow_missing=("*relative_position_bias_table", "*gamma_1", "*gamma_2"))
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         from timm.layers import resample_abs_pos_embed

@@ -1,69 +1,12 @@
-"""What a reconstruction target is: a module that turns a batch into per-patch targets
-and scores a prediction against them on the masked patches."""
+"""Helpers every target shares. What a target is (the `Target` interface DeepMIM consumes) and the
+registry that names them live in models/target.py; they are re-exported here for target authors."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Type
-
 import torch
-from torch import nn
 
-from ..config.loader import ConfigError, from_dict
-from ..models.masking import Masking
+from ..models.target import TARGETS, Target, build_target, register_target
 
-
-class Target(nn.Module):
-    """Base class. Subclasses set `Config` (a dataclass) and implement `dim_for`, `forward`, `loss`.
-
-    One instance is shared by all heads with the same target spec, so expensive targets
-    (a teacher network) run once per batch.
-    """
-
-    Config: Type[Any]
-
-    def __init__(self, cfg: Any, patch_size: int, in_chans: int):
-        super().__init__()
-        self.cfg = cfg
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-
-    @property
-    def dim(self) -> int:
-        """Values predicted per patch."""
-        raise NotImplementedError
-
-    def forward(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """(N, C, H, W) normalised images -> (N, L, dim) targets."""
-        raise NotImplementedError
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over masked patches (mask == 1) of a per-patch loss."""
-        raise NotImplementedError
-
-    def to_pixels(self, pred: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
-        """Predictions as (N, L, p*p*C) pixel patches in the input's normalisation, for pictures.
-        None where the target is not pixels."""
-        return None
-
-
-TARGETS: Dict[str, Type[Target]] = {}
-
-
-def register_target(name: str) -> Callable[[Type[Target]], Type[Target]]:
-    def add(cls: Type[Target]) -> Type[Target]:
-        TARGETS[name] = cls
-        return cls
-    return add
-
-
-def build_target(spec: Dict[str, Any], patch_size: int, in_chans: int, path: str = "target") -> Target:
-    """{'name': 'pixel', 'norm_pix': True} -> a Target, validating the options."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in TARGETS:
-        raise ConfigError(f"{path}.name: unknown target {name!r}; choose one of {sorted(TARGETS)}")
-    cls = TARGETS[name]
-    cfg = from_dict(cls.Config, spec, f"{path}.")
-    return cls(cfg, patch_size=patch_size, in_chans=in_chans)
+__all__ = ["TARGETS", "Target", "build_target", "register_target", "masked_mean", "patchify", "unpatchify"]
 
 
 def masked_mean(per_patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,14 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError, read_checkpoint
 from ..config.loader import ConfigError
 from ..models.convert import convert_state_dict
-from ..models.loading import CheckpointError, config_from_checkpoint, extract_state_dict, load_weights, read_state_file
+from ..models.deepmim import DeepMIM
+from ..models.heads import decoder_key
+from ..models.loading import load_weights
 from ..models.masking import Masking
+from ..models.presets import preset_config
 from .pixel import PixelConfig, PixelTarget
 from .base import register_target
 
@@ -37,11 +41,8 @@ class FrozenReconstructor(nn.Module):
 
     def __init__(self, path: str, preset: Optional[str] = None):
         super().__init__()
-        from ..models.deepmim import DeepMIM  # here: models.deepmim imports this package
-        from ..models.presets import preset_config
-
-        obj = read_state_file(path)
-        cfg = config_from_checkpoint(obj) or (preset_config(preset) if preset else None)
+        ckpt = read_checkpoint(path)
+        cfg = ckpt.model_config() or (preset_config(preset) if preset else None)
         if cfg is None:
             raise CheckpointError(f"hybrid target: '{path}' holds no deepmim config; name the model it holds "
                                   f"with `preset` (e.g. mae_vit_base for MAE's released *_full.pth)")
@@ -50,11 +51,11 @@ class FrozenReconstructor(nn.Module):
         if spec.get("name") != "pixel":
             raise ConfigError(f"hybrid target: the final head of '{path}' predicts {spec}, not pixels")
         # Only the final head is needed: build that alone (other heads' targets could be anything).
-        state, _ = convert_state_dict(extract_state_dict(obj), sorted(h.block for h in cfg.heads))
+        state, _ = convert_state_dict(ckpt.model_state, sorted(h.block for h in cfg.heads))
         cfg = dataclasses.replace(cfg, heads=[dataclasses.replace(final, target=None)], target=spec)
         self.spec, self.block = spec, final.block
         self.model = DeepMIM(cfg)
-        if not any(k.startswith(f"decoders.{final.block}.") for k in state):
+        if not any(k.startswith(f"decoders.{decoder_key(final.block)}.") for k in state):
             raise CheckpointError(f"hybrid target: '{path}' holds no weights for the final decoder (block "
                                   f"{final.block}); an encoder-only file cannot reconstruct")
         own = self.model.state_dict()
@@ -79,7 +80,7 @@ class FrozenReconstructor(nn.Module):
             x = block(x)
         if self.model._uses_final_norm(self.model.heads[0]):
             x = enc.norm(x)
-        pred = self.model.decoders[str(self.block)](x, masking).float()
+        pred = self.model.decoders[decoder_key(self.block)](x, masking).float()
         self._last = (weakref.ref(images), weakref.ref(masking.ids_keep), images._version, pred)
         return pred
 

@@ -1,1 +1,2 @@
-"""Jobs the command line runs: pretrain (finetune, linprobe and segment follow)."""
+"""The jobs the command line runs: pretrain, finetune (+ evaluate), segment, linprobe, probe (knn,
+probe-layers), analyze, export. base.py is the skeleton the training tasks share."""

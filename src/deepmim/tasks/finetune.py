@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,58 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import DataConfig, EncoderConfig, OptimConfig, TrainConfig
-from ..training import Trainer, TrainResult, resolve_device, resolve_precision
-from ..training.logging import say
-from ..training.loop import TrainHooks
+from ..checkpoint import load_strict
+from ..config.loader import ConfigError, deep_merge, dump_yaml, from_dict, load_config, parse_overrides, to_dict
+from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
+                             FinetuneOptimConfig, FinetuneTrainConfig)
+from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken
+from ..models.loading import pretrained_encoder
+from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
+from ..training.loop import TrainHooks, TrainResult
+from ..training.optim import layer_decay_groups
+from ..training.precision import autocast, resolve_precision
+from .base import Env, TrainingTask, load_trained, run_training
 
-
-@dataclass
-class ClassifierConfig:
-    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
-    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
-    num_classes: Optional[int] = None  # None: the data's class count
-    global_pool: str = "avg"  # avg: mean of patch tokens + new norm (MAE fine-tuning) | token: cls token
-    drop_path: float = 0.1
-    head_init_std: float = 2e-5
-
-
-@dataclass
-class AugmentConfig:
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null: off
-    reprob: float = 0.25  # random erasing probability
-    crop_scale_min: float = 0.08
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
-    eval_crop_pct: float = 0.875  # resize img_size / crop_pct, centre crop img_size (256 -> 224)
-
-
-@dataclass
-class FinetuneOptimConfig(OptimConfig):
-    base_lr: float = 1e-4  # the authors' blr; lr = blr * batch / 256
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = 5.0
-    min_lr: float = 1e-6
-    layer_decay: float = 0.6  # block i's lr scale: layer_decay ** (depth - i)
-
-
-@dataclass
-class FinetuneTrainConfig(TrainConfig):
-    epochs: int = 100
-    output_dir: str = "runs/finetune"
-    ema_decay: Optional[float] = None  # e.g. 0.9998: evaluate an EMA of the weights as well
-
-
-@dataclass
-class FinetuneConfig:
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(num_workers=2))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
-    val_split: str = "val"
+__all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
+           "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
+           "build_transforms", "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config",
+           "make_loss", "run_evaluate", "run_finetune", "vit_classifier"]
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -77,21 +40,6 @@ def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- the classifier
-
-
-def encoder_config_for(cfg: ClassifierConfig) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
-    """The encoder architecture and weights named by the config (weights None for random init)."""
-    from ..models.export import encoder_state_dict
-    from ..models.loading import load_encoder
-    from ..models.presets import preset_config
-
-    preset = preset_config(cfg.preset) if cfg.preset else None
-    if cfg.checkpoint:
-        encoder = load_encoder(cfg.checkpoint, preset)
-        return encoder.cfg, encoder_state_dict(encoder)
-    if preset is None:
-        raise ConfigError("set model.checkpoint (pre-trained weights) or model.preset (random initialisation)")
-    return preset.encoder, None
 
 
 def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str = "avg",
@@ -113,29 +61,18 @@ def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> 
     img_size differs; with average pooling the pre-trained final norm is dropped (MAE)."""
     from timm.layers import resample_abs_pos_embed, trunc_normal_
 
-    enc, state = encoder_config_for(cfg)
+    enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
     vit = vit_classifier(enc, num_classes, img_size, cfg.global_pool, cfg.drop_path)
     if state is not None:
         grid = img_size // enc.patch_size
         state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid], num_prefix_tokens=1)
         if cfg.global_pool == "avg":
             state = {k: v for k, v in state.items() if not k.startswith("norm.")}
-        missing, unexpected = vit.load_state_dict(state, strict=False)
-        new = [k for k in missing if not k.startswith(("head.", "fc_norm.", "norm."))]
-        if new or unexpected:
-            raise ConfigError(f"pre-trained weights do not fit the classifier: missing {new}, unexpected {unexpected}")
+        load_strict(vit, state, context="pre-trained weights do not fit the classifier",
+                    allow_missing=("head.*", "fc_norm.*", "norm.*"))
     trunc_normal_(vit.head.weight, std=cfg.head_init_std)
     nn.init.zeros_(vit.head.bias)
     return vit, enc
-
-
-def layer_decay_groups(model: nn.Module, optim: FinetuneOptimConfig) -> List[Dict[str, Any]]:
-    """timm's BEiT-style groups: patch embed/cls/pos = layer 0, block i = layer i + 1, head = L + 1;
-    lr scale = layer_decay ** (L + 1 - layer_id); no weight decay on 1-D params and tokens."""
-    from timm.optim import param_groups_layer_decay
-
-    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
-                                    no_weight_decay_list=list(model.no_weight_decay()))
 
 
 # ----------------------------------------------------------------------------- data
@@ -170,9 +107,6 @@ def build_transforms(cfg: FinetuneConfig):
 def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, rank: int = 0, world_size: int = 1):
     """The split's loader; under torch.distributed each process gets a disjoint shard (no padding, so no
     image is counted twice once `evaluate` sums the counts)."""
-    from ..data import TransformedDataset, build_dataset, collate_skip_broken
-    from ..training.distributed import shard_indices
-
     dataset = build_dataset(cfg, split)
     mapped = TransformedDataset(dataset, transform)
     if world_size > 1:
@@ -189,9 +123,6 @@ def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, r
 def evaluate(model: nn.Module, loader, device: torch.device, precision: str) -> Dict[str, float]:
     """top-1, top-5 (when there are 5+ classes) and cross-entropy over the whole loader; under
     torch.distributed the counts of every process's shard are summed (one all-reduce, at the end)."""
-    from ..training.distributed import all_reduce_sum
-    from ..training.precision import autocast
-
     model.eval()
     counts = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, images
     num_classes = getattr(model, "num_classes", 0)
@@ -262,9 +193,7 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
 
     a = cfg.augment
     mixup = None
-    if a.mixup > 0 or a.cutmix > 0:
-        if cfg.train.batch_size % 2:
-            raise ConfigError("Mixup/CutMix needs an even train.batch_size (or augment.mixup=0 augment.cutmix=0)")
+    if a.mixup > 0 or a.cutmix > 0:  # an even train.batch_size: FinetuneTask.validate
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.label_smoothing,
                       num_classes=num_classes)
         criterion = SoftTargetCrossEntropy()
@@ -286,75 +215,75 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
     return finetune_loss
 
 
+class FinetuneTask(TrainingTask):
+    """The skeleton's steps for fine-tuning: timm's transforms on the seeded loader, the classifier from
+    the pre-trained encoder, layer-decay groups, Mixup/CutMix loss, evaluation (and EMA) every epoch."""
+
+    kind, title = "finetune", "fine-tuning"
+
+    def validate(self) -> None:
+        a = self.cfg.augment
+        if (a.mixup > 0 or a.cutmix > 0) and self.cfg.train.batch_size % 2:
+            raise ConfigError("Mixup/CutMix needs an even train.batch_size (or augment.mixup=0 augment.cutmix=0)")
+
+    def build_data(self, env: Env):
+        cfg = self.cfg
+        train_tf, eval_tf = build_transforms(cfg)
+        loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
+                                       transform=train_tf)
+        data_classes = num_classes_of(loader.raw_dataset)
+        self.num_classes = cfg.model.num_classes or data_classes
+        if self.num_classes != data_classes:
+            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {data_classes} classes")
+        self.val_dataset, self.val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size,
+                                                              env.rank, env.world_size)
+        if num_classes_of(self.val_dataset) != self.num_classes:
+            raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(self.val_dataset)} classes, training "
+                              f"has {self.num_classes}")
+        return loader
+
+    def build_model(self, env: Env) -> nn.Module:
+        model, self.encoder_cfg = build_classifier(self.cfg.model, self.num_classes, self.cfg.data.img_size)
+        return model.to(env.device)
+
+    def hooks(self, model: nn.Module, env: Env) -> FinetuneHooks:
+        return FinetuneHooks(model, self.val_loader, env.device, env.precision, self.cfg.train.ema_decay)
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return layer_decay_groups(model, self.cfg.optim)
+
+    def loss(self):
+        return make_loss(self.cfg, self.num_classes)
+
+    def architecture(self) -> Dict[str, Any]:
+        return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes}
+
+    def describe(self, model: nn.Module, loader, env: Env) -> str:
+        cfg = self.cfg
+        return (f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{self.num_classes} classes, {len(loader.dataset)} train / {len(self.val_dataset)} {cfg.val_split} "
+                f"images, device {env.device}, precision {env.precision}, {env.world_size} process(es)\n"
+                f"--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+
+
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune on one process or, under torchrun, with DDP (sharded training and evaluation data)."""
-    from ..data import build_pretrain_loader
-    from ..training.distributed import cleanup, setup_distributed
-    from ..training.parallel import prepare_model
-
-    if cfg.train.strategy != "ddp":
-        raise ConfigError("fine-tuning supports train.strategy=ddp (with train.activation_checkpointing=true for "
-                          "large models); fsdp is available for pretrain")
-    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    train_tf, eval_tf = build_transforms(cfg)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
-                                   transform=train_tf)
-    data_classes = num_classes_of(loader.raw_dataset)
-    num_classes = cfg.model.num_classes or data_classes
-    if num_classes != data_classes:
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {data_classes} classes")
-    val_dataset, val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size, rank,
-                                                world_size)
-    if num_classes_of(val_dataset) != num_classes:
-        raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(val_dataset)} classes, training "
-                          f"has {num_classes}")
-    model, encoder_cfg = build_classifier(cfg.model, num_classes, cfg.data.img_size)
-    model = model.to(device)
-    hooks = FinetuneHooks(model, val_loader, device, precision, cfg.train.ema_decay)
-    groups = layer_decay_groups(model, cfg.optim)
-    model, forward_model = prepare_model(model, device, "ddp", cfg.train.activation_checkpointing, cfg.train.compile)
-    output_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        say(f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
-            f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
-            f"precision {precision}, {world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}"
-            f"-----------------------")
-    config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(encoder_cfg),
-                                                    "num_classes": num_classes}}
-    trainer = Trainer(model, loader, make_loss(cfg, num_classes), cfg.train, cfg.optim, config_dict, device,
-                      precision, rank, world_size, batch_size_of=lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks)
-    try:
-        return trainer.fit()
-    finally:
-        cleanup()
+    return run_training(FinetuneTask(cfg))
 
 
 def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:
     """A fine-tuned checkpoint -> (classifier with its weights, the config it was trained with)."""
-    from ..config.loader import from_dict
-    from ..models.loading import CheckpointError, read_state_file
+    model, cfg, _ = load_trained(path, "finetune", FinetuneConfig, _classifier_for,
+                                 "evaluate and export read fine-tuned classifiers")
+    return model, cfg
 
-    obj = read_state_file(path)
-    saved = dict(obj.get("config") or {})
-    arch = saved.pop("architecture", None)
-    if arch is None:
-        raise CheckpointError(f"'{path}' is not a deepmim fine-tuning checkpoint (no architecture in its config)")
-    cfg = from_dict(FinetuneConfig, saved)
-    enc = from_dict(EncoderConfig, arch["encoder"])
-    model = vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
-    model.load_state_dict(obj["model"])
-    return model.eval(), cfg
+
+def _classifier_for(cfg: FinetuneConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
+    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
 
 
 def run_evaluate(path: str, overrides=()) -> Dict[str, float]:
     """top-1/top-5/loss of a fine-tuned checkpoint on its validation split (or data.* overrides)."""
-    from ..config.loader import deep_merge, from_dict, parse_overrides
-
     model, cfg = load_classifier(path)
     if overrides:
         cfg = from_dict(FinetuneConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))

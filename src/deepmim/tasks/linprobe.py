@@ -15,13 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import check_classes, extract_features, load_encoder, pool_tokens
+from ..analysis.features import check_classes, extract_features, frozen_encoder, pool_tokens
 from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
+from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
+from ..training.distributed import barrier, wrap_ddp
 from ..training.schedule import warmup_cosine_lr
+from .base import session
 
 
 def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> LinprobeConfig:
@@ -35,21 +38,13 @@ def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = 
     process runs the frozen encoder on its own images); cached-feature probes, seconds long, train
     on rank 0 alone. Only rank 0 writes files.
     """
-    from ..training.distributed import cleanup, setup_distributed
-    from ..training.precision import resolve_device
-
-    device, rank, world_size = setup_distributed(resolve_device(cfg.features.device))
-    try:
-        return _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size)
-    finally:
-        cleanup()
+    with session(cfg.features.device) as env:
+        return _run_linprobe(checkpoint, cfg, out_dir, env.device, env.rank, env.world_size)
 
 
 def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[str, float]:
-    from ..training.distributed import barrier
-
     t0 = time.perf_counter()
-    encoder = load_encoder(checkpoint, cfg.features.preset)
+    encoder = frozen_encoder(checkpoint, cfg.features.preset)
     last = encoder.depth
     if rank != 0:
         barrier()  # rank 0 extracts (and caches) the validation features first
@@ -74,16 +69,14 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
     out.mkdir(parents=True, exist_ok=True)
     (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last,
                                                    "config": to_dict(cfg), "results": result}, indent=2))
-    torch.save({"head": head.state_dict(), "pool": cfg.features.pool, "block": last,
-                "num_classes": head.head.out_features}, out / "probe-head.pt")
+    atomic_save(make_checkpoint("linprobe", head.state_dict(), to_dict(cfg), pool=cfg.features.pool, block=last,
+                                num_classes=head.head.out_features), out / "probe-head.pt")
     return result
 
 
 def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
     from torch.utils.data import DistributedSampler
     from tqdm import tqdm
-
-    from ..training.distributed import wrap_ddp
 
     p = cfg.probe
     dataset = build_dataset(cfg.data, cfg.features.train_split)

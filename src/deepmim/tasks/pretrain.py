@@ -2,21 +2,27 @@
 from __future__ import annotations
 
 import functools
-import itertools
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import DataConfig, PretrainConfig
+from ..checkpoint import find_resume_checkpoint, load_strict, read_checkpoint
+from ..config.loader import ConfigError, dump_yaml, load_config
+from ..config.schema import PretrainConfig
+from ..data import (TransformedDataset, build_dataset, build_eval_transform, build_pretrain_loader, collate_skip_broken,
+                    mix_seed, preview_images)
 from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
-from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
-from ..training.distributed import cleanup, setup_distributed
-from ..training.parallel import is_sharded, prepare_model
+from ..models.heads import loss_key
+from ..targets import TARGETS
 from ..training.logging import METRICS_FILE, say
-from ..training.online_probe import build_online_probe
+from ..training.distributed import is_distributed, shard_indices
+from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_probe_blocks
+from ..training.loop import TrainResult
+from ..training.parallel import is_sharded
+from ..training.precision import autocast, fastest_attention, use_fused_attention
+from .base import Env, TrainingTask, run_training
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
@@ -35,8 +41,6 @@ def _expand_preset(data: Dict[str, Any]) -> Dict[str, Any]:
 def fill_target_normalisation(cfg: PretrainConfig) -> None:
     """Targets that need the raw pixels (hog, teacher) undo the input normalisation: give them
     data.mean/std unless the recipe set their own."""
-    from ..targets import TARGETS
-
     specs = [cfg.model.target] + [h.target for h in cfg.model.heads if h.target is not None]
     for spec in specs:
         target_cls = TARGETS.get(spec.get("name"))
@@ -66,70 +70,112 @@ def check_compatible(cfg: PretrainConfig) -> None:
 
 def pretrain_loss(model, batch, generator: torch.Generator, online_probe=None
                   ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The loss the loop minimises. Masks come from the noise the loader drew from per-sample seeds
-    (Batch.noise), so they do not depend on how samples are split into micro-batches or processes.
+    """The loss the loop minimises. Masks come from one source only, the noise the loader drew from
+    per-sample seeds (Batch.noise), so they do not depend on how samples are split into micro-batches
+    or processes. (The step's `generator` serves losses that draw, e.g. fine-tuning's Mixup.)
     With an online probe, its heads take one step on this batch's detached block outputs."""
     device = next(model.parameters()).device
-    noise = batch.noise.to(device, non_blocking=True) if batch.noise is not None else None  # pinned on CUDA
+    noise = batch.noise.to(device, non_blocking=True)  # pinned on CUDA
     taps = online_probe.blocks if online_probe is not None else ()
-    out = model(batch.images.to(device, non_blocking=True), noise=noise, generator=generator, taps=taps)
-    metrics = {f"loss_block{block}": loss for block, loss in out.losses.items()}
+    out = model(batch.images.to(device, non_blocking=True), noise=noise, taps=taps)
+    metrics = {loss_key(block): loss for block, loss in out.losses.items()}
     if online_probe is not None:
         metrics.update(online_probe.train_step(out.taps, batch.labels))
     return out.loss, metrics
 
 
+class PretrainTask(TrainingTask):
+    """The skeleton's steps for pre-training: the seeded loader with per-sample masking noise, DeepMIM
+    with its attention kernel chosen, the loss of every head; the pictures at the end."""
+
+    kind, title, strategies = "pretrain", "pre-training", ("ddp", "fsdp")
+
+    def validate(self) -> None:
+        check_compatible(self.cfg)
+
+    def build_data(self, env: Env):
+        enc = self.cfg.model.encoder
+        self.loader = build_pretrain_loader(self.cfg.data, self.cfg.train.batch_size, self.cfg.train.seed, env.rank,
+                                            env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2)
+        return self.loader
+
+    def build_model(self, env: Env) -> DeepMIM:
+        model = DeepMIM(self.cfg.model).to(env.device)
+        choose_attention(model, self.cfg, env.device, env.precision, env.rank)
+        return model
+
+    def hooks(self, model: DeepMIM, env: Env):
+        self.online_probe = build_online_probe(self.cfg, model, self.loader, env.device, env.precision, env.rank,
+                                               env.world_size)
+        return self.online_probe
+
+    def loss(self):
+        if self.online_probe is not None:
+            return functools.partial(pretrain_loss, online_probe=self.online_probe)
+        return pretrain_loss  # looked up at run time (tests replace it)
+
+    def find_unused_parameters(self, model: DeepMIM) -> bool:
+        return bool(model.unused_parameter_names())
+
+    def describe(self, model: DeepMIM, loader, env: Env) -> str:
+        n_params = sum(p.numel() for p in model.parameters())
+        n_encoder = sum(p.numel() for p in model.encoder.parameters())
+        return (f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({n_encoder / 1e6:.2f}M encoder), heads at "
+                f"blocks {model.blocks}, {len(loader.dataset)} images, device {env.device}, precision "
+                f"{env.precision}, {env.world_size} process(es)\n--- resolved config ---\n{dump_yaml(self.cfg)}"
+                f"-----------------------")
+
+    def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
+        if env.is_main and self.cfg.train.plots:
+            write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, Path(self.cfg.train.output_dir))
+        return result
+
+
 def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     """Build everything from the config (failing fast on bad input), train, then draw the plots."""
-    from ..data import build_pretrain_loader
+    return run_training(PretrainTask(cfg))
 
-    check_compatible(cfg)
-    device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
-    precision = resolve_precision(cfg.train.precision, device)
-    if cfg.train.strategy == "fsdp" and precision == "fp16":
-        raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
-                          "use train.precision=bf16 or fp32, or train.strategy=ddp")
-    torch.manual_seed(cfg.train.seed)
-    model = DeepMIM(cfg.model).to(device)
-    choose_attention(model, cfg, device, precision, rank)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
-                                   mask_patches=model.encoder.num_patches)
-    unused = model.unused_parameter_names()
-    model, forward_model = prepare_model(model, device, cfg.train.strategy, cfg.train.activation_checkpointing,
-                                         cfg.train.compile, find_unused_parameters=bool(unused))
-    output_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        n_params = sum(p.numel() for p in model.parameters())
-        say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
-            f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
-            f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
-    probe = build_online_probe(cfg, model, loader, device, precision, rank, world_size)
-    loss = pretrain_loss if probe is None else functools.partial(pretrain_loss, online_probe=probe)
-    trainer = Trainer(model, loader, loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
-                      rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
-                      hooks=probe)
-    try:
-        result = trainer.fit()
-        if rank == 0 and cfg.train.plots:
-            write_plots(plain_model(model, cfg, result.checkpoint), cfg, output_dir)
-    finally:
-        cleanup()
-    return result
+
+def build_online_probe(cfg: PretrainConfig, model: DeepMIM, loader, device: torch.device, precision: str, rank: int = 0,
+                       world_size: int = 1) -> Optional[OnlineProbe]:
+    """The online probe a PretrainConfig asks for (train.online_probe*), or None when it is off."""
+    train = cfg.train
+    if not getattr(train, "online_probe", False):
+        return None
+    classes = getattr(loader.raw_dataset, "classes", None)
+    if not classes or len(classes) < 2:
+        raise ConfigError("train.online_probe=true needs labelled data with at least 2 classes; this data has "
+                          f"{len(classes) if classes else 'no'} classes (set train.online_probe=false)")
+    encoder = model.encoder
+    blocks = resolve_probe_blocks(train.online_probe_blocks, model.blocks, encoder.depth)
+    val_loader = None
+    if train.online_probe_val_images > 0:
+        if train.strategy == "fsdp" and is_distributed():
+            raise ConfigError("the online probe's val top-1 runs the encoder outside the sharded forward; under "
+                              "train.strategy=fsdp set train.online_probe_val_images=0")
+        data = cfg.data
+        val = build_dataset(data, "val")
+        n = min(train.online_probe_val_images, len(val))
+        mine = shard_indices(n, rank, world_size)
+        dataset = TransformedDataset(torch.utils.data.Subset(val, mine),
+                                     build_eval_transform(data.img_size, data.mean, data.std))
+        # Own generator: creating the iterator must not draw from the global RNG.
+        val_loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, shuffle=False, num_workers=0,
+                                                 collate_fn=collate_skip_broken,
+                                                 generator=torch.Generator().manual_seed(0))
+    return OnlineProbe(encoder.cfg.embed_dim, blocks, len(classes), device, pool=train.online_probe_pool,
+                       lr=train.online_probe_lr, seed=mix_seed(train.seed, PROBE_SEED_STREAM), encoder=encoder,
+                       val_loader=val_loader, precision=precision)
 
 
 def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> None:
     """Set the attention kernel. attn_impl=measure times both kernels on a batch of the run's shape, once:
     a resumed run takes the choice recorded in its checkpoint (same kernel, same numbers). The choice
     replaces 'measure' in the config, so config.yaml and the checkpoints record it."""
-    from ..training.checkpoint import find_resume_checkpoint, load_training_checkpoint
-
     impl = cfg.model.attn_impl
     if impl == "measure":
         previous = find_resume_checkpoint(Path(cfg.train.output_dir), cfg.train.resume)
-        recorded = (load_training_checkpoint(previous).get("config") or {}).get("model", {}).get("attn_impl") \
-            if previous else None
+        recorded = read_checkpoint(previous).config.get("model", {}).get("attn_impl") if previous else None
         if recorded in ("fused", "math"):
             impl = recorded
         else:
@@ -139,8 +185,6 @@ def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, 
 
 
 def measure_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> str:
-    from ..training.precision import autocast, fastest_attention
-
     enc = cfg.model.encoder
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(cfg.train.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
@@ -163,22 +207,8 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
     if not is_sharded(model) or checkpoint is None:
         return model
     plain = DeepMIM(cfg.model)
-    plain.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    load_strict(plain, read_checkpoint(checkpoint).model_state)
     return plain
-
-
-def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:
-    """The first n images of the validation split (the train split where there is none), resized, normalised."""
-    from ..data import build_dataset, build_eval_transform
-
-    try:
-        dataset = build_dataset(cfg, split="val")
-    except ValueError:
-        dataset = build_dataset(cfg)
-    transform = build_eval_transform(cfg.img_size, cfg.mean, cfg.std)
-    items = (dataset[i] for i in range(len(dataset)))
-    images = list(itertools.islice((transform(item[0]) for item in items if item is not None), n_images))
-    return torch.stack(images)
 
 
 def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images: int = 8) -> None:

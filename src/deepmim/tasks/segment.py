@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,77 +19,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis.segmentation_metrics import confusion_matrix, per_class_table, segmentation_scores
-from ..config.loader import ConfigError, dump_yaml, load_config, to_dict
-from ..config.schema import EncoderConfig, OptimConfig, TrainConfig
-from ..data.segmentation import SegDataConfig, SegTransform, build_iteration_loader, build_seg_dataset, colourise
-from ..training import TrainResult, Trainer, resolve_device, resolve_precision
-from ..training.distributed import all_reduce_sum, is_distributed, setup_distributed, shard_indices
-from ..training.parallel import prepare_model
-from ..training.logging import say
-from ..training.loop import TrainHooks
+from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
+from ..config.schema import (EncoderConfig, SegDataConfig, SegEvalConfig, SegModelConfig, SegmentConfig,
+                             SegmentOptimConfig, SegmentTrainConfig)
+from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_dataset, colourise
+from ..models.loading import pretrained_encoder
+from ..models.segmentation import UperNetViT, default_out_indices
+from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
+from ..training.loop import TrainHooks, TrainResult
+from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
+from .base import Env, TrainingTask, load_trained, run_training, session
 
-
-@dataclass
-class SegModelConfig:
-    checkpoint: Optional[str] = None  # pre-trained weights: deepmim, the authors', MAE or timm layouts
-    preset: Optional[str] = None  # architecture for files without a deepmim config, or for random init
-    num_classes: Optional[int] = None  # None: the data's class count
-    out_indices: Optional[List[int]] = None  # 0-based blocks feeding the pyramid; None: 3,5,7,11 of 12, scaled
-    channels: int = 768  # UperHead width (the authors' ViT-B setting)
-    aux_channels: int = 256  # FCN auxiliary head width; 0: no auxiliary head
-    aux_weight: float = 0.4
-    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])
-    dropout: float = 0.1
-    drop_path: float = 0.1
-    rel_pos_bias: bool = True  # BEiT's per-block relative position bias (starts at zero)
-    layer_scale: Optional[float] = 1.0  # BEiT's layer scale initial value; null: none
-
-
-@dataclass
-class SegmentOptimConfig(OptimConfig):
-    lr: Optional[float] = 5e-5  # absolute, for the authors' 16-image batch
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.05
-    layer_decay: float = 0.9
-    schedule: str = "poly"  # poly (mmcv's, with linear warm-up) | cosine
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6  # the warm-up starts at this fraction of the lr
-    poly_power: float = 1.0
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0  # derived from warmup_iters; do not set
-
-
-@dataclass
-class SegmentTrainConfig(TrainConfig):
-    iterations: int = 160_000
-    eval_every: int = 16_000  # iterations between validations (and numbered checkpoints)
-    batch_size: int = 2  # per process: the authors ran 8 GPUs x 2
-    epochs: int = 0  # derived: iterations / eval_every; do not set
-    output_dir: str = "runs/segment"
-    log_every_steps: int = 50
-    plots: bool = False
-
-
-@dataclass
-class SegEvalConfig:
-    mode: str = "slide"  # slide (windows of crop_size every stride pixels) | whole
-    crop_size: Optional[int] = None  # None: data.crop_size
-    stride: int = 341
-    flip: bool = False  # average the softmax of the image and its mirror
-    save_predictions: Optional[str] = None  # folder for image | prediction | label PNGs
-
-
-@dataclass
-class SegmentConfig:
-    model: SegModelConfig = field(default_factory=SegModelConfig)
-    data: SegDataConfig = field(default_factory=SegDataConfig)
-    optim: SegmentOptimConfig = field(default_factory=SegmentOptimConfig)
-    train: SegmentTrainConfig = field(default_factory=SegmentTrainConfig)
-    eval: SegEvalConfig = field(default_factory=SegEvalConfig)
+__all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
+           "SegmentTrainConfig", "SegmentHooks", "SegmentTask", "build_segmentor", "evaluate_segmentation",
+           "format_scores", "layer_decay_groups", "load_segment_config", "load_segmentor", "make_seg_loss",
+           "predict_probs", "run_segment_eval", "run_segment_train", "slide_logits", "validate_segment_config"]
 
 
 def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
+    """Recipe + overrides -> a SegmentConfig, checked at once (so --print-config refuses a bad recipe;
+    run_segment_train checks again, for configs built in Python)."""
     cfg = load_config(SegmentConfig, recipe, overrides, task="segment")
     validate_segment_config(cfg)
     return cfg
@@ -120,25 +69,15 @@ def build_segmentor(cfg: SegModelConfig, num_classes: int, crop_size: int,
                     enc: Optional[EncoderConfig] = None) -> Tuple[nn.Module, EncoderConfig]:
     """UperNet on the encoder named by cfg (pre-trained weights loaded, position embedding
     resampled to the crop); `enc` given: that architecture, random weights (loading a checkpoint)."""
-    from ..models.segmentation import UperNetViT, default_out_indices
-    from .finetune import encoder_config_for
-
     state = None
     if enc is None:
-        enc, state = encoder_config_for(cfg)
+        enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
     out_indices = cfg.out_indices or default_out_indices(enc.depth)
     model = UperNetViT(enc, num_classes, crop_size, out_indices, cfg.channels, cfg.aux_channels,
                        tuple(cfg.pool_scales), cfg.drop_path, cfg.rel_pos_bias, cfg.layer_scale, dropout=cfg.dropout)
     if state is not None:
         model.backbone.load_encoder_state(state)
     return model, enc
-
-
-def layer_decay_groups(model: nn.Module, optim: SegmentOptimConfig) -> List[Dict[str, Any]]:
-    from timm.optim import param_groups_layer_decay
-
-    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
-                                    no_weight_decay_list=model.no_weight_decay())
 
 
 def make_seg_loss(aux_weight: float, ignore_index: int):
@@ -294,86 +233,107 @@ def class_names(dataset, num_classes: int) -> List[str]:
     return list(names) if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
+class SegmentTask(TrainingTask):
+    """The skeleton's steps for segmentation: the endless crop stream, UperNet on the pre-trained
+    encoder (SyncBN over GPUs), layer-decay groups, scoring every train.eval_every iterations."""
+
+    kind, title = "segment", "segmentation"
+
+    def validate(self) -> None:
+        validate_segment_config(self.cfg)
+
+    def build_data(self, env: Env):
+        cfg, t = self.cfg, self.cfg.train
+        loader = build_iteration_loader(cfg.data, t.batch_size, t.eval_every * t.accum_steps, t.seed, env.rank,
+                                        env.world_size)
+        self.train_set = loader.dataset.dataset
+        self.val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
+        self.num_classes = cfg.model.num_classes or len(self.train_set.classes)
+        if self.num_classes != len(self.train_set.classes):
+            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.train_set.classes)} "
+                              f"classes")
+        return loader
+
+    def build_model(self, env: Env) -> nn.Module:
+        model, self.enc = build_segmentor(self.cfg.model, self.num_classes, self.cfg.data.crop_size)
+        if env.world_size > 1 and env.device.type == "cuda":  # SyncBatchNorm has no CPU kernel
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
+        return model.to(env.device)
+
+    def hooks(self, model: nn.Module, env: Env) -> SegmentHooks:
+        self.scoring = SegmentHooks(model, self.val_set, self.cfg, env.device, env.precision, env.rank,
+                                    env.world_size)
+        return self.scoring
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return layer_decay_groups(model, self.cfg.optim)
+
+    def find_unused_parameters(self, model: nn.Module) -> bool:
+        return model.backbone.out_indices[-1] < self.enc.depth - 1
+
+    def train_config(self):
+        """The Trainer counts epochs: one is an interval of train.eval_every iterations."""
+        t = self.cfg.train
+        return dataclasses.replace(t, epochs=t.iterations // t.eval_every)
+
+    def optim_config(self):
+        o = self.cfg.optim
+        return dataclasses.replace(o, warmup_epochs=o.warmup_iters / self.cfg.train.eval_every)
+
+    def loss(self):
+        return make_seg_loss(self.cfg.model.aux_weight, self.cfg.data.ignore_index)
+
+    def architecture(self) -> Dict[str, Any]:
+        return {"encoder": dataclasses.asdict(self.enc), "num_classes": self.num_classes,
+                "classes": class_names(self.train_set, self.num_classes)}
+
+    def describe(self, model: nn.Module, loader, env: Env) -> str:
+        t = self.cfg.train
+        return (f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                f"{self.num_classes} classes, {len(self.train_set)} train / {len(self.val_set)} val images, "
+                f"{t.iterations} iterations of {t.batch_size}x{env.world_size} crops, device {env.device}, "
+                f"precision {env.precision}")
+
+    def finish(self, result: TrainResult, model: nn.Module, env: Env) -> Tuple[TrainResult, Dict[str, Any]]:
+        scores = self.scoring.scores
+        scores = {**scores, "classes": class_names(self.train_set, self.num_classes)} if scores else {}
+        if env.is_main and scores:
+            out = Path(self.cfg.train.output_dir) / "eval.json"
+            out.write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
+        return result, scores
+
+
 def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
     """Train, scoring the validation set every train.eval_every iterations; returns the Trainer's
     result and the last scores with the class names (also written to output_dir/eval.json by rank 0)."""
-    validate_segment_config(cfg)
-    device = resolve_device(cfg.train.device)
-    device, rank, world_size = setup_distributed(device)
-    precision = resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    t = cfg.train
-    loader = build_iteration_loader(cfg.data, t.batch_size, t.eval_every * t.accum_steps, t.seed, rank, world_size)
-    train_set = loader.dataset.dataset
-    val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
-    num_classes = cfg.model.num_classes or len(train_set.classes)
-    if num_classes != len(train_set.classes):
-        raise ConfigError(f"model.num_classes={num_classes} but the data has {len(train_set.classes)} classes")
-    model, enc = build_segmentor(cfg.model, num_classes, cfg.data.crop_size)
-    if world_size > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # 2 images per GPU: BN over all of them
-    model = model.to(device)
-    hooks = SegmentHooks(model, val_set, cfg, device, precision, rank, world_size)
-    train_cfg = dataclasses.replace(t, epochs=t.iterations // t.eval_every)
-    optim_cfg = dataclasses.replace(cfg.optim, warmup_epochs=cfg.optim.warmup_iters / t.eval_every)
-    output_dir = Path(t.output_dir)
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(dump_yaml(cfg))
-        say(f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
-            f"classes, {len(train_set)} train / {len(val_set)} val images, {t.iterations} iterations of "
-            f"{t.batch_size}x{world_size} crops, device {device}, precision {precision}")
-    config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(enc), "num_classes": num_classes,
-                                                    "classes": class_names(train_set, num_classes)}}
-    if t.strategy != "ddp":
-        raise ConfigError("segmentation supports train.strategy=ddp (with train.activation_checkpointing=true "
-                          "for large backbones); fsdp is available for pretrain")
-    groups = layer_decay_groups(model, cfg.optim)
-    model, forward_model = prepare_model(model, device, "ddp", t.activation_checkpointing, t.compile,
-                                         find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1)
-    trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
-                      optim_cfg, config_dict, device, precision, rank, world_size, lambda b: b.images.shape[0],
-                      forward_model=forward_model, param_groups=groups, hooks=hooks)
-    result = trainer.fit()
-    scores = {**hooks.scores, "classes": config_dict["architecture"]["classes"]} if hooks.scores else {}
-    if rank == 0 and scores:
-        (output_dir / "eval.json").write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
-    return result, scores
+    return run_training(SegmentTask(cfg))
 
 
 def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str]]:
     """A `deepmim segment train` checkpoint -> (model with its weights, its config, class names)."""
-    from ..config.loader import from_dict
-    from ..models.loading import CheckpointError, read_state_file
+    model, cfg, arch = load_trained(path, "segment", SegmentConfig, _segmentor_for,
+                                    "segment eval scores segmentation models")
+    return model, cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
 
-    obj = read_state_file(path)
-    saved = dict(obj.get("config") or {})
-    arch = saved.pop("architecture", None)
-    if arch is None or "data" not in saved or "eval" not in saved:
-        raise CheckpointError(f"'{path}' is not a deepmim segmentation checkpoint (written by deepmim segment train)")
-    cfg = from_dict(SegmentConfig, saved)
-    enc = from_dict(EncoderConfig, arch["encoder"])
-    model, _ = build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)
-    model.load_state_dict(obj["model"])
-    return model.eval(), cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
+
+def _segmentor_for(cfg: SegmentConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
+    return build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)[0]
 
 
 def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]]:
-    """Scores of a checkpoint on its validation split (or data.* / eval.* overrides)."""
-    from ..config.loader import deep_merge, from_dict, parse_overrides
-
+    """Scores of a checkpoint on its validation split (or data.* / eval.* overrides); under torchrun
+    each process scores its shard and all return the summed scores."""
     model, cfg, names = load_segmentor(path)
     if overrides:
         cfg = from_dict(SegmentConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
         validate_segment_config(cfg)
-    device = resolve_device(cfg.train.device)
-    device, rank, world_size = setup_distributed(device)
-    precision = resolve_precision(cfg.train.precision, device)
-    dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
-    if len(dataset.classes) != model.num_classes:
-        raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split "
-                          f"{len(dataset.classes)}")
-    scores = evaluate_segmentation(model.to(device), dataset, cfg, device, precision, rank, world_size)
+    with session(cfg.train.device, cfg.train.precision) as env:
+        dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
+        if len(dataset.classes) != model.num_classes:
+            raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split "
+                              f"{len(dataset.classes)}")
+        scores = evaluate_segmentation(model.to(env.device), dataset, cfg, env.device, env.precision, env.rank,
+                                       env.world_size)
     return scores, names
 
 

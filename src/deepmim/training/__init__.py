@@ -1,8 +1,9 @@
-"""The shared training machinery: loop, optimizer, schedule, precision, checkpoints, logs."""
-from .checkpoint import atomic_save, find_resume_checkpoint
+"""The shared training machinery: loop, optimizer, schedule, precision, resume state, logs, torchrun."""
+from ..checkpoint import atomic_save, find_resume_checkpoint
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .optim import build_adamw, scaled_lr
-from .precision import autocast, resolve_device, resolve_precision, use_fused_attention
+from .distributed import resolve_device
+from .precision import autocast, resolve_precision, use_fused_attention
 from .schedule import warmup_cosine_lr
 
 __all__ = ["atomic_save", "find_resume_checkpoint", "NonFiniteLossError", "Trainer", "TrainResult", "build_adamw",

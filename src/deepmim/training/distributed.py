@@ -14,6 +14,16 @@ import torch.distributed as dist
 from torch import nn
 
 
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when there is a GPU, else the CPU; or a torch device name (cpu, cuda, cuda:N)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+    return device
+
+
 def init_distributed(device: torch.device) -> Tuple[int, int]:
     """(rank, world_size). Initialises the process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -44,6 +54,12 @@ def setup_distributed(device: torch.device) -> Tuple[torch.device, int, int]:
     device = local_cuda_device(device)
     rank, world_size = init_distributed(device)
     return device, rank, world_size
+
+
+def is_rank_zero() -> bool:
+    """True in the first process (or the only one): the one that prints and writes. Read from
+    torchrun's RANK, so it holds before the process group is set up and after it is torn down."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def is_distributed() -> bool:

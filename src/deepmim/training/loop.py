@@ -22,7 +22,8 @@ from torch import nn
 from ..config.schema import OptimConfig, TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed
 from .parallel import full_state_dict, is_sharded, load_full_state_dict
-from .checkpoint import LAST, atomic_save, find_resume_checkpoint, load_training_checkpoint, rng_state, set_rng_state
+from ..checkpoint import LAST, find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import rng_state, set_rng_state
 from .logging import MetricsLogger, progress_bar, say
 from .optim import build_adamw, scaled_lr
 from .precision import autocast
@@ -76,12 +77,15 @@ class Trainer:
                  optim: OptimConfig, config_dict: Dict[str, Any], device: torch.device, precision: str,
                  rank: int = 0, world_size: int = 1, batch_size_of: Callable[[Any], int] = lambda b: len(b[0]),
                  forward_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
-                 hooks: Optional[TrainHooks] = None):
+                 hooks: Optional[TrainHooks] = None, task: str = "pretrain",
+                 architecture: Optional[Dict[str, Any]] = None):
         """`model` is what is optimised and saved; `forward_model` (default: model) what the step calls,
-        e.g. its DDP wrapper or compiled form (training.parallel.prepare_model)."""
+        e.g. its DDP wrapper or compiled form (training.parallel.prepare_model). `task` and
+        `architecture` are recorded in every checkpoint (see deepmim.checkpoint)."""
         self.model, self.loader, self.compute_loss = model, loader, compute_loss
         self.forward_model = forward_model if forward_model is not None else model
         self.train_cfg, self.optim_cfg, self.config_dict = train, optim, config_dict
+        self.task, self.architecture = task, architecture
         self.device, self.precision, self.rank, self.world_size = device, precision, rank, world_size
         self.batch_size_of = batch_size_of
         self.output_dir = Path(train.output_dir)
@@ -107,10 +111,10 @@ class Trainer:
         """Everything to resume; model and optimizer gathered in full (parameter names as keys), so a
         checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP."""
         model_state, optimizer_state = full_state_dict(self.model, self.optimizer)
-        return {"model": model_state, "optimizer": optimizer_state,
-                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.step // self.steps_per_epoch,
-                "steps_per_epoch": self.steps_per_epoch, "rng": rng_state(), "config": self.config_dict,
-                "hooks": self.hooks.state_dict()}
+        return make_checkpoint(self.task, model_state, self.config_dict, self.architecture,
+                               optimizer=optimizer_state, scaler=self.scaler.state_dict(), step=self.step,
+                               epoch=self.step // self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
+                               rng=rng_state(), hooks=self.hooks.state_dict())
 
     def save(self, numbered_epoch: Optional[int] = None) -> Optional[Path]:
         """Rank 0 writes (atomically); under FSDP every rank takes part in gathering the state."""
@@ -120,11 +124,7 @@ class Trainer:
         state = self.state_dict()
         if not self.is_main:
             return None
-        path = self.output_dir / LAST
-        atomic_save(state, path)
-        if numbered_epoch is not None:
-            atomic_save(state, self.output_dir / f"checkpoint-epoch{numbered_epoch:04d}.pt")
-        return path
+        return save_checkpoint(state, self.output_dir, numbered_epoch)
 
     def maybe_resume(self) -> Optional[Path]:
         """Load train.resume; a worker group restarted by torchrun (--max-restarts) resumes from the
@@ -135,11 +135,13 @@ class Trainer:
         path = find_resume_checkpoint(self.output_dir, resume)
         if path is None:
             return None
-        state = load_training_checkpoint(path)
+        ckpt = read_checkpoint(path)
+        ckpt.require(self.task, "train.resume continues a run of the same task")
+        state = ckpt.raw
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
-        load_full_state_dict(self.model, self.optimizer, state["model"], state["optimizer"])
+        load_full_state_dict(self.model, self.optimizer, ckpt.model_state, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.hooks.load_state_dict(state.get("hooks", {}))

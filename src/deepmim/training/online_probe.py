@@ -151,38 +151,3 @@ class OnlineProbe(TrainHooks):
             return
         self.heads.load_state_dict(saved["heads"])
         self.optimizer.load_state_dict(saved["optimizer"])
-
-
-def build_online_probe(cfg, model: nn.Module, loader, device: torch.device, precision: str, rank: int = 0,
-                       world_size: int = 1) -> Optional[OnlineProbe]:
-    """The online probe a PretrainConfig asks for (train.online_probe*), or None when it is off."""
-    train = cfg.train
-    if not getattr(train, "online_probe", False):
-        return None
-    from ..data import TransformedDataset, build_dataset, build_eval_transform, collate_skip_broken, mix_seed
-    from .distributed import shard_indices
-
-    classes = getattr(loader.raw_dataset, "classes", None)
-    if not classes or len(classes) < 2:
-        raise ConfigError("train.online_probe=true needs labelled data with at least 2 classes; this data has "
-                          f"{len(classes) if classes else 'no'} classes (set train.online_probe=false)")
-    encoder = model.encoder
-    blocks = resolve_probe_blocks(train.online_probe_blocks, model.blocks, encoder.depth)
-    val_loader = None
-    if train.online_probe_val_images > 0:
-        if train.strategy == "fsdp" and is_distributed():
-            raise ConfigError("the online probe's val top-1 runs the encoder outside the sharded forward; under "
-                              "train.strategy=fsdp set train.online_probe_val_images=0")
-        data = cfg.data
-        val = build_dataset(data, "val")
-        n = min(train.online_probe_val_images, len(val))
-        mine = shard_indices(n, rank, world_size)
-        dataset = TransformedDataset(torch.utils.data.Subset(val, mine),
-                                     build_eval_transform(data.img_size, data.mean, data.std))
-        # Own generator: creating the iterator must not draw from the global RNG.
-        val_loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, shuffle=False, num_workers=0,
-                                                 collate_fn=collate_skip_broken,
-                                                 generator=torch.Generator().manual_seed(0))
-    return OnlineProbe(encoder.cfg.embed_dim, blocks, len(classes), device, pool=train.online_probe_pool,
-                       lr=train.online_probe_lr, seed=mix_seed(train.seed, PROBE_SEED_STREAM), encoder=encoder,
-                       val_loader=val_loader, precision=precision)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
 from ..config.schema import OptimConfig
 
@@ -13,6 +13,14 @@ from ..config.schema import OptimConfig
 def scaled_lr(cfg: OptimConfig, effective_batch: int) -> float:
     """MAE's rule: lr = base_lr * effective_batch / 256, unless an absolute lr is given."""
     return cfg.lr if cfg.lr is not None else cfg.base_lr * effective_batch / 256
+
+
+def layer_decay_groups(model: torch.nn.Module, optim) -> List[Dict[str, Any]]:
+    """timm's BEiT-style groups (fine-tuning, segmentation): the layer ids come from the model's
+    `group_matcher` (embeddings 0, block i i + 1, heads last), lr scale = optim.layer_decay ** (last
+    - layer id); no weight decay on 1-D params and the model's `no_weight_decay()` names."""
+    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
+                                    no_weight_decay_list=list(model.no_weight_decay()))
 
 
 def build_adamw(model: torch.nn.Module, cfg: OptimConfig, lr: float, device: torch.device,

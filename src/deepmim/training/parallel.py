@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
+from ..checkpoint import load_strict
 from ..config.loader import ConfigError
 from .distributed import is_distributed, wrap_ddp
 
@@ -100,7 +101,7 @@ def load_full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, mod
     if is_sharded(model):
         set_model_state_dict(model, model_state, options=options)
     else:
-        model.load_state_dict(model_state)
+        load_strict(model, model_state, context="the checkpoint does not fit the model it resumes")
     groups = optimizer_state.get("param_groups") or [{}]
     if all(isinstance(k, int) for k in groups[0].get("params", [])) and not is_sharded(model):
         optimizer.load_state_dict(optimizer_state)

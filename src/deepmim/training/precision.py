@@ -1,4 +1,4 @@
-"""Choosing the device, the precision and the attention kernel."""
+"""Choosing the precision and the attention kernel (the device: training/distributed.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,15 +7,9 @@ import warnings
 from typing import Callable, ContextManager, Dict, Tuple
 
 import torch
+import torch.distributed as dist
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-    return device
+from .distributed import is_distributed
 
 
 def cpu_supports_bf16() -> bool:
@@ -63,8 +57,6 @@ def fastest_attention(step: Callable[[], None], set_fused: Callable[[bool], None
     """Time `step` (a forward + backward at the run's shapes) with SDPA and with plain attention,
     alternating after one warm-up each; (SDPA is faster, {kernel: best seconds}). Under
     torch.distributed every process takes rank 0's times, so all choose the same kernel."""
-    from .distributed import is_distributed
-
     best = {"fused": float("inf"), "math": float("inf")}
     for i in range(reps + 1):
         for name in ("fused", "math"):
@@ -78,7 +70,6 @@ def fastest_attention(step: Callable[[], None], set_fused: Callable[[bool], None
             if i > 0:  # the first round warms up allocators and kernel caches
                 best[name] = min(best[name], time.perf_counter() - t0)
     if is_distributed():
-        import torch.distributed as dist
         times = torch.tensor([best["fused"], best["math"]], device=device if device.type == "cuda" else "cpu")
         dist.broadcast(times, src=0)
         best = {"fused": times[0].item(), "math": times[1].item()}

@@ -12,8 +12,11 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
 
-from ...models.loading import CheckpointError
-from . import load_strict, read_weights
+from ...checkpoint import CheckpointError, load_strict, read_checkpoint
+from .net import MISFIT
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 TORCHSCRIPT_HINT = ("OpenAI's released .pt files are TorchScript archives: save a plain state dict first, "
                     "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'clip_state.pt')")
@@ -33,7 +36,7 @@ def visual_weights(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def load_clip(path: str, quick_gelu: bool, num_heads: Optional[int] = None
               ) -> Tuple[VisionTransformer, Optional[torch.Tensor]]:
     try:
-        state = visual_weights(read_weights(path))
+        state = visual_weights(read_checkpoint(path).model_state)
     except CheckpointError as err:
         raise CheckpointError(f"{err}. {TORCHSCRIPT_HINT}") from err
     width = state["class_embedding"].shape[0]
@@ -50,5 +53,5 @@ def load_clip(path: str, quick_gelu: bool, num_heads: Optional[int] = None
     proj = timm_state.pop("head.weight", None)  # CLIP's image projection, as timm's head
     proj = proj.t().contiguous() if proj is not None else None  # (width, out): tokens @ proj
     timm_state.pop("head.bias", None)
-    load_strict(vit, timm_state)
+    load_strict(vit, timm_state, context=MISFIT)
     return vit, proj

@@ -6,7 +6,6 @@ timm as is and its forward_features are MaskedViTEncoder.forward_features.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -14,8 +13,8 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
 from ...config.schema import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
-from ...models.loading import CheckpointError, config_from_checkpoint, read_state_file
-from . import TeacherNet, load_strict, read_weights
+from ...checkpoint import CheckpointError, load_strict, read_checkpoint, read_metadata
+from .net import MISFIT, TeacherNet
 
 NOT_ENCODER = ("decoder", "mask_token", "head.", "fc_norm.")  # MAE's decoder, a classifier
 
@@ -41,27 +40,22 @@ def infer_encoder_config(state: Dict[str, torch.Tensor], num_heads: Optional[int
 
 def exported_num_heads(path: str) -> Optional[int]:
     """`deepmim export` writes num_heads into the safetensors metadata."""
-    if Path(path).suffix != ".safetensors":
-        return None
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        value = (f.metadata() or {}).get("num_heads")
+    value = read_metadata(path).get("num_heads")
     return int(value) if value else None
 
 
 def load_deepmim_encoder(path: str, num_heads: Optional[int] = None
                          ) -> Tuple[TeacherNet, List[float], List[float]]:
-    obj = read_state_file(path)
-    state = encoder_weights(read_weights(obj))
-    model_cfg = config_from_checkpoint(obj)
+    ckpt = read_checkpoint(path)
+    state = encoder_weights(ckpt.model_state)
+    model_cfg = ckpt.model_config()
     enc = model_cfg.encoder if model_cfg is not None else infer_encoder_config(
         state, num_heads or exported_num_heads(path))
     vit = VisionTransformer(img_size=enc.img_size, patch_size=enc.patch_size, in_chans=enc.in_chans,
                             num_classes=0, embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads,
                             mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias,
                             norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps))
-    load_strict(vit, state)
-    config = obj.get("config")
-    data = config.get("data") if isinstance(config, dict) and isinstance(config.get("data"), dict) else {}
+    load_strict(vit, state, context=MISFIT)
+    data = ckpt.config.get("data") if isinstance(ckpt.config.get("data"), dict) else {}
     mean, std = list(data.get("mean") or IMAGENET_MEAN), list(data.get("std") or IMAGENET_STD)
     return TeacherNet(vit), mean, std

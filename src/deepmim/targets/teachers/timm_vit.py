@@ -7,7 +7,8 @@ import timm
 
 from ...config.loader import ConfigError
 from ...config.schema import IMAGENET_MEAN, IMAGENET_STD
-from . import TeacherNet, load_strict, read_weights
+from ...checkpoint import load_strict, read_checkpoint
+from .net import MISFIT, TeacherNet
 
 
 def load_timm(path: str, name: Optional[str], model_kwargs: Dict[str, Any]
@@ -15,7 +16,7 @@ def load_timm(path: str, name: Optional[str], model_kwargs: Dict[str, Any]
     if not name:
         raise ConfigError("teacher target: kind=timm needs `model`, the timm model name (e.g. vit_base_patch16_224)")
     vit = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)
-    state = {k: v for k, v in read_weights(path).items() if not k.startswith("head.")}
-    load_strict(vit, state)
+    state = {k: v for k, v in read_checkpoint(path).model_state.items() if not k.startswith("head.")}
+    load_strict(vit, state, context=MISFIT)
     cfg = getattr(vit, "pretrained_cfg", None) or {}
     return TeacherNet(vit), list(cfg.get("mean", IMAGENET_MEAN)), list(cfg.get("std", IMAGENET_STD))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from ...analysis.features import check_classes, extract_features, load_encoder, resolve_blocks
+from ...analysis.features import check_classes, extract_features, frozen_encoder, resolve_blocks
 from ...analysis.probes import knn_classify, train_linear_probe
 from ...config.loader import to_dict
 from ...config.schema import FeatureConfig, ModelConfig
@@ -45,7 +45,7 @@ def probe_blocks(checkpoint: str, study, seed: int, pools: List[str]) -> Tuple[D
     """({pool: {block: linear metrics}}, {pool: {block: k-NN metrics}}, train images, val images, encoder
     FLOPs per image) of one checkpoint; the probe is seeded with the study seed."""
     ev = study.evaluate
-    encoder = load_encoder(checkpoint)
+    encoder = frozen_encoder(checkpoint)
     blocks = resolve_blocks(ev.blocks, encoder.depth)
     probe = dataclasses.replace(ev.probe, seed=seed)
     linear: Dict[str, Dict] = {}
@@ -93,7 +93,7 @@ def attention_stage(study, checkpoint: Path, upstream: str) -> Stage:
         from ...data import TransformedDataset, build_dataset, build_eval_transform, collate_skip_broken
         from ...training import resolve_device
 
-        encoder = load_encoder(str(checkpoint))
+        encoder = frozen_encoder(str(checkpoint))
         img = encoder.cfg.img_size
         dataset = TransformedDataset(build_dataset(study.data, ev.val_split),
                                      build_eval_transform(img, study.data.mean, study.data.std, ev.crop_ratio))
@@ -118,7 +118,7 @@ def convergence_stage(study, model: ModelConfig, seed: int, pretrain_folder: Pat
     pools = study.evaluate.convergence_pools
 
     def run():
-        from ..analyze import epoch_checkpoints
+        from ...checkpoint import epoch_checkpoints
 
         checkpoints = {0: write_initial_checkpoint(model, seed, folder / "initial.pt"),
                        **epoch_checkpoints(pretrain_folder)}
@@ -166,7 +166,7 @@ def finetune_stage(study, checkpoint: Path, seed: int, folder: Path, upstream: s
         result = run_finetune(cfg)
         rows = [r for r in read_metrics(folder / METRICS_FILE) if r.get("type") == "eval"]
         num_classes = cfg.model.num_classes or len(build_dataset(cfg.data, cfg.data.split).classes)
-        enc = load_encoder(str(checkpoint)).cfg
+        enc = frozen_encoder(str(checkpoint)).cfg
         train_pi, eval_pi = classifier_flops_per_image(enc, num_classes, cfg.data.img_size, cfg.model.global_pool,
                                                        sample_images(cfg.data, cfg.data.split, cfg.data.img_size))
         images = result.step * cfg.train.batch_size * cfg.train.accum_steps

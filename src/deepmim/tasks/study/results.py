@@ -138,7 +138,6 @@ def machine_info() -> Dict[str, Any]:
     """What the numbers were measured on: CPU (lscpu), GPU, torch, bf16, the git commit of the code."""
     import torch
 
-    from ... import __version__
     from ...training import resolve_device, resolve_precision
 
     device = resolve_device("auto")
@@ -149,5 +148,15 @@ def machine_info() -> Dict[str, Any]:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "device": str(device), "precision_auto": resolve_precision("auto", device),
             "bf16": resolve_precision("auto", device) == "bf16", "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(), "deepmim": __version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(), "deepmim": _package_version(),
             "git_commit": commit, "git_dirty": bool(dirty) if commit else None}
+
+
+def _package_version() -> str:
+    """The installed deepmim's version (from its metadata: tasks/ does not import the package root)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepmim")
+    except PackageNotFoundError:
+        return "unknown"

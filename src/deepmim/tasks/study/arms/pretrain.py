@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ....checkpoint import LAST, epoch_checkpoints
 from ....config.loader import ConfigError, to_dict
 from ....config.schema import ModelConfig, PretrainConfig
 from ..flops import pretrain_flops_per_image, sample_images
@@ -36,8 +37,6 @@ class PretrainArm(Arm):
         return self.pretrain_config(0, Path(".")).model
 
     def final_checkpoint(self, folder: Path) -> Path:
-        from ....training.checkpoint import LAST
-
         return folder / LAST
 
     def training_stage(self, seed: int, folder: Path) -> Stage:
@@ -45,7 +44,6 @@ class PretrainArm(Arm):
         command = "deepmim pretrain " + " ".join(self.overrides(seed, folder))
 
         def run():
-            from ...analyze import epoch_checkpoints
             from ...pretrain import run_pretrain
 
             result = run_pretrain(cfg)

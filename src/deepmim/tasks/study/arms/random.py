@@ -16,7 +16,7 @@ from ....config.loader import ConfigError
 from ....config.schema import ModelConfig
 from ....models.encoder import MaskedViTEncoder
 from ....models.factory import resolve_model_config
-from ....training.checkpoint import atomic_save
+from ....checkpoint import atomic_save, make_checkpoint
 from ..stages import Stage
 from .base import Arm
 
@@ -27,7 +27,7 @@ def write_initial_checkpoint(model: ModelConfig, seed: int, path: Path) -> Path:
         torch.default_generator.manual_seed(seed)
         encoder = MaskedViTEncoder(model.encoder)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-    atomic_save({"model": state, "config": {"model": dataclasses.asdict(model)}, "epoch": 0}, path)
+    atomic_save(make_checkpoint("pretrain", state, {"model": dataclasses.asdict(model)}, epoch=0, step=0), path)
     return path
 
 

@@ -1,0 +1,345 @@
+"""The checkpoint file, owned in one place: what a deepmim checkpoint holds, what the files of a
+run are called, how they are written (atomically) and read (`torch.load(weights_only=True)` or
+safetensors), and the one strict state-dict loader every caller uses.
+
+A deepmim checkpoint is a dict:
+
+    task          the command that wrote it: pretrain | finetune | segment | linprobe
+    model         the weights, parameter names as keys (a linear probe's: `head`)
+    config        the run's config: `to_dict` of the task's config dataclass
+    architecture  what the weights need besides the config (finetune, segment: encoder, classes)
+    epoch, step   where training stood; with optimizer, scaler, rng, steps_per_epoch and hooks,
+                  everything an exact resume needs (training/loop.py writes and reads those)
+
+Files written before `task` was recorded still load: `infer_task` reads their kind off the other
+keys (and finds `architecture` inside `config`, where those files kept it). A safetensors file that
+`save_weights` wrote with `checkpoint_metadata` (`deepmim export` of a classifier or a segmentation
+model) reads back as that checkpoint. Files deepmim did not write (MAE's, the authors', timm's) and
+exported encoders are bare weights: task None.
+
+This module sits on the ground floor (it imports only the configs), so models, targets, training
+and tasks all read and write checkpoints through it. `save_checkpoint` is the one writer of a
+run's checkpoints: rotation of old files belongs there.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .config.loader import from_dict
+from .config.schema import ModelConfig
+
+TASKS = ("pretrain", "finetune", "segment", "linprobe")
+WRITTEN_BY = {"pretrain": "deepmim pretrain", "finetune": "deepmim finetune", "segment": "deepmim segment train",
+              "linprobe": "deepmim linprobe"}
+KIND_NAMES = {"pretrain": "a pre-training checkpoint", "finetune": "a fine-tuning checkpoint",
+              "segment": "a segmentation checkpoint", "linprobe": "a linear-probe head"}
+LAST = "checkpoint-last.pt"
+EPOCH_FILE = re.compile(r"checkpoint-epoch(\d+)\.pt$")
+WEIGHT_KEYS = ("model", "state_dict", "model_state", "module")  # where files keep their weights
+PROBE_HEAD = "head"  # a linear probe keeps its weights here (its files always did)
+
+PathLike = Union[str, Path]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, is of the wrong kind, or does not fit the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The file is not there (a FileNotFoundError too, for callers that catch that)."""
+
+
+# ----------------------------------------------------------------------------- a run's files
+
+
+def epoch_file_name(epoch: int) -> str:
+    """The numbered copy kept after 0-based epoch `epoch` (train.save_every_epochs)."""
+    return f"checkpoint-epoch{epoch:04d}.pt"
+
+
+def epoch_checkpoints(run_dir: Path) -> Dict[int, Path]:
+    """{epochs trained: path} of a run's numbered checkpoints (checkpoint-epochNNNN.pt holds the state
+    after 0-based epoch NNNN, i.e. NNNN + 1 epochs)."""
+    out = {}
+    for p in Path(run_dir).glob("checkpoint-epoch*.pt"):
+        m = EPOCH_FILE.search(p.name)
+        if m:
+            out[int(m.group(1)) + 1] = p
+    return dict(sorted(out.items()))
+
+
+def find_resume_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """resume=None: start fresh; 'auto': the last checkpoint in output_dir if any; else a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        last = Path(output_dir) / LAST
+        if last.exists():
+            return last
+        numbered = sorted(Path(output_dir).glob("checkpoint-epoch*.pt"))
+        return numbered[-1] if numbered else None
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"train.resume={resume}: no such checkpoint (use train.resume=auto to continue "
+                                f"from the newest checkpoint in train.output_dir, or remove the option)")
+    return path
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def weights_key(task: Optional[str]) -> str:
+    return PROBE_HEAD if task == "linprobe" else "model"
+
+
+def make_checkpoint(task: str, model_state: Dict[str, torch.Tensor], config: Dict[str, Any],
+                    architecture: Optional[Dict[str, Any]] = None, **training_state: Any) -> Dict[str, Any]:
+    """The checkpoint dict of a `task` run (training_state: step, epoch, optimizer, ... for resume)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown checkpoint task {task!r}; one of {', '.join(TASKS)}")
+    obj: Dict[str, Any] = {"task": task, weights_key(task): model_state, "config": config}
+    if architecture is not None:
+        obj["architecture"] = architecture
+    obj.update(training_state)
+    return obj
+
+
+def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None) -> Path:
+    """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`."""
+    path = Path(output_dir) / LAST
+    atomic_save(obj, path)
+    if numbered_epoch is not None:
+        atomic_save(obj, Path(output_dir) / epoch_file_name(numbered_epoch))
+    return path
+
+
+def save_weights(state: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str]) -> Path:
+    """Weights as a safetensors file (no pickle), written atomically; `metadata` goes in its header."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def checkpoint_metadata(ckpt: "Checkpoint") -> Dict[str, str]:
+    """The safetensors metadata that makes exported weights read back as `ckpt` (task, config, architecture)."""
+    meta = {"task": ckpt.task or "", "config": json.dumps(ckpt.config)}
+    if ckpt.architecture is not None:
+        meta["architecture"] = json.dumps(ckpt.architecture)
+    return meta
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_state_file(path: PathLike) -> dict:
+    """The dict in a .pt/.pth (torch.load with weights_only=True) or .safetensors file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from err
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """The metadata of a .safetensors file (`deepmim export` writes the architecture there); {} otherwise."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def infer_task(obj: Mapping[str, Any]) -> Optional[str]:
+    """The kind of a checkpoint: its `task` key or, in files written before that key, what the other
+    keys show. None for weights deepmim did not write."""
+    task = obj.get("task")
+    if isinstance(task, str):
+        return task
+    config = obj.get("config")
+    if isinstance(config, dict):
+        if "architecture" in obj or "architecture" in config:
+            return "segment" if "eval" in config else "finetune"
+        if isinstance(config.get("model"), dict):
+            return "pretrain"
+    if isinstance(obj.get(PROBE_HEAD), dict) and "pool" in obj and "block" in obj:
+        return "linprobe"
+    return None
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """The weights inside a checkpoint dict (under 'model', 'state_dict', ... or at the top)."""
+    for key in WEIGHT_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    return dict(obj)
+
+
+def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop the `module.` that saves of a DistributedDataParallel wrapper add to every key."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A typed view of a checkpoint dict (`raw`), read from `path` when there is one."""
+
+    raw: Dict[str, Any]
+    path: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return f"'{self.path}'" if self.path is not None else "the checkpoint"
+
+    @property
+    def task(self) -> Optional[str]:
+        return infer_task(self.raw)
+
+    @property
+    def kind(self) -> str:
+        """What the file is, in words, for messages."""
+        if self.task is None:
+            return "bare weights without a deepmim config (MAE's, the authors', timm's or an export)"
+        return f"{KIND_NAMES.get(self.task, f'a {self.task} checkpoint')} (written by " \
+               f"{WRITTEN_BY.get(self.task, 'deepmim ' + self.task)})"
+
+    @property
+    def model_state(self) -> Dict[str, torch.Tensor]:
+        """The weights, without DDP's `module.` prefix."""
+        if self.task == "linprobe":
+            return dict(self.raw[weights_key(self.task)])
+        return strip_module_prefix(extract_state_dict(self.raw))
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The run's config as a plain dict ({} for bare weights)."""
+        config = self.raw.get("config")
+        if not isinstance(config, dict):
+            return {}
+        return {k: v for k, v in config.items() if k != "architecture"}
+
+    @property
+    def architecture(self) -> Optional[Dict[str, Any]]:
+        arch = self.raw.get("architecture")
+        if arch is None and isinstance(self.raw.get("config"), dict):
+            arch = self.raw["config"].get("architecture")  # files written before `task` kept it there
+        return arch
+
+    @property
+    def epoch(self) -> Optional[int]:
+        return self.raw["epoch"] if isinstance(self.raw.get("epoch"), int) else None
+
+    @property
+    def step(self) -> Optional[int]:
+        return self.raw["step"] if isinstance(self.raw.get("step"), int) else None
+
+    def model_config(self) -> Optional[ModelConfig]:
+        """The pre-trained model's config; None for bare weights. Another kind of checkpoint is refused
+        by name: it holds a classifier, a segmentor or a probe, not a DeepMIM model."""
+        if self.task is None:
+            return None
+        self.require("pretrain", "it holds no pre-trained DeepMIM model")
+        return from_dict(ModelConfig, self.config["model"], "model.")
+
+    def require(self, task: str, why: str = "") -> None:
+        """Refuse a checkpoint of another kind, saying which kind it is."""
+        if self.task != task:
+            expected = f"{KIND_NAMES[task]} (written by {WRITTEN_BY[task]})"
+            raise CheckpointError(f"{self.name} is {self.kind}, not {expected}" + (f": {why}" if why else ""))
+
+
+def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any]]) -> Checkpoint:
+    """A file path, or a dict already loaded, as a `Checkpoint`."""
+    if not isinstance(path_or_obj, (str, Path)):
+        return Checkpoint(dict(path_or_obj))
+    raw = read_state_file(path_or_obj)
+    meta = read_metadata(path_or_obj)
+    if meta.get("task") in TASKS and "config" in meta:  # exported weights with their checkpoint's metadata
+        raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": json.loads(meta["config"]),
+               "architecture": json.loads(meta["architecture"]) if "architecture" in meta else None}
+    return Checkpoint(raw, Path(path_or_obj))
+
+
+# ----------------------------------------------------------------------------- the strict loader
+
+
+def compare_state_dicts(own: Mapping[str, torch.Tensor], incoming: Mapping[str, torch.Tensor]
+                        ) -> Tuple[List[str], List[str], List[str]]:
+    """(missing, unexpected, mis-shaped) keys of `incoming` against `own`, each sorted."""
+    missing = sorted(k for k in own if k not in incoming)
+    unexpected = sorted(k for k in incoming if k not in own)
+    mismatched = sorted(f"{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in incoming if k in own and incoming[k].shape != own[k].shape)
+    return missing, unexpected, mismatched
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
+                context: str = "checkpoint does not fit the model", allow_missing: Iterable[str] = (),
+                allow_unexpected: Iterable[str] = ()) -> None:
+    """load_state_dict that names every key the file has and the module lacks, every key the module
+    needs and the file lacks, and every shape that differs, and loads nothing unless all fit.
+
+    allow_missing / allow_unexpected: fnmatch patterns ('head.*', '*.gamma_1') of keys that may stay
+    at their initialisation (a new head) or be left out on purpose."""
+    allow_missing, allow_unexpected = tuple(allow_missing), tuple(allow_unexpected)
+    own = module.state_dict()
+    missing, unexpected, mismatched = compare_state_dicts(own, state)
+    missing = [k for k in missing if not _matches(k, allow_missing)]
+    unexpected = [k for k in unexpected if not _matches(k, allow_unexpected)]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched))
+    if unexpected:
+        problems.append("keys in the file that the model lacks: " + ", ".join(unexpected))
+    if missing:
+        problems.append("keys the model needs that the file lacks: " + ", ".join(missing))
+    if problems:
+        raise CheckpointError(f"{context}:\n  " + "\n  ".join(problems))
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

@@ -1,0 +1,33 @@
+"""Arguments shared by the commands that read checkpoints (knn, probe-layers, linprobe, analyze)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
+                         remainder: bool = True) -> None:
+    """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
+    key=value overrides, options anywhere), re-parsed intermixed by parse_probe_args."""
+    parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
+    parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
+                                                       "(default: probe-layers all, knn the last)")
+    parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(positional, nargs=argparse.REMAINDER if remainder else "*",
+                        metavar="CKPT ... [key=value ...]", help=help_text)
+
+
+def parse_probe_args(args, positional: str):
+    """Split the remainder into checkpoints and overrides, honouring options given after them."""
+    rest = argparse.ArgumentParser(prog=f"deepmim {args.command}", add_help=False)
+    add_probe_arguments(rest, "items", "", remainder=False)
+    parsed = rest.parse_intermixed_args(getattr(args, positional))
+    for name in ("out", "blocks", "config"):
+        if getattr(parsed, name) is not None:
+            setattr(args, name, getattr(parsed, name))
+    args.print_config = args.print_config or parsed.print_config
+    args.checkpoints = [a for a in parsed.items if "=" not in a]
+    args.overrides = [a for a in parsed.items if "=" in a]
+    if args.blocks:
+        args.overrides.append(f"features.blocks=[{args.blocks}]")
+    return args

@@ -1,0 +1,77 @@
+"""`deepmim export`: the weights of a checkpoint as safetensors, for every kind deepmim writes.
+
+    pre-training (or bare weights)  the encoder in timm's VisionTransformer layout (models/export.py):
+                                    timm.create_model(name, num_classes=0, checkpoint_path=...)
+    fine-tuning                     the classifier as it is, a timm VisionTransformer with its head
+    segmentation                    the UperNet model as it is (timm Beit backbone, neck, heads)
+    linear-probe head               refused: a head alone is no model; export the encoder it probed
+
+Classifier and segmentation exports carry their checkpoint's task, config and architecture in the
+metadata (deepmim.checkpoint.checkpoint_metadata), so they read back as the checkpoint they came
+from: `deepmim evaluate` and `deepmim segment eval` take them as they take the .pt files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from ..checkpoint import Checkpoint, CheckpointError, checkpoint_metadata, read_checkpoint, save_weights
+from ..config.loader import ConfigError
+from ..models.export import export_encoder, timm_model_name
+from ..models.loading import load_encoder
+from .finetune import load_classifier
+from .segment import load_segmentor
+
+
+def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None) -> str:
+    """Write the weights of `checkpoint` to `out` (.safetensors); returns how to load them, in one line."""
+    ckpt = read_checkpoint(checkpoint)
+    exporter = EXPORTERS.get(ckpt.task)
+    if exporter is None:
+        raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
+                              f"none. Export the checkpoint it probed (linprobe.json names it) instead")
+    return exporter(ckpt, Path(out), img_size)
+
+
+def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
+    """The encoder alone (no decoders, no teacher file needed), position embedding resampled to img_size."""
+    encoder = load_encoder(ckpt.path)
+    path = export_encoder(encoder, out, img_size)
+    name = timm_model_name(encoder)
+    hint = (f"timm.create_model('{name}', num_classes=0, checkpoint_path='{path}')" if name and
+            (img_size or encoder.cfg.img_size) == 224 else
+            "a timm VisionTransformer with the same size (num_classes=0)")
+    return f"wrote {path}; load it with {hint}"
+
+
+def export_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
+    """A fine-tuned checkpoint is a timm VisionTransformer already: its weights as they are."""
+    _no_resampling(ckpt, img_size, "timm resamples a classifier's position embedding itself when created "
+                                   "with another img_size")
+    model, cfg = load_classifier(ckpt.path)
+    meta = {"format": "pt", "num_classes": str(model.num_classes), "global_pool": cfg.model.global_pool,
+            "img_size": str(cfg.data.img_size), **checkpoint_metadata(ckpt)}
+    save_weights(model.state_dict(), out, meta)
+    return (f"wrote {out}; load it with a timm VisionTransformer of the same size, num_classes={model.num_classes}, "
+            f"global_pool='{cfg.model.global_pool}' (or score it: deepmim evaluate {out})")
+
+
+def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
+    """A segmentation checkpoint: the UperNet model's weights as they are, its config in the metadata."""
+    _no_resampling(ckpt, img_size, "a segmentation model keeps the crop size it was trained at")
+    model, cfg, _ = load_segmentor(ckpt.path)
+    meta = {"format": "pt", "num_classes": str(model.num_classes), "crop_size": str(cfg.data.crop_size),
+            **checkpoint_metadata(ckpt)}
+    save_weights(model.state_dict(), out, meta)
+    return (f"wrote {out}: the UperNet weights (timm Beit backbone, neck, heads) with the config they were "
+            f"trained with; score them: deepmim segment eval {out}")
+
+
+def _no_resampling(ckpt: Checkpoint, img_size: Optional[int], why: str) -> None:
+    if img_size:
+        raise ConfigError(f"--img-size applies to pre-trained encoders; {ckpt.name} is {ckpt.kind}: {why}")
+
+
+EXPORTERS: Dict[Optional[str], Callable[[Checkpoint, Path, Optional[int]], str]] = {
+    "pretrain": export_pretrained, None: export_pretrained, "finetune": export_classifier,
+    "segment": export_segmentor}
