@@ -5,9 +5,13 @@ import argparse
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
-                         remainder: bool = True) -> None:
+                         remainder: bool = True, vs_random: bool = False) -> None:
     """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
     key=value overrides, options anywhere), re-parsed intermixed by parse_probe_args."""
+    if vs_random:
+        parser.add_argument("--vs-random", action="store_true",
+                            help="also probe the untrained encoder the first checkpoint's run started from (same "
+                                 "architecture and seed) and print best block against best block")
     parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
     parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
                                                        "(default: probe-layers all, knn the last)")
@@ -20,8 +24,11 @@ def add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_t
 def parse_probe_args(args, positional: str):
     """Split the remainder into checkpoints and overrides, honouring options given after them."""
     rest = argparse.ArgumentParser(prog=f"deepmim {args.command}", add_help=False)
-    add_probe_arguments(rest, "items", "", remainder=False)
+    vs_random = hasattr(args, "vs_random")
+    add_probe_arguments(rest, "items", "", remainder=False, vs_random=vs_random)
     parsed = rest.parse_intermixed_args(getattr(args, positional))
+    if vs_random:
+        args.vs_random = args.vs_random or parsed.vs_random
     for name in ("out", "blocks", "config"):
         if getattr(parsed, name) is not None:
             setattr(args, name, getattr(parsed, name))

@@ -103,9 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="MAE's linear probe (BatchNorm1d(affine=False) + Linear, LARS, warm-up + cosine)\n"
                                     "on cached frozen features of every block (one encoder pass per split):\n\n"
                                     "  deepmim probe-layers runs/mae/checkpoint-last.pt runs/deepmim/checkpoint-last.pt \\\n"
-                                    "      --out runs/layers data.num_samples=2000 probe.epochs=20\n\n"
-                                    "Writes layers.json, layers.csv and layers.png (blocks on x, a bar per checkpoint).")
-    add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides")
+                                    "      --out runs/layers data.num_samples=2000 probe.epochs=20\n"
+                                    "  deepmim probe-layers runs/demo/checkpoint-last.pt --vs-random --out runs/demo/probe\n\n"
+                                    "Features are pooled with features.pool (default avg: the mean patch token, which\n"
+                                    "reads pre-trained MIM encoders better than the cls token; cls is one override away).\n"
+                                    "--vs-random adds the untrained encoder the run started from and prints best block\n"
+                                    "against best block. Writes layers.json, layers.csv and layers.png.")
+    add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides", vs_random=True)
 
     lp = sub.add_parser("linprobe", help="MAE's linear probe on the last block (frozen encoder, LARS)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -252,9 +256,11 @@ def cmd_probe_layers(args) -> int:
         return 0
     if not args.checkpoints:
         raise ValueError("probe-layers needs at least one checkpoint")
-    out = run_probe_layers(args.checkpoints, cfg, args.out)
-    print("linear-probe top-1 (%) per block:")
+    out = run_probe_layers(args.checkpoints, cfg, args.out, vs_random=args.vs_random)
+    print(f"linear-probe top-1 (%) per block ({cfg.features.pool} pooling):")
     print(format_table(out["results"], out["names"]))
+    if args.vs_random:
+        print(out["comparison"])
     print(f"wrote {out['out_dir']}/layers.json, layers.csv, layers.png")
     return 0
 

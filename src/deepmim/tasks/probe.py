@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import torch
+
+from ..checkpoint import CheckpointError, atomic_save, make_checkpoint, read_checkpoint
 from ..config.loader import load_config
-from ..config.schema import ProbeConfig
+from ..config.schema import ModelConfig, ProbeConfig
+from ..models.encoder import MaskedViTEncoder
 from ..analysis.features import check_classes, extract_features, frozen_encoder, resolve_blocks
 from ..analysis.plots import plot_layers
 from ..analysis.probes import knn_classify, train_linear_probe
@@ -36,9 +41,53 @@ def run_knn(checkpoint: str, cfg: ProbeConfig) -> Dict[int, Dict[str, float]]:
             for b in blocks}
 
 
-def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional[str] = None) -> Dict:
-    """A linear probe per block per checkpoint. Writes layers.json, layers.csv, layers.png to out_dir."""
+def write_initial_checkpoint(model: ModelConfig, seed: int, path: Path) -> Path:
+    """The untrained encoder a `deepmim pretrain` run with train.seed=`seed` starts from (the skeleton seeds
+    torch, then builds the encoder first), saved as a pre-training checkpoint (encoder weights + config)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        encoder = MaskedViTEncoder(model.encoder)
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    atomic_save(make_checkpoint("pretrain", state, {"model": dataclasses.asdict(model)}, epoch=0, step=0), path)
+    return path
+
+
+def random_init_of(checkpoint: str, out: Path) -> str:
+    """out/random-init.pt: the encoder `checkpoint`'s run started from (same architecture, same train.seed)."""
+    ckpt = read_checkpoint(checkpoint)
+    model = ckpt.model_config()
+    if model is None:
+        raise CheckpointError(f"--vs-random needs a deepmim pre-training checkpoint (it rebuilds the untrained "
+                              f"encoder from the config inside); {checkpoint} is {ckpt.kind}")
+    seed = int(ckpt.config.get("train", {}).get("seed", 0))
+    return str(write_initial_checkpoint(model, seed, out / "random-init.pt"))
+
+
+def best_block(result: Dict[int, Dict[str, float]]):
+    """(block, top-1) of the block whose probe scored highest."""
+    block = max(result, key=lambda b: result[b]["top1"])
+    return block, result[block]["top1"]
+
+
+def compare_with_random(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str], trained: str,
+                        random_init: str) -> str:
+    """One line: the trained checkpoint's best block against the untrained encoder's best block."""
+    (tb, tacc), (rb, racc) = best_block(results[trained]), best_block(results[random_init])
+    verdict = "better than" if tacc > racc else "not better than"
+    return (f"best block against best block: {names[trained]} {100 * tacc:.1f}% (block {tb}) vs random init "
+            f"{100 * racc:.1f}% (block {rb}): {100 * (tacc - racc):+.1f} points, {verdict} the untrained encoder")
+
+
+def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional[str] = None,
+                     vs_random: bool = False) -> Dict:
+    """A linear probe per block per checkpoint. Writes layers.json, layers.csv, layers.png to out_dir.
+    vs_random: the untrained encoder the first checkpoint's run started from is probed too, and
+    the result carries `comparison`, best block against best block."""
     out = Path(out_dir or cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = list(checkpoints)
+    if vs_random:
+        checkpoints.append(random_init_of(checkpoints[0], out))
     results: Dict[str, Dict[int, Dict[str, float]]] = {}
     timings: Dict[str, Dict[str, float]] = {}
     for ckpt in checkpoints:
@@ -49,10 +98,12 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
                                                num_classes, cfg.probe) for b in blocks}
         timings[ckpt] = {"features_s": round(t1 - t0, 3), "probes_s": round(time.perf_counter() - t1, 3)}
     names = short_names(checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
     from ..config.loader import to_dict
     report = {"checkpoints": {names[c]: c for c in checkpoints}, "config": to_dict(cfg), "timings": timings,
               "results": {names[c]: {str(b): r for b, r in res.items()} for c, res in results.items()}}
+    comparison = compare_with_random(results, names, checkpoints[0], checkpoints[-1]) if vs_random else None
+    if comparison:
+        report["comparison"] = comparison
     (out / "layers.json").write_text(json.dumps(report, indent=2))
     all_blocks = sorted({b for res in results.values() for b in res})
     with open(out / "layers.csv", "w", newline="") as f:
@@ -63,7 +114,7 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
                 w.writerow([names[c], b, r["top1"], r.get("top5", ""), r["val_loss"], r["train_loss"]])
     plot_layers({names[c]: {b: r["top1"] for b, r in res.items()} for c, res in results.items()},
                 out / "layers.png")
-    return {"results": results, "names": names, "blocks": all_blocks, "out_dir": out}
+    return {"results": results, "names": names, "blocks": all_blocks, "out_dir": out, "comparison": comparison}
 
 
 def format_table(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str]) -> str:

@@ -17,7 +17,7 @@ from ...analysis.features import check_classes, extract_features, frozen_encoder
 from ...analysis.probes import knn_classify, train_linear_probe
 from ...config.loader import to_dict
 from ...config.schema import FeatureConfig, ModelConfig
-from .arms import write_initial_checkpoint
+from ..probe import write_initial_checkpoint
 from .arms.base import mapping_overrides, yaml_value
 from .flops import classifier_flops_per_image, encoder_flops_per_image, sample_images
 from .stages import Stage, strip_cosmetic

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ....config.loader import ConfigError
 from .base import Arm
 from .pretrain import PretrainArm
-from .random import RandomArm, write_initial_checkpoint
+from .random import RandomArm
 
 ARM_KINDS = {"pretrain": PretrainArm, "random": RandomArm}
 
@@ -16,4 +16,4 @@ def build_arm(cfg, study) -> Arm:
     return ARM_KINDS[cfg.kind](cfg, study)
 
 
-__all__ = ["ARM_KINDS", "Arm", "PretrainArm", "RandomArm", "build_arm", "write_initial_checkpoint"]
+__all__ = ["ARM_KINDS", "Arm", "PretrainArm", "RandomArm", "build_arm"]

@@ -10,25 +10,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from ....config.loader import ConfigError
 from ....config.schema import ModelConfig
-from ....models.encoder import MaskedViTEncoder
 from ....models.factory import resolve_model_config
-from ....checkpoint import atomic_save, make_checkpoint
+from ...probe import write_initial_checkpoint
 from ..stages import Stage
 from .base import Arm
-
-
-def write_initial_checkpoint(model: ModelConfig, seed: int, path: Path) -> Path:
-    """The encoder `run_pretrain` starts from for `seed`, saved as a checkpoint (encoder weights + config)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        encoder = MaskedViTEncoder(model.encoder)
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-    atomic_save(make_checkpoint("pretrain", state, {"model": dataclasses.asdict(model)}, epoch=0, step=0), path)
-    return path
 
 
 class RandomArm(Arm):
