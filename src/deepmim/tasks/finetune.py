@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_strict
-from ..config.loader import ConfigError, deep_merge, dump_yaml, from_dict, load_config, parse_overrides, to_dict
+from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
                              FinetuneOptimConfig, FinetuneTrainConfig)
 from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken
@@ -28,6 +28,7 @@ from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast, resolve_precision
 from .base import Env, TrainingTask, load_trained, run_training
+from .summary import count_parameters, describe_data, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
            "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
@@ -259,11 +260,14 @@ class FinetuneTask(TrainingTask):
         return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes}
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
-        cfg = self.cfg
-        return (f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                f"{self.num_classes} classes, {len(loader.dataset)} train / {len(self.val_dataset)} {cfg.val_split} "
-                f"images, device {env.device}, precision {env.precision}, {env.world_size} process(es)\n"
-                f"--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+        cfg, enc = self.cfg, self.encoder_cfg
+        start = cfg.model.checkpoint or f"random init ({cfg.model.preset})"
+        model_line = (f"ViT classifier {enc.embed_dim} wide x {enc.depth} blocks, {cfg.data.img_size}px / patch "
+                      f"{enc.patch_size}, {enc.in_chans} channel(s), {self.num_classes} classes, from {start}; "
+                      f"{count_parameters(model)}")
+        data_line = (f"{describe_data(cfg.data, len(loader.dataset))}; {len(self.val_dataset)} {cfg.val_split} "
+                     f"images scored every epoch")
+        return run_summary("deepmim finetune", model_line, data_line, cfg, loader, env)
 
 
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:
