@@ -190,7 +190,7 @@ class ResumableSampler(Sampler[int]):
 class Batch(NamedTuple):
     """A collated batch; `num_skipped` counts unreadable samples dropped from it."""
 
-    images: torch.Tensor  # float (N, 3, H, W); N == 0 when every sample was unreadable
+    images: torch.Tensor  # float (N, C, H, W), C = len(data.mean); N == 0 when every sample was unreadable
     labels: torch.Tensor  # int64 (N,)
     num_skipped: int
     seeds: Optional[torch.Tensor] = None  # int64 (N,) per-sample mask seeds (training loaders)
@@ -225,8 +225,9 @@ def validate_data_config(cfg: DataConfig) -> None:
             else "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"
         )
         raise DataError(f"data.path is required for data.name='{cfg.name}'; set data.path to {hint}")
-    if len(cfg.mean) != 3 or len(cfg.std) != 3 or any(s <= 0 for s in cfg.std):
-        raise DataError(f"data.mean and data.std need 3 values with std > 0, got mean={cfg.mean}, std={cfg.std}")
+    if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean) or any(s <= 0 for s in cfg.std):
+        raise DataError(f"data.mean and data.std need 3 values (colour) or 1 (grey) with std > 0, got mean={cfg.mean}, "
+                        f"std={cfg.std}")
     if not 0.0 < cfg.crop_scale_min <= 1.0:
         raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
     if cfg.num_workers < 0:
@@ -236,7 +237,7 @@ def validate_data_config(cfg: DataConfig) -> None:
 
 
 def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
-    """The raw dataset named by `cfg` (items: uint8 (3, H, W) image and int label, or None), cut to
+    """The raw dataset named by `cfg` (items: uint8 (C, H, W) image and int label, or None), cut to
     `cfg.max_samples` images (a fixed class-balanced subset) when that is set."""
     validate_data_config(cfg)
     dataset = _full_dataset(cfg, split or cfg.split)

@@ -38,9 +38,11 @@ def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> s
     encoder = load_encoder(ckpt.path)
     path = export_encoder(encoder, out, img_size)
     name = timm_model_name(encoder)
-    hint = (f"timm.create_model('{name}', num_classes=0, checkpoint_path='{path}')" if name and
+    chans = encoder.cfg.in_chans
+    extra = f", in_chans={chans}" if chans != 3 else ""
+    hint = (f"timm.create_model('{name}', num_classes=0{extra}, checkpoint_path='{path}')" if name and
             (img_size or encoder.cfg.img_size) == 224 else
-            "a timm VisionTransformer with the same size (num_classes=0)")
+            f"a timm VisionTransformer with the same size (num_classes=0{extra})")
     return f"wrote {path}; load it with {hint}"
 
 

@@ -57,6 +57,13 @@ def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_p
                              norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps))
 
 
+def check_channels(enc: EncoderConfig, data: DataConfig) -> None:
+    """The data's normalisation (one value per channel) must fit the encoder's input channels."""
+    if len(data.mean) != enc.in_chans or len(data.std) != enc.in_chans:
+        raise ConfigError(f"the pre-trained encoder takes {enc.in_chans} input channel(s) but data.mean has "
+                          f"{len(data.mean)} values: set data.mean and data.std to {enc.in_chans} value(s) each")
+
+
 def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> Tuple[nn.Module, EncoderConfig]:
     """The classifier initialised from the pre-trained encoder: position embedding resampled when
     img_size differs; with average pooling the pre-trained final norm is dropped (MAE)."""
@@ -101,7 +108,11 @@ def build_transforms(cfg: FinetuneConfig):
                              re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
     evaluate = create_transform(d.img_size, is_training=False, interpolation="bicubic", crop_pct=a.eval_crop_pct,
                                 mean=tuple(d.mean), std=tuple(d.std))
-    to_pil = v2.ToPILImage()
+    mode = "L" if len(d.mean) == 1 else "RGB"  # one channel per value of data.mean: grey stays grey
+    pil = v2.ToPILImage()
+
+    def to_pil(x):
+        return pil(x).convert(mode)
     return (lambda x: train(to_pil(x))), (lambda x: evaluate(to_pil(x)))
 
 
@@ -245,6 +256,7 @@ class FinetuneTask(TrainingTask):
 
     def build_model(self, env: Env) -> nn.Module:
         model, self.encoder_cfg = build_classifier(self.cfg.model, self.num_classes, self.cfg.data.img_size)
+        check_channels(self.encoder_cfg, self.cfg.data)
         return model.to(env.device)
 
     def hooks(self, model: nn.Module, env: Env) -> FinetuneHooks:
