@@ -84,10 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "                    checkpoint_path='encoder.safetensors')\n\n"
                                    "A fine-tuning checkpoint gives the timm classifier as it is, a segmentation\n"
                                    "checkpoint the UperNet model as it is; both keep their config in the file's\n"
-                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.")
-    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train")
-    e.add_argument("--out", required=True, help="output .safetensors path")
+                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.\n\n"
+                                   "  deepmim export mae_pretrain_vit_base.pth --preset mae_vit_base --out enc.safetensors\n"
+                                   "  deepmim export runs/mae/checkpoint-last.pt --format hf --out runs/mae/hf\n"
+                                   "  transformers.ViTMAEForPreTraining.from_pretrained('runs/mae/hf')")
+    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train, or bare weights "
+                                      "(MAE's, the authors', timm's, a Hugging Face ViTMAE folder)")
+    e.add_argument("--out", required=True, help="output .safetensors path (a folder for --format hf / hf-encoder)")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
+    e.add_argument("--preset", default=None, help="the architecture of weights without a deepmim config, e.g. "
+                                                  "mae_vit_base (deepmim presets lists them)")
+    e.add_argument("--format", default="safetensors", choices=("safetensors", "hf", "hf-encoder"),
+                   help="safetensors (timm layout, default) | hf: a transformers ViTMAEForPreTraining folder "
+                        "(MAE-layout models) | hf-encoder: a transformers ViTModel folder")
 
     k = sub.add_parser("knn", help="weighted k-NN accuracy on frozen features",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -210,7 +219,7 @@ def cmd_presets(args) -> int:
 def cmd_export(args) -> int:
     from ..tasks.export import export_checkpoint
 
-    print(export_checkpoint(args.checkpoint, args.out, args.img_size))
+    print(export_checkpoint(args.checkpoint, args.out, args.img_size, args.preset, args.format))
     return 0
 
 
