@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from . import analyze as analyze_cli
+from . import data as data_cli
 from . import segment as segment_cli
 from . import study as study_cli
 from ..training.distributed import is_rank_zero
@@ -34,7 +35,8 @@ commands:
   recipes    list the bundled recipes, one line each
   presets    list the model presets usable as model.preset=NAME or create_model(NAME)
   export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
-             or the fine-tuned classifier / segmentation model as it is
+             or the fine-tuned classifier / segmentation model as it is; --format hf: a transformers folder
+  data       WebDataset shards: pack an ImageFolder, index shards anywhere, time the data pipeline
   knn        weighted k-NN accuracy on frozen (cached) features
   probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment_cli.add_parser(sub)
     analyze_cli.add_parser(sub)
     study_cli.add_parser(sub)
+    data_cli.add_parser(sub)
     return parser
 
 
@@ -316,7 +319,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run,
+            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run, "data": data_cli.run,
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented for pre-training."""
 
-    name: str = "embedded"  # embedded | imagefolder | idx
-    path: Optional[str] = None  # imagefolder root, or folder with MNIST/Fashion-MNIST IDX files
+    name: str = "embedded"  # embedded | imagefolder | idx | wds (WebDataset shards) | hf (Hugging Face datasets)
+    # imagefolder root; folder with MNIST/Fashion-MNIST IDX files; wds: a `deepmim data pack` folder, a shard
+    # index (.json) or a brace pattern (data/wds.py); hf: a save_to_disk folder or parquet files (data/hf.py)
+    path: Optional[str] = None
     split: str = "train"
     img_size: int = 32
     num_samples: int = 10000  # embedded dataset only
@@ -77,6 +79,9 @@ class DataConfig:
     hflip: bool = True
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     num_workers: int = 2
+    image_key: Optional[str] = None  # wds: the image entry ("jpg;png;..."); hf: the image column ("image")
+    label_key: Optional[str] = None  # wds: the label entry ("cls"); hf: the label column ("label")
+    shuffle_buffer: int = 1000  # wds: samples each loader worker mixes its shards' streams through
 
 
 @dataclass
