@@ -391,6 +391,9 @@ def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int
                      mask_patches: Optional[int], split: Optional[str] = None) -> WdsLoader:
     from deepmim.data.loader import collate_skip_broken
 
+    if cfg.max_samples is not None:
+        raise DataError("data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
+                        "you want (deepmim data pack) or list fewer shards")
     shards = resolve_shards(cfg.path, split or cfg.split)
     decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict)
     stream = WdsStream(shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size,
