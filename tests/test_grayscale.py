@@ -121,3 +121,39 @@ def test_finetune_refuses_data_with_other_channels_than_the_encoder(tmp_path):
     with pytest.raises(ConfigError, match="1 input channel.*data.mean has 3"):
         check_channels(EncoderConfig(in_chans=1), DataConfig())
     check_channels(EncoderConfig(in_chans=1), dataclasses.replace(DataConfig(), mean=[0.5], std=[0.5]))
+
+
+@pytest.mark.slow
+def test_grey_checkpoint_analysis_pictures_are_grey(grey_run, tmp_path):
+    from deepmim.config.schema import AnalysisConfig, AnalyzeConfig
+    from deepmim.tasks.analyze import run_analyze
+
+    data, out = grey_run
+    cfg = AnalyzeConfig(data=DataConfig(name="idx", path=str(data), img_size=16, num_workers=0),  # ImageNet mean
+                        features=FeatureConfig(cache_dir=None, progress=False, batch_size=64),
+                        analysis=AnalysisConfig(measures=["attention", "reconstruction"], attention_images=32,
+                                                reconstruction_images=4), output_dir=str(tmp_path / "analysis"))
+    result = run_analyze([str(out / "checkpoint-last.pt")], cfg)
+    assert len(result["attention"]) == 1 and len(result["reconstruction"]) == 1
+    (picture,) = (tmp_path / "analysis").glob("reconstruction-*.png")
+    pixels = np.asarray(Image.open(picture).convert("RGB"), dtype=np.int16)
+    assert pixels.std() > 10 and np.array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_fashion_mnist_recipes_are_grey_with_the_datasets_own_statistics(tmp_path):
+    from deepmim.tasks.finetune import load_finetune_config
+    from deepmim.tasks.pretrain import check_compatible, load_pretrain_config
+    from deepmim.tasks.study.arms import build_arm
+    from deepmim.tasks.study.validate import load_study_config
+
+    pre = load_pretrain_config("deepmim_pixel_fashion_mnist")
+    assert pre.model.encoder.in_chans == 1 and (pre.data.mean, pre.data.std) == ([0.286], [0.353])
+    check_compatible(pre)
+    assert load_finetune_config("finetune_fashion_mnist").data.mean == [0.286]
+    for name in ("study_fashion_mnist_cpu", "study_fashion_mnist_gpu"):
+        study = load_study_config(name, [f"output_dir={tmp_path / name}"])
+        arms = [build_arm(a, study) for a in study.arms]
+        assert {a.model_config().encoder.in_chans for a in arms} == {1}, name
+        run = arms[0].pretrain_config(0, tmp_path)
+        assert run.data.mean == [0.286] and run.data.std == [0.353]
+        check_compatible(run)

@@ -110,7 +110,7 @@ def test_brace_patterns_and_the_map_style_reader(shards):
     ds = build_dataset(DataConfig(name="wds", path=pattern, img_size=8))
     assert len(ds) == 48 and ds.classes == [str(i) for i in range(48)]
     image, label = ds[13]
-    assert label == 13 and torch.equal(image, torch.from_numpy(np.asarray(Image.open(io.BytesIO(png(13))))).permute(2, 0, 1))
+    assert label == 13 and torch.equal(image, torch.from_numpy(np.array(Image.open(io.BytesIO(png(13))))).permute(2, 0, 1))
     with pytest.raises(DataError, match="not a local file.*index"):
         build_dataset(DataConfig(name="wds", path="pipe:cat /x/train-{0..3}.tar", img_size=8))
 

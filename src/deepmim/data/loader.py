@@ -325,7 +325,7 @@ def build_pretrain_loader(
     if cfg.name == "wds":  # streamed shards (data/wds.py): same per-sample seeds, shard-dealt over ranks and workers
         from deepmim.data.wds import build_wds_loader
         return build_wds_loader(cfg, batch_size, seed, rank, world_size, SeededAugmentation(None, transform, seed),
-                                mask_patches, split)
+                                functools.partial(collate_skip_broken, num_patches=mask_patches), split)
     raw = build_dataset(cfg, split)
     dataset = SeededAugmentation(raw, transform, seed)
     sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)

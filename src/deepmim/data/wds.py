@@ -21,7 +21,7 @@ Evaluation, probes and pictures index local shards directly (`TarShardDataset`, 
 """
 from __future__ import annotations
 
-import functools
+import hashlib
 import io
 import json
 import os
@@ -281,8 +281,9 @@ def shard_slots(num_shards: int, seed: int, epoch: int, slots: int) -> List[List
 
 
 def _mix(*values: int) -> int:
-    from deepmim.data.loader import mix_seed
-    return mix_seed(*values)
+    """A well-mixed 63-bit seed from integers (the shard order and shuffle buffer of an epoch's reader)."""
+    digest = hashlib.blake2b(",".join(str(int(v)) for v in values).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -387,10 +388,9 @@ class WdsLoader:
         return iter(loader)
 
 
-def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int, augment,
-                     mask_patches: Optional[int], split: Optional[str] = None) -> WdsLoader:
-    from deepmim.data.loader import collate_skip_broken
-
+def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int, augment, collate: Callable,
+                     split: Optional[str] = None) -> WdsLoader:
+    """The streamed training loader; `augment` (a SeededAugmentation) and `collate` come from data/loader.py."""
     if cfg.max_samples is not None:
         raise DataError("data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
                         "you want (deepmim data pack) or list fewer shards")
@@ -398,5 +398,4 @@ def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int
     decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict)
     stream = WdsStream(shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size,
                        cfg.shuffle_buffer)
-    return WdsLoader(stream, functools.partial(collate_skip_broken, num_patches=mask_patches), cfg.num_workers,
-                     shards.classes)
+    return WdsLoader(stream, collate, cfg.num_workers, shards.classes)
