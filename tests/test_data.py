@@ -266,8 +266,8 @@ def test_idx_round_trip_plain_and_gz(tmp_path):
     train = IdxDataset(str(tmp_path), "train")
     assert len(train) == 5 and [train[i][1] for i in range(5)] == [3, 1, 4, 1, 5]
     image = train[2][0]
-    assert image.shape == (3, 28, 28) and image.dtype == torch.uint8
-    assert all(torch.equal(image[c], torch.from_numpy(train_images[2])) for c in range(3))
+    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8  # grey stays grey
+    assert torch.equal(image[0], torch.from_numpy(train_images[2]))
     for split in ("val", "test"):
         test = IdxDataset(str(tmp_path), split)
         assert len(test) == 3 and test[0][1] == 9 and torch.equal(test[1][0][0], torch.from_numpy(test_images[1]))
@@ -297,7 +297,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason="apt-get install dataset-fashion-mnist")
 def test_real_fashion_mnist_test_split():
     ds = build_dataset(DataConfig(name="idx", path=FASHION, split="val"))
-    assert len(ds) == 10_000 and ds[0][0].shape == (3, 28, 28)
+    assert len(ds) == 10_000 and ds[0][0].shape == (1, 28, 28)
     assert Counter(ds.targets) == {c: 1000 for c in range(10)}
 
 

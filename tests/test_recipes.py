@@ -130,3 +130,27 @@ def test_deepmim_clip_recipe_trains_with_an_openai_layout_clip_file(tmp_path):
     _assert_falls(rows)
     assert {f"loss_block{b}" for b in (1, 2, 3, 4)} <= set(rows[0])
     assert all(0 <= r["loss_block4"] <= 4 for r in rows)
+
+
+# The numbers the descriptions may quote, per model size (IN-1K fine-tune top-1 / ADE20K mIoU). The DeepMIM
+# paper reports ViT-B only; MAE reports ViT-B/L/H. Any other size must say there is none.
+PAPER_NUMBERS = {"base": {"83.6", "82.6", "83.4", "84.2", "84.8", "85.6", "53.1"}, "large": {"85.9"}}
+
+
+def test_recipe_descriptions_quote_only_numbers_of_their_own_size():
+    import re
+
+    from deepmim.config.loader import list_recipes, recipe_description
+
+    checked = 0
+    for path in list_recipes():
+        size = re.search(r"_vit_(tiny|small|base|large)$", path.stem)
+        if not size:
+            continue
+        description = recipe_description(path)
+        quoted = set(re.findall(r"\b\d\d\.\d\b", description))
+        allowed = PAPER_NUMBERS.get(size.group(1), set())
+        assert quoted <= allowed, (path.stem, quoted - allowed)
+        assert quoted or "no published number" in description, path.stem
+        checked += 1
+    assert checked == 20

@@ -110,8 +110,8 @@ def test_arms_and_seeds_make_their_runs_and_recorded_results(finished):
     assert not torch.equal(w0["encoder.blocks.0.attn.qkv.weight"], w1["encoder.blocks.0.attn.qkv.weight"])
     # one line per stage start and end: 2 seeds x (5 + 4) stages
     assert done.stderr.count("  start  [") == done.stderr.count("  done   [") == 18
-    assert "resolved config" not in done.stderr  # the runs' own output is in their logs
-    assert "resolved config" in (out / "mae" / "seed0" / "logs" / "pretrain.log").read_text()
+    assert "full config:" not in done.stderr  # the runs' own output is in their logs
+    assert "full config:" in (out / "mae" / "seed0" / "logs" / "pretrain.log").read_text()
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_killed_study_continues_where_it_stopped_and_ends_as_an_uninterrupted_on
     assert done.stderr.count("  skip   [") == 9 and done.stderr.count("  start  [") == 9
     assert "mae/seed1 pretrain (resuming, attempt 2)" in done.stderr
     log = (out / "mae" / "seed1" / "logs" / "pretrain.log").read_text()
-    assert f"resumed from {target} at step {step}" in log and "attempt 2" in log and "resolved config" in log
+    assert f"resumed from {target} at step {step}" in log and "attempt 2" in log and "full config:" in log
     record = json.loads((out / "mae" / "seed1" / "stages" / "pretrain.json").read_text())
     assert len(record["attempts"]) == 2 and record["attempts"][0]["useful_s"] > 0
     resumed = json.loads((out / "results.json").read_text())

@@ -168,11 +168,21 @@ def checkpoint_metadata(ckpt: "Checkpoint") -> Dict[str, str]:
 # ----------------------------------------------------------------------------- reading
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face folder's weights
+
+
 def read_state_file(path: PathLike) -> dict:
-    """The dict in a .pt/.pth (torch.load with weights_only=True) or .safetensors file."""
+    """The dict in a .pt/.pth (torch.load with weights_only=True) or .safetensors file, or the weights of
+    a Hugging Face folder (config.json + model.safetensors or pytorch_model.bin)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint '{path}' does not exist")
+    if path.is_dir():
+        found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
+        if not found:
+            raise CheckpointError(f"'{path}' is a folder without {' or '.join(HF_WEIGHT_FILES)}: give a checkpoint "
+                                  f"file or a Hugging Face model folder")
+        path = found[0]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))

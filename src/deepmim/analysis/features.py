@@ -13,6 +13,7 @@ runs no encoder, and asking for new ones extracts only those (still one pass) an
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +25,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from ..checkpoint import read_checkpoint
+from ..config.loader import ConfigError
 from ..config.schema import DataConfig, FeatureConfig
 from ..data import build_dataset, build_eval_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
@@ -107,6 +110,23 @@ def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int],
     return Features({b: torch.cat(v) for b, v in out.items()}, torch.cat(labels))
 
 
+def fit_normalisation(data: DataConfig, in_chans: int, checkpoint=None) -> DataConfig:
+    """`data` with one mean/std value per input channel of the encoder: its own values when they fit,
+    else those the checkpoint was trained with (deepmim runs record data.mean/std), so a grey
+    (in_chans=1) encoder is probed on grey inputs without restating its statistics."""
+    if len(data.mean) == in_chans:
+        return data
+    trained = {}
+    if checkpoint is not None and Path(str(checkpoint)).is_file():
+        trained = read_checkpoint(checkpoint).config.get("data") or {}
+    if len(trained.get("mean") or []) == in_chans and len(trained.get("std") or []) == in_chans:
+        logger.info("data.mean/std of %s (%s channel(s)) used for its encoder", checkpoint, in_chans)
+        return dataclasses.replace(data, mean=list(trained["mean"]), std=list(trained["std"]))
+    raise ConfigError(f"the encoder of {checkpoint} takes {in_chans} input channel(s) but data.mean has "
+                      f"{len(data.mean)} values; set data.mean and data.std to the {in_chans} value(s) it was "
+                      f"trained with (e.g. data.mean=[0.286] data.std=[0.353] for Fashion-MNIST)")
+
+
 def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat: FeatureConfig,
                      blocks: Optional[Sequence[int]] = None, encoder: Optional[torch.nn.Module] = None,
                      ) -> Features:
@@ -115,6 +135,7 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
         raise ValueError(f"features.pool must be one of {POOLS}, got {feat.pool!r}")
     encoder = encoder if encoder is not None else frozen_encoder(checkpoint, feat.preset)
     img_size = encoder.cfg.img_size
+    data = fit_normalisation(data, encoder.cfg.in_chans, checkpoint)
     blocks = resolve_blocks(blocks if blocks is not None else feat.blocks, encoder.depth)
 
     cached: Optional[dict] = None

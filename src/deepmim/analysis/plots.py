@@ -51,7 +51,7 @@ def _finish(fig, ax, out_path: Path, xlabel: str, ylabel: str, title: str, legen
 @torch.no_grad()
 def reconstruction_grid(model, images: torch.Tensor, noise: torch.Tensor, mean: Sequence[float],
                         std: Sequence[float]) -> Dict[str, torch.Tensor]:
-    """Rows of (N, 3, H, W) images in [0, 1]: original, masked input, then each head's
+    """Rows of (N, C, H, W) images in [0, 1] (the data's own colours: C = 1 for grey data): original, masked input, then each head's
     reconstruction (predicted masked patches pasted into the visible ones, as MAE shows it)."""
     model.eval()
     out = model(images, noise=noise)
@@ -77,7 +77,11 @@ def plot_reconstructions(rows: Dict[str, torch.Tensor], out_path: Path) -> None:
     for r, name in enumerate(names):
         for c in range(n):
             ax = axes[r][c]
-            ax.imshow(rows[name][c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            image = rows[name][c].permute(1, 2, 0).numpy()
+            if image.shape[-1] == 1:  # grey data in grey, not through a colour map
+                ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:

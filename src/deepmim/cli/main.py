@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from . import analyze as analyze_cli
+from . import data as data_cli
 from . import segment as segment_cli
 from . import study as study_cli
 from ..training.distributed import is_rank_zero
@@ -34,7 +35,8 @@ commands:
   recipes    list the bundled recipes, one line each
   presets    list the model presets usable as model.preset=NAME or create_model(NAME)
   export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
-             or the fine-tuned classifier / segmentation model as it is
+             or the fine-tuned classifier / segmentation model as it is; --format hf: a transformers folder
+  data       WebDataset shards: pack an ImageFolder, index shards anywhere, time the data pipeline
   knn        weighted k-NN accuracy on frozen (cached) features
   probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
   linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
@@ -84,10 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "                    checkpoint_path='encoder.safetensors')\n\n"
                                    "A fine-tuning checkpoint gives the timm classifier as it is, a segmentation\n"
                                    "checkpoint the UperNet model as it is; both keep their config in the file's\n"
-                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.")
-    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train")
-    e.add_argument("--out", required=True, help="output .safetensors path")
+                                   "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.\n\n"
+                                   "  deepmim export mae_pretrain_vit_base.pth --preset mae_vit_base --out enc.safetensors\n"
+                                   "  deepmim export runs/mae/checkpoint-last.pt --format hf --out runs/mae/hf\n"
+                                   "  transformers.ViTMAEForPreTraining.from_pretrained('runs/mae/hf')")
+    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train, or bare weights "
+                                      "(MAE's, the authors', timm's, a Hugging Face ViTMAE folder)")
+    e.add_argument("--out", required=True, help="output .safetensors path (a folder for --format hf / hf-encoder)")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
+    e.add_argument("--preset", default=None, help="the architecture of weights without a deepmim config, e.g. "
+                                                  "mae_vit_base (deepmim presets lists them)")
+    e.add_argument("--format", default="safetensors", choices=("safetensors", "hf", "hf-encoder"),
+                   help="safetensors (timm layout, default) | hf: a transformers ViTMAEForPreTraining folder "
+                        "(MAE-layout models) | hf-encoder: a transformers ViTModel folder")
 
     k = sub.add_parser("knn", help="weighted k-NN accuracy on frozen features",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment_cli.add_parser(sub)
     analyze_cli.add_parser(sub)
     study_cli.add_parser(sub)
+    data_cli.add_parser(sub)
     return parser
 
 
@@ -214,7 +226,7 @@ def cmd_presets(args) -> int:
 def cmd_export(args) -> int:
     from ..tasks.export import export_checkpoint
 
-    print(export_checkpoint(args.checkpoint, args.out, args.img_size))
+    print(export_checkpoint(args.checkpoint, args.out, args.img_size, args.preset, args.format))
     return 0
 
 
@@ -313,7 +325,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run,
+            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run, "data": data_cli.run,
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":

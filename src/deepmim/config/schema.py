@@ -63,8 +63,10 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented for pre-training."""
 
-    name: str = "embedded"  # embedded | imagefolder | idx
-    path: Optional[str] = None  # imagefolder root, or folder with MNIST/Fashion-MNIST IDX files
+    name: str = "embedded"  # embedded | imagefolder | idx | wds (WebDataset shards) | hf (Hugging Face datasets)
+    # imagefolder root; folder with MNIST/Fashion-MNIST IDX files; wds: a `deepmim data pack` folder, a shard
+    # index (.json) or a brace pattern (data/wds.py); hf: a save_to_disk folder or parquet files (data/hf.py)
+    path: Optional[str] = None
     split: str = "train"
     img_size: int = 32
     num_samples: int = 10000  # embedded dataset only
@@ -77,6 +79,9 @@ class DataConfig:
     hflip: bool = True
     strict: bool = False  # fail on the first unreadable image instead of skipping it
     num_workers: int = 2
+    image_key: Optional[str] = None  # wds: the image entry ("jpg;png;..."); hf: the image column ("image")
+    label_key: Optional[str] = None  # wds: the label entry ("cls"); hf: the label column ("label")
+    shuffle_buffer: int = 1000  # wds: samples each loader worker mixes its shards' streams through
 
 
 @dataclass
@@ -90,6 +95,26 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_epochs: float = 40.0
     clip_grad: Optional[float] = None
+
+
+@dataclass
+class WandbConfig:
+    """train.loggers=[..., wandb]: a Weights & Biases run (files in output_dir/wandb)."""
+
+    project: str = "deepmim"
+    entity: Optional[str] = None
+    name: Optional[str] = None  # None: the output folder's name
+    mode: Optional[str] = None  # online | offline (nothing leaves the machine; `wandb sync` later) | disabled
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MlflowConfig:
+    """train.loggers=[..., mlflow]: an MLflow run."""
+
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else a file store in output_dir/mlruns
+    experiment: str = "deepmim"
+    run_name: Optional[str] = None  # None: the output folder's name
 
 
 @dataclass
@@ -109,7 +134,16 @@ class TrainConfig:
     log_every_steps: int = 10
     max_steps: Optional[int] = None  # stop early after this many optimizer steps (the schedule is unchanged)
     progress: bool = True
-    tensorboard: bool = True
+    # auto: a live bar on a terminal, else (files, SLURM, CI) one line every progress_seconds / progress_steps
+    progress_style: str = "auto"  # auto | bar | lines
+    progress_seconds: float = 30.0  # lines: at most one per this many seconds (checked at logging steps); 0: off
+    progress_steps: int = 0  # lines: also one every this many steps; 0: time only
+    print_config: bool = False  # print the whole resolved config at start (it is always in output_dir/config.yaml)
+    # metrics.jsonl is always written; tensorboard | wandb | mlflow mirror it (training/loggers.py)
+    loggers: List[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    tensorboard: bool = True  # false: drop tensorboard from loggers (the older switch)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     plots: bool = True  # loss.png and reconstruction.png in output_dir at the end
     # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
     strategy: str = "ddp"

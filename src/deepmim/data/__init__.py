@@ -1,6 +1,6 @@
 """Datasets, augmentation and the resumable pre-training loader.
 
-Every dataset yields (uint8 image (3, H, W), int label), or None for an unreadable file;
+Every dataset yields (uint8 image (C, H, W), int label; C = 1 for IDX files), or None for an unreadable file;
 `build_pretrain_loader` turns one into reproducible, resumable `Batch`es.
 """
 from deepmim.data.embedded import CLASSES as EMBEDDED_CLASSES, EmbeddedShapes

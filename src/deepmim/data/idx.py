@@ -70,7 +70,8 @@ def _quoted(names: List[str]) -> str:
 
 
 class IdxDataset(Dataset):
-    """MNIST-style IDX images and labels held in memory; items are (uint8 (3, H, W), label)."""
+    """MNIST-style IDX images and labels held in memory; items are (uint8 (1, H, W), label): grey stays
+    grey (the transforms repeat it to 3 channels when data.mean has 3 values)."""
 
     def __init__(self, root: str, split: str = "train", classes: Optional[List[str]] = None):
         self.root = os.fspath(root)
@@ -101,5 +102,4 @@ class IdxDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        gray = torch.from_numpy(self.images[index])
-        return gray.unsqueeze(0).repeat(3, 1, 1), self.targets[index]
+        return torch.from_numpy(self.images[index]).unsqueeze(0), self.targets[index]

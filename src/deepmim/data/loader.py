@@ -34,7 +34,7 @@ from deepmim.models.masking import noise_from_seeds
 
 logger = logging.getLogger(__name__)
 
-DATASET_NAMES = ("embedded", "imagefolder", "idx")
+DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf")
 _MASK64 = (1 << 64) - 1
 
 
@@ -82,11 +82,17 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int, int]]:
-        item = self.dataset[index]
+        return self.augment(self.dataset[index], index)
+
+    def augment(self, item: Optional[tuple], index: int, epoch: Optional[int] = None
+                ) -> Optional[Tuple[torch.Tensor, int, int]]:
+        """(image, label) of sample `index` -> (augmented image, label, mask seed), from (seed, epoch, index)
+        alone (epoch: the shared one unless given; streamed data passes its own)."""
         if item is None:
             return None
+        epoch = self.epoch if epoch is None else int(epoch)
         image, label = item[0], item[1]
-        seed = mix_seed(self.seed, self.epoch, index)
+        seed = mix_seed(self.seed, epoch, index)
         # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too.
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
@@ -97,7 +103,7 @@ class SeededAugmentation(Dataset):
             image = self.transform(image)
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        return image, label, mix_seed(self.seed, self.epoch, index, MASK_STREAM)
+        return image, label, mix_seed(self.seed, epoch, index, MASK_STREAM)
 
 
 class TransformedDataset(Dataset):
@@ -190,7 +196,7 @@ class ResumableSampler(Sampler[int]):
 class Batch(NamedTuple):
     """A collated batch; `num_skipped` counts unreadable samples dropped from it."""
 
-    images: torch.Tensor  # float (N, 3, H, W); N == 0 when every sample was unreadable
+    images: torch.Tensor  # float (N, C, H, W), C = len(data.mean); N == 0 when every sample was unreadable
     labels: torch.Tensor  # int64 (N,)
     num_skipped: int
     seeds: Optional[torch.Tensor] = None  # int64 (N,) per-sample mask seeds (training loaders)
@@ -219,14 +225,16 @@ def validate_data_config(cfg: DataConfig) -> None:
     if cfg.name not in DATASET_NAMES:
         raise DataError(f"unknown data.name '{cfg.name}'; choose one of: {', '.join(DATASET_NAMES)}")
     if cfg.name != "embedded" and not cfg.path:
-        hint = (
-            "an ImageNet-style folder (root/train/<class>/*.jpg)"
-            if cfg.name == "imagefolder"
-            else "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)"
-        )
+        hint = {
+            "imagefolder": "an ImageNet-style folder (root/train/<class>/*.jpg)",
+            "idx": "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+            "wds": "a folder 'deepmim data pack' wrote, a shard index (.json) or shards ('train-{000000..000099}.tar')",
+            "hf": "a folder saved with datasets' save_to_disk, or parquet files",
+        }[cfg.name]
         raise DataError(f"data.path is required for data.name='{cfg.name}'; set data.path to {hint}")
-    if len(cfg.mean) != 3 or len(cfg.std) != 3 or any(s <= 0 for s in cfg.std):
-        raise DataError(f"data.mean and data.std need 3 values with std > 0, got mean={cfg.mean}, std={cfg.std}")
+    if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean) or any(s <= 0 for s in cfg.std):
+        raise DataError(f"data.mean and data.std need 3 values (colour) or 1 (grey) with std > 0, got mean={cfg.mean}, "
+                        f"std={cfg.std}")
     if not 0.0 < cfg.crop_scale_min <= 1.0:
         raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
     if cfg.num_workers < 0:
@@ -236,7 +244,7 @@ def validate_data_config(cfg: DataConfig) -> None:
 
 
 def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
-    """The raw dataset named by `cfg` (items: uint8 (3, H, W) image and int label, or None), cut to
+    """The raw dataset named by `cfg` (items: uint8 (C, H, W) image and int label, or None), cut to
     `cfg.max_samples` images (a fixed class-balanced subset) when that is set."""
     validate_data_config(cfg)
     dataset = _full_dataset(cfg, split or cfg.split)
@@ -254,6 +262,12 @@ def _full_dataset(cfg: DataConfig, split: str) -> Dataset:
     path = os.path.expanduser(cfg.path)
     if cfg.name == "imagefolder":
         return ImageFolder(path, split=split, strict=cfg.strict)
+    if cfg.name == "wds":
+        from deepmim.data.wds import TarShardDataset, resolve_shards
+        return TarShardDataset(resolve_shards(path, split), cfg.image_key, cfg.label_key, cfg.strict)
+    if cfg.name == "hf":
+        from deepmim.data.hf import HFImageDataset
+        return HFImageDataset(path, split, cfg.image_key, cfg.label_key, cfg.strict)
     return IdxDataset(path, split=split)
 
 
@@ -306,9 +320,13 @@ def build_pretrain_loader(
     validate_data_config(cfg)
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
-    raw = build_dataset(cfg, split)
     if transform is None:
         transform = build_pretrain_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_scale_min, cfg.hflip)
+    if cfg.name == "wds":  # streamed shards (data/wds.py): same per-sample seeds, shard-dealt over ranks and workers
+        from deepmim.data.wds import build_wds_loader
+        return build_wds_loader(cfg, batch_size, seed, rank, world_size, SeededAugmentation(None, transform, seed),
+                                functools.partial(collate_skip_broken, num_patches=mask_patches), split)
+    raw = build_dataset(cfg, split)
     dataset = SeededAugmentation(raw, transform, seed)
     sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)
     if drop_last and sampler.samples_per_epoch < batch_size:

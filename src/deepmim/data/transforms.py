@@ -1,4 +1,4 @@
-"""Image transforms on uint8 (3, H, W) tensors.
+"""Image transforms on uint8 (C, H, W) tensors (C = 1 or 3; the output has as many channels as data.mean).
 
 The pre-training augmentation is the MAE authors' recipe: RandomResizedCrop(scale=(0.2, 1),
 ratio=(3/4, 4/3), bicubic) + horizontal flip, then normalise. It follows
@@ -49,21 +49,42 @@ def sample_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, PIL's convert("L")
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(..., C, H, W) -> (..., channels, H, W): grey repeated to colour, colour to grey by luma (float
+    out then, as PIL's "L" before its rounding); anything else is refused."""
+    have = image.shape[-3]
+    if have == channels:
+        return image
+    if have == 1:
+        return image.expand(*image.shape[:-3], channels, *image.shape[-2:])
+    if have == 3 and channels == 1:
+        weights = torch.tensor(LUMA, dtype=torch.float32, device=image.device).view(3, 1, 1)
+        return (image.to(torch.float32) * weights).sum(dim=-3, keepdim=True)
+    raise ValueError(f"cannot turn {have}-channel images into {channels} channels")
+
+
 class NormalizeUint8:
-    """uint8 (..., 3, H, W) -> float32 (x / 255 - mean) / std in one fused multiply-add."""
+    """uint8 (..., C, H, W) -> float32 (x / 255 - mean) / std in one fused multiply-add. The output has one
+    channel per value of mean/std: grey images are repeated for colour statistics, colour images turned
+    grey (luma) for grey ones, so a dataset's own channel count need not be the model's."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        std_t = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
-        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self.channels = mean_t.shape[0]
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return image.to(torch.float32).mul_(self.scale).add_(self.shift)
+        image = match_channels(image, self.channels).to(torch.float32, copy=True)
+        return image.mul_(self.scale).add_(self.shift)
 
 
 class PretrainTransform:
-    """uint8 (3, H, W) -> normalised float (3, img_size, img_size): random resized crop + flip."""
+    """uint8 (C, H, W) -> normalised float (len(mean), img_size, img_size): random resized crop + flip."""
 
     def __init__(
         self,
@@ -128,7 +149,7 @@ def build_eval_transform(
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Undo normalisation for plotting: (..., 3, H, W) float -> same shape in [0, 1] (clamped)."""
-    mean_t = torch.as_tensor(list(mean), dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std_t = torch.as_tensor(list(std), dtype=images.dtype, device=images.device).view(3, 1, 1)
+    """Undo normalisation for plotting: (..., C, H, W) float -> same shape in [0, 1] (clamped)."""
+    mean_t = torch.as_tensor(list(mean), dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(list(std), dtype=images.dtype, device=images.device).view(-1, 1, 1)
     return (images * std_t + mean_t).clamp_(0.0, 1.0)

@@ -7,7 +7,9 @@ Supported layouts (detected from the keys):
   one shared `decoder_pos_embed`;
 - MAE: `decoder_embed`, `mask_token`, `decoder_blocks.N`, `decoder_norm`, `decoder_pred`,
   `decoder_pos_embed` for the single final decoder; or encoder keys only;
-- timm ViT: encoder keys (`patch_embed.*`, `blocks.N.*`, ...) with an optional classifier head.
+- timm ViT: encoder keys (`patch_embed.*`, `blocks.N.*`, ...) with an optional classifier head;
+- Hugging Face transformers: `ViTMAEForPreTraining` (`vit.*`, `decoder.*`) and `ViTModel` folders, in
+  transformers 4's names (the released ViTMAE models) or 5's (models/hf.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from ..checkpoint import strip_module_prefix
 from .heads import decoder_key
+from .hf import from_hf_state, is_hf_state
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
@@ -28,6 +31,8 @@ _NUMBERED = re.compile(r"^(decoder_embed|mask_token|decoder_blocks|decoder_norm|
 
 def detect_layout(state: Dict[str, torch.Tensor]) -> str:
     keys = list(state)
+    if is_hf_state(state):  # first: a ViTModel's keys start with `encoder.` too
+        return "hf"
     if any(k.startswith(("encoder.", "decoders.")) for k in keys):
         return "deepmim"
     if any(re.match(r"^decoder_embed\d+\.", k) for k in keys):
@@ -45,6 +50,8 @@ def convert_state_dict(state: Dict[str, torch.Tensor], blocks: List[int]) -> Tup
     layout = detect_layout(state)
     if layout == "deepmim":
         return dict(state), []
+    if layout == "hf":
+        return from_hf_state(state, blocks[-1] if blocks else None)
     out: Dict[str, torch.Tensor] = {}
     notes: List[str] = []
     dropped = [k for k in state if k.startswith(CLASSIFIER_PREFIXES)]

@@ -42,6 +42,7 @@ def export_encoder(model, out_path: Path, img_size: Optional[int] = None) -> Pat
     not in the weights: deepmim's teacher target reads it from there)."""
     c = _encoder(model).cfg
     metadata = {"format": "pt", "img_size": str(img_size or c.img_size), "patch_size": str(c.patch_size),
+                "in_chans": str(c.in_chans),
                 "embed_dim": str(c.embed_dim), "depth": str(c.depth), "num_heads": str(c.num_heads),
                 "timm_model": timm_model_name(model) or ""}
     return save_weights(encoder_state_dict(model, img_size), out_path, metadata)

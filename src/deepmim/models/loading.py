@@ -1,5 +1,5 @@
 """Load weights into a DeepMIM model, or its encoder alone, from any supported checkpoint layout
-(ours, the authors' DeepMIM release, MAE's, timm's; see models/convert.py).
+(ours, the authors' DeepMIM release, MAE's, timm's, Hugging Face ViTMAE / ViT folders; models/convert.py).
 
 Every key is accounted for (deepmim.checkpoint.load_strict): a key the model does not have, a
 weight the file lacks or a shape that differs is reported by name, never silently dropped.
@@ -20,6 +20,7 @@ from .deepmim import DeepMIM
 from .encoder import MaskedViTEncoder
 from .export import encoder_state_dict
 from .heads import decoder_blocks
+from .hf import is_hf_folder, model_config_from_hf, read_hf_config
 from .presets import preset_config
 
 __all__ = ["CheckpointError", "load_weights", "load_checkpoint", "load_encoder", "pretrained_encoder", "frozen"]
@@ -56,11 +57,19 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
     return notes
 
 
+def saved_model_config(path, ckpt) -> Optional[ModelConfig]:
+    """The architecture a file records: a deepmim config, or a Hugging Face folder's config.json."""
+    if isinstance(path, (str, Path)) and is_hf_folder(path):
+        return model_config_from_hf(read_hf_config(path))
+    return ckpt.model_config()
+
+
 def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = None) -> torch.nn.Module:
-    """Load a deepmim checkpoint. Without `model`, rebuild the model from the config saved in it."""
+    """Load a deepmim checkpoint (or a Hugging Face ViTMAE folder). Without `model`, rebuild the model
+    from the config saved in it (config.json for a folder)."""
     ckpt = read_checkpoint(path)
     if model is None:
-        cfg = ckpt.model_config()
+        cfg = saved_model_config(path, ckpt)
         if cfg is None:
             raise CheckpointError(f"'{path}' holds no deepmim config; build the model first and pass it: "
                                   f"load_checkpoint(path, create_model('preset_name'))")
@@ -75,9 +84,10 @@ def load_encoder(path: Union[str, Path], model: Union[ModelConfig, str, None] = 
     `model` (a ModelConfig or a preset name) names the architecture of files that carry no deepmim
     config (MAE, the authors', timm)."""
     ckpt = read_checkpoint(path)
-    cfg = (preset_config(model) if isinstance(model, str) else model) or ckpt.model_config()
+    cfg = (preset_config(model) if isinstance(model, str) else model) or saved_model_config(path, ckpt)
     if cfg is None:
-        raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture, e.g. with a preset")
+        raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture with a preset "
+                              f"(deepmim presets lists them)")
     state, _ = _converted(ckpt.model_state, sorted(h.block for h in cfg.heads))
     encoder = MaskedViTEncoder(cfg.encoder)
     enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..analysis import plots
 from ..analysis.attention import attention_distances, uniform_attention_distance
 from ..analysis.cka import cka_matrix
-from ..analysis.features import extract_features, frozen_encoder, resolve_blocks
+from ..analysis.features import extract_features, fit_normalisation, frozen_encoder, resolve_blocks
 from ..analysis.report import short_names, write_report
 from ..checkpoint import epoch_checkpoints, read_checkpoint
 from ..config.loader import load_config, to_dict
@@ -101,7 +101,7 @@ def _reconstruct(ckpt: str, cfg: AnalyzeConfig, out_png: Path) -> Dict[str, floa
     """Reconstructions of the first val images under a fixed mask; per-row masked-pixel MSE in [0, 1] space."""
     model = load_checkpoint(ckpt).float().eval()
     enc = model.cfg.encoder
-    data = dataclasses.replace(cfg.data, img_size=enc.img_size)
+    data = dataclasses.replace(fit_normalisation(cfg.data, enc.in_chans, ckpt), img_size=enc.img_size)
     images = preview_images(data, cfg.analysis.reconstruction_images)
     n, num_patches = images.shape[0], model.encoder.num_patches
     noise = torch.rand(n, num_patches, generator=torch.Generator().manual_seed(cfg.analysis.mask_seed))
@@ -184,8 +184,8 @@ def measure_attention(a: Analysis) -> None:
     dists = {}
     for c in a.checkpoints:
         enc = a.encoders[c]
-        loader = _eval_loader(cfg.data, cfg.features.val_split, enc.cfg.img_size, cfg.features.crop_ratio,
-                              cfg.features.batch_size)
+        loader = _eval_loader(fit_normalisation(cfg.data, enc.cfg.in_chans, c), cfg.features.val_split,
+                              enc.cfg.img_size, cfg.features.crop_ratio, cfg.features.batch_size)
         d = attention_distances(enc, loader, a.device, cfg.analysis.attention_images, a.progress,
                                 desc=f"attention {a.names[c]}")
         dists[a.names[c]] = d

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_strict
-from ..config.loader import ConfigError, deep_merge, dump_yaml, from_dict, load_config, parse_overrides, to_dict
+from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
                              FinetuneOptimConfig, FinetuneTrainConfig)
 from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken
@@ -28,6 +28,7 @@ from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast, resolve_precision
 from .base import Env, TrainingTask, load_trained, run_training
+from .summary import count_parameters, describe_data, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
            "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
@@ -54,6 +55,13 @@ def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_p
                              mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias, num_classes=num_classes,
                              global_pool=global_pool, drop_path_rate=drop_path,
                              norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps))
+
+
+def check_channels(enc: EncoderConfig, data: DataConfig) -> None:
+    """The data's normalisation (one value per channel) must fit the encoder's input channels."""
+    if len(data.mean) != enc.in_chans or len(data.std) != enc.in_chans:
+        raise ConfigError(f"the pre-trained encoder takes {enc.in_chans} input channel(s) but data.mean has "
+                          f"{len(data.mean)} values: set data.mean and data.std to {enc.in_chans} value(s) each")
 
 
 def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> Tuple[nn.Module, EncoderConfig]:
@@ -100,7 +108,11 @@ def build_transforms(cfg: FinetuneConfig):
                              re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
     evaluate = create_transform(d.img_size, is_training=False, interpolation="bicubic", crop_pct=a.eval_crop_pct,
                                 mean=tuple(d.mean), std=tuple(d.std))
-    to_pil = v2.ToPILImage()
+    mode = "L" if len(d.mean) == 1 else "RGB"  # one channel per value of data.mean: grey stays grey
+    pil = v2.ToPILImage()
+
+    def to_pil(x):
+        return pil(x).convert(mode)
     return (lambda x: train(to_pil(x))), (lambda x: evaluate(to_pil(x)))
 
 
@@ -244,6 +256,7 @@ class FinetuneTask(TrainingTask):
 
     def build_model(self, env: Env) -> nn.Module:
         model, self.encoder_cfg = build_classifier(self.cfg.model, self.num_classes, self.cfg.data.img_size)
+        check_channels(self.encoder_cfg, self.cfg.data)
         return model.to(env.device)
 
     def hooks(self, model: nn.Module, env: Env) -> FinetuneHooks:
@@ -259,11 +272,14 @@ class FinetuneTask(TrainingTask):
         return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes}
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
-        cfg = self.cfg
-        return (f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                f"{self.num_classes} classes, {len(loader.dataset)} train / {len(self.val_dataset)} {cfg.val_split} "
-                f"images, device {env.device}, precision {env.precision}, {env.world_size} process(es)\n"
-                f"--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+        cfg, enc = self.cfg, self.encoder_cfg
+        start = cfg.model.checkpoint or f"random init ({cfg.model.preset})"
+        model_line = (f"ViT classifier {enc.embed_dim} wide x {enc.depth} blocks, {cfg.data.img_size}px / patch "
+                      f"{enc.patch_size}, {enc.in_chans} channel(s), {self.num_classes} classes, from {start}; "
+                      f"{count_parameters(model)}")
+        data_line = (f"{describe_data(cfg.data, len(loader.dataset))}; {len(self.val_dataset)} {cfg.val_split} "
+                     f"images scored every epoch")
+        return run_summary("deepmim finetune", model_line, data_line, cfg, loader, env)
 
 
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import check_classes, extract_features, frozen_encoder, pool_tokens
+from ..analysis.features import check_classes, extract_features, fit_normalisation, frozen_encoder, pool_tokens
 from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
 from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
@@ -83,7 +83,8 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
     labels = _labels_of(dataset)
     num_classes = check_classes(_Labels(labels), val, cfg.num_classes)
     img_size = encoder.cfg.img_size
-    transform = build_pretrain_transform(img_size, cfg.data.mean, cfg.data.std, cfg.crop_scale_min, cfg.hflip)
+    data = fit_normalisation(cfg.data, encoder.cfg.in_chans, checkpoint)
+    transform = build_pretrain_transform(img_size, data.mean, data.std, cfg.crop_scale_min, cfg.hflip)
     n = len(dataset) // world_size
     batch_size = min(p.batch_size, n)  # per process
     mapped = TransformedDataset(dataset, transform)

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..checkpoint import find_resume_checkpoint, load_strict, read_checkpoint
-from ..config.loader import ConfigError, dump_yaml, load_config
+from ..config.loader import ConfigError, load_config
 from ..config.schema import PretrainConfig
 from ..data import (TransformedDataset, build_dataset, build_eval_transform, build_pretrain_loader, collate_skip_broken,
                     mix_seed, preview_images)
@@ -23,6 +23,7 @@ from ..training.loop import TrainResult
 from ..training.parallel import is_sharded
 from ..training.precision import autocast, fastest_attention, use_fused_attention
 from .base import Env, TrainingTask, run_training
+from .summary import count_parameters, describe_data, run_summary
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
@@ -118,12 +119,15 @@ class PretrainTask(TrainingTask):
         return bool(model.unused_parameter_names())
 
     def describe(self, model: DeepMIM, loader, env: Env) -> str:
-        n_params = sum(p.numel() for p in model.parameters())
-        n_encoder = sum(p.numel() for p in model.encoder.parameters())
-        return (f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({n_encoder / 1e6:.2f}M encoder), heads at "
-                f"blocks {model.blocks}, {len(loader.dataset)} images, device {env.device}, precision "
-                f"{env.precision}, {env.world_size} process(es)\n--- resolved config ---\n{dump_yaml(self.cfg)}"
-                f"-----------------------")
+        enc, cfg = self.cfg.model.encoder, self.cfg.model
+        kind = "MAE" if len(model.blocks) == 1 else "DeepMIM"
+        targets = sorted({(h.target or cfg.target).get("name", "?") for h in cfg.heads})
+        model_line = (f"{kind} ViT {enc.embed_dim} wide x {enc.depth} blocks, {enc.img_size}px / patch {enc.patch_size}, "
+                      f"{enc.in_chans} channel(s); decoders at blocks {', '.join(map(str, model.blocks))}, target "
+                      f"{'+'.join(targets)}, mask ratio {cfg.mask_ratio}; {count_parameters(model)} "
+                      f"({count_parameters(model.encoder).split()[0]} encoder)")
+        return run_summary("deepmim pretrain", model_line, describe_data(self.cfg.data, len(loader.dataset)), self.cfg,
+                           loader, env)
 
     def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
         if env.is_main and self.cfg.train.plots:

@@ -30,6 +30,7 @@ from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
 from .base import Env, TrainingTask, load_trained, run_training, session
+from .summary import count_parameters, run_summary
 
 __all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
            "SegmentTrainConfig", "SegmentHooks", "SegmentTask", "build_segmentor", "evaluate_segmentation",
@@ -289,10 +290,11 @@ class SegmentTask(TrainingTask):
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
         t = self.cfg.train
-        return (f"deepmim segment: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                f"{self.num_classes} classes, {len(self.train_set)} train / {len(self.val_set)} val images, "
-                f"{t.iterations} iterations of {t.batch_size}x{env.world_size} crops, device {env.device}, "
-                f"precision {env.precision}")
+        model_line = (f"UperNet on a ViT, {self.num_classes} classes, {t.iterations} iterations (validation every "
+                      f"{t.eval_every}); {count_parameters(model)}")
+        data_line = f"{self.cfg.data.name}: {len(self.train_set)} train / {len(self.val_set)} val images, " \
+                    f"crop {self.cfg.data.crop_size}"
+        return run_summary("deepmim segment", model_line, data_line, self.cfg, loader, env)
 
     def finish(self, result: TrainResult, model: nn.Module, env: Env) -> Tuple[TrainResult, Dict[str, Any]]:
         scores = self.scoring.scores

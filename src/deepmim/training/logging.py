@@ -1,23 +1,24 @@
-"""Where numbers go: JSON-lines, TensorBoard and the console, written by rank 0 only."""
+"""Where numbers go: JSON-lines (+ the trackers of training/loggers.py) and the console, by rank 0 only."""
 from __future__ import annotations
 
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLogger:
-    """One JSON object per line in output_dir/metrics.jsonl, mirrored to TensorBoard scalars."""
+    """One JSON object per line in output_dir/metrics.jsonl, mirrored to the trackers (training/loggers.py:
+    TensorBoard, W&B, MLflow). `trackers=None`: TensorBoard alone when `tensorboard` is true."""
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None):
+                 resume_step: Optional[int] = None, trackers: Optional[Callable[[], List[Any]]] = None):
         self.enabled = enabled
         self.path = output_dir / METRICS_FILE
-        self.writer = None
+        self.trackers: List[Any] = []
         if not enabled:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -25,9 +26,11 @@ class MetricsLogger:
             self.path.write_text("")
         else:
             truncate_after(self.path, resume_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=resume_step)
+        if trackers is not None:
+            self.trackers = list(trackers())
+        elif tensorboard:
+            from .loggers import TensorBoardTracker
+            self.trackers = [TensorBoardTracker(output_dir, resume_step)]
 
     def log(self, kind: str, step: int, values: Dict[str, Any]) -> None:
         if not self.enabled:
@@ -35,14 +38,12 @@ class MetricsLogger:
         row = {"type": kind, "step": step, **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+        for tracker in self.trackers:
+            tracker.log(kind, step, row)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def truncate_after(path: Path, step: int) -> None:
@@ -63,12 +64,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled,
-                file=sys.stderr, smoothing=0.1)
 
 
 def say(message: str) -> None:

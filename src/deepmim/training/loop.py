@@ -1,5 +1,5 @@
 """The one training loop every task shares: AMP, accumulation, clipping, schedule,
-atomic checkpoints with exact resume, JSON-lines/TensorBoard logs and a progress bar.
+atomic checkpoints with exact resume, logs (training/loggers.py) and progress (a bar or lines).
 
 Randomness is derived from (seed, rank, step) rather than carried in global RNG state,
 so a run killed at any moment and resumed from its last checkpoint ends with the same
@@ -24,9 +24,11 @@ from .distributed import all_reduce_sum, barrier, is_distributed
 from .parallel import full_state_dict, is_sharded, load_full_state_dict
 from ..checkpoint import LAST, find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint
 from .checkpoint import rng_state, set_rng_state
-from .logging import MetricsLogger, progress_bar, say
+from .loggers import build_trackers, resolve_loggers
+from .logging import MetricsLogger, say
 from .optim import build_adamw, scaled_lr
 from .precision import autocast
+from .progress import Progress
 from .schedule import lr_at_step, set_lr
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
@@ -154,11 +156,15 @@ class Trainer:
         resumed = self.maybe_resume()
         if resumed and self.is_main:
             say(f"resumed from {resumed} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
-        logger = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=self.train_cfg.tensorboard,
-                               resume_step=self.step if resumed else None)
+        resume_step = self.step if resumed else None
+        t = self.train_cfg
+        trackers = lambda: build_trackers(resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t,  # noqa: E731
+                                          self.config_dict, resume_step)
+        logger = MetricsLogger(self.output_dir, enabled=self.is_main, resume_step=resume_step, trackers=trackers)
         stop_at = self.total_steps if self.train_cfg.max_steps is None else min(self.total_steps,
                                                                                  self.train_cfg.max_steps)
-        bar = progress_bar(self.total_steps, self.step, self.train_cfg.progress and self.is_main)
+        bar = Progress(self.total_steps, self.step, stop_at, self.steps_per_epoch, t.progress and self.is_main,
+                       t.progress_style, t.progress_seconds, t.progress_steps)
         last_metrics: Dict[str, float] = {}
         checkpoint = None
         try:
@@ -255,8 +261,7 @@ class Trainer:
         values = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **means,
                   "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['lr']:.2e}",
-                        img_s=f"{values['img_per_s']:.1f}", refresh=False)
+        bar.show(self.step, epoch, values)
 
     def check_finite(self, window: "_Window", epoch: int) -> Dict[str, float]:
         means = window.means()

@@ -1,0 +1,52 @@
+"""The few lines a training run prints at start, instead of its whole config (which goes to
+output_dir/config.yaml, and to the console as well with train.print_config=true):
+
+    deepmim pretrain: DeepMIM ViT 128 wide x 6 blocks, 32px / patch 4, 3 channel(s); decoders at blocks 3, 4, 5, 6 ...
+      data    embedded (train): 6144 images, 32px, mean [0.485, 0.456, 0.406] std [0.229, 0.224, 0.225]
+      steps   48 per epoch x 8 epochs = 384; batch 128 per process x 1 accumulation x 1 process(es) = 128
+      lr      7.50e-04 peak (base_lr 0.0015 x 128 / 256), 1 warm-up epoch(s), cosine to 0
+      device  cpu, precision fp32
+      output  runs/demo (full config: runs/demo/config.yaml)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+from torch import nn
+
+from ..config.loader import dump_yaml
+from ..training.optim import scaled_lr
+
+
+def count_parameters(module: nn.Module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M parameters"
+
+
+def describe_data(data: Any, images: int, split: Optional[str] = None) -> str:
+    """`name path (split): N images, size, normalisation`."""
+    where = f"{data.name} {data.path}" if getattr(data, "path", None) else data.name
+    norm = f", mean {list(data.mean)} std {list(data.std)}" if hasattr(data, "mean") else ""
+    return f"{where} ({split or data.split}): {images} images, {data.img_size}px{norm}"
+
+
+def run_summary(title: str, model_line: str, data_line: str, cfg: Any, loader, env) -> str:
+    """The start-up lines: model, data, steps and batch, lr, device and precision, output folder."""
+    train, optim = cfg.train, cfg.optim
+    effective = train.batch_size * train.accum_steps * env.world_size
+    peak = scaled_lr(optim, effective)
+    how = f"lr {optim.lr}" if optim.lr is not None else f"base_lr {optim.base_lr} x {effective} / 256"
+    steps = len(loader) // max(train.accum_steps, 1)
+    out = Path(train.output_dir)
+    lines: List[str] = [
+        f"{title}: {model_line}",
+        f"  data    {data_line}",
+        f"  steps   {steps} per epoch x {train.epochs} epochs = {steps * train.epochs}; batch {train.batch_size} per "
+        f"process x {train.accum_steps} accumulation x {env.world_size} process(es) = {effective}",
+        f"  lr      {peak:.2e} peak ({how}), {optim.warmup_epochs:g} warm-up epoch(s)",
+        f"  device  {env.device}, precision {env.precision}",
+        f"  output  {out} (full config: {out / 'config.yaml'})",
+    ]
+    if getattr(train, "print_config", False):
+        lines += ["--- resolved config ---", dump_yaml(cfg).rstrip("\n"), "-----------------------"]
+    return "\n".join(lines)
