@@ -21,12 +21,16 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Pre-train a small DeepMIM ViT on the embedded dataset; outputs in runs/demo/.
+# Pre-train a small DeepMIM ViT on the embedded dataset (outputs in runs/demo/), then probe every block of
+# the checkpoint and of the untrained encoder it started from, and print best block against best block.
+DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(VENV)/bin/deepmim pretrain --config demo $(ARGS)
+	$(VENV)/bin/deepmim pretrain --config demo train.output_dir=$(DEMO_DIR) $(ARGS)
+	$(VENV)/bin/deepmim probe-layers $(DEMO_DIR)/checkpoint-last.pt --vs-random --out $(DEMO_DIR)/probe \
+		features.cache_dir=$(DEMO_DIR)/probe/cache features.progress=false
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf $(DEMO_DIR)

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,15 @@ def test_bad_input_exits_2_with_a_message_before_any_work(tmp_path, capsys, args
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "deepmim", "recipes"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout
+
+
+def test_make_demo_pretrains_then_prints_the_comparison_with_the_untrained_encoder(tmp_path):
+    """`make demo` is the README's first command: pre-training, then probe-layers --vs-random on its checkpoint
+    (the line that says whether it beat the encoder it started from) as its last step."""
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "-C", str(root), "demo", f"DEMO_DIR={tmp_path}"], capture_output=True,
+                         text=True, check=True).stdout
+    commands = [line for line in dry.splitlines() if "bin/deepmim " in line]
+    assert len(commands) == 2
+    assert f"deepmim pretrain --config demo train.output_dir={tmp_path}" in commands[0]
+    assert f"deepmim probe-layers {tmp_path}/checkpoint-last.pt --vs-random" in commands[1]
