@@ -29,7 +29,7 @@ from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
-from .base import Env, TrainingTask, load_trained, run_training, session
+from .base import Env, TrainingTask, check_config, load_trained, run_training, session
 
 __all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
            "SegmentTrainConfig", "SegmentHooks", "SegmentTask", "build_segmentor", "evaluate_segmentation",
@@ -41,7 +41,7 @@ def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
     """Recipe + overrides -> a SegmentConfig, checked at once (so --print-config refuses a bad recipe;
     run_segment_train checks again, for configs built in Python)."""
     cfg = load_config(SegmentConfig, recipe, overrides, task="segment")
-    validate_segment_config(cfg)
+    check_config(SegmentTask(cfg), require_paths=False)
     return cfg
 
 
@@ -239,7 +239,7 @@ class SegmentTask(TrainingTask):
 
     kind, title = "segment", "segmentation"
 
-    def validate(self) -> None:
+    def validate(self, require_paths: bool = True) -> None:
         validate_segment_config(self.cfg)
 
     def build_data(self, env: Env):
