@@ -21,9 +21,10 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Pre-train a small DeepMIM ViT on the embedded dataset; outputs in runs/demo/.
+# Pre-train a small DeepMIM ViT on the embedded dataset; outputs in runs/demo/. Run again, it continues an
+# interrupted demo or says it has finished (train.resume=auto); make clean-demo starts over.
 demo: $(STAMP)
-	$(VENV)/bin/deepmim pretrain --config demo $(ARGS)
+	$(VENV)/bin/deepmim pretrain --config demo train.resume=auto $(ARGS)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
