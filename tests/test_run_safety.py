@@ -61,23 +61,33 @@ def test_a_fresh_run_refuses_a_folder_with_a_run_and_overwrite_moves_it_aside(tm
 
 
 def test_two_runs_cannot_both_write_a_folder_and_a_killed_holder_leaves_a_stale_lock(tmp_path):
-    code = (f"import sys, time; from pathlib import Path; from deepmim.tasks.run_folder import RunLock; "
-            f"RunLock.acquire(Path({str(tmp_path)!r})); print('locked', flush=True); time.sleep(60)")
+    """Another process holds the folder (and has forked a child, as a DataLoader does): a run is refused with
+    the holder's pid; once the holder is SIGKILLed its lock is stale, though the child lives on."""
+    code = (f"import os, sys, time; from pathlib import Path; from deepmim.tasks.run_folder import RunLock; "
+            f"RunLock.acquire(Path({str(tmp_path)!r})); child = os.fork()\n"
+            f"if child == 0: time.sleep(60); os._exit(0)\n"
+            f"print('locked', child, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = None
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        word, child = holder.stdout.readline().split()
+        assert word == "locked"
         with pytest.raises(OutputDirError, match=rf"in use by another run \(pid {holder.pid} on "):
             run_pretrain(tiny_pretrain_config(tmp_path, epochs=1))
         assert not (tmp_path / LAST).exists() and not (tmp_path / "metrics.jsonl").exists()
         with pytest.raises(OutputDirError, match=rf"pid {holder.pid}"):  # also when taken after the early check
             RunLock.acquire(tmp_path)
-    finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert (tmp_path / LOCK_FILE).exists()  # a crash leaves the file; the kernel released the lock
-    result = run_pretrain(tiny_pretrain_config(tmp_path, epochs=1))
-    assert result.finished and not (tmp_path / LOCK_FILE).exists()
+        assert (tmp_path / LOCK_FILE).exists()  # a crash leaves the file; the kernel released the lock
+        result = run_pretrain(tiny_pretrain_config(tmp_path, epochs=1))  # while the holder's child still lives
+        assert result.finished and not (tmp_path / LOCK_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        if child is not None:
+            os.kill(int(child), signal.SIGKILL)
 
 
 def test_a_run_that_fails_lets_go_of_its_folder(tmp_path, monkeypatch):

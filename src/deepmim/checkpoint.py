@@ -123,9 +123,8 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file intact."""
-    path = Path(path)
+def _write_temp(obj: Any, path: Path) -> str:
+    """`obj` saved in full to a temp file beside `path` (fsynced, umask mode); returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -134,6 +133,18 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file intact."""
+    path = Path(path)
+    tmp = _write_temp(obj, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -164,11 +175,10 @@ def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optio
     checkpoint-prev.pt, intact (find_resume_checkpoint takes whichever is there)."""
     out = Path(output_dir)
     path = out / LAST
-    staged = out / f".{LAST}.staged.tmp"  # the TEMP_FILES pattern: removed at the next start if we die here
-    atomic_save(obj, staged)
+    tmp = _write_temp(obj, path)  # named as TEMP_FILES: the next start removes it if we die before the renames
     if path.exists():
         os.replace(path, out / PREV)
-    os.replace(staged, path)
+    os.replace(tmp, path)
     if numbered_epoch is not None:
         atomic_save(obj, out / epoch_file_name(numbered_epoch))
     return path

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
 import os
 import random
@@ -34,8 +33,6 @@ from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
-
-logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("embedded", "imagefolder", "idx")
 _MASK64 = (1 << 64) - 1

@@ -3,7 +3,8 @@
 - `check_output_dir` (read only, before anything is built): the folder can be a folder and written
   to, no live run holds it, and a fresh run does not land on another run's checkpoints;
 - `RunLock`: an exclusive lock on output_dir/.deepmim.lock (flock, so the kernel releases it when the
-  process ends, however it ends: a lock left by a crash is stale and taken over); the file names the
+  process ends, however it ends: a lock left by a crash is stale and taken over; forked children such
+  as DataLoader workers close their copy, so they never keep it past the run); the file names the
   holder (pid, host, command) for the message the second run gets;
 - `claim_output_dir` (under the lock): the same checks again, then with train.overwrite=true the old
   run's files are moved to output_dir/replaced-N/ (nothing is deleted), and the temp files of an
@@ -93,6 +94,21 @@ def busy(out: Path, holder: str) -> OutputDirError:
         f"folder")
 
 
+_HELD: set = set()  # descriptors of the locks this process holds: closed in forked children
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):  # close only: an unlock here would release the parent's lock
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunLock:
     """An exclusive, non-blocking flock on output_dir/.deepmim.lock, held while the run lives."""
 
@@ -121,6 +137,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(_holder_record()).encode())
         os.fsync(fd)
+        _HELD.add(fd)
         return cls(path, fd)
 
     @staticmethod
@@ -157,6 +174,7 @@ class RunLock:
         except OSError:
             pass
         fcntl.flock(self.fd, fcntl.LOCK_UN)
+        _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = -1
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config.schema import OptimConfig, TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed
-from .parallel import full_state_dict, is_sharded, load_full_state_dict
+from .parallel import full_state_dict, load_full_state_dict
 from ..checkpoint import (LAST, PREV, CheckpointError, PickledObjectsError, compare_state_dicts,
                           find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint)
 from .checkpoint import rng_state, set_rng_state
@@ -168,16 +168,6 @@ class Trainer:
         else:
             path = self.output_dir / LAST
         self.last_good = (path, state["step"])
-
-    def save(self, numbered_epoch: Optional[int] = None) -> Optional[Path]:
-        """Write the current state now (no checks; rank 0 writes, every rank gathers under FSDP)."""
-        sharded = is_sharded(self.model)
-        if not self.is_main and not sharded:
-            return None
-        state = self.state_dict()
-        if not self.is_main:
-            return None
-        return save_checkpoint(state, self.output_dir, numbered_epoch)
 
     def maybe_resume(self) -> Optional[Path]:
         """Load train.resume (see requested_resume); every way a checkpoint cannot continue this run
