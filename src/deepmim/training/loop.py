@@ -233,8 +233,8 @@ class Trainer:
         self.pending = None
         if self.last_good is not None:
             path, step = self.last_good
-            kept = f"the last good checkpoint is {path} (step {step}); resume from it with train.resume=auto " \
-                   f"after the change"
+            how = "train.resume=auto" if Path(path).parent == self.output_dir else f"train.resume={path}"
+            kept = f"the last good checkpoint is {path} (step {step}); resume from it with {how} after the change"
         else:
             kept = "no checkpoint was written yet"
         raise DivergenceError(
