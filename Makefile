@@ -23,9 +23,11 @@ install: $(STAMP)
 
 # Pre-train a small DeepMIM ViT on the embedded dataset (outputs in runs/demo/), then probe every block of
 # the checkpoint and of the untrained encoder it started from, and print best block against best block.
+# Run again, it continues an interrupted demo or says it has finished (train.resume=auto); make clean-demo
+# starts over.
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
-	$(VENV)/bin/deepmim pretrain --config demo train.output_dir=$(DEMO_DIR) $(ARGS)
+	$(VENV)/bin/deepmim pretrain --config demo train.output_dir=$(DEMO_DIR) train.resume=auto $(ARGS)
 	$(VENV)/bin/deepmim probe-layers $(DEMO_DIR)/checkpoint-last.pt --vs-random --out $(DEMO_DIR)/probe \
 		features.cache_dir=$(DEMO_DIR)/probe/cache features.progress=false
 

@@ -40,7 +40,7 @@ def runs(tmp_path_factory):
         "data.scale=[16,16]", "data.crop_size=16", "data.num_samples=8", "data.val_samples=3", "data.num_workers=0",
         "eval.crop_size=16", "train.batch_size=4", "train.iterations=2", "train.eval_every=2",
         "optim.warmup_iters=1", f"train.output_dir={tmp / 'seg'}", *COMMON]))
-    lp_cfg = LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None, progress=False),
+    lp_cfg = LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None, progress=False, pool="cls"),
                             probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False)
     run_linprobe(str(pre.checkpoint), lp_cfg, str(tmp / "lp"))
     return {"tmp": tmp, "pretrain": pre.checkpoint, "finetune": ft.checkpoint, "segment": seg.checkpoint,
@@ -140,7 +140,7 @@ def test_the_probe_head_records_its_run(runs):
     ckpt = read_checkpoint(runs["linprobe"])
     assert ckpt.raw["block"] == 4 and ckpt.raw["pool"] == "cls" and ckpt.model_state["head.weight"].shape == (10, 128)
     assert ckpt.config == to_dict(LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None,
-        progress=False), probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False))
+        progress=False, pool="cls"), probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False))
 
 
 def test_resume_refuses_a_checkpoint_of_another_task(runs, tmp_path):

@@ -101,7 +101,7 @@ def test_arms_and_seeds_make_their_runs_and_recorded_results(finished):
             assert probe["train_images"] == probe["val_images"] == 64
     mae = out / "mae" / "seed0" / "pretrain"
     assert sorted(p.name for p in mae.glob("checkpoint-*.pt")) == ["checkpoint-epoch0001.pt", "checkpoint-epoch0003.pt",
-                                                                    "checkpoint-last.pt"]
+                                                                    "checkpoint-last.pt", "checkpoint-prev.pt"]
     assert results["arms"]["mae"]["seeds"]["0"]["convergence"]["epochs"] == [0, 2, 4]
     assert results["arms"]["mae"]["seeds"]["0"]["pretrain"]["images"] == 4 * 64
     # the seed drives the run: different weights for different seeds

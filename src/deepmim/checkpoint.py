@@ -19,7 +19,9 @@ exported encoders are bare weights: task None.
 
 This module sits on the ground floor (it imports only the configs), so models, targets, training
 and tasks all read and write checkpoints through it. `save_checkpoint` is the one writer of a
-run's checkpoints: rotation of old files belongs there.
+run's checkpoints: it keeps the checkpoint before the last one as checkpoint-prev.pt. Files are
+written with the modes the umask gives (not mkstemp's 0600). Reading errors say what is wrong with
+the file, never that `weights_only=False` would help: a file of pickled objects stays refused.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ WRITTEN_BY = {"pretrain": "deepmim pretrain", "finetune": "deepmim finetune", "s
 KIND_NAMES = {"pretrain": "a pre-training checkpoint", "finetune": "a fine-tuning checkpoint",
               "segment": "a segmentation checkpoint", "linprobe": "a linear-probe head"}
 LAST = "checkpoint-last.pt"
+PREV = "checkpoint-prev.pt"  # the checkpoint before LAST (save_checkpoint rotates it)
+TEMP_FILES = ".checkpoint-*.tmp"  # what an interrupted atomic write of a run's checkpoint leaves behind
 EPOCH_FILE = re.compile(r"checkpoint-epoch(\d+)\.pt$")
 WEIGHT_KEYS = ("model", "state_dict", "model_state", "module")  # where files keep their weights
 PROBE_HEAD = "head"  # a linear probe keeps its weights here (its files always did)
@@ -77,16 +81,24 @@ def epoch_checkpoints(run_dir: Path) -> Dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def run_checkpoints(output_dir: Path) -> List[Path]:
+    """The checkpoints a run left in output_dir (last, previous, numbered), newest kind first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    named = [out / name for name in (LAST, PREV) if (out / name).is_file()]
+    return named + sorted(out.glob("checkpoint-epoch*.pt"), reverse=True)
+
+
 def find_resume_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[Path]:
-    """resume=None: start fresh; 'auto': the last checkpoint in output_dir if any; else a path."""
+    """resume=None: start fresh; 'auto': the newest checkpoint in output_dir if any (checkpoint-last.pt,
+    else checkpoint-prev.pt, which is all a crash inside save_checkpoint's rotation can leave, else the
+    newest numbered one); else a path."""
     if not resume:
         return None
     if resume == "auto":
-        last = Path(output_dir) / LAST
-        if last.exists():
-            return last
-        numbered = sorted(Path(output_dir).glob("checkpoint-epoch*.pt"))
-        return numbered[-1] if numbered else None
+        found = run_checkpoints(output_dir)
+        return found[0] if found else None
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(f"train.resume={resume}: no such checkpoint (use train.resume=auto to continue "
@@ -97,16 +109,42 @@ def find_resume_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[
 # ----------------------------------------------------------------------------- writing
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file intact."""
-    path = Path(path)
+def file_mode() -> int:
+    """The mode open() gives a new file under this process's umask (0o644 under umask 022): what the
+    temp files of atomic writes (created 0600 by mkstemp) are set to before they are renamed."""
+    try:  # Linux: read the umask without changing it (os.umask would, for every thread, for a moment)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_temp(obj: Any, path: Path) -> str:
+    """`obj` saved in full to a temp file beside `path` (fsynced, umask mode); returns its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
+            os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file intact."""
+    path = Path(path)
+    tmp = _write_temp(obj, path)
+    try:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -131,12 +169,30 @@ def make_checkpoint(task: str, model_state: Dict[str, torch.Tensor], config: Dic
 
 
 def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None) -> Path:
-    """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`."""
-    path = Path(output_dir) / LAST
-    atomic_save(obj, path)
+    """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`.
+    The checkpoint it replaces is kept as checkpoint-prev.pt: the new file is written in full (temp
+    file, fsync) before the old one is renamed, so a crash leaves checkpoint-last.pt, or at least
+    checkpoint-prev.pt, intact (find_resume_checkpoint takes whichever is there)."""
+    out = Path(output_dir)
+    path = out / LAST
+    tmp = _write_temp(obj, path)  # named as TEMP_FILES: the next start removes it if we die before the renames
+    if path.exists():
+        os.replace(path, out / PREV)
+    os.replace(tmp, path)
     if numbered_epoch is not None:
-        atomic_save(obj, Path(output_dir) / epoch_file_name(numbered_epoch))
+        atomic_save(obj, out / epoch_file_name(numbered_epoch))
     return path
+
+
+def remove_temp_files(output_dir: Path) -> List[Path]:
+    """Delete the temp files that interrupted checkpoint writes left in output_dir (only a run that
+    owns the folder may call this: another run's write in progress looks the same)."""
+    removed = []
+    for tmp in Path(output_dir).glob(TEMP_FILES):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def save_weights(state: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str]) -> Path:
@@ -149,6 +205,7 @@ def save_weights(state: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -168,28 +225,73 @@ def checkpoint_metadata(ckpt: "Checkpoint") -> Dict[str, str]:
 # ----------------------------------------------------------------------------- reading
 
 
+class PickledObjectsError(CheckpointError):
+    """The file holds pickled Python objects besides tensors: refused, as loading them could run code."""
+
+
+DAMAGED_HINT = "use an intact copy of the file (a copy made while it was being written is incomplete)"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face folder's weights
 
 
 def read_state_file(path: PathLike) -> dict:
     """The dict in a .pt/.pth (torch.load with weights_only=True) or .safetensors file, or the weights of
-    a Hugging Face folder (config.json + model.safetensors or pytorch_model.bin)."""
+    a Hugging Face folder (config.json + model.safetensors or pytorch_model.bin). A file that cannot be
+    read raises CheckpointError saying what is wrong with it in one paragraph."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint '{path}' does not exist")
     if path.is_dir():
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not found:
-            raise CheckpointError(f"'{path}' is a folder without {' or '.join(HF_WEIGHT_FILES)}: give a checkpoint "
-                                  f"file or a Hugging Face model folder")
+            raise CheckpointError(f"checkpoint '{path}' is a folder without {' or '.join(HF_WEIGHT_FILES)}; give "
+                                  f"the checkpoint file inside it (e.g. {path / LAST}) or a Hugging Face model folder")
         path = found[0]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: re-raised as a message
+            raise _damaged(path, "safetensors", err) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from err
+    except Exception as err:  # noqa: BLE001 - torch's text would invite weights_only=False: never pass it on
+        raise explain_load_error(path, err) from err
+
+
+def explain_load_error(path: Path, err: Exception) -> CheckpointError:
+    """What torch.load(weights_only=True) refused, in our words: a file of pickled objects (named by the
+    first global it asks for) or a damaged / incomplete / foreign file."""
+    text = str(err)
+    wanted = re.search(r"GLOBAL ([\w.]+)", text)
+    if wanted:
+        return PickledObjectsError(
+            f"'{path}' is not a plain weights file: besides tensors it holds pickled Python objects (it asks for "
+            f"{wanted.group(1)}), and deepmim does not unpickle objects, because that can run arbitrary code. "
+            f"Use a checkpoint written by deepmim, or a file of tensors only (a state dict saved with torch.save, "
+            f"or .safetensors)")
+    return _damaged(path, "PyTorch", err)
+
+
+def _damaged(path: Path, kind: str, err: Exception) -> CheckpointError:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if kind == "PyTorch" and head == b"PK\x03\x04":
+        detail = "a PyTorch zip archive, damaged or cut short"
+    else:
+        detail = f"not a readable {kind} file: damaged, cut short, or another kind of file"
+    return CheckpointError(f"cannot read checkpoint '{path}' ({path.stat().st_size} bytes): it is {detail} "
+                           f"({kind} says: {_reason(err)}); {DAMAGED_HINT}")
+
+
+def _reason(err: Exception) -> str:
+    """The first sentence of a reader's error (for weights-only refusals: the unpickler's own words)."""
+    text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    elif text.startswith("Weights only load failed"):
+        text = "not a pickle of tensors"
+    first_line = text.splitlines()[0] if text else ""
+    return re.split(r"(?<=\.)\s", first_line, maxsplit=1)[0].rstrip(".") or type(err).__name__
 
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
@@ -197,8 +299,11 @@ def read_metadata(path: PathLike) -> Dict[str, str]:
     if Path(path).suffix != ".safetensors":
         return {}
     from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001 - SafetensorError: re-raised as a message
+        raise _damaged(Path(path), "safetensors", err) from err
 
 
 def infer_task(obj: Mapping[str, Any]) -> Optional[str]:

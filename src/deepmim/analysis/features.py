@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import explain_load_error, read_checkpoint
 from ..config.loader import ConfigError
 from ..config.schema import DataConfig, FeatureConfig
 from ..data import build_dataset, build_eval_transform
@@ -146,8 +146,8 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
         if cache_path.is_file():
             try:
                 cached = torch.load(cache_path, map_location="cpu", weights_only=True)
-            except Exception as err:  # a torn file: extract again
-                logger.warning("ignoring unreadable feature cache %s: %s", cache_path, err)
+            except Exception as err:  # a torn file: extract again (torch's text would invite weights_only=False)
+                logger.warning("ignoring the feature cache, extracting again: %s", explain_load_error(cache_path, err))
     have = dict(cached["blocks"]) if cached else {}
     missing = [b for b in blocks if b not in have]
     labels = cached["labels"] if cached else None

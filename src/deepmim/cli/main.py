@@ -26,7 +26,10 @@ dotted key=value overrides, e.g.
   deepmim pretrain --config demo --print-config                 # show the resolved config, run nothing
 
 Config sections: model (preset, encoder, heads, target, mask_ratio), data, optim, train.
-Unknown keys and wrong types are refused before anything runs.
+Unknown keys, wrong types and values a run would refuse are refused before anything runs.
+A train.output_dir belongs to one run: a fresh run refuses a folder that holds checkpoints
+(continue with train.resume=auto, or start afresh with train.overwrite=true, which moves the
+old files aside), and a second run on a folder in use stops with the first one's pid.
 """
 
 EPILOG = """\
@@ -163,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     from ..config.loader import ConfigError
     from ..checkpoint import CheckpointError
-    from ..training.loop import NonFiniteLossError
+    from ..training.guard import DivergenceError
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # e.g. `deepmim presets | head`
@@ -172,16 +175,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as err:
+    except DivergenceError as err:
         print(f"deepmim {args.command}: stopped: {err}", file=sys.stderr)
         return 3
     except ValueError as err:  # DataError and friends: bad input, message says what to fix
         print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder that cannot be read or written (permissions, a file for a folder)
+        print(f"deepmim {args.command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         how = "run the same command again to continue" if args.command == "study" else "resume with train.resume=auto"
         print(f"deepmim {args.command}: interrupted; {how}", file=sys.stderr)
         return 130
+
+
+def os_error_message(err: OSError) -> str:
+    """One paragraph for an OSError: what failed, on which path, what to do."""
+    where = f" '{err.filename}'" if err.filename else ""
+    return (f"cannot use{where}: {err.strerror or err} ({type(err).__name__}); check that the path exists, is "
+            f"of the right kind (a file or a folder) and that you may read or write it, or choose another path")
+
+
+def run_summary(command: str, result) -> str:
+    """The last line of a training command: what was trained, the loss, the checkpoint."""
+    loss = result.last_metrics.get("loss")
+    loss_text = f", last loss {loss:.4f}" if loss is not None else ""
+    if result.step == result.start_step:
+        return (f"{command}: nothing trained, the run had already reached step {result.step}{loss_text}; "
+                f"checkpoint {result.checkpoint}")
+    state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
+    return f"{command} {state}: {result.step} steps{loss_text}, checkpoint {result.checkpoint}"
 
 
 def cmd_pretrain(args) -> int:
@@ -193,11 +217,8 @@ def cmd_pretrain(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_pretrain(cfg)
-    if not is_rank_zero():
-        return 0
-    state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
-    print(f"pretrain {state}: {result.step} steps, last loss {result.last_metrics.get('loss', float('nan')):.4f}, "
-          f"checkpoint {result.checkpoint}")
+    if is_rank_zero():
+        print(run_summary("pretrain", result))
     return 0
 
 
@@ -309,10 +330,8 @@ def cmd_finetune(args) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     result = run_finetune(cfg)
-    if not is_rank_zero():
-        return 0
-    print(f"finetune {'finished' if result.finished else 'stopped'}: {result.step} steps, "
-          f"checkpoint {result.checkpoint}")
+    if is_rank_zero():
+        print(run_summary("finetune", result))
     return 0
 
 

@@ -63,7 +63,10 @@ def _train(args) -> int:
     result, scores = run_segment_train(cfg)
     if not is_rank_zero():
         return 0
-    state = "finished" if result.finished else f"stopped at iteration {result.step} (train.max_steps)"
+    if result.step == result.start_step:
+        state = f"nothing trained, the run had already reached iteration {result.step}"
+    else:
+        state = "finished" if result.finished else f"stopped at iteration {result.step} (train.max_steps)"
     print(f"segment train {state}: {result.step} iterations, checkpoint {result.checkpoint}")
     if scores:
         print(format_scores(scores, scores["classes"]))

@@ -127,8 +127,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
-    output_dir: str = "runs/pretrain"
+    output_dir: str = "runs/pretrain"  # one run per folder: a fresh run refuses a folder holding checkpoints
     resume: Optional[str] = None  # None | auto | path to a checkpoint
+    overwrite: bool = False  # a fresh run in a folder with a run: move its files to output_dir/replaced-N/ first
     save_every_steps: int = 0  # 0: only at epoch ends
     save_every_epochs: int = 0  # keep a numbered copy every N epochs (0: never)
     log_every_steps: int = 10
@@ -149,6 +150,10 @@ class TrainConfig:
     strategy: str = "ddp"
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
     compile: bool = False  # torch.compile the model (pays a compile time at start; see benchmarks/)
+    # Divergence guard (training/guard.py): stop, before any checkpoint is written from it, at a loss this many
+    # times its running average (and above every earlier one) or weights whose norm grows this many times
+    # between checks; null: only non-finite losses, gradients and weights stop the run
+    divergence_factor: Optional[float] = 10.0
 
 
 @dataclass

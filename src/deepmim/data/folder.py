@@ -3,8 +3,8 @@
 Large scraped folders always contain a few grayscale, palette, CMYK, transparent,
 truncated or plain corrupt files. Listing never opens a file (fast on millions of
 images); loading converts every mode to RGB, and an unreadable file yields `None`
-(skipped by `collate_skip_broken`) instead of killing a multi-day run, unless
-`strict=True`.
+(replaced by another sample in training batches, left out of evaluation) instead of
+killing a multi-day run, unless `strict=True`.
 
 Transparency is composited on white rather than dropped: the colour under a fully
 transparent pixel is arbitrary (often black or leftover junk), white is what a viewer shows.
@@ -129,5 +129,7 @@ class ImageFolder(Dataset):
                 ) from exc
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("skipping unreadable image '%s' (%s: %s)", path, type(exc).__name__, exc)
+                logger.warning("unreadable image '%s' (%s: %s): training takes another image in its place, "
+                               "evaluation leaves it out (data.strict=true stops instead)", path,
+                               type(exc).__name__, exc)
             return None

@@ -8,13 +8,15 @@ Three properties make a run restartable bit-for-bit and independent of worker co
 - so does its mask: every item carries a per-sample seed (`Batch.seeds`) from which the
   collate draws its masking noise (`Batch.noise`, the one source of pre-training masks), so a
   sample gets the same mask whatever the batch size, accumulation or number of processes
-  (1 process x 8 images == 2 processes x 4).
+  (1 process x 8 images == 2 processes x 4);
+- an unreadable file in a training batch is replaced by another sample drawn from (seed, epoch,
+  index), so batches stay full (Mixup/CutMix need even ones) and a resumed run sees the same
+  replacement; `Batch.num_skipped` counts them. Evaluation loaders leave such files out instead.
 """
 from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
 import os
 import random
@@ -31,8 +33,6 @@ from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
-
-logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf")
 _MASK64 = (1 << 64) - 1
@@ -54,6 +54,8 @@ def mix_seed(*values: int) -> int:
 
 
 MASK_STREAM = 0x3A5C  # separates the mask seed from the augmentation seed of the same sample
+STAND_IN_STREAM = 0x5B1D  # draws the sample that stands in for an unreadable one
+MAX_STAND_INS = 64  # unreadable draws in a row before giving up: the data is mostly unreadable
 
 
 class SeededAugmentation(Dataset):
@@ -62,7 +64,8 @@ class SeededAugmentation(Dataset):
     Items are (image, label, sample_seed): the seed the loss uses for this sample's mask.
 
     The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
-    DataLoader workers too. `None` items (unreadable files) pass through as `None`.
+    DataLoader workers too. An unreadable file (a `None` item) is replaced by another sample,
+    drawn from (seed, epoch, index): items are (image, label, sample_seed, files_replaced).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int):
@@ -81,13 +84,22 @@ class SeededAugmentation(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int, int]]:
-        return self.augment(self.dataset[index], index)
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int, int]:
+        item, replaced = self.dataset[index], 0
+        while item is None:  # an unreadable file: a deterministic other sample takes its place
+            if replaced == MAX_STAND_INS:
+                raise DataError(f"{MAX_STAND_INS} unreadable images in a row (the last at index {index}): most of "
+                                f"the data cannot be read; check data.path and the warnings above")
+            replaced += 1
+            other = mix_seed(self.seed, self.epoch, index, STAND_IN_STREAM, replaced) % len(self.dataset)
+            item = self.dataset[other]
+        return (*self.augment(item, index), replaced)
 
     def augment(self, item: Optional[tuple], index: int, epoch: Optional[int] = None
                 ) -> Optional[Tuple[torch.Tensor, int, int]]:
         """(image, label) of sample `index` -> (augmented image, label, mask seed), from (seed, epoch, index)
-        alone (epoch: the shared one unless given; streamed data passes its own)."""
+        alone (epoch: the shared one unless given; streamed data passes its own). None (an unreadable
+        streamed sample) stays None: the collate drops and counts it."""
         if item is None:
             return None
         epoch = self.epoch if epoch is None else int(epoch)
@@ -194,7 +206,8 @@ class ResumableSampler(Sampler[int]):
 
 
 class Batch(NamedTuple):
-    """A collated batch; `num_skipped` counts unreadable samples dropped from it."""
+    """A collated batch; `num_skipped` counts unreadable files: replaced by other samples in training
+    batches (which stay full), dropped from evaluation batches."""
 
     images: torch.Tensor  # float (N, C, H, W), C = len(data.mean); N == 0 when every sample was unreadable
     labels: torch.Tensor  # int64 (N,)
@@ -204,11 +217,12 @@ class Batch(NamedTuple):
 
 
 def collate_skip_broken(batch: Sequence[Optional[tuple]], num_patches: Optional[int] = None) -> Batch:
-    """Stack (image, label[, sample_seed]) items, dropping `None` (unreadable) ones and counting them.
-    With `num_patches`, also draw each sample's masking noise from its seed, here in the loader's
-    workers: the training step then only copies it (pinned, asynchronously) to the device."""
+    """Stack (image, label[, sample_seed, files_replaced]) items, dropping `None` (unreadable) ones and
+    counting them with the files replaced. With `num_patches`, also draw each sample's masking noise
+    from its seed, here in the loader's workers: the training step then only copies it (pinned,
+    asynchronously) to the device."""
     items = [item for item in batch if item is not None]
-    num_skipped = len(batch) - len(items)
+    num_skipped = len(batch) - len(items) + sum(int(item[3]) for item in items if len(item) > 3)
     if not items:
         return Batch(torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64), num_skipped)
     images = default_collate([item[0] for item in items])  # shared memory inside workers
@@ -220,11 +234,16 @@ def collate_skip_broken(batch: Sequence[Optional[tuple]], num_patches: Optional[
     return Batch(images, labels, num_skipped, seeds, noise)
 
 
-def validate_data_config(cfg: DataConfig) -> None:
-    """Reject unusable data settings before anything is loaded or built."""
+def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
+    """Reject unusable data settings before anything is loaded or built (`require_path=False`: a recipe
+    that leaves data.path to the command line passes)."""
     if cfg.name not in DATASET_NAMES:
         raise DataError(f"unknown data.name '{cfg.name}'; choose one of: {', '.join(DATASET_NAMES)}")
-    if cfg.name != "embedded" and not cfg.path:
+    if cfg.name == "embedded" and cfg.path:
+        raise DataError(f"data.path='{cfg.path}' is set, but data.name=embedded (the built-in shapes) reads no "
+                        f"files: set data.name=imagefolder (an ImageNet-style folder), data.name=idx (MNIST / "
+                        f"Fashion-MNIST IDX files), data.name=wds or data.name=hf to train on it, or remove data.path")
+    if cfg.name != "embedded" and not cfg.path and require_path:
         hint = {
             "imagefolder": "an ImageNet-style folder (root/train/<class>/*.jpg)",
             "idx": "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
@@ -256,8 +275,6 @@ def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
 
 def _full_dataset(cfg: DataConfig, split: str) -> Dataset:
     if cfg.name == "embedded":
-        if cfg.path:
-            logger.warning("data.path '%s' is ignored for data.name='embedded'", cfg.path)
         return EmbeddedShapes(cfg.num_samples, img_size=cfg.img_size, split=split)
     path = os.path.expanduser(cfg.path)
     if cfg.name == "imagefolder":

@@ -6,12 +6,17 @@
 `run_training(task)` runs it for a `TrainingTask` (pretrain, finetune, segment), which fills in the
 steps that differ. `session(device)` is its set-up and cleanup alone, for jobs without the Trainer
 (linprobe) or without training (segment eval). Nothing is written before the config has been checked
-and the data and the model have been built; `prepare_output_dir` is the one place that writes first,
-so checks on the output folder belong there. `load_trained` reads back what a training task wrote.
+and the data and the model have been built; `prepare_output_dir` is the one place that writes first:
+it takes the output folder for this run (an exclusive lock, no fresh run over another run's
+checkpoints, train.overwrite=true moving old files aside: tasks/run_folder.py) and `run_training`
+lets go of it at the end. `check_config` is every check on values alone; the `load_*_config`
+functions run it too, so --print-config refuses what the run would. `load_trained` reads back what a
+training task wrote.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
@@ -22,11 +27,14 @@ from torch import nn
 from ..checkpoint import load_strict, read_checkpoint
 from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
 from ..config.schema import EncoderConfig
-from ..training.distributed import cleanup, resolve_device, setup_distributed
+from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
 from ..training.logging import say
-from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult
+from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
+from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 C = TypeVar("C")
 
@@ -68,8 +76,9 @@ class TrainingTask:
     def __init__(self, cfg: Any):
         self.cfg = cfg
 
-    def validate(self) -> None:
-        """Checks on the config alone (before anything is set up or built)."""
+    def validate(self, require_paths: bool = True) -> None:
+        """Checks on the config alone (before anything is set up or built). `require_paths=False` (what
+        --print-config runs): leave out the paths a recipe leaves for the command line (data.path, ...)."""
 
     def build_data(self, env: Env):
         """The training loader (an EpochLoader, see training/loop.py)."""
@@ -120,28 +129,116 @@ def check_strategy(task: TrainingTask) -> None:
                           f"train.activation_checkpointing=true for large models); fsdp is available for pretrain")
 
 
+def check_values(train, optim) -> None:
+    """The ranges every training task shares (values a run would only refuse after writing, or deep
+    inside torch): the first problem found, naming its key."""
+    at_least = {"batch_size": 1, "accum_steps": 1, "epochs": 1, "log_every_steps": 1, "save_every_steps": 0,
+                "save_every_epochs": 0}
+    for key, low in at_least.items():
+        if getattr(train, key) < low:
+            raise ConfigError(f"train.{key} must be at least {low}, got {getattr(train, key)}")
+    if train.max_steps is not None and train.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be at least 1 (or null: the whole schedule), got {train.max_steps}")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train.precision!r}")
+    try:
+        torch.device(train.device) if train.device != "auto" else None
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {train.device!r}") from None
+    if train.divergence_factor is not None and not train.divergence_factor > 1:
+        raise ConfigError(f"train.divergence_factor must be above 1 (or null: off), got {train.divergence_factor}")
+    if train.overwrite and train.resume:
+        raise ConfigError(f"train.overwrite=true starts afresh and train.resume={train.resume} continues a run: "
+                          f"choose one")
+    lr_key, lr = ("optim.lr", optim.lr) if optim.lr is not None else ("optim.base_lr", optim.base_lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"{lr_key} must be a positive learning rate, got {lr}")
+    for key in ("min_lr", "weight_decay", "warmup_epochs"):
+        value = getattr(optim, key)
+        if not value >= 0:
+            raise ConfigError(f"optim.{key} must be 0 or more, got {value}")
+    if optim.clip_grad is not None and not optim.clip_grad > 0:
+        raise ConfigError(f"optim.clip_grad must be positive (or null: no clipping), got {optim.clip_grad}")
+    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {optim.betas}")
+    decay = getattr(optim, "layer_decay", None)
+    if decay is not None and not 0 < decay <= 1:
+        raise ConfigError(f"optim.layer_decay must be in (0, 1], got {decay}")
+
+
+def check_config(task: TrainingTask, require_paths: bool = True) -> None:
+    """Every check on the config's values, before anything is set up, built or written: the task's own
+    (`validate`), the strategy, the shared ranges. The load_*_config run it too, without requiring the
+    paths still to be given, so --print-config refuses what the run would."""
+    if require_paths:
+        task.validate()  # what a run checks (subclasses may define validate(self) alone)
+    else:
+        task.validate(require_paths=False)
+    check_strategy(task)
+    check_values(task.train_config(), task.optim_config())
+
+
 def check_precision(task: TrainingTask, env: Env) -> None:
     if task.cfg.train.strategy == "fsdp" and env.precision == "fp16":
         raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
                           "use train.precision=bf16 or fp32, or train.strategy=ddp")
 
 
-def prepare_output_dir(task: TrainingTask, model: nn.Module, loader, env: Env) -> Path:
-    """The first write of a run (rank 0): the output folder, config.yaml, the start-up line."""
-    out = Path(task.cfg.train.output_dir)
+def prepare_output_dir(task: TrainingTask, model: nn.Module, loader, env: Env,
+                       before_config: Optional[Callable[[], Any]] = None) -> Optional[RunLock]:
+    """The first write of a run (rank 0): the output folder taken for this run (its lock; no fresh run on
+    another run's checkpoints; train.overwrite=true moves those aside; stale temp files removed),
+    config.yaml, the start-up line. `before_config` runs under the lock before config.yaml is written
+    (run_training: loading the checkpoint to resume, so one that cannot continue leaves the folder as
+    it was). Returns the lock, which run_training releases at the end. Under torchrun every process
+    learns whether rank 0 succeeded, so none waits for a partner that failed."""
+    train = task.cfg.train
+    out = Path(train.output_dir)
+    lock, error = None, None
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(task.cfg))
-        say(task.describe(model, loader, env))
-    return out
+        try:
+            check_writable(out)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise OutputDirError(f"cannot create train.output_dir '{out}': {err.strerror}; set "
+                                     f"train.output_dir to a folder you can write in") from err
+            lock = RunLock.acquire(out)
+            for note in claim_output_dir(out, requested_resume(train), train.overwrite):
+                say(note)
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the other processes know
+            error = err
+    _agree(error, env, f"rank 0 could not take train.output_dir '{out}' (its message says why)")
+    try:
+        if before_config is not None:
+            before_config()
+        if env.is_main:
+            (out / "config.yaml").write_text(dump_yaml(task.cfg))
+            say(task.describe(model, loader, env))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _agree(error: Optional[BaseException], env: Env, others_message: str) -> None:
+    """Under torchrun: every process learns whether rank 0 failed (and stops too); then re-raise its error."""
+    if env.world_size > 1:
+        failed = all_reduce_sum(torch.tensor([float(error is not None)], device=env.device)).item()
+        if failed and error is None:
+            raise OutputDirError(others_message)
+    if error is not None:
+        raise error
 
 
 def run_training(task: TrainingTask) -> Any:
     """The skeleton: config checks, set-up, data, model, strategy, output folder, Trainer, run, cleanup."""
-    task.validate()
-    check_strategy(task)
+    check_config(task)
     train = task.cfg.train
-    with session(train.device, train.precision) as env:
+    check_output_dir(Path(train.output_dir), requested_resume(train), train.overwrite,  # before anything is built
+                     check_lock=is_rank_zero())
+    with session(train.device, train.precision) as env, contextlib.ExitStack() as stack:
         check_precision(task, env)
         torch.manual_seed(train.seed)
         loader = task.build_data(env)
@@ -150,11 +247,13 @@ def run_training(task: TrainingTask) -> Any:
         groups = task.param_groups(model)
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
                                              train.compile, find_unused_parameters=task.find_unused_parameters(model))
-        prepare_output_dir(task, model, loader, env)
         trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),
                           env.device, env.precision, env.rank, env.world_size,
                           batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
                           param_groups=groups, hooks=hooks, task=task.kind, architecture=task.architecture())
+        lock = prepare_output_dir(task, model, loader, env, before_config=trainer.resume)
+        if lock is not None:
+            stack.callback(lock.release)
         return task.finish(trainer.fit(), model, env)
 
 

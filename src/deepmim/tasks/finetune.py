@@ -21,13 +21,13 @@ from ..checkpoint import load_strict
 from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
                              FinetuneOptimConfig, FinetuneTrainConfig)
-from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken
+from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken, validate_data_config
 from ..models.loading import pretrained_encoder
 from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast, resolve_precision
-from .base import Env, TrainingTask, load_trained, run_training
+from .base import Env, TrainingTask, check_config, load_trained, run_training
 from .summary import count_parameters, describe_data, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
@@ -37,7 +37,9 @@ __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", 
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
-    return load_config(FinetuneConfig, recipe, overrides, task="finetune")
+    cfg = load_config(FinetuneConfig, recipe, overrides, task="finetune")
+    check_config(FinetuneTask(cfg), require_paths=False)  # --print-config refuses the values a run would
+    return cfg
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -91,6 +93,16 @@ def num_classes_of(dataset) -> int:
     if classes is None:
         raise ConfigError("cannot tell the number of classes of this dataset; set model.num_classes")
     return len(classes)
+
+
+def check_several_classes(dataset, data: DataConfig) -> None:
+    """A classifier of one class is right on every image (top-1 100%) and learns nothing: refuse it."""
+    classes = getattr(dataset, "classes", None) or []
+    if len(classes) < 2:
+        names = f" ({', '.join(map(str, classes))})" if classes else ""
+        raise ConfigError(f"the training data has {len(classes)} class{names}: a classifier of one class scores "
+                          f"100% top-1 on anything and learns nothing. Give data.path ('{data.path}') at least two "
+                          f"class folders (root/train/<class>/*.jpg)")
 
 
 def build_transforms(cfg: FinetuneConfig):
@@ -233,7 +245,8 @@ class FinetuneTask(TrainingTask):
 
     kind, title = "finetune", "fine-tuning"
 
-    def validate(self) -> None:
+    def validate(self, require_paths: bool = True) -> None:
+        validate_data_config(self.cfg.data, require_path=require_paths)
         a = self.cfg.augment
         if (a.mixup > 0 or a.cutmix > 0) and self.cfg.train.batch_size % 2:
             raise ConfigError("Mixup/CutMix needs an even train.batch_size (or augment.mixup=0 augment.cutmix=0)")
@@ -244,6 +257,7 @@ class FinetuneTask(TrainingTask):
         loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
                                        transform=train_tf)
         data_classes = num_classes_of(loader.raw_dataset)
+        check_several_classes(loader.raw_dataset, cfg.data)
         self.num_classes = cfg.model.num_classes or data_classes
         if self.num_classes != data_classes:
             raise ConfigError(f"model.num_classes={self.num_classes} but the data has {data_classes} classes")

@@ -11,8 +11,8 @@ from ..checkpoint import find_resume_checkpoint, load_strict, read_checkpoint
 from ..config.loader import ConfigError, load_config
 from ..config.schema import PretrainConfig
 from ..data import (TransformedDataset, build_dataset, build_eval_transform, build_pretrain_loader, collate_skip_broken,
-                    mix_seed, preview_images)
-from ..models.deepmim import DeepMIM
+                    mix_seed, preview_images, validate_data_config)
+from ..models.deepmim import DeepMIM, validate_model_config
 from ..models.factory import expand_model_dict
 from ..models.heads import loss_key
 from ..targets import TARGETS
@@ -22,7 +22,7 @@ from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_prob
 from ..training.loop import TrainResult
 from ..training.parallel import is_sharded
 from ..training.precision import autocast, fastest_attention, use_fused_attention
-from .base import Env, TrainingTask, run_training
+from .base import Env, TrainingTask, check_config, run_training
 from .summary import count_parameters, describe_data, run_summary
 
 
@@ -30,6 +30,7 @@ def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
     """Recipe + overrides -> a validated PretrainConfig (model presets resolved)."""
     cfg = load_config(PretrainConfig, recipe, overrides, expand=_expand_preset)
     fill_target_normalisation(cfg)
+    check_config(PretrainTask(cfg), require_paths=False)  # --print-config refuses the values a run would
     return cfg
 
 
@@ -51,17 +52,16 @@ def fill_target_normalisation(cfg: PretrainConfig) -> None:
                 spec[key] = list(value)
 
 
-def check_compatible(cfg: PretrainConfig) -> None:
-    """Model/data mismatches that would otherwise surface as a shape error mid-run."""
+def check_compatible(cfg: PretrainConfig, require_paths: bool = True) -> None:
+    """Model/data mismatches that would otherwise surface as a shape error mid-run (`require_paths`: and
+    the teacher weights a target needs; --print-config shows a recipe before they are given)."""
     if cfg.data.img_size != cfg.model.encoder.img_size:
         raise ConfigError(f"data.img_size={cfg.data.img_size} but model.encoder.img_size="
                           f"{cfg.model.encoder.img_size}; set both to the same value")
     if len(cfg.data.mean) != cfg.model.encoder.in_chans or len(cfg.data.std) != cfg.model.encoder.in_chans:
         raise ConfigError("data.mean and data.std need one value per input channel")
-    if cfg.train.accum_steps < 1 or cfg.train.batch_size < 1 or cfg.train.epochs < 1:
-        raise ConfigError("train.batch_size, train.accum_steps and train.epochs must be at least 1")
     for i, spec in enumerate([cfg.model.target] + [h.target for h in cfg.model.heads]):
-        if spec and spec.get("name") in ("teacher", "hybrid") and not spec.get("path"):
+        if require_paths and spec and spec.get("name") in ("teacher", "hybrid") and not spec.get("path"):
             where = "model.target" if i == 0 else f"model.heads.{i - 1}.target"
             raise ConfigError(f"{where}.path is not set: the {spec['name']} target needs the weights of its frozen "
                               f"model (e.g. {where}.path=/weights/clip_vit_b16.pt)")
@@ -91,8 +91,10 @@ class PretrainTask(TrainingTask):
 
     kind, title, strategies = "pretrain", "pre-training", ("ddp", "fsdp")
 
-    def validate(self) -> None:
-        check_compatible(self.cfg)
+    def validate(self, require_paths: bool = True) -> None:
+        validate_model_config(self.cfg.model)
+        validate_data_config(self.cfg.data, require_path=require_paths)
+        check_compatible(self.cfg, require_paths)
 
     def build_data(self, env: Env):
         enc = self.cfg.model.encoder
@@ -130,7 +132,7 @@ class PretrainTask(TrainingTask):
                            loader, env)
 
     def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
-        if env.is_main and self.cfg.train.plots:
+        if env.is_main and self.cfg.train.plots and result.step > result.start_step:
             write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, Path(self.cfg.train.output_dir))
         return result
 

@@ -29,7 +29,7 @@ from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
-from .base import Env, TrainingTask, load_trained, run_training, session
+from .base import Env, TrainingTask, check_config, load_trained, run_training, session
 from .summary import count_parameters, run_summary
 
 __all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
@@ -42,7 +42,7 @@ def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
     """Recipe + overrides -> a SegmentConfig, checked at once (so --print-config refuses a bad recipe;
     run_segment_train checks again, for configs built in Python)."""
     cfg = load_config(SegmentConfig, recipe, overrides, task="segment")
-    validate_segment_config(cfg)
+    check_config(SegmentTask(cfg), require_paths=False)
     return cfg
 
 
@@ -240,7 +240,7 @@ class SegmentTask(TrainingTask):
 
     kind, title = "segment", "segmentation"
 
-    def validate(self) -> None:
+    def validate(self, require_paths: bool = True) -> None:
         validate_segment_config(self.cfg)
 
     def build_data(self, env: Env):

@@ -20,7 +20,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+        from ..config.loader import ConfigError
+        raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
     return device
 
 

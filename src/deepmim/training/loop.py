@@ -3,7 +3,13 @@ atomic checkpoints with exact resume, logs (training/loggers.py) and progress (a
 
 Randomness is derived from (seed, rank, step) rather than carried in global RNG state,
 so a run killed at any moment and resumed from its last checkpoint ends with the same
-weights as one that never stopped.
+weights as one that never stopped; the partial sums of the epoch's metrics ride in the
+checkpoint too, so its epoch means are those of the uninterrupted run.
+
+A checkpoint is only written from a state the divergence guard (training/guard.py) has passed:
+its weights and gradients are checked when it is taken, and, when training goes on, it is written
+once the next step's loss, computed from those very weights, has been checked as well. A run that
+diverges therefore stops with its last checkpoint intact, and the message names it.
 """
 from __future__ import annotations
 
@@ -21,9 +27,11 @@ from torch import nn
 
 from ..config.schema import OptimConfig, TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed
-from .parallel import full_state_dict, is_sharded, load_full_state_dict
-from ..checkpoint import LAST, find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint
+from .parallel import full_state_dict, load_full_state_dict
+from ..checkpoint import (LAST, PREV, CheckpointError, PickledObjectsError, compare_state_dicts,
+                          find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint)
 from .checkpoint import rng_state, set_rng_state
+from .guard import DivergenceError, DivergenceGuard
 from .loggers import build_trackers, resolve_loggers
 from .logging import MetricsLogger, say
 from .optim import build_adamw, scaled_lr
@@ -34,8 +42,7 @@ from .schedule import lr_at_step, set_lr
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint on disk is the last good one."""
+NonFiniteLossError = DivergenceError  # its name from when the loss was all the loop checked
 
 
 class EpochLoader(Protocol):
@@ -70,6 +77,15 @@ class TrainResult:
     finished: bool  # False when stopped early by train.max_steps
     last_metrics: Dict[str, float]
     checkpoint: Optional[Path]
+    start_step: int = 0  # where this run began (the resumed step): step == start_step means nothing was trained
+
+
+def requested_resume(train: TrainConfig) -> Optional[str]:
+    """train.resume, or 'auto' in a worker group that torchrun restarted (--max-restarts): restarted
+    workers continue from the newest checkpoint in output_dir even when the command did not ask to."""
+    if train.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return "auto"
+    return train.resume
 
 
 class Trainer:
@@ -105,41 +121,70 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
         self.step = 0
         self.is_main = rank == 0
-        self.skipped_images = 0
+        self.guard = DivergenceGuard(train.divergence_factor, check_grads=not self.scaler.is_enabled())
+        self.pending: Optional[Tuple[Dict[str, Any], Optional[int]]] = None  # (state, numbered epoch) to write
+        self.last_good: Optional[Tuple[Path, int]] = None  # (checkpoint, its step): what a stop leaves intact
+        self.last_metrics: Dict[str, float] = {}
+        self.carried: Dict[str, Any] = {}  # partial metric sums of the epoch a resumed checkpoint was taken in
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self, partial: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything to resume; model and optimizer gathered in full (parameter names as keys), so a
-        checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP."""
+        checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP.
+        `partial`: the metric sums of the epoch so far (exact epoch means after a mid-epoch resume)."""
         model_state, optimizer_state = full_state_dict(self.model, self.optimizer)
         return make_checkpoint(self.task, model_state, self.config_dict, self.architecture,
                                optimizer=optimizer_state, scaler=self.scaler.state_dict(), step=self.step,
                                epoch=self.step // self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-                               rng=rng_state(), hooks=self.hooks.state_dict())
+                               rng=rng_state(), hooks=self.hooks.state_dict(), guard=self.guard.state_dict(),
+                               partial=partial or {}, metrics=dict(self.last_metrics))
 
-    def save(self, numbered_epoch: Optional[int] = None) -> Optional[Path]:
-        """Rank 0 writes (atomically); under FSDP every rank takes part in gathering the state."""
-        sharded = is_sharded(self.model)
-        if not self.is_main and not sharded:
-            return None
-        state = self.state_dict()
-        if not self.is_main:
-            return None
-        return save_checkpoint(state, self.output_dir, numbered_epoch)
+    def save_point(self, stop_at: int, numbered_epoch: Optional[int] = None,
+                   partial: Optional[Dict[str, Any]] = None) -> None:
+        """Keep the current state: checked now (weights, gradients), then written at once when no step
+        follows, else held until the next step's loss (from these weights) has passed the guard too."""
+        self.check_weights()
+        state = snapshot(self.state_dict(partial), copy=self.device.type == "cpu")
+        if self.step >= stop_at:
+            self.write(state, numbered_epoch)
+        else:
+            self.pending = (state, numbered_epoch)
+
+    def confirm_pending(self, loss: torch.Tensor, epoch: int) -> None:
+        """The first loss computed from a held state's weights: write the state if it is sound."""
+        value = (all_reduce_sum(loss.detach().float().reshape(())) / self.world_size).item()
+        if not math.isfinite(value):
+            self.diverged(f"non-finite loss at step {self.step + 1} (epoch {epoch}): loss={value}")
+        problem = self.guard.check_loss(value)
+        if problem:
+            self.diverged(f"{problem}, at step {self.step + 1} (epoch {epoch})")
+        state, numbered = self.pending
+        self.pending = None
+        self.write(state, numbered)
+
+    def write(self, state: Dict[str, Any], numbered_epoch: Optional[int] = None) -> None:
+        """Rank 0 writes (atomically; the file it replaces becomes checkpoint-prev.pt)."""
+        if self.is_main:
+            path = save_checkpoint(state, self.output_dir, numbered_epoch)
+        else:
+            path = self.output_dir / LAST
+        self.last_good = (path, state["step"])
 
     def maybe_resume(self) -> Optional[Path]:
-        """Load train.resume; a worker group restarted by torchrun (--max-restarts) resumes from the
-        newest checkpoint in output_dir even when the command did not ask to."""
-        resume = self.train_cfg.resume
-        if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-            resume = "auto"
-        path = find_resume_checkpoint(self.output_dir, resume)
+        """Load train.resume (see requested_resume); every way a checkpoint cannot continue this run
+        ends in one message saying which file, why, and what to do."""
+        path = find_resume_checkpoint(self.output_dir, requested_resume(self.train_cfg))
         if path is None:
             return None
-        ckpt = read_checkpoint(path)
+        try:
+            ckpt = read_checkpoint(path)
+        except CheckpointError as err:  # damaged, or pickled objects (refused, whatever the resume)
+            kind = PickledObjectsError if isinstance(err, PickledObjectsError) else CheckpointError
+            raise kind(f"{err}. Cannot resume from it: {self.resume_alternatives(path)}") from err
         ckpt.require(self.task, "train.resume continues a run of the same task")
         state = ckpt.raw
+        self.check_architecture(path, ckpt)
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
@@ -147,13 +192,74 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.hooks.load_state_dict(state.get("hooks", {}))
+        self.guard.load_state_dict(state.get("guard", {}))
         self.step = state["step"]
+        self.carried = state.get("partial") or {}
+        self.last_metrics = dict(state.get("metrics") or {})
+        self.last_good = (path, self.step)
         return path
+
+    def resume_alternatives(self, path: Path) -> str:
+        prev = self.output_dir / PREV
+        options = []
+        if prev.is_file() and Path(path).resolve() != prev.resolve():
+            options.append(f"continue from the checkpoint before it with train.resume={prev}")
+        options.append(f"start afresh with train.overwrite=true (moves the folder's files aside) or in another "
+                       f"train.output_dir")
+        return "; or ".join(options)
+
+    def check_architecture(self, path: Path, ckpt) -> None:
+        """A checkpoint of another model than this run's config builds: one paragraph naming the config
+        keys that differ (instead of a wall of shape mismatches)."""
+        missing, unexpected, mismatched = compare_state_dicts(self.model.state_dict(), ckpt.model_state)
+        if not (missing or unexpected or mismatched):
+            return
+        first = (mismatched or [f"{k} missing in the file" for k in missing] or
+                 [f"{k} not in the model" for k in unexpected])[0]
+        changed = config_changes(ckpt.config, self.config_dict, ckpt.architecture, self.architecture)
+        raise CheckpointError(
+            f"{path} holds another model than this run builds ({len(missing) + len(unexpected) + len(mismatched)} "
+            f"tensors differ, e.g. {first}); the config it was written with differs in: {changed}. Resume it with "
+            f"its own config ({Path(path).parent / 'config.yaml'}), or train the new model in another "
+            f"train.output_dir")
+
+    # ------------------------------------------------------------------ the guard
+
+    def check_weights(self) -> None:
+        problem = self.guard.check_weights(self.model.parameters(), self.step)
+        if problem:
+            self.diverged(problem)
+
+    def diverged(self, problem: str) -> None:
+        """Stop: nothing of the diverged state is written; name the checkpoint that is still good."""
+        self.pending = None
+        if self.last_good is not None:
+            path, step = self.last_good
+            how = "train.resume=auto" if Path(path).parent == self.output_dir else f"train.resume={path}"
+            kept = f"the last good checkpoint is {path} (step {step}); resume from it with {how} after the change"
+        else:
+            kept = "no checkpoint was written yet"
+        raise DivergenceError(
+            f"{problem}: training diverged, stopped without saving; {kept}. Try a lower optim.base_lr, "
+            f"optim.clip_grad=1.0, more warm-up (optim.warmup_epochs), or train.precision=fp32.")
 
     # ------------------------------------------------------------------ the loop
 
+    def resume(self) -> Optional[Path]:
+        """Load the checkpoint train.resume asks for (once; fit() calls it when the caller did not):
+        run_training does it before writing config.yaml, so a checkpoint that cannot continue this run
+        leaves the folder as it was."""
+        if not hasattr(self, "_resumed"):
+            self._resumed = self.maybe_resume()
+        return self._resumed
+
     def fit(self) -> TrainResult:
-        resumed = self.maybe_resume()
+        resumed = self.resume()
+        start_step = self.step
+        stop_at = self.total_steps if self.train_cfg.max_steps is None else min(self.total_steps,
+                                                                                 self.train_cfg.max_steps)
+        if resumed and self.step >= stop_at:
+            return self.nothing_to_train(resumed, stop_at)
         if resumed and self.is_main:
             say(f"resumed from {resumed} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
         resume_step = self.step if resumed else None
@@ -161,45 +267,62 @@ class Trainer:
         trackers = lambda: build_trackers(resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t,  # noqa: E731
                                           self.config_dict, resume_step)
         logger = MetricsLogger(self.output_dir, enabled=self.is_main, resume_step=resume_step, trackers=trackers)
-        stop_at = self.total_steps if self.train_cfg.max_steps is None else min(self.total_steps,
-                                                                                 self.train_cfg.max_steps)
         bar = Progress(self.total_steps, self.step, stop_at, self.steps_per_epoch, t.progress and self.is_main,
                        t.progress_style, t.progress_seconds, t.progress_steps)
-        last_metrics: Dict[str, float] = {}
-        checkpoint = None
+        self.check_weights()  # the norm the first check compares with
         try:
             while self.step < stop_at:
                 epoch = self.step // self.steps_per_epoch
-                last_metrics = self.run_epoch(epoch, stop_at, logger, bar)
+                self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
                 epoch_done = self.step % self.steps_per_epoch == 0
                 keep = self.train_cfg.save_every_epochs
                 numbered = epoch if epoch_done and keep and ((epoch + 1) % keep == 0 or self.step == self.total_steps) \
                     else None
-                checkpoint = self.save(numbered_epoch=numbered)
+                self.save_point(stop_at, numbered, partial)
         finally:
+            self.pending = None
             bar.close()
             logger.close()
         barrier()  # no process leaves (and tears down the group) while rank 0 still writes
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
-                           last_metrics, checkpoint)
+                           self.last_metrics, self.last_good[0] if self.last_good else None, start_step)
 
-    def run_epoch(self, epoch: int, stop_at: int, logger: MetricsLogger, bar) -> Dict[str, float]:
-        """Train from the current step to the end of `epoch` (or stop_at); returns the epoch's mean metrics."""
+    def nothing_to_train(self, resumed: Path, stop_at: int) -> TrainResult:
+        """Resuming a run that is already where this one would stop: say so, train nothing, write nothing."""
+        if self.is_main:
+            if self.step >= self.total_steps:
+                why = (f"holds the finished run ({self.step} steps, all {self.train_cfg.epochs} epochs); to train "
+                       f"longer raise train.epochs (the schedule stretches with it), or start a new run")
+            else:
+                why = f"is at step {self.step}, where train.max_steps={self.train_cfg.max_steps} stops"
+            say(f"nothing to train: {resumed} {why}")
+        return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
+                           self.last_metrics, resumed, self.step)
+
+    def run_epoch(self, epoch: int, stop_at: int, logger: MetricsLogger, bar
+                  ) -> Tuple[Dict[str, float], Optional[Dict[str, Any]]]:
+        """Train from the current step to the end of `epoch` (or stop_at); returns the epoch's mean metrics
+        and, when it stopped inside the epoch, its partial sums (for the checkpoint)."""
         accum = self.train_cfg.accum_steps
         first_step = epoch * self.steps_per_epoch
         self.loader.set_epoch(epoch, start_batch=(self.step - first_step) * accum)
         self.model.train()
-        window = _Window()
-        epoch_sums = _Window()
+        carried, self.carried = self.carried, {}
+        window = _Window(self.device, carried.get("window") if self.is_main else None)
+        epoch_sums = _Window(self.device, carried.get("epoch") if self.is_main else None)
         micro = (self.step - first_step) * accum
         end_micro = min(self.steps_per_epoch, stop_at - first_step) * accum
         # islice: never fetch a batch past the stop, its augmentation would advance the RNG states.
         for batch in itertools.islice(self.loader, end_micro - micro):
-            self.skipped_images += getattr(batch, "num_skipped", 0)
+            skipped = getattr(batch, "num_skipped", 0)
+            window.skipped += skipped
+            epoch_sums.skipped += skipped
             if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
                 metrics, n_images = self.micro_step(batch, micro, epoch, sync=(micro + 1) % accum == 0)
                 window.add(metrics, n_images)
                 epoch_sums.add(metrics, n_images)
+                if self.pending is not None:  # the first loss of the held state's weights
+                    self.confirm_pending(metrics["loss"], epoch)
             micro += 1
             if micro % accum:
                 continue
@@ -207,27 +330,28 @@ class Trainer:
             bar.update(1)
             if self.step % self.train_cfg.log_every_steps == 0 or micro == end_micro:
                 self.log_window(window, logger, bar, epoch)
-                window = _Window()
+                window = _Window(self.device)
             if self.train_cfg.save_every_steps and self.step % self.train_cfg.save_every_steps == 0 \
                     and micro < end_micro:
                 self.check_finite(epoch_sums, epoch)
-                self.save()
+                self.save_point(stop_at, partial={"epoch": epoch_sums.global_state(),
+                                                  "window": window.global_state()})
         if window.count:
             self.log_window(window, logger, bar, epoch)
         means = self.check_finite(epoch_sums, epoch)
         if self.step % self.steps_per_epoch == 0:
-            logger.log("epoch", self.step, {"epoch": epoch, **means, "skipped_images": self.skipped_images})
+            logger.log("epoch", self.step, {"epoch": epoch, **means, "skipped_images": epoch_sums.global_skipped})
             evaluation = self.hooks.after_epoch(self, epoch)
             if evaluation:
                 self.last_eval = evaluation
                 logger.log("eval", self.step, {"epoch": epoch, **evaluation})
                 if self.is_main:
                     say(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
-            if self.skipped_images and self.is_main:
-                say(f"epoch {epoch}: skipped {self.skipped_images} unreadable images (set data.strict=true to stop "
-                    f"on the first one)")
-            self.skipped_images = 0
-        return means
+            if epoch_sums.global_skipped and self.is_main:
+                say(f"epoch {epoch}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
+                    f"of the data set, so every batch stayed full (data.strict=true stops at the first instead)")
+            return means, None
+        return means, {"epoch": epoch_sums.global_state()}  # its last window was logged: nothing to carry
 
     def micro_step(self, batch: Any, micro: int, epoch: int, sync: bool = True
                    ) -> Tuple[Dict[str, torch.Tensor], int]:
@@ -245,9 +369,11 @@ class Trainer:
     def optimizer_step(self) -> None:
         lr = lr_at_step(self.optim_cfg, self.step, self.total_steps, self.warmup_steps, self.peak_lr)
         set_lr(self.optimizer, lr)
+        grad_norm = None
         if self.optim_cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.clip_grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.clip_grad)
+        self.guard.record_gradients(self.step, self.model.parameters(), grad_norm)
         if any(p.grad is not None for p in self.model.parameters()):
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -256,25 +382,60 @@ class Trainer:
         self.hooks.after_optimizer_step(self)
 
     def log_window(self, window: "_Window", logger: MetricsLogger, bar, epoch: int) -> None:
-        """The only host-device sync point: turn the window's sums into numbers and log them."""
+        """The only host-device sync point: turn the window's sums into numbers, check them (and the
+        weights) with the guard, and log them."""
         means = self.check_finite(window, epoch)
+        problem = self.guard.check_loss(means["loss"])
+        if problem:
+            self.diverged(f"{problem}, in the steps up to step {self.step} (epoch {epoch})")
+        self.check_weights()
+        self.guard.observe_loss(means["loss"], self.step)
         values = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **means,
                   "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
         bar.show(self.step, epoch, values)
 
     def check_finite(self, window: "_Window", epoch: int) -> Dict[str, float]:
+        """The window's means; a non-finite one stops the run (the guard's message, every metric named)."""
         means = window.means()
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
-            where = self.output_dir / LAST
-            kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step} (epoch {epoch}): "
-                + ", ".join(f"{k}={v}" for k, v in bad.items())
-                + f"; stopped without saving, {kept}. Try a lower optim.base_lr, optim.clip_grad=1.0, "
-                  f"more warm-up, or train.precision=fp32.")
+            self.diverged(f"non-finite loss at step {self.step} (epoch {epoch}): "
+                          + ", ".join(f"{k}={v}" for k, v in bad.items()))
         return means
+
+
+def snapshot(obj: Any, copy: bool) -> Any:
+    """`obj` with every tensor detached and on the CPU, copied when `copy` (CPU training, where the
+    gathered state shares storage with the live weights) or when it lives on an accelerator."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=copy or obj.device.type != "cpu")
+    if isinstance(obj, dict):
+        return {k: snapshot(v, copy) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v, copy) for v in obj)
+    return obj
+
+
+def config_changes(old: Dict[str, Any], new: Dict[str, Any], old_arch: Any = None, new_arch: Any = None,
+                   limit: int = 6) -> str:
+    """'model.encoder.embed_dim: 128 -> 64; ...' for the model keys (and the recorded architecture) that
+    differ between a checkpoint's config and this run's."""
+    def flat(tree: Any, prefix: str) -> Dict[str, Any]:
+        if isinstance(tree, dict):
+            out: Dict[str, Any] = {}
+            for k, v in tree.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix.rstrip("."): tree}
+
+    a = {**flat(old.get("model", {}), "model."), **flat(old_arch or {}, "architecture.")}
+    b = {**flat(new.get("model", {}), "model."), **flat(new_arch or {}, "architecture.")}
+    diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k) and k != "model.attn_impl"]
+    if not diffs:
+        return "no model key (the weights themselves do not fit)"
+    return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
 
 
 def step_seed(seed: int, rank: int, epoch: int, micro: int) -> int:
@@ -283,13 +444,19 @@ def step_seed(seed: int, rank: int, epoch: int, micro: int) -> int:
 
 
 class _Window:
-    """Sums of metric tensors over some micro-steps, kept on the device until read."""
+    """Sums of metric tensors over some micro-steps, kept on the device until read. `carried`: the
+    global totals a checkpoint recorded (rank 0 starts from them after a resume, the others from zero)."""
 
-    def __init__(self):
-        self.sums: Dict[str, torch.Tensor] = {}
-        self.count = 0
-        self.images = 0
-        self.global_images = 0
+    def __init__(self, device: Optional[torch.device] = None, carried: Optional[Dict[str, Any]] = None):
+        carried = carried or {}
+        self.sums: Dict[str, torch.Tensor] = {k: torch.tensor(v, dtype=torch.float32, device=device)
+                                              for k, v in carried.get("sums", {}).items()}
+        self.count = int(carried.get("count", 0))  # micro-steps
+        self.images = int(carried.get("images", 0))
+        self.skipped = int(carried.get("skipped", 0))  # unreadable files replaced
+        self.fresh_images = 0  # images since this window (re)started in this process: for img/s
+        self.totals: Optional[Dict[str, Any]] = None  # global totals, set by means()
+        self.global_images = self.global_skipped = 0
         self.start = time.perf_counter()
 
     def add(self, metrics: Dict[str, torch.Tensor], n_images: int) -> None:
@@ -297,20 +464,32 @@ class _Window:
             self.sums[key] = self.sums[key] + value.float() if key in self.sums else value.float()
         self.count += 1
         self.images += n_images
+        self.fresh_images += n_images
 
     def means(self) -> Dict[str, float]:
         """Means over every micro-step of every process. Under torch.distributed this is one
-        all-reduce (at logging steps only), so all ranks log, check and act on the same numbers,
-        covering the whole global batch. Sets `global_images` (images of all processes)."""
-        sums, count, self.global_images = self.sums, self.count, self.images
-        if is_distributed() and sums:
-            keys = sorted(sums)
-            device = sums[keys[0]].device
+        all-reduce (at logging steps and checkpoints only), so all ranks log, check and act on the
+        same numbers, covering the whole global batch. Sets `global_images` (images of all processes
+        since the window (re)started) and `global_skipped`."""
+        keys = sorted(self.sums)
+        sums = {k: self.sums[k] for k in keys}
+        counts = [self.count, self.images, self.skipped, self.fresh_images]
+        if is_distributed():
+            device = sums[keys[0]].device if keys else torch.device("cpu")
             packed = all_reduce_sum(torch.stack([sums[k] for k in keys] + [
-                torch.tensor(float(count), device=device), torch.tensor(float(self.images), device=device)]))
+                torch.tensor(float(c), device=device) for c in counts]))
             sums = {k: packed[i] for i, k in enumerate(keys)}
-            count, self.global_images = int(packed[-2].item()), int(packed[-1].item())
-        return {k: (v / max(count, 1)).item() for k, v in sums.items()}
+            counts = [int(v) for v in packed[len(keys):].tolist()]
+        count, images, skipped, fresh = counts
+        self.totals = {"sums": {k: v.item() for k, v in sums.items()}, "count": count, "images": images,
+                       "skipped": skipped}
+        self.global_images, self.global_skipped = fresh, skipped
+        return {k: v / max(count, 1) for k, v in self.totals["sums"].items()}
+
+    def global_state(self) -> Dict[str, Any]:
+        """The global totals as plain numbers, for the checkpoint (collective under torch.distributed)."""
+        self.means()
+        return dict(self.totals)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ...checkpoint import file_mode
 from ...config.loader import ConfigError
 
 ON_CHANGE = ("refuse", "rerun")
-COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume")
+COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume",
+                 "overwrite", "divergence_factor")
 
 
 class StudyChangedError(ConfigError):
@@ -58,6 +60,7 @@ def write_json(path: Path, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(obj, indent=1, default=str))
             f.flush()
+            os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what the umask gives
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -14,9 +14,9 @@ from .stages import ON_CHANGE
 POOLS = ("cls", "avg")
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Keys the study sets itself in every stage: a value given for them would be overwritten, so they are refused.
-PRETRAIN_OWNED = ("data", "model", "train.seed", "train.output_dir", "train.resume")
+PRETRAIN_OWNED = ("data", "model", "train.seed", "train.output_dir", "train.resume", "train.overwrite")
 FINETUNE_OWNED = ("data", "model.checkpoint", "model.preset", "val_split", "train.seed", "train.output_dir",
-                  "train.resume")
+                  "train.resume", "train.overwrite")
 
 
 def load_study_config(recipe: Optional[str], overrides: Iterable[str] = ()) -> StudyConfig:
