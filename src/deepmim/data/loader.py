@@ -27,7 +27,7 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
-from deepmim.data.transforms import build_pretrain_transform
+from deepmim.data.transforms import PretrainTransform, build_pretrain_transform
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class SeededAugmentation(Dataset):
 
     The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
     DataLoader workers too. `None` items (unreadable files) pass through as `None`.
+    An ImageFolder with the pre-training transform decodes each file straight into its crop
+    (`PretrainTransform.from_file`: reduced-size JPEG decoding when the crop allows it).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int):
@@ -67,6 +69,7 @@ class SeededAugmentation(Dataset):
         self.transform = transform
         self.seed = int(seed)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.from_files = isinstance(dataset, ImageFolder) and isinstance(transform, PretrainTransform)
 
     @property
     def epoch(self) -> int:
@@ -79,10 +82,9 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int, int]]:
-        item = self.dataset[index]
-        if item is None:
+        item = None if self.from_files else self.dataset[index]
+        if item is None and not self.from_files:
             return None
-        image, label = item[0], item[1]
         seed = mix_seed(self.seed, self.epoch, index)
         # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too.
         python_state, numpy_state = random.getstate(), np.random.get_state()
@@ -91,10 +93,15 @@ class SeededAugmentation(Dataset):
             torch.default_generator.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
-            image = self.transform(image)
+            if self.from_files:
+                item = self.dataset.load_with(index, self.transform.from_file)
+            else:
+                item = (self.transform(item[0]), item[1])
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        return image, label, mix_seed(self.seed, self.epoch, index, MASK_STREAM)
+        if item is None:
+            return None
+        return item[0], item[1], mix_seed(self.seed, self.epoch, index, MASK_STREAM)
 
 
 class TransformedDataset(Dataset):

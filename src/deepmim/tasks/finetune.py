@@ -290,30 +290,37 @@ def run_finetune(cfg: FinetuneConfig) -> TrainResult:
     """Fine-tune on one process or, under torchrun, with DDP (sharded training and evaluation data)."""
     from ..data import build_pretrain_loader
     from ..training.distributed import cleanup, setup_distributed
-    from ..training.parallel import prepare_model
+    from ..training.compile import should_compile
+    from ..training.parallel import prepare_model, set_fused_attention
+    from ..training.precision import use_fused_attention
+    from ..training.threads import apply_thread_plan
 
     if cfg.train.strategy != "ddp":
         raise ConfigError("fine-tuning supports train.strategy=ddp (with train.activation_checkpointing=true for "
                           "large models); fsdp is available for pretrain")
     device, rank, world_size = setup_distributed(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
+    threads = apply_thread_plan(cfg.data.num_workers)
+    data_cfg = dataclasses.replace(cfg.data, num_workers=threads.workers)
     torch.manual_seed(cfg.train.seed)
     train_tf, eval_tf = build_transforms(cfg)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
+    loader = build_pretrain_loader(data_cfg, cfg.train.batch_size, cfg.train.seed, rank, world_size,
                                    transform=train_tf)
     data_classes = num_classes_of(loader.raw_dataset)
     num_classes = cfg.model.num_classes or data_classes
     if num_classes != data_classes:
         raise ConfigError(f"model.num_classes={num_classes} but the data has {data_classes} classes")
-    val_dataset, val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size, rank,
+    val_dataset, val_loader = build_eval_loader(data_cfg, cfg.val_split, eval_tf, cfg.train.batch_size, rank,
                                                 world_size)
     if num_classes_of(val_dataset) != num_classes:
         raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(val_dataset)} classes, training "
                           f"has {num_classes}")
     model, encoder_cfg = build_classifier(cfg.model, num_classes, cfg.data.img_size)
     model = model.to(device)
+    set_fused_attention(model, use_fused_attention("auto", device, precision))  # pre-training's kernel rule
     hooks = FinetuneHooks(model, val_loader, device, precision, cfg.train.ema_decay)
     groups = layer_decay_groups(model, cfg.optim)
+    cfg.train.compile = should_compile(cfg.train.compile, cfg.train.epochs * (len(loader) // cfg.train.accum_steps))
     model, forward_model = prepare_model(model, device, "ddp", cfg.train.activation_checkpointing, cfg.train.compile)
     output_dir = Path(cfg.train.output_dir)
     if rank == 0:
@@ -321,7 +328,8 @@ def run_finetune(cfg: FinetuneConfig) -> TrainResult:
         (output_dir / "config.yaml").write_text(dump_yaml(cfg))
         say(f"deepmim finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {num_classes} "
             f"classes, {len(loader.dataset)} train / {len(val_dataset)} {cfg.val_split} images, device {device}, "
-            f"precision {precision}, {world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}"
+            f"precision {precision}, {world_size} process(es)\n{threads.describe()}; torch.compile "
+            f"{'on' if cfg.train.compile else 'off'}\n--- resolved config ---\n{dump_yaml(cfg)}"
             f"-----------------------")
     config_dict = {**to_dict(cfg), "architecture": {"encoder": dataclasses.asdict(encoder_cfg),
                                                     "num_classes": num_classes}}

@@ -1,6 +1,7 @@
 """`deepmim pretrain`: masked image modeling with deep supervision, end to end."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -13,7 +14,9 @@ from ..models.deepmim import DeepMIM
 from ..models.factory import expand_model_dict
 from ..training import Trainer, TrainResult, resolve_device, resolve_precision, use_fused_attention
 from ..training.distributed import cleanup, setup_distributed
+from ..training.compile import should_compile
 from ..training.parallel import is_sharded, prepare_model
+from ..training.threads import apply_thread_plan
 from ..training.logging import METRICS_FILE, say
 
 
@@ -81,11 +84,14 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     if cfg.train.strategy == "fsdp" and precision == "fp16":
         raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
                           "use train.precision=bf16 or fp32, or train.strategy=ddp")
+    threads = apply_thread_plan(cfg.data.num_workers)
     torch.manual_seed(cfg.train.seed)
     model = DeepMIM(cfg.model).to(device)
+    model.store_frozen_targets_in(precision)
     choose_attention(model, cfg, device, precision, rank)
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, rank, world_size,
-                                   mask_patches=model.encoder.num_patches)
+    loader = build_pretrain_loader(dataclasses.replace(cfg.data, num_workers=threads.workers), cfg.train.batch_size,
+                                   cfg.train.seed, rank, world_size, mask_patches=model.encoder.num_patches)
+    cfg.train.compile = should_compile(cfg.train.compile, cfg.train.epochs * (len(loader) // cfg.train.accum_steps))
     unused = model.unused_parameter_names()
     model, forward_model = prepare_model(model, device, cfg.train.strategy, cfg.train.activation_checkpointing,
                                          cfg.train.compile, find_unused_parameters=bool(unused))
@@ -96,7 +102,8 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
         n_params = sum(p.numel() for p in model.parameters())
         say(f"deepmim pretrain: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M encoder), "
             f"heads at blocks {model.blocks}, {len(loader.dataset)} images, device {device}, precision {precision}, "
-            f"{world_size} process(es)\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
+            f"{world_size} process(es)\n{threads.describe()}; torch.compile {'on' if cfg.train.compile else 'off'}"
+            f"\n--- resolved config ---\n{dump_yaml(cfg)}-----------------------")
     trainer = Trainer(model, loader, pretrain_loss, cfg.train, cfg.optim, to_dict(cfg), device, precision,
                       rank, world_size, batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model)
     try:

@@ -28,6 +28,7 @@ from ..training.distributed import all_reduce_sum, is_distributed, setup_distrib
 from ..training.parallel import prepare_model
 from ..training.logging import say
 from ..training.loop import TrainHooks
+from ..training.compile import should_compile
 from ..training.precision import autocast
 
 
@@ -329,6 +330,7 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
         raise ConfigError("segmentation supports train.strategy=ddp (with train.activation_checkpointing=true "
                           "for large backbones); fsdp is available for pretrain")
     groups = layer_decay_groups(model, cfg.optim)
+    t.compile = should_compile(t.compile, t.iterations)
     model, forward_model = prepare_model(model, device, "ddp", t.activation_checkpointing, t.compile,
                                          find_unused_parameters=model.backbone.out_indices[-1] < enc.depth - 1)
     trainer = Trainer(model, loader, make_seg_loss(cfg.model.aux_weight, cfg.data.ignore_index), train_cfg,
