@@ -139,8 +139,8 @@ def test_file_crop_path_matches_the_tensor_path(jpeg_folder, img_size, reduced):
         torch.manual_seed(seed)
         fast = transform.from_file(path)
         assert fast.shape == reference.shape == (3, img_size, img_size) and fast.dtype == torch.float32
-        if not reduced:
-            assert torch.equal(fast, reference)
+        if not reduced:  # the same decode (PIL's or torchvision's libjpeg-turbo: <= 1 level apart) and kernel
+            assert (fast - reference).abs().max().item() * STD[2] * 255 <= 1.01
         worst = max(worst, (fast - reference).abs().mean().item() * STD[0] * 255)  # in uint8 levels
     if reduced:
         assert 0 < worst < 6.0, worst  # decoded at 1/2-1/8 scale: a slightly different resampling
