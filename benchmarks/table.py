@@ -9,8 +9,11 @@ import json
 import sys
 
 
-def mode_label(r: dict) -> str:
-    return f"{r['precision']} + {r['attn']}" + (" + compile" if r.get("compile") else "")
+def mode_label(r: dict, fsdp: bool = False) -> str:
+    return (f"{r['precision']} + {r['attn']}" + (" + compile" if r.get("compile") else "")
+            + (" + regional compile" if r.get("regional_compile") else "")
+            + (" + teacher in " + r["precision"] if r.get("frozen_targets_in_precision") else "")
+            + (" + FSDP" if fsdp else ""))
 
 
 def speedup_of(report: dict, name: str):
@@ -27,6 +30,15 @@ def bf16_share(r: dict, peaks: dict) -> str:
     return f"{100 * r['gflop_per_s'] / peaks['bf16']:.0f}%"
 
 
+def precision_share(r: dict, peaks: dict) -> str:
+    """Against the peak of the precision the mode computes in (fp16 included)."""
+    if r["precision"] == "fp32":
+        return f"{100 * r['gflop_per_s'] / peaks['fp32']:.0f}%"
+    if r["precision"] == "bf16":
+        return bf16_share(r, peaks)
+    return f"{100 * r['gflop_per_s'] / peaks[r['precision']]:.0f}% of {r['precision']}"
+
+
 def rows(report: dict):
     peaks = {k: v["gflop_per_s"] for k, v in report["matmul_peak"].items()}
     for name, r in report["modes"].items():
@@ -35,15 +47,16 @@ def rows(report: dict):
             f"**{entry['speedup']:.2f}x** ({entry['speedup_paired']:.2f}x)" if entry else "-")
         diff = "-" if not entry else f"{entry['rel_loss_diff']['total']:.1e}"
         compile_s = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "-"
-        yield (f"| {report['preset']}, bs {report['batch_size']} | {mode_label(r)} | {r['img_per_s']:.2f} "
+        fsdp = bool(report.get("fsdp")) and name != "baseline"
+        yield (f"| {report['preset']}, bs {report['batch_size']} | {mode_label(r, fsdp)} | {r['img_per_s']:.2f} "
                f"({r['img_per_s_min']:.2f}-{r['img_per_s_max']:.2f}) | {r['gflop_per_s']:.0f} | "
-               f"{100 * r['gflop_per_s'] / peaks['fp32']:.0f}% / {bf16_share(r, peaks)} | "
+               f"**{precision_share(r, peaks)}** ({100 * r['gflop_per_s'] / peaks['fp32']:.0f}% / {bf16_share(r, peaks)}) | "
                f"{r['peak_mem_gib']:.2f} | {speed} | {diff} | {compile_s} |")
 
 
 def main(paths) -> None:
-    print("| model, batch | mode | img/s median (min-max) | GFLOP/s | % of fp32 / bf16 matmul peak | peak memory GiB "
-          "| speed-up vs fp32 + math (paired) | rel. loss diff | compile time |")
+    print("| model, batch | mode | img/s median (min-max) | GFLOP/s | % of its precision's matmul peak (of fp32 / bf16) "
+          "| peak memory GiB | speed-up vs the baseline row (paired) | rel. loss diff | compile time |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         with open(path) as f:
