@@ -83,7 +83,9 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
     from torch.utils.data import DistributedSampler
     from tqdm import tqdm
 
+    from ..analysis.features import prepare_inference
     from ..training.distributed import wrap_ddp
+    from ..training.precision import autocast, resolve_precision
 
     p = cfg.probe
     dataset = build_dataset(cfg.data, cfg.features.train_split)
@@ -107,7 +109,8 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
         opt = build_probe_optimizer(head, p, lr)
         steps_per_epoch = max(1, len(loader))
         total, warmup = p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch
-        encoder = encoder.to(device)
+        precision = resolve_precision(cfg.features.precision, device)
+        encoder = prepare_inference(encoder, device, precision)  # as feature extraction: autocast + SDPA
         step, loss = 0, torch.tensor(float("nan"))
         bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress or rank != 0, leave=False)
         for epoch in range(p.epochs):
@@ -118,7 +121,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
                 images, targets = batch.images, batch.labels
                 if images.shape[0] < 2:
                     continue
-                with torch.no_grad():
+                with torch.no_grad(), autocast(device, precision):
                     taps, _ = encoder(images.to(device), taps=[encoder.depth])
                     x = pool_tokens(encoder.norm(taps[encoder.depth]), cfg.features.pool).float().cpu()
                 for group in opt.param_groups:
