@@ -3,9 +3,9 @@
 # the authors' behaviour (fp32, unfused attention) in the same process, interleaved step by step, with the
 # % of the matmul peak measured in that process; one JSON per run in OUTDIR, then the tables.
 #   bash benchmarks/cpu_table.sh [OUTDIR]
-# Run it alone on the machine (nothing else computing). About 60-75 min on 2 cores with an empty inductor
-# cache (torch.compile of the ViT-B blocks is ~4 min of it, the ViT-B rows ~30 min); a second run with
-# the cache warm saves ~10 min. Uses every core (torch picks the thread count); OMP_WAIT_POLICY=PASSIVE.
+# Run it alone on the machine (nothing else computing): about 20 min on 2 idle cores with an empty inductor
+# cache (estimated from its parts timed one by one; the ViT-B rows and the cold compiles of the
+# `deepmim` modes are most of it; a warm cache saves ~4 min). Uses every core; OMP_WAIT_POLICY=PASSIVE.
 set -euo pipefail
 OUTDIR=${1:-benchmarks/results}
 PY=${PY:-.venv/bin/python}

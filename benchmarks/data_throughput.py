@@ -11,7 +11,10 @@ interleaved round by round so that load from other processes hits all alike:
 - deepmim: what `deepmim pretrain` runs on an ImageFolder (SeededAugmentation -> from_file: crop drawn
           from the header, reduced-size JPEG decoding when the crop allows it, no full-size copy).
 
-Each includes the per-sample mask noise (a seeded generator per sample, as the loader's collate).
+- decode only: torchvision's libjpeg-turbo full decode, nothing else: the floor of any path that decodes
+          the whole file (printed for reference, not a pipeline).
+
+Each pipeline includes the per-sample mask noise (a seeded generator per sample, as the loader's collate).
 Images/s per core are images per second of this process's CPU time (`time.process_time`, one thread):
 on a shared machine that is what one core delivers, where wall time would also count the other
 processes' turns; wall-clock rates are reported beside them.
@@ -100,6 +103,13 @@ def deepmim_pipeline(root: Path, img_size: int, num_patches: int, from_files: bo
     return item, len(dataset)
 
 
+def decode_only(root: Path):
+    from deepmim.data.transforms import decode_colour_jpeg
+
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    return (lambda i: decode_colour_jpeg(paths[i])), len(paths)
+
+
 def time_pass(item, n: int) -> tuple:
     """(CPU seconds, wall seconds) of one pass over the n files."""
     c0, t0 = time.process_time(), time.perf_counter()
@@ -112,7 +122,8 @@ def run_size(root: Path, img_size: int, args) -> dict:
     num_patches = (img_size // args.patch_size) ** 2
     pipelines = {"plain": plain_pipeline(root, img_size, num_patches),
                  "tensor": deepmim_pipeline(root, img_size, num_patches, from_files=False),
-                 "deepmim": deepmim_pipeline(root, img_size, num_patches, from_files=True)}
+                 "deepmim": deepmim_pipeline(root, img_size, num_patches, from_files=True),
+                 "decode only": decode_only(root)}
     for item, n in pipelines.values():  # warm-up: file cache, allocator
         time_pass(item, n)
     times = {name: [] for name in pipelines}
@@ -124,7 +135,7 @@ def run_size(root: Path, img_size: int, args) -> dict:
     out = {name: {"img_per_s_per_core": n / statistics.median(c for c, _ in t),
                   "img_per_s_wall": n / statistics.median(w for _, w in t),
                   "pass_cpu_s": [c for c, _ in t], "pass_wall_s": [w for _, w in t]} for name, t in times.items()}
-    for name in ("tensor", "deepmim"):
+    for name in ("tensor", "deepmim", "decode only"):
         paired = statistics.median([p[0] / q[0] for p, q in zip(times["plain"], times[name])])
         out[name]["speedup_vs_plain"] = out[name]["img_per_s_per_core"] / out["plain"]["img_per_s_per_core"]
         out[name]["speedup_vs_plain_paired"] = paired

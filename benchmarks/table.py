@@ -1,5 +1,6 @@
-"""Markdown table of pretrain_throughput.py JSON files: one row per mode, speed-ups against the
-baseline of the same run (same process, interleaved steps).
+"""Markdown tables of the benchmarks' JSON files: pretrain_throughput.py (one row per mode, speed-ups
+against the baseline of the same run: same process, interleaved steps), and after it those of
+demo_throughput.py, downstream_throughput.py and data_throughput.py.
 
     python benchmarks/table.py benchmarks/results/cpu_*.json
 """
@@ -54,7 +55,41 @@ def rows(report: dict):
                f"{r['peak_mem_gib']:.2f} | {speed} | {diff} | {compile_s} |")
 
 
+def other_tables(reports) -> None:
+    """The demo, downstream and data JSON files, one small table each kind."""
+    demos = [(p, r) for p, r in reports if "fraction_of_peak" in r]
+    if demos:
+        print("\n| demo through the trainer | img/s | GFLOP/s | % of the matmul peak | load average |\n|---|---|---|---|---|")
+        for p, r in demos:
+            extra = " ".join(o for o in r["overrides"] if o.startswith(("train.batch_size", "train.compile")))
+            print(f"| `{p}` {extra} ({r['precision']}, {r['threads']} threads) | {r['img_per_s']:.0f} | "
+                  f"{r['gflop_per_s']:.0f} | **{100 * r['fraction_of_peak']:.1f}%** | "
+                  f"{r['load_average_start']:.1f} -> {r['load_average_end']:.1f} |")
+    for p, r in reports:
+        results = r.get("results") or {}
+        first = next(iter(results.values()), {})
+        if "vs_pretrain" in first:
+            print(f"\n`{p}` ({r['preset']}, batch {r['batch_size']}, {r['precision']}, {r['threads']} threads, "
+                  f"load {r['load_average']:.1f})\n\n| step | img/s | vs pre-training (paired) |\n|---|---|---|")
+            for name, v in results.items():
+                print(f"| {name} | {v['img_per_s']:.1f} | {v['vs_pretrain']:.2f}x ({v['vs_pretrain_paired']:.2f}x) |")
+        elif "plain" in first:
+            print(f"\n`{p}` ({r['source']}, {r['images']} files, load {r['load_average_start']:.1f} -> "
+                  f"{r['load_average_end']:.1f})\n\n| output | pipeline | img/s per core (CPU time) | wall img/s | "
+                  f"vs plain PIL + torchvision (paired) |\n|---|---|---|---|---|")
+            for size, res in results.items():
+                for name, v in res.items():
+                    vs = f"{v['speedup_vs_plain']:.2f}x ({v['speedup_vs_plain_paired']:.2f}x)" \
+                        if "speedup_vs_plain" in v else "1"
+                    print(f"| {size} px | {name} | {v['img_per_s_per_core']:.0f} | {v['img_per_s_wall']:.0f} | {vs} |")
+
+
 def main(paths) -> None:
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            reports.append((path, json.load(f)))
+    paths = [p for p, r in reports if "modes" in r]
     print("| model, batch | mode | img/s median (min-max) | GFLOP/s | % of its precision's matmul peak (of fp32 / bf16) "
           "| peak memory GiB | speed-up vs the baseline row (paired) | rel. loss diff | compile time |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -71,6 +106,7 @@ def main(paths) -> None:
         print(f"- `{path}`: {r['gflop_per_image']:.2f} GFLOP/image; matmul peaks (GFLOP/s) {peaks}; "
               f"load average {r['load_average_start']:.1f} -> {r['load_average_end']:.1f}; torch {r['torch']}, "
               f"{r['threads']} threads")
+    other_tables(reports)
 
 
 if __name__ == "__main__":
