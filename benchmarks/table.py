@@ -61,7 +61,7 @@ def other_tables(reports) -> None:
     if demos:
         print("\n| demo through the trainer | img/s | GFLOP/s | % of the matmul peak | load average |\n|---|---|---|---|---|")
         for p, r in demos:
-            extra = " ".join(o for o in r["overrides"] if o.startswith(("train.batch_size", "train.compile")))
+            extra = " ".join(o for o in r["overrides"] if o.startswith(("train.batch_size", "train.compile", "data.num_workers")))
             print(f"| `{p}` {extra} ({r['precision']}, {r['threads']} threads) | {r['img_per_s']:.0f} | "
                   f"{r['gflop_per_s']:.0f} | **{100 * r['fraction_of_peak']:.1f}%** | "
                   f"{r['load_average_start']:.1f} -> {r['load_average_end']:.1f} |")
