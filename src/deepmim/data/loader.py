@@ -29,7 +29,7 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
-from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
+from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class SeededAugmentation(Dataset):
 
     The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
     DataLoader workers too. `None` items (unreadable files) pass through as `None`.
+    An ImageFolder with the pre-training transform decodes each file straight into its crop
+    (`PretrainTransform.from_file`: reduced-size JPEG decoding when the crop allows it).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int):
@@ -70,6 +72,13 @@ class SeededAugmentation(Dataset):
         self.transform = transform
         self.seed = int(seed)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        from deepmim.data.subset import ClassBalancedSubset
+
+        folder = dataset.dataset if isinstance(dataset, ClassBalancedSubset) else dataset
+        self.from_files = isinstance(folder, ImageFolder) and isinstance(transform, PretrainTransform)
+        # PretrainTransform draws from torch's generator only; seeding Python's and numpy's as well (and
+        # restoring them) would cost ~0.15 ms per item, a third of the demo's loading time
+        self.torch_rng_only = isinstance(transform, PretrainTransform)
 
     @property
     def epoch(self) -> int:
@@ -82,22 +91,33 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int, int]]:
-        item = self.dataset[index]
-        if item is None:
+        item = None if self.from_files else self.dataset[index]
+        if item is None and not self.from_files:
             return None
-        image, label = item[0], item[1]
-        seed = mix_seed(self.seed, self.epoch, index)
-        # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too.
-        python_state, numpy_state = random.getstate(), np.random.get_state()
+        epoch = self.epoch
+        seed = mix_seed(self.seed, epoch, index)
         with torch.random.fork_rng(devices=[]):
             # CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA RNGs.
             torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            image = self.transform(image)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        return image, label, mix_seed(self.seed, self.epoch, index, MASK_STREAM)
+            if self.torch_rng_only:
+                item = self._apply(index, item)
+            else:  # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too
+                python_state, numpy_state = random.getstate(), np.random.get_state()
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                try:
+                    item = self._apply(index, item)
+                finally:
+                    random.setstate(python_state)
+                    np.random.set_state(numpy_state)
+        if item is None:
+            return None
+        return item[0], item[1], mix_seed(self.seed, epoch, index, MASK_STREAM)
+
+    def _apply(self, index: int, item):
+        if self.from_files:
+            return self.dataset.load_with(index, self.transform.from_file)
+        return self.transform(item[0]), item[1]
 
 
 class TransformedDataset(Dataset):

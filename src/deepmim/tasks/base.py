@@ -1,7 +1,7 @@
 """The skeleton every task runs, written once (as torchtune's recipes):
 
     check the config -> distributed set-up -> device and precision -> seed -> data -> model ->
-    strategy (DDP / FSDP, activation checkpointing, compile) -> output folder -> Trainer -> run -> cleanup
+    threads -> strategy (DDP / FSDP, activation checkpointing, compile) -> output folder -> Trainer -> run -> cleanup
 
 `run_training(task)` runs it for a `TrainingTask` (pretrain, finetune, segment), which fills in the
 steps that differ. `session(device)` is its set-up and cleanup alone, for jobs without the Trainer
@@ -12,6 +12,7 @@ so checks on the output folder belong there. `load_trained` reads back what a tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
@@ -25,8 +26,10 @@ from ..config.schema import EncoderConfig
 from ..training.distributed import cleanup, resolve_device, setup_distributed
 from ..training.logging import say
 from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult
+from ..training.compile import should_compile
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
+from ..training.threads import apply_thread_plan
 
 C = TypeVar("C")
 
@@ -39,10 +42,17 @@ class Env:
     precision: str
     rank: int = 0
     world_size: int = 1
+    loader_workers: Optional[int] = None  # DataLoader workers the thread plan allows (None: as configured)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def data(self, cfg: C) -> C:
+        """A task's data config with the workers the thread plan allows (training/threads.py)."""
+        if self.loader_workers is None or self.loader_workers == cfg.num_workers:
+            return cfg
+        return dataclasses.replace(cfg, num_workers=self.loader_workers)
 
 
 @contextlib.contextmanager
@@ -143,14 +153,20 @@ def run_training(task: TrainingTask) -> Any:
     train = task.cfg.train
     with session(train.device, train.precision) as env:
         check_precision(task, env)
+        threads = apply_thread_plan(task.cfg.data.num_workers)  # workers + torch threads <= cores
+        env = dataclasses.replace(env, loader_workers=threads.workers)
         torch.manual_seed(train.seed)
         loader = task.build_data(env)
         model = task.build_model(env)
         hooks = task.hooks(model, env)
         groups = task.param_groups(model)
+        schedule = task.train_config()  # compile=auto: by the schedule's length (the same on resume)
+        compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps))
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
-                                             train.compile, find_unused_parameters=task.find_unused_parameters(model))
+                                             compiled, find_unused_parameters=task.find_unused_parameters(model))
         prepare_output_dir(task, model, loader, env)
+        if env.is_main:
+            say(f"{threads.describe()}; torch.compile {'on' if compiled else 'off'}")
         trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),
                           env.device, env.precision, env.rank, env.world_size,
                           batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
