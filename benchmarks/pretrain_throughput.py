@@ -166,8 +166,9 @@ def mode_model(model, mode: dict, fsdp: bool = False):
         copy_.store_frozen_targets_in(mode["precision"])
     if mode.get("regional"):
         from deepmim.training.compile import compile_blocks
+        from deepmim.training.parallel import transformer_blocks
         for module in [copy_, *copy_.targets.values()]:
-            compile_blocks(module)
+            compile_blocks(transformer_blocks(module))
     if fsdp:
         from deepmim.training.parallel import shard_fsdp
         shard_fsdp(copy_)

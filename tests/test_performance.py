@@ -14,6 +14,7 @@ from deepmim.data import ImageFolder, PretrainTransform, SeededAugmentation, loa
 from deepmim.data.transforms import draft_factor
 from deepmim.models import DeepMIM
 from deepmim.training.compile import COMPILE_MIN_STEPS, compile_blocks, should_compile
+from deepmim.training.parallel import transformer_blocks
 from deepmim.training.threads import apply_thread_plan, plan_threads
 from tests.conftest import save_tiny_pretrained, tiny_model_config
 
@@ -50,11 +51,19 @@ def test_apply_thread_plan_respects_omp_num_threads(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_compile_rule():
+def test_compile_rule(monkeypatch):
+    import deepmim.training.compile as compile_mod
+
+    real = compile_mod.has_cpp_compiler
+    monkeypatch.setattr(compile_mod, "has_cpp_compiler", lambda: True)
     assert should_compile(True, 1) and not should_compile(False, 10 ** 6)
     assert not should_compile("auto", COMPILE_MIN_STEPS - 1) and should_compile("auto", COMPILE_MIN_STEPS)
     with pytest.raises(Exception, match="train.compile"):
         should_compile("yes", 10)
+    monkeypatch.setattr(compile_mod, "has_cpp_compiler", real)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
+    assert not real() and not should_compile("auto", 10 ** 6)
 
 
 # ----------------------------------------------------------------------------- bf16 against fp32
@@ -175,7 +184,7 @@ def test_regional_compile_equals_eager_and_keeps_parameter_names():
     eager = DeepMIM(tiny_model_config())
     compiled = DeepMIM(tiny_model_config())
     compiled.load_state_dict(eager.state_dict())
-    assert compile_blocks(compiled) == 6  # 4 encoder blocks + 2 one-block decoders
+    assert compile_blocks(transformer_blocks(compiled)) == 6  # 4 encoder blocks + 2 one-block decoders
     assert list(compiled.state_dict()) == list(eager.state_dict())
     images = torch.randn(4, 3, 16, 16)
     losses = []

@@ -18,7 +18,9 @@ hundred steps. 2000 steps repays the slowest measured compile on the smallest mo
 """
 from __future__ import annotations
 
-from typing import Union
+import os
+import shutil
+from typing import Iterable, Union
 
 from torch import nn
 
@@ -29,22 +31,28 @@ COMPILE_MIN_STEPS = 2000
 
 def should_compile(setting: Union[bool, str], planned_steps: int) -> bool:
     """train.compile: true | false | auto. auto depends on the schedule's length only (epochs x steps per
-    epoch, not train.max_steps), so a resumed run makes the same choice as the run it continues."""
+    epoch, not train.max_steps), so a resumed run makes the same choice as the run it continues; it also
+    stays off where inductor cannot build its kernels (no C++ compiler on the PATH)."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
         raise ConfigError(f"train.compile must be true, false or auto, got {setting!r}")
-    return planned_steps >= COMPILE_MIN_STEPS
+    return planned_steps >= COMPILE_MIN_STEPS and has_cpp_compiler()
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """torch.compile every Transformer block of `model` in place; returns how many."""
+def has_cpp_compiler() -> bool:
+    """Inductor writes C++ (CPU kernels, and the launchers of Triton's GPU kernels) and calls $CXX or g++/clang++."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return any(shutil.which(c) for c in candidates)
+
+
+def compile_blocks(blocks: Iterable[nn.Module]) -> int:
+    """torch.compile each of `blocks` (parallel.transformer_blocks of a model) in place; returns how many."""
     import torch._inductor.config as inductor_config
 
-    from .parallel import transformer_blocks
-
     inductor_config.fallback_random = True
-    blocks = transformer_blocks(model)
+    count = 0
     for block in blocks:
         block.compile()
-    return len(blocks)
+        count += 1
+    return count

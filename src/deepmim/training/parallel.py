@@ -76,9 +76,9 @@ def prepare_model(model: nn.Module, device: torch.device, strategy: str = "ddp",
     if compile_model:  # before sharding/wrapping, as torch's FSDP2 examples do
         from .compile import compile_blocks
 
-        compile_blocks(model)
+        compile_blocks(transformer_blocks(model))
         for target in getattr(model, "targets", {}).values():  # a teacher lives outside the module tree
-            compile_blocks(target)
+            compile_blocks(transformer_blocks(target))
     if is_distributed():
         if strategy == "fsdp":
             shard_fsdp(model)
