@@ -15,7 +15,7 @@ from deepmim.data.transforms import draft_factor
 from deepmim.models import DeepMIM
 from deepmim.training.compile import COMPILE_MIN_STEPS, compile_blocks, should_compile
 from deepmim.training.parallel import transformer_blocks
-from deepmim.training.threads import apply_thread_plan, plan_threads
+from deepmim.training.threads import apply_thread_plan, plan_threads, planned_threads
 from tests.conftest import save_tiny_pretrained, tiny_model_config
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -41,14 +41,29 @@ def test_thread_plan_divides_the_cores_among_local_processes(monkeypatch):
     assert plan.cores == 2 and (plan.torch_threads, plan.workers) == (1, 1)
 
 
-def test_apply_thread_plan_respects_omp_num_threads(monkeypatch):
+def test_apply_thread_plan_respects_omp_num_threads_and_restores(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
     try:
         plan = apply_thread_plan(0, cores=4)
         assert plan.torch_threads == 1 and torch.get_num_threads() == 1
+        plan.restore()
+        assert torch.get_num_threads() == 2
+        with planned_threads(0, cores=4) as plan:
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_skeleton_gives_loaders_the_planned_workers():
+    from deepmim.tasks.base import Env
+
+    data = DataConfig(num_workers=4)
+    env = Env(torch.device("cpu"), "fp32", loader_workers=1)
+    assert env.data(data).num_workers == 1 and data.num_workers == 4  # the config itself is left alone
+    assert Env(torch.device("cpu"), "fp32").data(data) is data
 
 
 def test_compile_rule(monkeypatch):

@@ -29,7 +29,7 @@ from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult
 from ..training.compile import should_compile
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
-from ..training.threads import apply_thread_plan
+from ..training.threads import planned_threads
 
 C = TypeVar("C")
 
@@ -151,9 +151,8 @@ def run_training(task: TrainingTask) -> Any:
     task.validate()
     check_strategy(task)
     train = task.cfg.train
-    with session(train.device, train.precision) as env:
-        check_precision(task, env)
-        threads = apply_thread_plan(task.cfg.data.num_workers)  # workers + torch threads <= cores
+    with session(train.device, train.precision) as env, planned_threads(task.cfg.data.num_workers) as threads:
+        check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
         env = dataclasses.replace(env, loader_workers=threads.workers)
         torch.manual_seed(train.seed)
         loader = task.build_data(env)

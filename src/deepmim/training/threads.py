@@ -8,10 +8,11 @@ workers + torch threads <= cores, with at least one torch thread; the main proce
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class ThreadPlan:
     torch_threads: int
     workers: int  # DataLoader workers (0: data loaded in the main process, between steps)
     requested_workers: int
+    previous_threads: Optional[int] = None  # torch's thread count before apply_thread_plan
+
+    def restore(self) -> None:
+        """Give torch back the thread count it had (a run inside a longer process: tests, notebooks)."""
+        if self.previous_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.previous_threads)
 
     def describe(self) -> str:
         clamp = "" if self.workers == self.requested_workers else \
@@ -65,12 +74,24 @@ def plan_threads(requested_workers: int, cores: Optional[int] = None) -> ThreadP
 
 def apply_thread_plan(requested_workers: int, cores: Optional[int] = None) -> ThreadPlan:
     """Choose the plan and set torch's intra-op threads to it (OMP_NUM_THREADS, when set, caps the
-    threads: the user or a job scheduler asked for that many)."""
+    threads: the user or a job scheduler asked for that many); `plan.restore()` undoes it."""
     import torch
 
     plan = plan_threads(requested_workers, cores)
+    threads = plan.torch_threads
     env = os.environ.get("OMP_NUM_THREADS")
-    if env and env.isdigit() and int(env) >= 1 and int(env) < plan.torch_threads:
-        plan = ThreadPlan(plan.cores, int(env), plan.workers, plan.requested_workers)
+    if env and env.isdigit() and 1 <= int(env) < threads:
+        threads = int(env)
+    plan = ThreadPlan(plan.cores, threads, plan.workers, plan.requested_workers, torch.get_num_threads())
     torch.set_num_threads(plan.torch_threads)
     return plan
+
+
+@contextlib.contextmanager
+def planned_threads(requested_workers: int, cores: Optional[int] = None) -> Iterator[ThreadPlan]:
+    """apply_thread_plan for the duration of a run, then torch's previous thread count again."""
+    plan = apply_thread_plan(requested_workers, cores)
+    try:
+        yield plan
+    finally:
+        plan.restore()
