@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14's GPU check, prepared to run once, unattended, in ONE device call of at most 8 minutes:
-#   bash benchmarks/gpu_perf.sh OUTDIR
+#   bash benchmarks/gpu_perf.sh OUTDIR        (device call: bash benchmarks/gpu_perf.sh "$OUT", timeout_s 500;
+#                                              the sections stop by 465 s, BUDGET_S=... changes that)
 # 1. ViT-B/16 DeepMIM-CLIP (random-weight CLIP ViT-B/16 teacher), batch 128: the authors' GPU recipe
 #    (fp16 autocast + loss scaling, unfused attention) against deepmim's bf16 + SDPA with the teacher
 #    stored in bf16, eager and with regional torch.compile, interleaved step by step in one process;
@@ -45,7 +46,7 @@ section vitb_clip 200 "${BENCH[@]}" --preset deepmim_clip_vit_base --random-clip
 section vitl_fsdp 80 "${BENCH[@]}" --preset deepmim_pixel_vit_large --batch-size 64 --fsdp \
     --steps 10 --warmup 3 --modes bf16+fused --json "$OUTDIR/gpu_vitl_fsdp.json"
 section demo_cuda 45 "$PY" -m deepmim pretrain --config demo train.epochs=2 train.output_dir="$OUTDIR/demo" \
-    train.progress=false train.plots=false train.tensorboard=false
+    data.num_workers=6 train.progress=false train.plots=false train.tensorboard=false
 section vitl_fsdp_compile 130 "${BENCH[@]}" --preset deepmim_pixel_vit_large --batch-size 64 --fsdp \
     --steps 8 --warmup 2 --modes bf16+fused+regional --json "$OUTDIR/gpu_vitl_fsdp_compile.json"
 cp "$OUTDIR/demo/metrics.jsonl" "$OUTDIR/demo_metrics.jsonl" 2>/dev/null
