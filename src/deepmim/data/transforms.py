@@ -65,13 +65,16 @@ def sample_crop_box(
 def _torchvision_decoder():
     """torchvision.io's libjpeg-turbo decoder (path -> uint8 (3, H, W)), or None where torchvision no
     longer has it (its image decoding is deprecated from 0.29 on, in favour of TorchCodec)."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, read_file
     except ImportError:
         return None
-    return lambda path: decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+
+    def decode(path: str) -> torch.Tensor:
+        with warnings.catch_warnings():  # torchvision warns of the deprecation at every call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    return decode
 
 
 def decode_colour_jpeg(path: str):
