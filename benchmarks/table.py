@@ -45,7 +45,9 @@ def rows(report: dict):
     for name, r in report["modes"].items():
         entry = speedup_of(report, name)
         speed = "1 (baseline)" if name == "baseline" else (
-            f"**{entry['speedup']:.2f}x** ({entry['speedup_paired']:.2f}x)" if entry else "-")
+            f"**{entry['speedup']:.2f}x** ({entry['speedup_paired']:.2f}x"
+            + (f"; CPU time {entry['speedup_cpu_time']:.2f}x" if "speedup_cpu_time" in entry else "") + ")"
+            if entry else "-")
         diff = "-" if not entry else f"{entry['rel_loss_diff']['total']:.1e}"
         compile_s = f"{r['compile_s']:.0f} s" if r.get("compile_s") else "-"
         fsdp = bool(report.get("fsdp")) and name != "baseline"
