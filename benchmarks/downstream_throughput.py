@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from deepmim import create_model
 from deepmim.config.schema import OptimConfig
@@ -97,6 +98,15 @@ def main() -> None:
              "features before (fp32)": features("fp32", True)}
     pre.train()
     clf.train()
+    flops = {}  # GFLOP per image, counted with math attention (the counter has no CPU flash formula)
+    counted = {"pretrain": pretrain, "finetune": finetune(False), "features": features("fp32", False)}
+    pre.set_fused_attn(False)
+    for kind, step in counted.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops[kind] = counter.get_total_flops() / n / 1e9
+    flops = {k: flops[k.split()[0]] for k in steps}
+    pre.set_fused_attn(use_fused_attention("auto", device, precision))
     for f in steps.values():
         f()
     times = {k: [] for k in steps}
@@ -114,8 +124,9 @@ def main() -> None:
         med = statistics.median(t)
         paired = statistics.median([p / q for p, q in zip(times["pretrain"], t)])
         report["results"][k] = {"img_per_s": n / med, "vs_pretrain": base / med, "vs_pretrain_paired": paired,
-                                "times_s": t}
-        print(f"{k}: {n / med:.1f} img/s = {base / med:.2f}x pre-training's (paired {paired:.2f}x)")
+                                "gflop_per_image": flops[k], "gflop_per_s": flops[k] * n / med, "times_s": t}
+        print(f"{k}: {n / med:.1f} img/s = {base / med:.2f}x pre-training's (paired {paired:.2f}x); "
+              f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -72,13 +72,15 @@ def test_compile_rule(monkeypatch):
     real = compile_mod.has_cpp_compiler
     monkeypatch.setattr(compile_mod, "has_cpp_compiler", lambda: True)
     assert should_compile(True, 1) and not should_compile(False, 10 ** 6)
-    assert not should_compile("auto", COMPILE_MIN_STEPS - 1) and should_compile("auto", COMPILE_MIN_STEPS)
+    for device, steps in COMPILE_MIN_STEPS.items():
+        assert not should_compile("auto", steps - 1, device) and should_compile("auto", steps, device)
+    assert COMPILE_MIN_STEPS["cpu"] > 384 * 10  # the demo (384 steps) stays eager, by a wide margin
     with pytest.raises(Exception, match="train.compile"):
         should_compile("yes", 10)
     monkeypatch.setattr(compile_mod, "has_cpp_compiler", real)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
-    assert not real() and not should_compile("auto", 10 ** 6)
+    assert not real() and not should_compile("auto", 10 ** 6, "cuda")
 
 
 # ----------------------------------------------------------------------------- bf16 against fp32

@@ -114,8 +114,8 @@ class TrainConfig:
     # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
     strategy: str = "ddp"
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
-    # torch.compile each Transformer block: true | false | auto (on when the schedule has >= 2000 optimizer
-    # steps, which repay the compile time; training/compile.py, benchmarks/README.md)
+    # torch.compile each Transformer block: true | false | auto (on when the schedule is long enough to repay
+    # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU; training/compile.py)
     compile: Union[bool, str] = "auto"
 
 

@@ -160,7 +160,8 @@ def run_training(task: TrainingTask) -> Any:
         hooks = task.hooks(model, env)
         groups = task.param_groups(model)
         schedule = task.train_config()  # compile=auto: by the schedule's length (the same on resume)
-        compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps))
+        compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps),
+                                  env.device.type)
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
                                              compiled, find_unused_parameters=task.find_unused_parameters(model))
         prepare_output_dir(task, model, loader, env)

@@ -10,11 +10,14 @@ cache (TORCHINDUCTOR_CACHE_DIR, default under /tmp) makes later runs of the same
 draw from torch's RNG exactly as eager does, so masks, augmentation and exact resume do not depend on
 whether a run compiled.
 
-The rule (`train.compile=auto`): compile when the run plans at least COMPILE_MIN_STEPS optimizer steps.
-Measured on 2 cores (benchmarks/README.md): a cold compile of the micro preset's blocks takes 60-130 s
-and saves ~10% of a step; the CLIP ViT-B step (seconds per step) pays back its compile within a few
-hundred steps. 2000 steps repays the slowest measured compile on the smallest model; shorter runs
-(the demo: 384 steps, tests) stay eager.
+The rule (`train.compile=auto`): compile when the schedule has at least COMPILE_MIN_STEPS[device]
+optimizer steps. Measured on the 2-core AMX CPU (benchmarks/README.md, one thread, same process,
+interleaved): regional compile gains 1.05-1.06x on the micro and tiny presets and nothing measurable
+(1.00x) on the ViT-B CLIP step, whose non-matmul work it does not shrink; a cold compile costs 60-130 s
+(~10 s with inductor's cache warm). At ~0.3 s per micro step a 5% gain repays 130 s after ~9000 steps,
+so on a CPU the rule waits for 20000; on a GPU (not measured here: benchmarks/gpu_perf.sh measures
+it) inductor's usual 1.2x+ repays a ~1 min compile within 2000 steps of ~0.1 s. The demo (384 steps)
+and every test stay eager.
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ from torch import nn
 
 from ..config.loader import ConfigError
 
-COMPILE_MIN_STEPS = 2000
+COMPILE_MIN_STEPS = {"cpu": 20000, "cuda": 2000}
 
 
-def should_compile(setting: Union[bool, str], planned_steps: int) -> bool:
+def should_compile(setting: Union[bool, str], planned_steps: int, device_type: str = "cpu") -> bool:
     """train.compile: true | false | auto. auto depends on the schedule's length only (epochs x steps per
     epoch, not train.max_steps), so a resumed run makes the same choice as the run it continues; it also
     stays off where inductor cannot build its kernels (no C++ compiler on the PATH)."""
@@ -37,7 +40,8 @@ def should_compile(setting: Union[bool, str], planned_steps: int) -> bool:
         return setting
     if setting != "auto":
         raise ConfigError(f"train.compile must be true, false or auto, got {setting!r}")
-    return planned_steps >= COMPILE_MIN_STEPS and has_cpp_compiler()
+    threshold = COMPILE_MIN_STEPS.get(device_type, COMPILE_MIN_STEPS["cpu"])
+    return planned_steps >= threshold and has_cpp_compiler()
 
 
 def has_cpp_compiler() -> bool:
