@@ -13,6 +13,7 @@ processes, so only same-process ratios are meaningful.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -50,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default=None,
                    help="comma-separated modes to time side by side instead of the chosen one, each "
                         "PRECISION+ATTN[+compile], e.g. fp32+fused,fp32+fused+compile,bf16+math")
+    p.add_argument("--baseline", default="fp32+math",
+                   help="the mode --compare times against: fp32+math is the authors' code on a CPU, fp16+math "
+                        "their GPU recipe (fp16 autocast + loss scaling, unfused attention)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard every mode but the baseline with FSDP2 (fully_shard per block, as train.strategy="
+                        "fsdp), in a process group of its own (1 process) unless run under torchrun")
     p.add_argument("--random-clip-teacher", action="store_true",
                    help="for teacher presets (deepmim_clip_*): write a random-weight OpenAI-layout CLIP "
                         "ViT-B/16 (open_clip) to a temp file and use it as the teacher, so the teacher's "
@@ -144,50 +151,96 @@ def count_step_flops(model, images, noise, device, precision) -> int:
 def first_losses(model, images, noise, device, precision, fused) -> Dict:
     """Losses of one mode on the initial weights: every mode sees the same weights, batch and mask."""
     model.set_fused_attn(fused)
-    with torch.no_grad(), autocast(device, precision):
+    with autocast(device, precision):  # with grad: a regionally compiled model compiles its training graph
         out = model(images, noise=noise)
     return {"total": out.loss.item(), **{b: v.item() for b, v in out.losses.items()}}
+
+
+def mode_model(model, mode: dict, fsdp: bool = False):
+    """The model a mode trains: the shared one, or (for +frozen / +regional, which change the model in
+    place, and under --fsdp) a copy with the same weights."""
+    if not (mode.get("frozen") or mode.get("regional") or fsdp):
+        return model
+    copy_ = copy.deepcopy(model)
+    if mode.get("frozen"):
+        copy_.store_frozen_targets_in(mode["precision"])
+    if mode.get("regional"):
+        from deepmim.training.compile import compile_blocks
+        from deepmim.training.parallel import transformer_blocks
+        for module in [copy_, *copy_.targets.values()]:
+            compile_blocks(transformer_blocks(module))
+    if fsdp:
+        from deepmim.training.parallel import shard_fsdp
+        shard_fsdp(copy_)
+    return copy_
+
+
+def init_single_process_group(device: torch.device) -> None:
+    """FSDP needs a process group: a 1-process one here unless torchrun made one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "RANK" in os.environ:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
 
 def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
     """Time `args.steps` training steps of every mode, interleaved (A B, then B A, ...).
 
     Interleaving matters on a shared, noisy machine: a burst of load from another process then
-    slows every mode alike instead of one of them, so their ratio stays meaningful. All modes
-    train the same model and optimizer; a step costs the same whatever the weights are.
+    slows every mode alike instead of one of them, so their ratio stays meaningful. Modes share the
+    model and optimizer unless they change the model (a step costs the same whatever the weights are).
     """
-    optimizer = build_adamw(model, OptimConfig(), scaled_lr(OptimConfig(), len(images)), device)
+    models = {m["name"]: m["model"] for m in modes}
+    optimizers, shared = {}, None
+    for m in modes:
+        if models[m["name"]] is model:
+            shared = shared or build_adamw(model, OptimConfig(), scaled_lr(OptimConfig(), len(images)), device)
+            optimizers[m["name"]] = shared
+        else:
+            optimizers[m["name"]] = build_adamw(models[m["name"]], OptimConfig(), 1e-4, device)
     scalers = {m["name"]: torch.amp.GradScaler(device.type, enabled=m["precision"] == "fp16") for m in modes}
     times = {m["name"]: [] for m in modes}
+    cpu_times = {m["name"]: [] for m in modes}  # this process's CPU seconds: what other processes cannot take
     memory = {m["name"]: 0.0 for m in modes}
     compiled = {m["name"]: torch.compile(model) for m in modes if m.get("compile")}
     for mode in modes:  # compile time is paid once per run: reported, not timed per step
-        if mode.get("compile"):
-            model.set_fused_attn(mode["fused"])
+        if mode.get("compile") or mode.get("regional"):
+            name = mode["name"]
+            models[name].set_fused_attn(mode["fused"])
             t0 = time.perf_counter()
-            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"],
-                       compiled[mode["name"]])
-            mode["compile_s"] = time.perf_counter() - t0
-            print(f"[{mode['name']}] first (compiling) step took {mode['compile_s']:.1f} s")
+            train_step(models[name], optimizers[name], scalers[name], images, noise, device, mode["precision"],
+                       compiled.get(name))
+            mode["compile_s"] = time.perf_counter() - t0 + (mode.get("first_forward_s", 0) if mode.get("regional") else 0)
+            print(f"[{name}] compiling took {mode['compile_s']:.1f} s (first forward + first step)", flush=True)
     for i in range(args.warmup + args.steps):
         for mode in (modes if i % 2 == 0 else modes[::-1]):
-            model.set_fused_attn(mode["fused"])
+            name = mode["name"]
+            models[name].set_fused_attn(mode["fused"])
             reset_peak_memory(device)
             sync(device)
-            t0 = time.perf_counter()
-            train_step(model, optimizer, scalers[mode["name"]], images, noise, device, mode["precision"],
-                       compiled.get(mode["name"]))
+            c0, t0 = time.process_time(), time.perf_counter()
+            train_step(models[name], optimizers[name], scalers[name], images, noise, device, mode["precision"],
+                       compiled.get(name))
             sync(device)
             if i >= args.warmup:
-                times[mode["name"]].append(time.perf_counter() - t0)
-            memory[mode["name"]] = max(memory[mode["name"]], peak_memory_gib(device))
-    return {m["name"]: summarize(times[m["name"]], len(images), m, memory[m["name"]]) for m in modes}
+                times[name].append(time.perf_counter() - t0)
+                cpu_times[name].append(time.process_time() - c0)
+            memory[name] = max(memory[name], peak_memory_gib(device))
+    return {m["name"]: {**summarize(times[m["name"]], len(images), m, memory[m["name"]]),
+                        "cpu_step_times_s": cpu_times[m["name"]]} for m in modes}
 
 
 def summarize(times, batch: int, mode: dict, peak_mem_gib: float) -> dict:
     median = statistics.median(times)
     return {"precision": mode["precision"], "attn": "fused" if mode["fused"] else "math",
-            "compile": bool(mode.get("compile")), "compile_s": mode.get("compile_s"),
+            "compile": bool(mode.get("compile")), "regional_compile": bool(mode.get("regional")),
+            "frozen_targets_in_precision": bool(mode.get("frozen")), "compile_s": mode.get("compile_s"),
             "median_s_per_step": median, "ms_per_step": 1e3 * median, "img_per_s": batch / median,
             "img_per_s_min": batch / max(times), "img_per_s_max": batch / min(times), "step_times_s": times,
             "peak_mem_gib": peak_mem_gib}
@@ -206,39 +259,65 @@ def loss_difference(base: Dict, other: Dict) -> Dict[str, float]:
 
 
 def print_mode(name: str, r: dict) -> None:
-    compiled = " + torch.compile" if r.get("compile") else ""
+    compiled = (" + torch.compile" if r.get("compile") else "") + (" + regional compile" if r.get("regional_compile")
+                                                                    else "") + \
+        (" + frozen targets in " + r["precision"] if r.get("frozen_targets_in_precision") else "")
     print(f"[{name}] {r['precision']} + {r['attn']} attention{compiled}: {r['img_per_s']:.2f} img/s median "
           f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
           f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
           f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB")
 
 
+FLAGS = ("compile", "regional", "frozen")
+
+
 def parse_modes(text: str) -> list:
-    """'fp32+fused,bf16+math+compile' -> mode dicts (name = the text of each)."""
+    """'fp32+fused,bf16+math+frozen+regional' -> mode dicts (name = the text of each). Flags: compile (the
+    whole model, torch.compile), regional (each Transformer block compiled in place, as train.compile
+    does), frozen (frozen targets such as a teacher stored in the mode's precision, as `deepmim pretrain`
+    does); 'deepmim' = what `deepmim pretrain` runs by default on a long run here."""
     modes = []
     for item in text.split(","):
-        parts = item.strip().split("+")
-        if len(parts) not in (2, 3) or parts[0] not in DTYPES or parts[1] not in ("fused", "math") \
-                or parts[2:] not in ([], ["compile"]):
-            raise SystemExit(f"--modes: cannot read {item!r}; write PRECISION+ATTN[+compile], e.g. fp32+fused")
-        modes.append({"name": item.strip(), "precision": parts[0], "fused": parts[1] == "fused",
-                      "compile": parts[2:] == ["compile"]})
+        item = item.strip()
+        if item == "deepmim":
+            modes.append({"name": item, "precision": "auto", "fused": None, "frozen": True, "regional": True})
+            continue
+        parts = item.split("+")
+        flags = parts[2:]
+        if len(parts) < 2 or parts[0] not in DTYPES or parts[1] not in ("fused", "math") \
+                or any(f not in FLAGS for f in flags) or len(set(flags)) != len(flags) \
+                or {"compile", "regional"} <= set(flags):
+            raise SystemExit(f"--modes: cannot read {item!r}; write PRECISION+ATTN[+regional|+compile][+frozen], "
+                             f"e.g. bf16+math+frozen+regional, or deepmim")
+        modes.append({"name": item, "precision": parts[0], "fused": parts[1] == "fused",
+                      **{f: f in flags for f in FLAGS}})
     return modes
 
 
 def model_spec(args):
-    """The preset, with a random-weight CLIP teacher file for --random-clip-teacher."""
+    """The preset, with a random-weight CLIP teacher file for --random-clip-teacher: open_clip's ViT-B-16
+    (the test extra installs open_clip), or where open_clip is missing timm's vit_base_patch16_clip_224
+    (the same image tower, 768-d tokens without CLIP's 512-d projection)."""
     if not args.random_clip_teacher:
         return args.preset
     import tempfile
 
-    import open_clip  # the test extra installs it
-
     from deepmim.models.presets import preset_config
-    clip = open_clip.create_model("ViT-B-16", pretrained=None)
-    path = os.path.join(tempfile.mkdtemp(prefix="deepmim-bench-"), "random_clip_vit_b16.pt")
-    torch.save(clip.state_dict(), path)
     cfg = preset_config(args.preset)
+    folder = tempfile.mkdtemp(prefix="deepmim-bench-")
+    try:
+        import open_clip
+    except ImportError:
+        import timm
+        vit = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=0)
+        path = os.path.join(folder, "random_timm_clip_vit_b16.pt")
+        torch.save(vit.state_dict(), path)
+        cfg.target = {**cfg.target, "path": path, "kind": "timm", "model": "vit_base_patch16_clip_224", "dim": None}
+        print(f"teacher: open_clip is not installed; random-weight timm vit_base_patch16_clip_224 at {path}")
+        return cfg
+    clip = open_clip.create_model("ViT-B-16", pretrained=None)
+    path = os.path.join(folder, "random_clip_vit_b16.pt")
+    torch.save(clip.state_dict(), path)
     cfg.target = {**cfg.target, "path": path, "kind": "open_clip", "model": "ViT-B-16"}
     print(f"teacher: random-weight open_clip ViT-B-16 written to {path}")
     return cfg
@@ -259,8 +338,17 @@ def main() -> None:
     images = torch.randn(args.batch_size, enc.in_chans, enc.img_size, enc.img_size, generator=gen).to(device)
     noise = torch.rand(args.batch_size, model.encoder.num_patches, generator=gen).to(device)
 
+    modes = parse_modes(args.modes) if args.modes else [{"name": "chosen", "precision": precision, "fused": fused}]
+    for m in modes:  # 'deepmim': the trainer's own choices on this machine
+        if m["precision"] == "auto":
+            m["precision"] = precision
+            m["fused"] = use_fused_attention("auto", device, precision)
+    if args.compare:
+        modes.insert(0, {**parse_modes(args.baseline)[0], "name": "baseline"})
+
     step_flops = count_step_flops(model, images, noise, device, precision)
-    measured = {p: matmul_peak(device, DTYPES[p]) for p in dict.fromkeys(("fp32", "bf16", precision))}
+    used = ("fp32", "bf16", precision, *(m["precision"] for m in modes))
+    measured = {p: matmul_peak(device, DTYPES[p]) for p in dict.fromkeys(used)}
     peaks = {p: m["gflop_per_s"] for p, m in measured.items()}
     print(f"{args.preset}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps; "
@@ -273,12 +361,18 @@ def main() -> None:
               "threads": torch.get_num_threads(), "torch": torch.__version__, "warmup": args.warmup,
               "steps": args.steps, "gflop_per_step": step_flops / 1e9,
               "gflop_per_image": step_flops / 1e9 / args.batch_size, "matmul_peak": measured,
-              "load_average_start": os.getloadavg()[0]}
-    modes = parse_modes(args.modes) if args.modes else [{"name": "chosen", "precision": precision, "fused": fused}]
-    if args.compare:
-        modes.insert(0, {"name": "baseline", "precision": "fp32", "fused": False})
+              "load_average_start": os.getloadavg()[0], "baseline": args.baseline if args.compare else None,
+              "fsdp": args.fsdp}
+    if args.fsdp:
+        init_single_process_group(device)
     model.train()
-    losses = {m["name"]: first_losses(model, images, noise, device, m["precision"], m["fused"]) for m in modes}
+    for m in modes:
+        m["model"] = mode_model(model, m, fsdp=args.fsdp and m["name"] != "baseline")
+    losses = {}
+    for m in modes:
+        t0 = time.perf_counter()
+        losses[m["name"]] = first_losses(m["model"], images, noise, device, m["precision"], m["fused"])
+        m["first_forward_s"] = time.perf_counter() - t0  # includes compiling the forward for +regional
     report["modes"] = run_modes(model, images, noise, device, modes, args)
     for name, result in report["modes"].items():
         add_flop_rates(result, step_flops, peaks)
@@ -293,10 +387,12 @@ def main() -> None:
             speedup = base["median_s_per_step"] / other["median_s_per_step"]
             paired = statistics.median([b / c for b, c in zip(base["step_times_s"], other["step_times_s"])])
             diff = loss_difference(base["first_losses"], other["first_losses"])
-            report["compare"][name] = {"speedup": speedup, "speedup_paired": paired, "rel_loss_diff": diff}
-            print(f"[{name}] speed-up over fp32 + math attention: {speedup:.2f}x (ratio of medians; median of the "
-                  f"per-round ratios {paired:.2f}x); relative loss difference on the same batch and mask: "
-                  f"{diff['total']:.1e} (worst head {diff['worst_head']:.1e})")
+            cpu = statistics.median(base["cpu_step_times_s"]) / statistics.median(other["cpu_step_times_s"])
+            report["compare"][name] = {"speedup": speedup, "speedup_paired": paired, "speedup_cpu_time": cpu,
+                                       "rel_loss_diff": diff}
+            print(f"[{name}] speed-up over the baseline ({args.baseline}): {speedup:.2f}x (ratio of medians; median of the "
+                  f"per-round ratios {paired:.2f}x; in this process's CPU time {cpu:.2f}x); relative loss difference "
+                  f"on the same batch and mask: {diff['total']:.1e} (worst head {diff['worst_head']:.1e})")
     report["load_average_end"] = os.getloadavg()[0]
     busy = report["load_average_end"] > (os.cpu_count() or 1) + 0.5
     print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "

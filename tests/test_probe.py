@@ -95,7 +95,7 @@ def tiny_data(n: int = 20) -> DataConfig:
 
 
 def test_features_shapes_and_norm(tiny_ckpt, tmp_path):
-    fc = FeatureConfig(cache_dir=str(tmp_path / "cache"), progress=False, batch_size=8)
+    fc = FeatureConfig(cache_dir=str(tmp_path / "cache"), progress=False, batch_size=8, precision="fp32")
     for pool in ("cls", "avg"):
         f = extract_features(tiny_ckpt, tiny_data(), "train", dataclasses.replace(fc, pool=pool))
         assert sorted(f.blocks) == [1, 2, 3, 4]

@@ -107,13 +107,16 @@ def test_same_seed_same_weights_and_different_seed_differs(tmp_path):
     assert not torch.equal(wa["encoder.blocks.0.attn.qkv.weight"], wc["encoder.blocks.0.attn.qkv.weight"])
 
 
-def test_stop_and_resume_mid_epoch_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stop_and_resume_mid_epoch_equals_uninterrupted(tmp_path, precision):
     full = tmp_path / "full"
-    run_pretrain(tiny_pretrain_config(full, epochs=3, accum_steps=2, batch_size=8))
+    run_pretrain(tiny_pretrain_config(full, epochs=3, accum_steps=2, batch_size=8, precision=precision))
     part = tmp_path / "part"
-    first = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, max_steps=5))
+    first = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, max_steps=5,
+                                              precision=precision))
     assert first.step == 5 and not first.finished
-    second = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, resume="auto"))
+    second = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, resume="auto",
+                                               precision=precision))
     assert second.finished and second.step == 12
     assert_same_weights(final_weights(full), final_weights(part))
     # the log of the resumed run reads like the uninterrupted one

@@ -32,6 +32,7 @@ from ..data import build_dataset, build_eval_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
 from ..models import loading
 from ..training.distributed import resolve_device
+from ..training.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _checkpoint_identity(path: Path) -> Dict[str, object]:
 
 
 def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: int, pool: str,
-              crop_ratio: float, preset: Optional[str]) -> str:
+              crop_ratio: float, preset: Optional[str], precision: str = "fp32") -> str:
     ident = {
         "checkpoint": _checkpoint_identity(Path(checkpoint)),
         "dataset": {"name": data.name, "path": os.path.abspath(os.path.expanduser(data.path)) if data.path else None,
@@ -82,6 +83,8 @@ def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: in
     }
     if data.max_samples is not None:  # only when set, so caches written before the option stay valid
         ident["dataset"]["max_samples"] = data.max_samples
+    if precision != "fp32":  # fp32 keys stay as they were, so existing caches remain valid
+        ident["precision"] = precision
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -89,23 +92,36 @@ def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
     return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
+def prepare_inference(encoder: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """The encoder on `device` with the attention kernel for a forward-only pass: SDPA (its slow CPU bf16
+    case is the backward, which inference does not run)."""
+    encoder = encoder.to(device)
+    if hasattr(encoder, "set_fused_attn"):
+        encoder.set_fused_attn(True)
+    return encoder
+
+
 @torch.no_grad()
 def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int], pool: str,
-                device: torch.device, progress: bool = False, desc: str = "features") -> Features:
-    """One pass over `loader`, tapping every block in `blocks`."""
+                device: torch.device, progress: bool = False, desc: str = "features",
+                precision: str = "fp32") -> Features:
+    """One pass over `loader`, tapping every block in `blocks`, under `precision`'s autocast (as training)."""
     from tqdm import tqdm
 
-    encoder = encoder.to(device)
+    from ..training.precision import autocast
+
+    encoder = prepare_inference(encoder, device, precision)
     out: Dict[int, List[torch.Tensor]] = {b: [] for b in blocks}
     labels: List[torch.Tensor] = []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images, targets = batch[0], batch[1]
         if images.numel() == 0:
             continue
-        taps, _ = encoder(images.to(device), taps=blocks)
-        for b in blocks:
-            tokens = encoder.norm(taps[b]) if b == encoder.depth else taps[b]
-            out[b].append(pool_tokens(tokens, pool).float().cpu())
+        with autocast(device, precision):
+            taps, _ = encoder(images.to(device), taps=blocks)
+            for b in blocks:
+                tokens = encoder.norm(taps[b]) if b == encoder.depth else taps[b]
+                out[b].append(pool_tokens(tokens, pool).float().cpu())
         labels.append(targets.long().cpu())
     return Features({b: torch.cat(v) for b, v in out.items()}, torch.cat(labels))
 
@@ -138,10 +154,12 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
     data = fit_normalisation(data, encoder.cfg.in_chans, checkpoint)
     blocks = resolve_blocks(blocks if blocks is not None else feat.blocks, encoder.depth)
 
+    device = resolve_device(feat.device)
+    precision = resolve_precision(feat.precision, device)
     cached: Optional[dict] = None
     cache_path: Optional[Path] = None
     if feat.cache_dir:
-        key = cache_key(checkpoint, data, split, img_size, feat.pool, feat.crop_ratio, feat.preset)
+        key = cache_key(checkpoint, data, split, img_size, feat.pool, feat.crop_ratio, feat.preset, precision)
         cache_path = Path(feat.cache_dir) / f"{Path(checkpoint).stem}-{split}-{feat.pool}-{key}.pt"
         if cache_path.is_file():
             try:
@@ -156,8 +174,8 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
                                build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio))
         loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,
                             collate_fn=collate_skip_broken)
-        new = run_encoder(encoder, loader, missing, feat.pool, resolve_device(feat.device), feat.progress,
-                          desc=f"{Path(checkpoint).name} {split} blocks {missing}")
+        new = run_encoder(encoder, loader, missing, feat.pool, device, feat.progress,
+                          desc=f"{Path(checkpoint).name} {split} blocks {missing}", precision=precision)
         if labels is not None and not torch.equal(labels, new.labels):
             have = {}  # the data changed under the same key: drop the stale entries
         have.update(new.blocks)

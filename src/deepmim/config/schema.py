@@ -149,7 +149,9 @@ class TrainConfig:
     # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
     strategy: str = "ddp"
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
-    compile: bool = False  # torch.compile the model (pays a compile time at start; see benchmarks/)
+    # torch.compile each Transformer block: true | false | auto (on when the schedule is long enough to repay
+    # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU; training/compile.py)
+    compile: Union[bool, str] = "auto"
     # Divergence guard (training/guard.py): stop, before any checkpoint is written from it, at a loss this many
     # times its running average (and above every earlier one) or weights whose norm grows this many times
     # between checks; null: only non-finite losses, gradients and weights stop the run
@@ -192,6 +194,8 @@ class FeatureConfig:
     batch_size: int = 64
     cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no cache
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: bf16 where the hardware computes it (as training); features are stored as float32 either way
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
     crop_ratio: float = 1.0  # eval transform: resize img_size / crop_ratio, centre-crop img_size
     preset: Optional[str] = None  # model preset for checkpoints without a deepmim config (authors', MAE, timm)
     progress: bool = True

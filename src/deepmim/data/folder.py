@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Set, Tuple
+from typing import Callable, List, Optional, Set, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from deepmim.data.errors import DataError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 _LAYOUT_HINT = "an ImageNet-style folder (root/train/<class>/*.jpg or root/<class>/*.jpg)"
@@ -118,9 +119,14 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Optional[Tuple[torch.Tensor, int]]:
+        return self.load_with(index, load_rgb)
+
+    def load_with(self, index: int, decode: Callable[[str], T]) -> Optional[Tuple[T, int]]:
+        """(decode(path), label), with this folder's handling of unreadable files (None or DataError).
+        `decode` may do more than decode, e.g. `PretrainTransform.from_file` decodes straight into the crop."""
         path, label = self.samples[index]
         try:
-            return load_rgb(path), label
+            return decode(path), label
         except Exception as exc:  # any decoder failure: corrupt, truncated, unsupported, too large
             if self.strict:
                 raise DataError(

@@ -31,7 +31,7 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder
 from deepmim.data.idx import IdxDataset
-from deepmim.data.transforms import build_eval_transform, build_pretrain_transform
+from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
 
 DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf")
@@ -66,6 +66,8 @@ class SeededAugmentation(Dataset):
     The epoch lives in shared memory: `set_epoch` in the main process reaches persistent
     DataLoader workers too. An unreadable file (a `None` item) is replaced by another sample,
     drawn from (seed, epoch, index): items are (image, label, sample_seed, files_replaced).
+    An ImageFolder with the pre-training transform decodes each file straight into its crop
+    (`PretrainTransform.from_file`: reduced-size JPEG decoding when the crop allows it).
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor], seed: int):
@@ -73,6 +75,13 @@ class SeededAugmentation(Dataset):
         self.transform = transform
         self.seed = int(seed)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        from deepmim.data.subset import ClassBalancedSubset
+
+        folder = dataset.dataset if isinstance(dataset, ClassBalancedSubset) else dataset
+        self.from_files = isinstance(folder, ImageFolder) and isinstance(transform, PretrainTransform)
+        # PretrainTransform draws from torch's generator only; seeding Python's and numpy's as well (and
+        # restoring them) would cost ~0.15 ms per item, a third of the demo's loading time
+        self.torch_rng_only = isinstance(transform, PretrainTransform)
 
     @property
     def epoch(self) -> int:
@@ -85,37 +94,50 @@ class SeededAugmentation(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int, int]:
-        item, replaced = self.dataset[index], 0
-        while item is None:  # an unreadable file: a deterministic other sample takes its place
+        source, replaced = index, 0
+        while True:
+            out = self.augment(None if self.from_files else self.dataset[source], index, source=source)
+            if out is not None:
+                return (*out, replaced)
+            # an unreadable file: a deterministic other sample takes its place (augmented as `index`)
             if replaced == MAX_STAND_INS:
                 raise DataError(f"{MAX_STAND_INS} unreadable images in a row (the last at index {index}): most of "
                                 f"the data cannot be read; check data.path and the warnings above")
             replaced += 1
-            other = mix_seed(self.seed, self.epoch, index, STAND_IN_STREAM, replaced) % len(self.dataset)
-            item = self.dataset[other]
-        return (*self.augment(item, index), replaced)
+            source = mix_seed(self.seed, self.epoch, index, STAND_IN_STREAM, replaced) % len(self.dataset)
 
-    def augment(self, item: Optional[tuple], index: int, epoch: Optional[int] = None
-                ) -> Optional[Tuple[torch.Tensor, int, int]]:
+    def augment(self, item: Optional[tuple], index: int, epoch: Optional[int] = None,
+                source: Optional[int] = None) -> Optional[Tuple[torch.Tensor, int, int]]:
         """(image, label) of sample `index` -> (augmented image, label, mask seed), from (seed, epoch, index)
-        alone (epoch: the shared one unless given; streamed data passes its own). None (an unreadable
-        streamed sample) stays None: the collate drops and counts it."""
-        if item is None:
+        alone (epoch: the shared one unless given; streamed data passes its own). Reading files straight
+        into their crop (`from_files`), the file of sample `source` (default `index`) is read. None (an
+        unreadable sample) stays None."""
+        if item is None and not self.from_files:
             return None
         epoch = self.epoch if epoch is None else int(epoch)
-        image, label = item[0], item[1]
         seed = mix_seed(self.seed, epoch, index)
-        # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too.
-        python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             # CPU generator only: torch.manual_seed would also reseed (and leak into) CUDA RNGs.
             torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            image = self.transform(image)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        return image, label, mix_seed(self.seed, epoch, index, MASK_STREAM)
+            if self.torch_rng_only:
+                item = self._apply(index if source is None else source, item)
+            else:  # timm's RandAugment / RandomErasing also draw from `random` and numpy: seed them too
+                python_state, numpy_state = random.getstate(), np.random.get_state()
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                try:
+                    item = self._apply(index if source is None else source, item)
+                finally:
+                    random.setstate(python_state)
+                    np.random.set_state(numpy_state)
+        if item is None:
+            return None
+        return item[0], item[1], mix_seed(self.seed, epoch, index, MASK_STREAM)
+
+    def _apply(self, source: int, item):
+        if self.from_files:
+            return self.dataset.load_with(source, self.transform.from_file)
+        return self.transform(item[0]), item[1]
 
 
 class TransformedDataset(Dataset):

@@ -59,3 +59,7 @@ class ClassBalancedSubset(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+    def load_with(self, index: int, decode):
+        """The underlying ImageFolder's decode-straight-into-the-crop path (SeededAugmentation)."""
+        return self.dataset.load_with(self.indices[index], decode)

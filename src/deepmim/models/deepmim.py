@@ -75,6 +75,14 @@ class DeepMIM(nn.Module):
             target._apply(fn, recurse)
         return self
 
+    def store_frozen_targets_in(self, precision: str) -> None:
+        """bf16/fp16 training: frozen target networks (teachers) keep their weights in that dtype
+        (cast once, not per op under autocast). fp32: nothing changes."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if dtype is not None:
+            for target in self.targets.values():
+                target.store_frozen_in(dtype)
+
     def set_fused_attn(self, enabled: bool) -> None:
         self.encoder.set_fused_attn(enabled)
         for decoder in self.decoders.values():

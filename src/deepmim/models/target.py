@@ -46,6 +46,10 @@ class Target(nn.Module):
         """Mean over masked patches (mask == 1) of a per-patch loss."""
         raise NotImplementedError
 
+    def store_frozen_in(self, dtype: torch.dtype) -> None:
+        """Keep frozen networks (a teacher) in the training's compute dtype, cast once here rather than
+        by autocast at every op of every step. Targets without one ignore this."""
+
     def to_pixels(self, pred: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
         """Predictions as (N, L, p*p*C) pixel patches in the input's normalisation, for pictures.
         None where the target is not pixels."""

@@ -73,6 +73,12 @@ class TeacherTarget(Target):
     def dim(self) -> int:
         return self.net.out_dim if self.net is not None else self.cfg.dim
 
+    def store_frozen_in(self, dtype: torch.dtype) -> None:
+        """The frozen teacher's weights in `dtype` (bf16/fp16 training): its forward then runs without
+        per-op weight casts; its features are returned as float32 as before."""
+        if self.net is not None:
+            self.net.to(dtype)
+
     def train(self, mode: bool = True) -> "TeacherTarget":
         return super().train(False)  # a frozen teacher stays in eval mode
 

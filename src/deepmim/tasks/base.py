@@ -1,7 +1,7 @@
 """The skeleton every task runs, written once (as torchtune's recipes):
 
     check the config -> distributed set-up -> device and precision -> seed -> data -> model ->
-    strategy (DDP / FSDP, activation checkpointing, compile) -> output folder -> Trainer -> run -> cleanup
+    threads -> strategy (DDP / FSDP, activation checkpointing, compile) -> output folder -> Trainer -> run -> cleanup
 
 `run_training(task)` runs it for a `TrainingTask` (pretrain, finetune, segment), which fills in the
 steps that differ. `session(device)` is its set-up and cleanup alone, for jobs without the Trainer
@@ -16,6 +16,7 @@ training task wrote.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,11 @@ from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
 from ..config.schema import EncoderConfig
 from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
 from ..training.logging import say
+from ..training.compile import should_compile
 from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
+from ..training.threads import planned_threads
 from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -47,10 +50,17 @@ class Env:
     precision: str
     rank: int = 0
     world_size: int = 1
+    loader_workers: Optional[int] = None  # DataLoader workers the thread plan allows (None: as configured)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def data(self, cfg: C) -> C:
+        """A task's data config with the workers the thread plan allows (training/threads.py)."""
+        if self.loader_workers is None or self.loader_workers == cfg.num_workers:
+            return cfg
+        return dataclasses.replace(cfg, num_workers=self.loader_workers)
 
 
 @contextlib.contextmanager
@@ -238,15 +248,20 @@ def run_training(task: TrainingTask) -> Any:
     train = task.cfg.train
     check_output_dir(Path(train.output_dir), requested_resume(train), train.overwrite,  # before anything is built
                      check_lock=is_rank_zero())
-    with session(train.device, train.precision) as env, contextlib.ExitStack() as stack:
-        check_precision(task, env)
+    with session(train.device, train.precision) as env, planned_threads(task.cfg.data.num_workers) as threads, \
+            contextlib.ExitStack() as stack:
+        check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
+        env = dataclasses.replace(env, loader_workers=threads.workers)
         torch.manual_seed(train.seed)
         loader = task.build_data(env)
         model = task.build_model(env)
         hooks = task.hooks(model, env)
         groups = task.param_groups(model)
+        schedule = task.train_config()  # compile=auto: by the schedule's length (the same on resume)
+        compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps),
+                                  env.device.type)
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
-                                             train.compile, find_unused_parameters=task.find_unused_parameters(model))
+                                             compiled, find_unused_parameters=task.find_unused_parameters(model))
         trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),
                           env.device, env.precision, env.rank, env.world_size,
                           batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
@@ -254,6 +269,8 @@ def run_training(task: TrainingTask) -> Any:
         lock = prepare_output_dir(task, model, loader, env, before_config=trainer.resume)
         if lock is not None:
             stack.callback(lock.release)
+        if env.is_main:
+            say(f"{threads.describe()}; torch.compile {'on' if compiled else 'off'}")
         return task.finish(trainer.fit(), model, env)
 
 

@@ -26,7 +26,8 @@ from ..models.loading import pretrained_encoder
 from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
-from ..training.precision import autocast, resolve_precision
+from ..training.parallel import set_fused_attention
+from ..training.precision import autocast, resolve_precision, use_fused_attention
 from .base import Env, TrainingTask, check_config, load_trained, run_training
 from .summary import count_parameters, describe_data, run_summary
 
@@ -254,14 +255,15 @@ class FinetuneTask(TrainingTask):
     def build_data(self, env: Env):
         cfg = self.cfg
         train_tf, eval_tf = build_transforms(cfg)
-        loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
+        data = env.data(cfg.data)  # the thread plan's loader workers
+        loader = build_pretrain_loader(data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
                                        transform=train_tf)
         data_classes = num_classes_of(loader.raw_dataset)
         check_several_classes(loader.raw_dataset, cfg.data)
         self.num_classes = cfg.model.num_classes or data_classes
         if self.num_classes != data_classes:
             raise ConfigError(f"model.num_classes={self.num_classes} but the data has {data_classes} classes")
-        self.val_dataset, self.val_loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size,
+        self.val_dataset, self.val_loader = build_eval_loader(data, cfg.val_split, eval_tf, cfg.train.batch_size,
                                                               env.rank, env.world_size)
         if num_classes_of(self.val_dataset) != self.num_classes:
             raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(self.val_dataset)} classes, training "
@@ -271,6 +273,7 @@ class FinetuneTask(TrainingTask):
     def build_model(self, env: Env) -> nn.Module:
         model, self.encoder_cfg = build_classifier(self.cfg.model, self.num_classes, self.cfg.data.img_size)
         check_channels(self.encoder_cfg, self.cfg.data)
+        set_fused_attention(model, use_fused_attention("auto", env.device, env.precision))  # pre-training's rule
         return model.to(env.device)
 
     def hooks(self, model: nn.Module, env: Env) -> FinetuneHooks:

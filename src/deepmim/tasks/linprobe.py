@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import check_classes, extract_features, fit_normalisation, frozen_encoder, pool_tokens
+from ..analysis.features import (check_classes, extract_features, fit_normalisation, frozen_encoder, pool_tokens,
+                                 prepare_inference)
 from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
 from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
@@ -23,6 +24,7 @@ from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
 from ..training.distributed import barrier, wrap_ddp
+from ..training.precision import autocast, resolve_precision
 from ..training.schedule import warmup_cosine_lr
 from .base import session
 
@@ -101,7 +103,8 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
         opt = build_probe_optimizer(head, p, lr)
         steps_per_epoch = max(1, len(loader))
         total, warmup = p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch
-        encoder = encoder.to(device)
+        precision = resolve_precision(cfg.features.precision, device)
+        encoder = prepare_inference(encoder, device, precision)  # as feature extraction: autocast + SDPA
         step, loss = 0, torch.tensor(float("nan"))
         bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress or rank != 0, leave=False)
         for epoch in range(p.epochs):
@@ -112,7 +115,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
                 images, targets = batch.images, batch.labels
                 if images.shape[0] < 2:
                     continue
-                with torch.no_grad():
+                with torch.no_grad(), autocast(device, precision):
                     taps, _ = encoder(images.to(device), taps=[encoder.depth])
                     x = pool_tokens(encoder.norm(taps[encoder.depth]), cfg.features.pool).float().cpu()
                 for group in opt.param_groups:

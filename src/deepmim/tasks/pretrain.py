@@ -98,12 +98,13 @@ class PretrainTask(TrainingTask):
 
     def build_data(self, env: Env):
         enc = self.cfg.model.encoder
-        self.loader = build_pretrain_loader(self.cfg.data, self.cfg.train.batch_size, self.cfg.train.seed, env.rank,
-                                            env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2)
+        self.loader = build_pretrain_loader(env.data(self.cfg.data), self.cfg.train.batch_size, self.cfg.train.seed,
+                                            env.rank, env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2)
         return self.loader
 
     def build_model(self, env: Env) -> DeepMIM:
         model = DeepMIM(self.cfg.model).to(env.device)
+        model.store_frozen_targets_in(env.precision)  # a teacher's weights in bf16/fp16 once, not per op
         choose_attention(model, self.cfg, env.device, env.precision, env.rank)
         return model
 

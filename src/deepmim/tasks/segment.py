@@ -245,8 +245,8 @@ class SegmentTask(TrainingTask):
 
     def build_data(self, env: Env):
         cfg, t = self.cfg, self.cfg.train
-        loader = build_iteration_loader(cfg.data, t.batch_size, t.eval_every * t.accum_steps, t.seed, env.rank,
-                                        env.world_size)
+        loader = build_iteration_loader(env.data(cfg.data), t.batch_size, t.eval_every * t.accum_steps, t.seed,
+                                        env.rank, env.world_size)
         self.train_set = loader.dataset.dataset
         self.val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
         self.num_classes = cfg.model.num_classes or len(self.train_set.classes)

@@ -5,7 +5,8 @@
   gradients and optimizer states are sharded (ViT-L/H on small GPUs); checkpoints are gathered to a
   full state dict (see `full_state_dict`) and so load on any number of processes, or none;
 - activation checkpointing: every Transformer block recomputes its activations in backward;
-- torch.compile of the forward (the saved weights keep their plain names).
+- torch.compile of every Transformer block, also a frozen teacher's (regional, `training.compile`; the
+  saved weights keep their plain names).
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def transformer_blocks(model: nn.Module) -> list:
     from timm.models.vision_transformer import Block
 
     return [m for m in model.modules() if isinstance(m, (Block, BeitBlock))]
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> None:
+    """SDPA (fused) or plain matmul attention in every timm block of `model` (see
+    precision.use_fused_attention for which one a device and precision want)."""
+    for block in transformer_blocks(model):
+        block.attn.fused_attn = fused
 
 
 def enable_activation_checkpointing(model: nn.Module) -> int:
@@ -65,13 +73,17 @@ def prepare_model(model: nn.Module, device: torch.device, strategy: str = "ddp",
     if activation_checkpointing:
         enable_activation_checkpointing(model)
     forward_model = model
+    if compile_model:  # before sharding/wrapping, as torch's FSDP2 examples do
+        from .compile import compile_blocks
+
+        compile_blocks(transformer_blocks(model))
+        for target in getattr(model, "targets", {}).values():  # a teacher lives outside the module tree
+            compile_blocks(transformer_blocks(target))
     if is_distributed():
         if strategy == "fsdp":
             shard_fsdp(model)
         else:
             forward_model = wrap_ddp(model, device, find_unused_parameters=find_unused_parameters)
-    if compile_model:
-        forward_model = torch.compile(forward_model)
     return model, forward_model
 
 

@@ -1,0 +1,218 @@
+"""The speed mechanisms keep results: thread/worker plans within the cores, the compile rule, bf16
+features and a bf16 teacher within bf16 tolerance of fp32, the file-decoding crop path equal (or close)
+to the tensor path with the same random draws, and regional compile equal to eager."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepmim.config.schema import DataConfig, FeatureConfig
+from deepmim.data import ImageFolder, PretrainTransform, SeededAugmentation, load_rgb
+from deepmim.data.transforms import draft_factor
+from deepmim.models import DeepMIM
+from deepmim.training.compile import COMPILE_MIN_STEPS, compile_blocks, should_compile
+from deepmim.training.parallel import transformer_blocks
+from deepmim.training.threads import apply_thread_plan, plan_threads, planned_threads
+from tests.conftest import save_tiny_pretrained, tiny_model_config
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+# ----------------------------------------------------------------------------- threads and workers
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 8])
+@pytest.mark.parametrize("workers", [0, 1, 2, 10])
+def test_thread_plan_never_exceeds_the_cores(cores, workers):
+    plan = plan_threads(workers, cores=cores)
+    assert plan.torch_threads >= 1
+    assert plan.torch_threads + plan.workers <= cores
+    assert plan.workers == min(workers, cores - 1)
+    assert plan.torch_threads == cores - plan.workers  # no core left idle
+    assert f"{plan.torch_threads} torch thread" in plan.describe()
+
+
+def test_thread_plan_divides_the_cores_among_local_processes(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    plan = plan_threads(1)
+    assert plan.cores == 2 and (plan.torch_threads, plan.workers) == (1, 1)
+
+
+def test_apply_thread_plan_respects_omp_num_threads_and_restores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
+    try:
+        plan = apply_thread_plan(0, cores=4)
+        assert plan.torch_threads == 1 and torch.get_num_threads() == 1
+        plan.restore()
+        assert torch.get_num_threads() == 2
+        with planned_threads(0, cores=4) as plan:
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_skeleton_gives_loaders_the_planned_workers():
+    from deepmim.tasks.base import Env
+
+    data = DataConfig(num_workers=4)
+    env = Env(torch.device("cpu"), "fp32", loader_workers=1)
+    assert env.data(data).num_workers == 1 and data.num_workers == 4  # the config itself is left alone
+    assert Env(torch.device("cpu"), "fp32").data(data) is data
+
+
+def test_compile_rule(monkeypatch):
+    import deepmim.training.compile as compile_mod
+
+    real = compile_mod.has_cpp_compiler
+    monkeypatch.setattr(compile_mod, "has_cpp_compiler", lambda: True)
+    assert should_compile(True, 1) and not should_compile(False, 10 ** 6)
+    for device, steps in COMPILE_MIN_STEPS.items():
+        assert not should_compile("auto", steps - 1, device) and should_compile("auto", steps, device)
+    assert COMPILE_MIN_STEPS["cpu"] > 384 * 10  # the demo (384 steps) stays eager, by a wide margin
+    with pytest.raises(Exception, match="train.compile"):
+        should_compile("yes", 10)
+    monkeypatch.setattr(compile_mod, "has_cpp_compiler", real)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
+    assert not real() and not should_compile("auto", 10 ** 6, "cuda")
+
+
+# ----------------------------------------------------------------------------- bf16 against fp32
+
+def test_bf16_features_are_within_bf16_tolerance_of_fp32(tmp_path):
+    from deepmim.analysis.features import extract_features
+
+    ckpt = save_tiny_pretrained(tmp_path / "tiny.pt")
+    data = DataConfig(name="embedded", img_size=16, num_samples=24)
+    fc = FeatureConfig(cache_dir=str(tmp_path / "cache"), progress=False, batch_size=8, blocks=[2, 4])
+    fp32 = extract_features(ckpt, data, "val", dataclasses.replace(fc, precision="fp32"))
+    bf16 = extract_features(ckpt, data, "val", dataclasses.replace(fc, precision="bf16"))
+    for block in (2, 4):
+        a, b = fp32.blocks[block], bf16.blocks[block]
+        assert b.dtype == torch.float32
+        rel = (a - b).norm() / a.norm()
+        assert 0 < rel < 2e-2, rel  # different (bf16 did run), but close
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one cache file per precision
+
+
+def test_bf16_teacher_is_stored_once_and_its_loss_stays_close(tmp_path):
+    pytest.importorskip("open_clip")
+    from tests.test_targets import tiny_clip
+
+    torch.manual_seed(1)
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_clip(quick_gelu=False).state_dict(), path)
+    cfg = tiny_model_config()
+    cfg.target = {"name": "teacher", "kind": "open_clip", "path": str(path), "loss": "cosine"}
+    model = DeepMIM(cfg)
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(4, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fp32 = model(images, noise=noise).loss.item()
+        model.store_frozen_targets_in("bf16")
+        teacher = next(iter(model.targets.values())).net
+        assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # the student keeps fp32 weights
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(images, noise=noise).loss.item()
+    assert 0 < abs(bf16 - fp32) / fp32 < 2e-2, (fp32, bf16)
+
+
+# ----------------------------------------------------------------------------- JPEG files straight into the crop
+
+def _photo(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients plus noise: compresses like a photograph, not like flat colour."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    channels = [128 + 90 * np.sin(x / (23.0 + 7 * c) + c) * np.cos(y / (17.0 + 5 * c) - c) for c in range(3)]
+    return np.clip(np.stack(channels, -1) + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jpegs")
+    for i in range(6):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(_photo(150, 200, i)).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_draft_factor_keeps_at_least_the_output_resolution():
+    assert draft_factor(100, 100, [64, 64]) == 1
+    assert draft_factor(130, 300, [64, 64]) == 2
+    assert draft_factor(300, 300, [32, 32]) == 8
+    for h, w in [(63, 500), (256, 256), (1000, 129)]:
+        f = draft_factor(h, w, [64, 64])
+        assert h / f >= min(h, 64) and w / f >= min(w, 64)  # never below the output (nor the crop)
+
+
+@pytest.mark.parametrize("img_size, reduced", [(96, False), (24, True)])
+def test_file_crop_path_matches_the_tensor_path(jpeg_folder, img_size, reduced):
+    """Same seed -> same crop box and flip; identical pixels without reduced decoding, close with it."""
+    transform = PretrainTransform(img_size, MEAN, STD, crop_scale_min=0.5)
+    paths = sorted(str(p) for p in jpeg_folder.rglob("*.jpg"))
+    worst = 0.0
+    for seed, path in enumerate(paths):
+        torch.manual_seed(seed)
+        reference = transform(load_rgb(path))
+        torch.manual_seed(seed)
+        fast = transform.from_file(path)
+        assert fast.shape == reference.shape == (3, img_size, img_size) and fast.dtype == torch.float32
+        if not reduced:  # the same decode (PIL's or torchvision's libjpeg-turbo: <= 1 level apart) and kernel
+            assert (fast - reference).abs().max().item() * STD[2] * 255 <= 1.01
+        worst = max(worst, (fast - reference).abs().mean().item() * STD[0] * 255)  # in uint8 levels
+    if reduced:
+        assert 0 < worst < 6.0, worst  # decoded at 1/2-1/8 scale: a slightly different resampling
+
+
+def test_image_folder_pretraining_items_use_the_file_path_with_the_same_seeds(jpeg_folder):
+    folder = ImageFolder(str(jpeg_folder), split=None)
+    transform = PretrainTransform(96, MEAN, STD)
+    fast = SeededAugmentation(folder, transform, seed=5)
+    assert fast.from_files
+    plain = SeededAugmentation(folder, transform, seed=5)
+    plain.from_files = False
+    for index in range(len(folder)):
+        a, b = fast[index], plain[index]
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_unreadable_file_is_replaced_on_the_file_path(tmp_path):
+    """The file path keeps the loader's stand-in rule: broken.jpg (sorted first) gets the only readable
+    file in its place, augmented under its own seed, and counts one replacement."""
+    (tmp_path / "a").mkdir()
+    Image.fromarray(_photo(40, 40, 0)).save(tmp_path / "a" / "ok.jpg")
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    items = SeededAugmentation(ImageFolder(str(tmp_path), split=None), PretrainTransform(16, MEAN, STD), seed=0)
+    assert items.from_files
+    (stand_in, _, seed0, replaced0), (image, _, seed1, replaced1) = items[0], items[1]
+    assert (replaced0, replaced1) == (1, 0) and seed0 != seed1
+    assert stand_in.shape == image.shape == (3, 16, 16)
+
+
+# ----------------------------------------------------------------------------- regional compile
+
+@pytest.mark.slow
+def test_regional_compile_equals_eager_and_keeps_parameter_names():
+    torch.manual_seed(0)
+    eager = DeepMIM(tiny_model_config())
+    compiled = DeepMIM(tiny_model_config())
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_blocks(transformer_blocks(compiled)) == 6  # 4 encoder blocks + 2 one-block decoders
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    images = torch.randn(4, 3, 16, 16)
+    losses = []
+    for model in (eager, compiled):
+        out = model(images, generator=torch.Generator().manual_seed(3))  # masks drawn outside the blocks
+        out.loss.backward()
+        losses.append((out.loss.item(), out.mask, model.encoder.blocks[0].attn.qkv.weight.grad.clone()))
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-5)
+    assert torch.equal(losses[0][1], losses[1][1])
+    assert torch.allclose(losses[0][2], losses[1][2], rtol=1e-4, atol=1e-6)
