@@ -34,6 +34,14 @@ def test_thread_plan_never_exceeds_the_cores(cores, workers):
     assert f"{plan.torch_threads} torch thread" in plan.describe()
 
 
+def test_streamed_shards_keep_their_reader_count():
+    """A wds stream is dealt to data.num_workers readers, which fixes its order and epoch length: the plan keeps
+    that count (and says why) and gives torch what is left, at least one thread."""
+    plan = plan_threads(2, cores=2, fixed_workers=True)
+    assert (plan.workers, plan.torch_threads) == (2, 1) and "kept" in plan.describe()
+    assert plan_threads(1, cores=4, fixed_workers=True).torch_threads == 3
+
+
 def test_thread_plan_divides_the_cores_among_local_processes(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

@@ -248,8 +248,9 @@ def run_training(task: TrainingTask) -> Any:
     train = task.cfg.train
     check_output_dir(Path(train.output_dir), requested_resume(train), train.overwrite,  # before anything is built
                      check_lock=is_rank_zero())
-    with session(train.device, train.precision) as env, planned_threads(task.cfg.data.num_workers) as threads, \
-            contextlib.ExitStack() as stack:
+    streamed = getattr(task.cfg.data, "name", None) == "wds"  # its worker count deals the shards: kept
+    with session(train.device, train.precision) as env, \
+            planned_threads(task.cfg.data.num_workers, fixed_workers=streamed) as threads, contextlib.ExitStack() as stack:
         check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
         env = dataclasses.replace(env, loader_workers=threads.workers)
         torch.manual_seed(train.seed)
