@@ -323,3 +323,24 @@ def test_typos_in_the_runs_the_study_makes_stop_at_load(tmp_path):
         load_study_config(str(recipe), ["pretrain.train.epohcs=3"])
     with pytest.raises(ConfigError, match="unknown config key 'augment.mixupp'"):
         load_study_config(str(recipe), ["finetune.overrides.augment.mixupp=0"])
+
+
+def test_pretrain_data_changes_the_pretraining_data_only(tmp_path):
+    """pretrain_data: pre-train on every train image while the probes and fine-tuning keep the labelled subset."""
+    from deepmim.tasks.study.arms import build_arm
+    from deepmim.tasks.study.runner import plan_study
+
+    study = tiny_study(tmp_path / "out")
+    study["data"]["max_samples"] = 32
+    study["pretrain_data"] = {"max_samples": None}
+    cfg = load_study_config(str(write_recipe(tmp_path / "s.yaml", study)))
+    arms = [build_arm(a, cfg) for a in cfg.arms]
+    pre = arms[0].pretrain_config(0, tmp_path / "p")
+    assert pre.data.max_samples is None and pre.data.num_samples == 64
+    stages = {s.name: s for s in plan_study(cfg, arms, tmp_path / "out")[0].stages}
+    assert stages["pretrain"].inputs["pretrain"]["data"]["max_samples"] is None
+    assert json.dumps(stages["probe"].inputs, default=str).count('"max_samples": 32') >= 1
+    assert json.dumps(stages["finetune"].inputs, default=str).count('"max_samples": 32') >= 1
+    study["pretrain_data"] = {"max_smaples": None}
+    with pytest.raises(ConfigError, match="max_smaples"):
+        load_study_config(str(write_recipe(tmp_path / "t.yaml", study)))

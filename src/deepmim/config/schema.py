@@ -300,7 +300,7 @@ class ClassifierConfig:
 class AugmentConfig:
     """timm's fine-tuning augmentation (RandAugment, random erasing, Mixup/CutMix, label smoothing)."""
 
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null: off
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null (or none / off): off
     reprob: float = 0.25  # random erasing probability
     crop_scale_min: float = 0.08
     mixup: float = 0.8

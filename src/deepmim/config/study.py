@@ -56,6 +56,9 @@ class StudyConfig:
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     data: DataConfig = field(default_factory=DataConfig)  # every stage's data: data.split trains, evaluate.val_split scores
     pretrain: Dict[str, Any] = field(default_factory=dict)  # PretrainConfig keys (optim, train) for every pretrain arm
+    # DataConfig keys over `data` for pre-training only, e.g. {max_samples: null}: pre-train on every (unlabelled)
+    # train image while the probes and fine-tuning learn from the labelled subset (the low-label setting).
+    pretrain_data: Dict[str, Any] = field(default_factory=dict)
     finetune: StudyFinetuneConfig = field(default_factory=StudyFinetuneConfig)
     arms: List[ArmConfig] = field(default_factory=list)
     evaluate: StudyEvalConfig = field(default_factory=StudyEvalConfig)

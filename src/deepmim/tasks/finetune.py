@@ -116,8 +116,9 @@ def build_transforms(cfg: FinetuneConfig):
 
     patch_timm_posterize()
     d, a = cfg.data, cfg.augment
+    auto_augment = None if str(a.auto_augment).lower() in ("none", "off", "false", "") else a.auto_augment
     train = create_transform(d.img_size, is_training=True, scale=(a.crop_scale_min, 1.0), hflip=0.5 if d.hflip else 0.,
-                             auto_augment=a.auto_augment, interpolation="bicubic", re_prob=a.reprob,
+                             auto_augment=auto_augment, interpolation="bicubic", re_prob=a.reprob,
                              re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
     evaluate = create_transform(d.img_size, is_training=False, interpolation="bicubic", crop_pct=a.eval_crop_pct,
                                 mean=tuple(d.mean), std=tuple(d.std))
