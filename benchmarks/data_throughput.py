@@ -98,7 +98,7 @@ def deepmim_pipeline(root: Path, img_size: int, num_patches: int, from_files: bo
     dataset.from_files = from_files
 
     def item(i: int):
-        image, label, seed = dataset[i]
+        image, label, seed, _replaced = dataset[i]
         return image, label, noise_from_seeds(torch.tensor([seed]), num_patches)
     return item, len(dataset)
 

@@ -24,7 +24,8 @@ from pretrain_throughput import DTYPES, matmul_peak  # noqa: E402
 
 from deepmim.models.deepmim import DeepMIM  # noqa: E402
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain  # noqa: E402
-from deepmim.training.precision import resolve_device, resolve_precision  # noqa: E402
+from deepmim.training.distributed import resolve_device  # noqa: E402
+from deepmim.training.precision import resolve_precision  # noqa: E402
 
 
 def flops_per_image(cfg) -> float:

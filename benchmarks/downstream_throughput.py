@@ -25,7 +25,8 @@ from deepmim import create_model
 from deepmim.config.schema import OptimConfig
 from deepmim.training.optim import build_adamw
 from deepmim.training.parallel import set_fused_attention
-from deepmim.training.precision import autocast, resolve_device, resolve_precision, use_fused_attention
+from deepmim.training.distributed import resolve_device
+from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
 
 
 def parse_args():

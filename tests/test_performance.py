@@ -3,6 +3,7 @@ features and a bf16 teacher within bf16 tolerance of fp32, the file-decoding cro
 to the tensor path with the same random draws, and regional compile equal to eager."""
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,20 @@ def test_regional_compile_equals_eager_and_keeps_parameter_names():
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-5)
     assert torch.equal(losses[0][1], losses[1][1])
     assert torch.allclose(losses[0][2], losses[1][2], rtol=1e-4, atol=1e-6)
+
+
+def test_every_benchmark_script_imports_names_that_exist():
+    """The benchmarks are not run by the suite; a refactor that moves a name must still not break them."""
+    import ast
+    import importlib
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    checked = 0
+    for script in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deepmim"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"{script.name}: {node.module} has no {alias.name}"
+                    checked += 1
+    assert checked >= 10
