@@ -18,12 +18,11 @@ class PretrainArm(Arm):
 
     def overrides(self, seed: int, folder: Path) -> list:
         """The `deepmim pretrain` command line of this arm and seed: model, the study's pretrain keys, the
-        study's data (with pretrain_data over it), the arm's own overrides, then seed, folder and resume."""
+        study's data with pretrain_data's keys over it, the arm's own overrides, then seed, folder and resume."""
         if not self.cfg.model:
             raise ConfigError(f"arm '{self.name}' (pretrain) needs a model, e.g. model: {{preset: mae_vit_micro_p4_28}}")
         return (mapping_overrides({"model": self.cfg.model}) + mapping_overrides(self.study.pretrain)
-                + mapping_overrides({"data": to_dict(self.study.data)})
-                + (mapping_overrides({"data": self.study.pretrain_data}) if self.study.pretrain_data else [])
+                + mapping_overrides({"data": {**to_dict(self.study.data), **self.study.pretrain_data}})
                 + list(self.cfg.overrides)
                 + [f"train.seed={seed}", f"train.output_dir={yaml_value(str(folder))}", "train.resume=auto"])
 
