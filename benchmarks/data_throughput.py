@@ -6,13 +6,14 @@ interleaved round by round so that load from other processes hits all alike:
 
 - plain:  torchvision's ImageFolder loader (PIL open + convert RGB) + transforms.RandomResizedCrop
           (PIL, bicubic) + RandomHorizontalFlip + ToTensor + Normalize: the MAE authors' pipeline;
-- tensor: deepmim's ImageFolder (full decode to a uint8 tensor) + PretrainTransform (the path the
-          embedded / IDX datasets take);
-- deepmim: what `deepmim pretrain` runs on an ImageFolder (SeededAugmentation -> from_file: crop drawn
-          from the header, reduced-size JPEG decoding when the crop allows it, no full-size copy).
+- tensor: deepmim's ImageFolder (full decode to a uint8 tensor, channels-last) + PretrainTransform (the
+          path the embedded / IDX datasets take);
+- deepmim: what `deepmim pretrain` runs on an ImageFolder (SeededAugmentation -> from_file: header parsed
+          and crop drawn before decoding, libjpeg-turbo (simplejpeg) decoding at 1/2-1/8 scale when the crop
+          allows it, into a channels-last tensor for torch's vectorised uint8 resize; no full-size copy).
 
-- decode only: torchvision's libjpeg-turbo full decode, nothing else: the floor of any path that decodes
-          the whole file (printed for reference, not a pipeline).
+- decode only: deepmim's libjpeg-turbo full decode (`decode_colour_jpeg`), nothing else: the floor of any
+          path that decodes the whole file (printed for reference, not a pipeline).
 
 Each pipeline includes the per-sample mask noise (a seeded generator per sample, as the loader's collate).
 Images/s per core are images per second of this process's CPU time (`time.process_time`, one thread):

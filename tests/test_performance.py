@@ -12,7 +12,8 @@ from PIL import Image
 
 from deepmim.config.schema import DataConfig, FeatureConfig
 from deepmim.data import ImageFolder, PretrainTransform, SeededAugmentation, load_rgb
-from deepmim.data.transforms import draft_factor
+from deepmim.data import transforms as transforms_module
+from deepmim.data.transforms import colour_jpeg_size, decode_colour_jpeg, draft_factor, scale_box
 from deepmim.models import DeepMIM
 from deepmim.training.compile import COMPILE_MIN_STEPS, compile_blocks, should_compile
 from deepmim.training.parallel import transformer_blocks
@@ -153,6 +154,14 @@ def jpeg_folder(tmp_path_factory):
     return root
 
 
+def test_scale_box_moves_the_crop_onto_the_reduced_image():
+    assert scale_box((10, 20, 30, 40), (100, 200), (100, 200)) == (10, 20, 30, 40)  # not reduced
+    assert scale_box((10, 20, 30, 40), (100, 200), (50, 100)) == (5, 10, 15, 20)
+    assert scale_box((0, 0, 375, 500), (375, 500), (47, 63)) == (0, 0, 47, 63)  # 1/8 rounds up: whole image
+    top, left, h, w = scale_box((370, 495, 5, 5), (375, 500), (47, 63))
+    assert top + h <= 47 and left + w <= 63 and h >= 1 and w >= 1  # never outside, never empty
+
+
 def test_draft_factor_keeps_at_least_the_output_resolution():
     assert draft_factor(100, 100, [64, 64]) == 1
     assert draft_factor(130, 300, [64, 64]) == 2
@@ -163,8 +172,9 @@ def test_draft_factor_keeps_at_least_the_output_resolution():
 
 
 @pytest.mark.parametrize("img_size, reduced", [(96, False), (24, True)])
-def test_file_crop_path_matches_the_tensor_path(jpeg_folder, img_size, reduced):
-    """Same seed -> same crop box and flip; identical pixels without reduced decoding, close with it."""
+def test_file_crop_path_matches_the_tensor_path(jpeg_folder, turbo_decoder, img_size, reduced):
+    """Same seed -> same crop box and flip; identical pixels without reduced decoding, close with it
+    (simplejpeg's DCT-scaled decode, or PIL's draft mode where simplejpeg is missing)."""
     transform = PretrainTransform(img_size, MEAN, STD, crop_scale_min=0.5)
     paths = sorted(str(p) for p in jpeg_folder.rglob("*.jpg"))
     worst = 0.0
@@ -205,6 +215,81 @@ def test_unreadable_file_is_replaced_on_the_file_path(tmp_path):
     assert (replaced0, replaced1) == (1, 0) and seed0 != seed1
     assert stand_in.shape == image.shape == (3, 16, 16)
 
+
+
+def _jpeg_bytes(mode: str, seed: int = 0, **save) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(_photo(48, 64, seed)).convert(mode).save(buffer, "JPEG", quality=90, **save)
+    return buffer.getvalue()
+
+
+def _pil_rgb(data: bytes) -> torch.Tensor:
+    import io
+
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+
+
+@pytest.fixture(params=["simplejpeg", "torchvision"])
+def turbo_decoder(request, monkeypatch):
+    """Both libjpeg-turbo decoders: simplejpeg (the default) and torchvision's, used where it is missing."""
+    if request.param == "torchvision":
+        monkeypatch.setattr(transforms_module, "_simplejpeg", lambda: None)
+    elif transforms_module._simplejpeg() is None:
+        pytest.skip("simplejpeg is not installed")
+    return request.param
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_colour_jpeg_decodes_as_pil_does_into_a_channels_last_tensor(turbo_decoder, progressive):
+    data = _jpeg_bytes("RGB", progressive=progressive)
+    chw = decode_colour_jpeg(data)
+    assert chw.shape == (3, 48, 64) and chw.dtype == torch.uint8
+    assert chw.stride() == (1, 64 * 3, 3)  # (H, W, 3) in memory: the vectorised resize kernel's layout
+    assert (chw.int() - _pil_rgb(data).int()).abs().max().item() <= 1  # PIL's libjpeg-turbo: same IDCT
+
+
+def test_jpeg_decoder_refuses_what_pil_must_handle(turbo_decoder):
+    """Grey and CMYK JPEGs, truncated and non-JPEG data: None, so PIL decodes or reports them."""
+    rgb = _jpeg_bytes("RGB")
+    if turbo_decoder == "simplejpeg":  # torchvision converts grey and CMYK itself; PIL does it for both
+        assert decode_colour_jpeg(_jpeg_bytes("L")) is None and decode_colour_jpeg(_jpeg_bytes("CMYK")) is None
+    assert decode_colour_jpeg(rgb[: len(rgb) // 2]) is None
+    assert decode_colour_jpeg(b"\x89PNG\r\n\x1a\n not a jpeg") is None
+
+
+def test_colour_jpeg_size_reads_the_header_only():
+    if transforms_module._simplejpeg() is None:
+        pytest.skip("simplejpeg is not installed")
+    rgb = _jpeg_bytes("RGB")
+    assert colour_jpeg_size(rgb) == (48, 64)
+    assert colour_jpeg_size(rgb[: len(rgb) // 2]) == (48, 64)  # the header is all it reads
+    assert colour_jpeg_size(_jpeg_bytes("L")) is None and colour_jpeg_size(b"GIF89a") is None
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_file_crop_path_matches_the_tensor_path_for_every_jpeg_kind(tmp_path, turbo_decoder, mode):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(_jpeg_bytes(mode, seed=3))
+    transform = PretrainTransform(32, MEAN, STD, crop_scale_min=0.5)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        reference = transform(load_rgb(str(path)))
+        torch.manual_seed(seed)
+        fast = transform.from_file(str(path))
+        assert fast.shape == reference.shape == (3, 32, 32)
+        assert (fast - reference).abs().max().item() * STD[2] * 255 <= 1.01
+
+
+def test_truncated_jpeg_is_replaced_on_the_file_path_not_half_decoded(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(_photo(40, 40, 0)).save(tmp_path / "a" / "ok.jpg")
+    whole = _jpeg_bytes("RGB", seed=1)
+    (tmp_path / "a" / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # sorted first
+    items = SeededAugmentation(ImageFolder(str(tmp_path), split=None), PretrainTransform(16, MEAN, STD), seed=0)
+    assert items.from_files
+    assert (items[0][3], items[1][3]) == (1, 0)  # the cut file counted as replaced, the good one not
 
 # ----------------------------------------------------------------------------- regional compile
 

@@ -82,12 +82,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str) -> torch.Tensor:
-    """Decode a file fully (so truncation is detected) into a uint8 tensor (3, H, W)."""
+    """Decode a file fully (so truncation is detected) into a uint8 tensor (3, H, W), channels-last in memory
+    (the layout torch's vectorised uint8 resize kernels take)."""
     with Image.open(path) as image:
         image.load()
         rgb = _to_rgb(image)
         array = np.array(rgb, dtype=np.uint8)  # a copy: writable, detached from the file
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class ImageFolder(Dataset):
