@@ -84,7 +84,10 @@ def test_compile_rule(monkeypatch):
     assert should_compile(True, 1) and not should_compile(False, 10 ** 6)
     for device, steps in COMPILE_MIN_STEPS.items():
         assert not should_compile("auto", steps - 1, device) and should_compile("auto", steps, device)
-    assert COMPILE_MIN_STEPS["cpu"] > 384 * 10  # the demo (384 steps) stays eager, by a wide margin
+    assert COMPILE_MIN_STEPS["cpu"] > 640 * 10  # the demo (640 steps) stays eager, by a wide margin
+    big = 10 * COMPILE_MIN_STEPS["cpu"]
+    assert not should_compile("auto", big, "cpu", "fp32") and should_compile("auto", big, "cpu", "bf16")
+    assert should_compile("auto", big, "cuda", "fp32") and should_compile(True, 1, "cpu", "fp32")
     with pytest.raises(Exception, match="train.compile"):
         should_compile("yes", 10)
     monkeypatch.setattr(compile_mod, "has_cpp_compiler", real)

@@ -44,6 +44,16 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}: the dotted keys of overrides, for comparing two configs key by key."""
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=100)
 

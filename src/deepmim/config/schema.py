@@ -150,7 +150,8 @@ class TrainConfig:
     strategy: str = "ddp"
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
     # torch.compile each Transformer block: true | false | auto (on when the schedule is long enough to repay
-    # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU; training/compile.py)
+    # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU under bf16, never on a CPU in
+    # fp32, where it measured no gain; training/compile.py)
     compile: Union[bool, str] = "auto"
     # Divergence guard (training/guard.py): stop, before any checkpoint is written from it, at a loss this many
     # times its running average (and above every earlier one) or weights whose norm grows this many times

@@ -260,7 +260,7 @@ def run_training(task: TrainingTask) -> Any:
         groups = task.param_groups(model)
         schedule = task.train_config()  # compile=auto: by the schedule's length (the same on resume)
         compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps),
-                                  env.device.type)
+                                  env.device.type, env.precision)
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
                                              compiled, find_unused_parameters=task.find_unused_parameters(model))
         trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),

@@ -15,8 +15,10 @@ optimizer steps. Measured on the 2-core AMX CPU (benchmarks/README.md, one threa
 interleaved): regional compile gains 1.05-1.06x on the micro and tiny presets and nothing measurable
 (1.00x) on the ViT-B CLIP step, whose non-matmul work it does not shrink; a cold compile costs 60-130 s
 (~10 s with inductor's cache warm). At ~0.3 s per micro step a 5% gain repays 130 s after ~9000 steps,
-so on a CPU the rule waits for 20000; on a GPU (not measured here: benchmarks/gpu_perf.sh measures
-it) inductor's usual 1.2x+ repays a ~1 min compile within 2000 steps of ~0.1 s. The demo (384 steps)
+so on a CPU the rule waits for 20000, and only under bf16: in fp32 on the 2-core AVX2 EPYC (same
+benchmark, 2 threads) regional compile gained nothing (micro 1.04x vs 1.09x uncompiled, tiny 0.99x vs
+1.00x, ViT-B CLIP 0.94x vs 0.99x over the authors'), its fp32 steps being matmul-bound. On a GPU (not measured here: benchmarks/gpu_perf.sh measures
+it) inductor's usual 1.2x+ repays a ~1 min compile within 2000 steps of ~0.1 s. The demo (640 steps)
 and every test stay eager.
 """
 from __future__ import annotations
@@ -32,15 +34,20 @@ from ..config.loader import ConfigError
 COMPILE_MIN_STEPS = {"cpu": 20000, "cuda": 2000}
 
 
-def should_compile(setting: Union[bool, str], planned_steps: int, device_type: str = "cpu") -> bool:
-    """train.compile: true | false | auto. auto depends on the schedule's length only (epochs x steps per
-    epoch, not train.max_steps), so a resumed run makes the same choice as the run it continues; it also
-    stays off where inductor cannot build its kernels (no C++ compiler on the PATH)."""
+def should_compile(
+    setting: Union[bool, str], planned_steps: int, device_type: str = "cpu", precision: str = "bf16"
+) -> bool:
+    """train.compile: true | false | auto. auto depends on the schedule's length (epochs x steps per
+    epoch, not train.max_steps, so a resumed run makes the same choice as the run it continues), on a
+    CPU also on the precision (fp32: never, measured no gain); it stays off where inductor cannot build
+    its kernels (no C++ compiler on the PATH)."""
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
         raise ConfigError(f"train.compile must be true, false or auto, got {setting!r}")
     threshold = COMPILE_MIN_STEPS.get(device_type, COMPILE_MIN_STEPS["cpu"])
+    if device_type != "cuda" and precision == "fp32":
+        return False
     return planned_steps >= threshold and has_cpp_compiler()
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 import torch
 from torch import nn
 
+from ..config.loader import flatten
 from ..config.schema import OptimConfig, TrainConfig
 from .distributed import all_reduce_sum, barrier, is_distributed
 from .parallel import full_state_dict, load_full_state_dict
@@ -421,16 +422,8 @@ def config_changes(old: Dict[str, Any], new: Dict[str, Any], old_arch: Any = Non
                    limit: int = 6) -> str:
     """'model.encoder.embed_dim: 128 -> 64; ...' for the model keys (and the recorded architecture) that
     differ between a checkpoint's config and this run's."""
-    def flat(tree: Any, prefix: str) -> Dict[str, Any]:
-        if isinstance(tree, dict):
-            out: Dict[str, Any] = {}
-            for k, v in tree.items():
-                out.update(flat(v, f"{prefix}{k}."))
-            return out
-        return {prefix.rstrip("."): tree}
-
-    a = {**flat(old.get("model", {}), "model."), **flat(old_arch or {}, "architecture.")}
-    b = {**flat(new.get("model", {}), "model."), **flat(new_arch or {}, "architecture.")}
+    a = {**flatten(old.get("model", {}), "model."), **flatten(old_arch or {}, "architecture.")}
+    b = {**flatten(new.get("model", {}), "model."), **flatten(new_arch or {}, "architecture.")}
     diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k) and k != "model.attn_impl"]
     if not diffs:

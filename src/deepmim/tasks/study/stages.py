@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ...checkpoint import file_mode
-from ...config.loader import ConfigError
+from ...config.loader import ConfigError, flatten
 
 ON_CHANGE = ("refuse", "rerun")
 COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume",
@@ -73,18 +73,9 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): tree}
-
-
 def describe_change(old: Dict[str, Any], new: Dict[str, Any], limit: int = 8) -> str:
     """'train.epochs: 4 -> 6; ...' for the keys that differ."""
-    a, b = _flat(json.loads(json.dumps(old, default=str))), _flat(json.loads(json.dumps(new, default=str)))
+    a, b = flatten(json.loads(json.dumps(old, default=str))), flatten(json.loads(json.dumps(new, default=str)))
     diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k)]
     more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
