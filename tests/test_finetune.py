@@ -105,6 +105,13 @@ def test_class_count_mismatch_is_a_clear_error(pretrained, tmp_path):
         run_finetune(tiny_finetune(pretrained, tmp_path, "model.num_classes=5"))
 
 
+@pytest.mark.parametrize("spec", ["rand-q9", "ran-m9-mstd0.5", "randaugment"])
+def test_mistyped_auto_augment_is_a_clear_error_before_training(pretrained, tmp_path, spec):
+    with pytest.raises(ConfigError, match=r"augment.auto_augment=.* is not a timm augmentation spec.*rand-m9"):
+        run_finetune(tiny_finetune(pretrained, tmp_path, f"augment.auto_augment={spec}"))
+    assert not (tmp_path / "checkpoint-last.pt").exists()
+
+
 def test_odd_batch_with_mixup_is_refused(pretrained, tmp_path):
     with pytest.raises(ConfigError, match="even train.batch_size"):
         run_finetune(tiny_finetune(pretrained, tmp_path, "train.batch_size=31"))

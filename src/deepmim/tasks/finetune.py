@@ -106,6 +106,22 @@ def check_several_classes(dataset, data: DataConfig) -> None:
                           f"class folders (root/train/<class>/*.jpg)")
 
 
+def check_auto_augment(spec: str) -> None:
+    """Build the policy once, so a mistyped augment.auto_augment is named as such, not timm's bare AssertionError
+    from inside the first loader worker."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    build = (rand_augment_transform if spec.startswith("rand") else
+             augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform)
+    try:
+        build(spec, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError, IndexError) as error:
+        detail = f" ({error})" if str(error) else ""
+        raise ConfigError(f"augment.auto_augment={spec!r} is not a timm augmentation spec{detail}: use e.g. "
+                          f"rand-m9-mstd0.5-inc1 (RandAugment, the MAE recipe), augmix-m5-w4-d2, v0 or original "
+                          f"(AutoAugment), or none") from None
+
+
 def build_transforms(cfg: FinetuneConfig):
     """timm's training transform (RandomResizedCrop, flip, RandAugment, random erasing) and its
     evaluation transform, applied to our uint8 tensors through PIL."""
@@ -117,6 +133,8 @@ def build_transforms(cfg: FinetuneConfig):
     patch_timm_posterize()
     d, a = cfg.data, cfg.augment
     auto_augment = None if str(a.auto_augment).lower() in ("none", "off", "false", "") else a.auto_augment
+    if auto_augment is not None:
+        check_auto_augment(auto_augment)
     train = create_transform(d.img_size, is_training=True, scale=(a.crop_scale_min, 1.0), hflip=0.5 if d.hflip else 0.,
                              auto_augment=auto_augment, interpolation="bicubic", re_prob=a.reprob,
                              re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
