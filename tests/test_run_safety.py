@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepmim.checkpoint import LAST, PREV, find_resume_checkpoint
+from deepmim.checkpoint import LAST, PREV, find_resume_checkpoint, save_checkpoint
 from deepmim.cli.main import main
 from deepmim.config.loader import ConfigError
 from deepmim.data import DataError
@@ -245,10 +245,30 @@ def test_the_guard_can_be_turned_off_and_refuses_silly_factors(tmp_path, monkeyp
         load_pretrain_config("demo", ["train.divergence_factor=0.5"])
 
 
+def test_checkpoint_last_never_goes_missing_while_a_save_rotates_it(tmp_path, monkeypatch):
+    import deepmim.checkpoint as ckpt
+
+    save_checkpoint({"step": 1}, tmp_path)
+    seen, real_replace = [], os.replace
+
+    def watching_replace(src, dst):
+        seen.append((tmp_path / LAST).is_file())  # a kill at any rename would find checkpoint-last.pt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", watching_replace)
+    save_checkpoint({"step": 2}, tmp_path)
+    assert seen and all(seen)
+    assert [torch.load(tmp_path / n, weights_only=True)["step"] for n in (LAST, PREV)] == [2, 1]
+    assert not list(tmp_path.glob(".checkpoint-*.tmp"))
+    monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    save_checkpoint({"step": 3}, tmp_path)  # the rename fallback
+    assert [torch.load(tmp_path / n, weights_only=True)["step"] for n in (LAST, PREV)] == [3, 2]
+
+
 def test_resume_takes_checkpoint_prev_when_checkpoint_last_is_missing(tmp_path):
     run_pretrain(tiny_pretrain_config(tmp_path, epochs=2))
     assert torch.load(tmp_path / PREV, weights_only=True)["step"] == 4  # rotated at the second epoch's save
-    (tmp_path / LAST).unlink()  # what a crash between the two renames of save_checkpoint leaves
+    (tmp_path / LAST).unlink()  # what a crash between the two renames of the no-hard-link fallback leaves
     assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / PREV
 
 

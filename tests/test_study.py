@@ -150,13 +150,17 @@ def test_killed_study_continues_where_it_stopped_and_ends_as_an_uninterrupted_on
     full_out, full, _ = finished
     out = tmp_path / "killed"
     cmd, env = study_command(write_recipe(tmp_path / "tiny.yaml", tiny_study(out)))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr_path = tmp_path / "killed.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     target = out / "mae" / "seed1" / "pretrain" / "checkpoint-last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and not _step_at_least(target, 6) and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    returncode = proc.wait()
+    assert target.exists(), f"the study exited ({returncode}) before seed 1's pre-training checkpoint:\n" + \
+        stderr_path.read_text(errors="replace")[-4000:]
     step = torch.load(target, weights_only=True)["step"]
     assert 6 <= step < 32, "the kill must land in the middle of seed 1's pre-training"
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*/seed*/stages/*.json")

@@ -168,16 +168,32 @@ def make_checkpoint(task: str, model_state: Dict[str, torch.Tensor], config: Dic
     return obj
 
 
+def _keep_as_prev(path: Path, prev: Path) -> None:
+    """`path` also as `prev`, `path` left in place (a hard link renamed over `prev`: atomic), or moved to
+    `prev` where the file system has no hard links."""
+    link = path.parent / f".{path.name}.prev.tmp"  # matches TEMP_FILES: removed at the next start if left
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(path, link)
+    except OSError:
+        os.replace(path, prev)
+        return
+    os.replace(link, prev)
+
+
 def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None) -> Path:
     """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`.
     The checkpoint it replaces is kept as checkpoint-prev.pt: the new file is written in full (temp
-    file, fsync) before the old one is renamed, so a crash leaves checkpoint-last.pt, or at least
-    checkpoint-prev.pt, intact (find_resume_checkpoint takes whichever is there)."""
+    file, fsync) before anything is renamed, the old one becomes checkpoint-prev.pt through a hard link
+    (so checkpoint-last.pt never goes missing, even for a moment), and the new one replaces it in one
+    atomic rename. Where hard links are refused, the old file is renamed instead, and a crash between
+    the two renames leaves checkpoint-prev.pt (find_resume_checkpoint takes whichever is there)."""
     out = Path(output_dir)
     path = out / LAST
     tmp = _write_temp(obj, path)  # named as TEMP_FILES: the next start removes it if we die before the renames
     if path.exists():
-        os.replace(path, out / PREV)
+        _keep_as_prev(path, out / PREV)
     os.replace(tmp, path)
     if numbered_epoch is not None:
         atomic_save(obj, out / epoch_file_name(numbered_epoch))
