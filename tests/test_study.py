@@ -159,8 +159,8 @@ def test_killed_study_continues_where_it_stopped_and_ends_as_an_uninterrupted_on
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     returncode = proc.wait()
-    assert target.exists(), f"the study exited ({returncode}) before seed 1's pre-training checkpoint:\n" + \
-        stderr_path.read_text(errors="replace")[-4000:]
+    assert target.exists(), f"no {target.name} after the kill (the study's exit status: {returncode}); " \
+        "its stderr:\n" + stderr_path.read_text(errors="replace")[-4000:]
     step = torch.load(target, weights_only=True)["step"]
     assert 6 <= step < 32, "the kill must land in the middle of seed 1's pre-training"
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*/seed*/stages/*.json")

@@ -78,6 +78,8 @@ def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
         weights = torch.tensor(LUMA, dtype=torch.float32, device=image.device).view(3, 1, 1)
         return (image.to(torch.float32) * weights).sum(dim=-3, keepdim=True)
     raise ValueError(f"cannot turn {have}-channel images into {channels} channels")
+
+
 @functools.lru_cache(maxsize=None)
 def _simplejpeg():
     """simplejpeg (libjpeg-turbo, bytes -> uint8 (H, W, 3)), or None where it is not installed."""
@@ -121,11 +123,11 @@ def decode_colour_jpeg(data, factor: int = 1) -> Optional[torch.Tensor]:
             data = f.read()
     sj = _simplejpeg()
     if sj is not None:
+        size = colour_jpeg_size(data)
+        if size is None:
+            return None
+        scaled = {"min_height": -(-size[0] // factor), "min_width": -(-size[1] // factor)} if factor > 1 else {}
         try:
-            height, width, colorspace, _ = sj.decode_jpeg_header(data)
-            if colorspace != "YCbCr":
-                return None
-            scaled = {"min_height": -(-height // factor), "min_width": -(-width // factor)} if factor > 1 else {}
             return torch.from_numpy(sj.decode_jpeg(data, colorspace="RGB", **scaled)).permute(2, 0, 1)
         except ValueError:  # simplejpeg's error for corrupt, truncated or unsupported data
             return None
@@ -235,9 +237,9 @@ class PretrainTransform:
             chw = decode_colour_jpeg(data, factor)
             if chw is not None:
                 return self._crop_finish(chw, scale_box(box, size, chw.shape[1:]), uniforms)
-        return self._from_pil(data, uniforms, try_turbo=size is None)
+        return self._from_pil(data, uniforms)
 
-    def _from_pil(self, data: bytes, uniforms: List[float], try_turbo: bool) -> torch.Tensor:
+    def _from_pil(self, data: bytes, uniforms: List[float]) -> torch.Tensor:
         from .folder import _to_rgb
 
         with Image.open(io.BytesIO(data)) as image:
@@ -245,8 +247,8 @@ class PretrainTransform:
             box = top, left, h, w = sample_crop_box(height, width, self.scale, self.ratio, uniforms)
             factor = draft_factor(h, w, self.size)
             chw = None
-            if try_turbo and factor == 1 and image.format == "JPEG" and image.mode == "RGB":
-                chw = decode_colour_jpeg(data)  # torchvision's decoder where simplejpeg is missing
+            if _simplejpeg() is None and factor == 1 and image.format == "JPEG" and image.mode == "RGB":
+                chw = decode_colour_jpeg(data)  # torchvision's decoder (simplejpeg has refused this file)
             if chw is None:
                 if factor > 1:
                     image.draft(image.mode, (width // factor, height // factor))  # no-op for non-JPEG files

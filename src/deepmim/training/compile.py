@@ -17,8 +17,9 @@ interleaved): regional compile gains 1.05-1.06x on the micro and tiny presets an
 (~10 s with inductor's cache warm). At ~0.3 s per micro step a 5% gain repays 130 s after ~9000 steps,
 so on a CPU the rule waits for 20000, and only under bf16: in fp32 on the 2-core AVX2 EPYC (same
 benchmark, 2 threads) regional compile gained nothing (micro 1.04x vs 1.09x uncompiled, tiny 0.99x vs
-1.00x, ViT-B CLIP 0.94x vs 0.99x over the authors'), its fp32 steps being matmul-bound. On a GPU (not measured here: benchmarks/gpu_perf.sh measures
-it) inductor's usual 1.2x+ repays a ~1 min compile within 2000 steps of ~0.1 s. The demo (640 steps)
+1.00x, ViT-B CLIP 0.94x vs 0.99x over the authors'), its fp32 steps being matmul-bound. On a GPU
+(not measured here: benchmarks/gpu_perf.sh measures it) inductor's usual 1.2x+ repays a ~1 min compile
+within 2000 steps of ~0.1 s. The demo (640 steps)
 and every test stay eager.
 """
 from __future__ import annotations
