@@ -26,6 +26,7 @@ from deepmim.config.schema import OptimConfig
 from deepmim.training.optim import build_adamw
 from deepmim.training.parallel import set_fused_attention
 from deepmim.training.distributed import resolve_device
+from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
 
 
@@ -36,12 +37,17 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--host-malloc", default="reuse", choices=["reuse", "default"],
+                   help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
+                        "for the whole process, baseline included); default: glibc's own behaviour")
     p.add_argument("--json", metavar="PATH")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    host_memory = reuse_freed_host_memory(args.host_malloc == "reuse")
+    print(host_memory)
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
@@ -118,7 +124,7 @@ def main() -> None:
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["pretrain"])
     report = {"preset": args.preset, "batch_size": n, "precision": precision, "threads": torch.get_num_threads(),
-              "load_average": os.getloadavg()[0], "results": {}}
+              "load_average": os.getloadavg()[0], "host_malloc": host_memory, "results": {}}
     print(f"{args.preset}, batch {n}, {device} ({torch.get_num_threads()} threads), precision {precision}; "
           f"load average {os.getloadavg()[0]:.1f}")
     for k, t in times.items():

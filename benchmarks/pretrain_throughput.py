@@ -28,6 +28,7 @@ from deepmim import create_model
 from deepmim.config.schema import OptimConfig
 from deepmim.training.optim import build_adamw, scaled_lr
 from deepmim.training.distributed import resolve_device
+from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,6 +63,9 @@ def parse_args() -> argparse.Namespace:
                         "ViT-B/16 (open_clip) to a temp file and use it as the teacher, so the teacher's "
                         "forward is timed as in real training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host-malloc", default="reuse", choices=["reuse", "default"],
+                   help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
+                        "for the whole process, baseline included); default: glibc's own behaviour")
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
@@ -325,6 +329,8 @@ def model_spec(args):
 
 def main() -> None:
     args = parse_args()
+    host_memory = reuse_freed_host_memory(args.host_malloc == "reuse")
+    print(host_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -362,7 +368,7 @@ def main() -> None:
               "steps": args.steps, "gflop_per_step": step_flops / 1e9,
               "gflop_per_image": step_flops / 1e9 / args.batch_size, "matmul_peak": measured,
               "load_average_start": os.getloadavg()[0], "baseline": args.baseline if args.compare else None,
-              "fsdp": args.fsdp}
+              "fsdp": args.fsdp, "host_malloc": host_memory}
     if args.fsdp:
         init_single_process_group(device)
     model.train()

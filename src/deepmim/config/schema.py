@@ -153,6 +153,9 @@ class TrainConfig:
     # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU under bf16, never on a CPU in
     # fp32, where it measured no gain; training/compile.py)
     compile: Union[bool, str] = "auto"
+    # Keep freed host memory in the process (glibc mmap/trim thresholds raised) instead of page-faulting
+    # every step's activations in again; resident memory then stays at its peak (training/host_memory.py)
+    reuse_host_memory: bool = True
     # Divergence guard (training/guard.py): stop, before any checkpoint is written from it, at a loss this many
     # times its running average (and above every earlier one) or weights whose norm grows this many times
     # between checks; null: only non-finite losses, gradients and weights stop the run

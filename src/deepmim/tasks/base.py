@@ -34,6 +34,7 @@ from ..training.compile import should_compile
 from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
+from ..training.host_memory import reuse_freed_host_memory
 from ..training.threads import planned_threads
 from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
 
@@ -253,6 +254,7 @@ def run_training(task: TrainingTask) -> Any:
             planned_threads(task.cfg.data.num_workers, fixed_workers=streamed) as threads, contextlib.ExitStack() as stack:
         check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
         env = dataclasses.replace(env, loader_workers=threads.workers)
+        host_memory = reuse_freed_host_memory(train.reuse_host_memory)  # before loader workers fork
         torch.manual_seed(train.seed)
         loader = task.build_data(env)
         model = task.build_model(env)
@@ -271,7 +273,7 @@ def run_training(task: TrainingTask) -> Any:
         if lock is not None:
             stack.callback(lock.release)
         if env.is_main:
-            say(f"{threads.describe()}; torch.compile {'on' if compiled else 'off'}")
+            say(f"{threads.describe()}; torch.compile {'on' if compiled else 'off'}; {host_memory}")
         return task.finish(trainer.fit(), model, env)
 
 
