@@ -401,3 +401,18 @@ def test_training_logs_the_host_memory_setting_and_can_leave_malloc_alone(tmp_pa
     assert "host malloc left as it is (train.reuse_host_memory=false)" in capsys.readouterr().err
     run_pretrain(tiny_pretrain_config(tmp_path / "on", epochs=1))
     assert reuse_freed_host_memory(True) in capsys.readouterr().err
+
+
+def test_token_rows_are_taken_with_the_values_and_gradients_of_maes_gather():
+    from deepmim.models.masking import take_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(5, 16, 8, generator=gen, requires_grad=True)
+    for keep in (16, 4):  # a full permutation (the decoder's restore) and a subset (the encoder's visible)
+        ids = torch.argsort(torch.rand(5, 16, generator=gen), dim=1)[:, :keep]
+        ours = take_tokens(tokens, ids)
+        theirs = torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, 8))
+        assert ours.shape == (5, keep, 8) and torch.equal(ours, theirs)
+        upstream = torch.randn(5, keep, 8, generator=gen)
+        assert torch.equal(torch.autograd.grad(ours, tokens, upstream)[0],
+                           torch.autograd.grad(theirs, tokens, upstream)[0])

@@ -8,7 +8,7 @@ from torch import nn
 from timm.models.vision_transformer import Block
 
 from .encoder import init_linear_and_norm
-from .masking import Masking
+from .masking import Masking, take_tokens
 from .pos_embed import sincos_pos_embed
 
 
@@ -44,10 +44,10 @@ class MaskedDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, masking: Masking) -> torch.Tensor:
         """tokens: (N, 1 + L_visible, in_dim) encoder output -> (N, L, out_dim)."""
         x = self.embed(tokens)
-        n, num_visible_plus_cls, width = x.shape
+        n, num_visible_plus_cls, _ = x.shape
         num_masked = masking.ids_restore.shape[1] + 1 - num_visible_plus_cls
         patches = torch.cat([x[:, 1:, :], self.mask_token.expand(n, num_masked, -1)], dim=1)
-        patches = torch.gather(patches, 1, masking.ids_restore.unsqueeze(-1).expand(-1, -1, width))
+        patches = take_tokens(patches, masking.ids_restore)
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.pred(x[:, 1:, :])

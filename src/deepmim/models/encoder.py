@@ -10,7 +10,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from ..config.schema import EncoderConfig
-from .masking import Masking, random_masking
+from .masking import Masking, random_masking, take_tokens
 from .pos_embed import sincos_pos_embed
 
 
@@ -59,7 +59,7 @@ class MaskedViTEncoder(nn.Module):
         """Patch tokens + position, masked, with the cls token in front."""
         x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
         if masking is not None:
-            x = torch.gather(x, 1, masking.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            x = take_tokens(x, masking.ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
