@@ -32,6 +32,7 @@ from ..data import build_dataset, build_eval_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
 from ..models import loading
 from ..training.distributed import resolve_device
+from ..training.host_memory import reuse_freed_host_memory
 from ..training.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
     missing = [b for b in blocks if b not in have]
     labels = cached["labels"] if cached else None
     if missing:
+        reuse_freed_host_memory(feat.reuse_host_memory)
         dataset = TransformedDataset(build_dataset(data, split),
                                build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio))
         loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,

@@ -205,6 +205,9 @@ class FeatureConfig:
     progress: bool = True
     train_split: str = "train"
     val_split: str = "val"
+    # keep freed host memory in the process instead of page-faulting each batch in again (as
+    # train.reuse_host_memory; measured 1.3-1.4x on the micro encoder's CPU forward at batch 256)
+    reuse_host_memory: bool = True
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ...config.loader import ConfigError, flatten
 
 ON_CHANGE = ("refuse", "rerun")
 COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume",
-                 "overwrite", "divergence_factor")
+                 "overwrite", "divergence_factor", "reuse_host_memory")
 
 
 class StudyChangedError(ConfigError):
