@@ -28,6 +28,7 @@ from deepmim import create_model
 from deepmim.config.schema import OptimConfig
 from deepmim.training.optim import build_adamw, scaled_lr
 from deepmim.training.distributed import resolve_device
+from deepmim.training.compile import should_compile
 from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
 
@@ -349,6 +350,7 @@ def main() -> None:
         if m["precision"] == "auto":
             m["precision"] = precision
             m["fused"] = use_fused_attention("auto", device, precision)
+            m["regional"] = should_compile("auto", 10 ** 9, device.type, precision)  # a long run's choice
     if args.compare:
         modes.insert(0, {**parse_modes(args.baseline)[0], "name": "baseline"})
 
