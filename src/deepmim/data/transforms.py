@@ -4,8 +4,8 @@ The pre-training augmentation is the MAE authors' recipe: RandomResizedCrop(scal
 ratio=(3/4, 4/3), bicubic) + horizontal flip, then normalise. It follows
 torchvision.transforms.v2.RandomResizedCrop's sampling algorithm and its pixels
 (`v2.functional.resized_crop`, antialiased; `resized_crop_bicubic` calls its kernel directly), but
-draws all random numbers in one call and fuses uint8->float with normalisation: ~0.1 ms instead of ~0.65 ms per 32x32 image with a
-v2.Compose, which would otherwise cap a CPU core at ~1.5k images/s.
+draws all random numbers in one call and fuses uint8->float with normalisation: ~0.1 ms instead of
+~0.65 ms per 32x32 image with a v2.Compose, which would otherwise cap a CPU core at ~1.5k images/s.
 
 From image files (`PretrainTransform.from_file`, used for ImageFolder datasets) the crop is drawn from
 the file's header before decoding (simplejpeg's header parse; PIL's for other files), so a JPEG is

@@ -33,8 +33,8 @@ from ..training.logging import say
 from ..training.compile import should_compile
 from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
 from ..training.parallel import STRATEGIES, prepare_model
-from ..training.precision import resolve_precision
 from ..training.host_memory import reuse_freed_host_memory
+from ..training.precision import resolve_precision
 from ..training.threads import planned_threads
 from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
 
