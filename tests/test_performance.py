@@ -430,3 +430,23 @@ def test_token_rows_are_taken_with_the_values_and_gradients_of_maes_gather():
         upstream = torch.randn(5, keep, 8, generator=gen)
         assert torch.equal(torch.autograd.grad(ours, tokens, upstream)[0],
                            torch.autograd.grad(theirs, tokens, upstream)[0])
+
+
+def test_visible_patches_are_embedded_as_the_conv_embeds_them_with_the_same_gradients():
+    from deepmim.models.masking import random_masking, take_tokens
+
+    torch.manual_seed(0)
+    encoder = DeepMIM(tiny_model_config()).encoder
+    images = torch.randn(3, 3, 16, 16)
+    masking = random_masking(3, encoder.num_patches, 0.75, images.device, None, None)
+    ours = encoder.embed_visible(images, masking.ids_keep)
+    theirs = take_tokens(encoder.patch_embed(images) + encoder.pos_embed[:, 1:, :], masking.ids_keep)
+    assert ours.shape == (3, 4, 32)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(ours)
+    weights = [encoder.patch_embed.proj.weight, encoder.patch_embed.proj.bias]
+    for a, b in zip(torch.autograd.grad(ours, weights, upstream), torch.autograd.grad(theirs, weights, upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(encoder.embed(images, masking)[:, 1:], ours)  # the path a masked forward takes
+    with pytest.raises(ValueError, match="for an encoder of"):
+        encoder.embed_visible(torch.randn(3, 3, 20, 20), masking.ids_keep)
