@@ -153,9 +153,16 @@ def count_step_flops(model, images, noise, device, precision) -> int:
     return counter.get_total_flops()
 
 
-def first_losses(model, images, noise, device, precision, fused) -> Dict:
+def apply_mode(model, mode: dict) -> None:
+    """The attention kernel of `mode`, and for the authors' baseline MAE's patch embedding (every patch
+    projected, then the masked ones dropped) instead of projecting only the kept patches."""
+    model.set_fused_attn(mode["fused"])
+    model.encoder.embed_kept_only = not mode.get("authors", False)
+
+
+def first_losses(model, images, noise, device, precision, mode: dict) -> Dict:
     """Losses of one mode on the initial weights: every mode sees the same weights, batch and mask."""
-    model.set_fused_attn(fused)
+    apply_mode(model, mode)
     with autocast(device, precision):  # with grad: a regionally compiled model compiles its training graph
         out = model(images, noise=noise)
     return {"total": out.loss.item(), **{b: v.item() for b, v in out.losses.items()}}
@@ -217,7 +224,7 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
     for mode in modes:  # compile time is paid once per run: reported, not timed per step
         if mode.get("compile") or mode.get("regional"):
             name = mode["name"]
-            models[name].set_fused_attn(mode["fused"])
+            apply_mode(models[name], mode)
             t0 = time.perf_counter()
             train_step(models[name], optimizers[name], scalers[name], images, noise, device, mode["precision"],
                        compiled.get(name))
@@ -226,7 +233,7 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
     for i in range(args.warmup + args.steps):
         for mode in (modes if i % 2 == 0 else modes[::-1]):
             name = mode["name"]
-            models[name].set_fused_attn(mode["fused"])
+            apply_mode(models[name], mode)
             reset_peak_memory(device)
             sync(device)
             c0, t0 = time.process_time(), time.perf_counter()
@@ -352,7 +359,7 @@ def main() -> None:
             m["fused"] = use_fused_attention("auto", device, precision)
             m["regional"] = should_compile("auto", 10 ** 9, device.type, precision)  # a long run's choice
     if args.compare:
-        modes.insert(0, {**parse_modes(args.baseline)[0], "name": "baseline"})
+        modes.insert(0, {**parse_modes(args.baseline)[0], "name": "baseline", "authors": True})
 
     step_flops = count_step_flops(model, images, noise, device, precision)
     used = ("fp32", "bf16", precision, *(m["precision"] for m in modes))
@@ -379,7 +386,7 @@ def main() -> None:
     losses = {}
     for m in modes:
         t0 = time.perf_counter()
-        losses[m["name"]] = first_losses(m["model"], images, noise, device, m["precision"], m["fused"])
+        losses[m["name"]] = first_losses(m["model"], images, noise, device, m["precision"], m)
         m["first_forward_s"] = time.perf_counter() - t0  # includes compiling the forward for +regional
     report["modes"] = run_modes(model, images, noise, device, modes, args)
     for name, result in report["modes"].items():

@@ -38,6 +38,9 @@ class MaskedViTEncoder(nn.Module):
             for _ in range(cfg.depth)
         ])
         self.norm = norm_layer(cfg.embed_dim)
+        # a masked forward projects only the kept patches (`embed_visible`); False: MAE's order, every
+        # patch projected by the conv and then dropped (what benchmarks time as the authors' code)
+        self.embed_kept_only = True
         self._init_weights()
 
     @property
@@ -58,7 +61,7 @@ class MaskedViTEncoder(nn.Module):
 
     def embed(self, images: torch.Tensor, masking: Optional[Masking]) -> torch.Tensor:
         """Patch tokens + position, masked, with the cls token in front."""
-        if masking is not None and isinstance(self.patch_embed.norm, nn.Identity):
+        if masking is not None and self.embed_kept_only and isinstance(self.patch_embed.norm, nn.Identity):
             x = self.embed_visible(images, masking.ids_keep)
         else:
             x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
