@@ -373,14 +373,20 @@ images = torch.randn(16, 3, 32, 32)
 for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     model(images).loss.backward()
+    # one activation of a real batch's size: above the 32 MiB up to which glibc's own threshold adapts, so
+    # left alone it is unmapped at every free on any machine (the small model's own faults vary by machine)
+    activation = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+    del activation
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_freed_host_memory_is_reused_so_steps_stop_page_faulting():
-    """Left alone, glibc unmaps and trims the step's freed activations and every step faults them in again
-    (thousands of minor faults per forward + backward of the micro preset); tuned, warm steps fault >10x less."""
+    """Left alone, glibc unmaps and trims a step's large freed activations and every step faults them in
+    again (a 64 MiB one: 16384 minor faults per step with 4 KiB pages; the micro preset's own small ones
+    fault thousands of times per step on some machines, almost never on others, as glibc's adaptive
+    threshold settles); tuned, warm steps fault >10x less."""
     faults = {}
     for mode in ("default", "reuse"):
         run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True,
@@ -390,7 +396,8 @@ def test_freed_host_memory_is_reused_so_steps_stop_page_faulting():
         faults[mode] = ([int(n) for n in lines[1:9]], lines[0])
     assert faults["reuse"][1].startswith("host malloc keeps freed blocks up to")
     reused, default = sum(faults["reuse"][0][2:]), sum(faults["default"][0][2:])  # steps 3-8, warm
-    assert default >= 3000, faults  # what the setting removes (and proof that the count sees faults)
+    assert default >= 100, faults  # what the setting removes (and proof that the count sees faults; >= 100
+    # even with transparent huge pages always on: 32 faults per 64 MiB)
     assert reused * 10 <= default, faults
 
 

@@ -80,7 +80,8 @@ class MaskedViTEncoder(nn.Module):
         p = self.cfg.patch_size
         if (height, width) != (self.cfg.img_size, self.cfg.img_size) or chans != self.cfg.in_chans:
             raise ValueError(f"images of shape {tuple(images.shape[1:])} for an encoder of "
-                             f"{(self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)}")
+                             f"{(self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)}: pre-training needs the "
+                             f"model's image size and channels (data.img_size, model.encoder.in_chans)")
         patches = images.reshape(n, chans, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         patches = take_tokens(patches.reshape(n, self.num_patches, chans * p * p), ids_keep)
         proj = self.patch_embed.proj
