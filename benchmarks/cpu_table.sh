@@ -5,12 +5,13 @@
 #   bash benchmarks/cpu_table.sh [OUTDIR]
 # Run it alone on the machine (nothing else computing): about 20 min on 2 idle cores with an empty inductor
 # cache (estimated from its parts timed one by one; the ViT-B rows and the cold compiles of the
-# `deepmim` modes are most of it; a warm cache saves ~4 min). Uses every core; OMP_WAIT_POLICY=PASSIVE.
+# `deepmim` modes are most of it; a warm cache saves ~4 min). Uses every core, with OpenMP's default
+# wait policy as `deepmim` runs (2026-12-03 on the AMX Xeon, OMP_WAIT_POLICY=PASSIVE slowed the demo through
+# the trainer from 681 to 421 img/s); set OMP_WAIT_POLICY=PASSIVE yourself on a machine shared with other jobs.
 set -euo pipefail
 OUTDIR=${1:-benchmarks/results}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUTDIR"
-export OMP_WAIT_POLICY=PASSIVE  # other processes on a small machine otherwise stall torch's OpenMP threads
 export PYTHONPATH=${PYTHONPATH:-src}
 START=$(date +%s)
 quiet() { grep -v "^W1\|cpp_extension\|^WARNING:root"; }
