@@ -160,10 +160,10 @@ def apply_mode(model, mode: dict) -> None:
     model.encoder.embed_kept_only = not mode.get("authors", False)
 
 
-def first_losses(model, images, noise, device, precision, mode: dict) -> Dict:
+def first_losses(model, images, noise, device, mode: dict) -> Dict:
     """Losses of one mode on the initial weights: every mode sees the same weights, batch and mask."""
     apply_mode(model, mode)
-    with autocast(device, precision):  # with grad: a regionally compiled model compiles its training graph
+    with autocast(device, mode["precision"]):  # with grad: a regionally compiled model compiles its training graph
         out = model(images, noise=noise)
     return {"total": out.loss.item(), **{b: v.item() for b, v in out.losses.items()}}
 
@@ -386,7 +386,7 @@ def main() -> None:
     losses = {}
     for m in modes:
         t0 = time.perf_counter()
-        losses[m["name"]] = first_losses(m["model"], images, noise, device, m["precision"], m)
+        losses[m["name"]] = first_losses(m["model"], images, noise, device, m)
         m["first_forward_s"] = time.perf_counter() - t0  # includes compiling the forward for +regional
     report["modes"] = run_modes(model, images, noise, device, modes, args)
     for name, result in report["modes"].items():
