@@ -16,7 +16,10 @@ export PYTHONPATH=${PYTHONPATH:-src}
 START=$(date +%s)
 quiet() { grep -v "^W1\|cpp_extension\|^WARNING:root"; }
 bench() { "$PY" benchmarks/pretrain_throughput.py "$@" 2>&1 | quiet; }
-lscpu | grep -E "Model name|^CPU\(s\)" > "$OUTDIR/cpu_machine.txt" || true
+{ lscpu | grep -E "Model name|^CPU\(s\)"
+  echo "bf16 flags: $(grep -oE 'amx_bf16|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+} > "$OUTDIR/cpu_machine.txt" || true
 
 # bf16 modes only where the CPU computes bf16 (AVX512-BF16 / AMX): elsewhere it is emulated ~100x slower,
 # and `deepmim` (what the trainer chooses) is fp32 + SDPA (+ regional compile).
