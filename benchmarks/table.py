@@ -72,11 +72,13 @@ def other_tables(reports) -> None:
         first = next(iter(results.values()), {})
         if "vs_pretrain" in first:
             print(f"\n`{p}` ({r['preset']}, batch {r['batch_size']}, {r['precision']}, {r['threads']} threads, "
-                  f"load {r['load_average']:.1f})\n\n| step | img/s | vs pre-training (paired) | GFLOP/image | GFLOP/s |"
-                  f"\n|---|---|---|---|---|")
+                  f"load {r['load_average']:.1f})\n\n| step | img/s | vs pre-training (paired) | GFLOP/image | GFLOP/s | "
+                  f"time in matmuls | img/s if only matmuls took time |\n|---|---|---|---|---|---|---|")
             for name, v in results.items():
                 print(f"| {name} | {v['img_per_s']:.1f} | {v['vs_pretrain']:.2f}x ({v['vs_pretrain_paired']:.2f}x) | "
-                      f"{v.get('gflop_per_image', float('nan')):.3f} | {v.get('gflop_per_s', float('nan')):.0f} |")
+                      f"{v.get('gflop_per_image', float('nan')):.3f} | {v.get('gflop_per_s', float('nan')):.0f} | "
+                      f"{100 * v.get('matmul_time_share', float('nan')):.0f}% | "
+                      f"{v.get('img_per_s_if_only_matmuls', float('nan')):.0f} |")
         elif "plain" in first:
             print(f"\n`{p}` ({r['source']}, {r['images']} files, load {r['load_average_start']:.1f} -> "
                   f"{r['load_average_end']:.1f})\n\n| output | pipeline | img/s per core (CPU time) | wall img/s | "
