@@ -8,9 +8,10 @@ Times, interleaved round by round on one random batch (no data loading):
 - features:   the forward pass of feature extraction over every block (`deepmim knn/probe-layers/linprobe
               augment=false`) as it runs now (autocast, SDPA) and before (fp32).
 
-For each step it also profiles one more run and reports the share of its CPU time spent in matrix
-multiplications (aten mm/addmm/bmm/baddbmm) and the images/s the step would reach if everything else
-(casts, GELU, LayerNorm, softmax, optimizer) took no time: the ceiling the hardware's matmul speed sets.
+For each step it also times the matrix multiplications (aten mm/addmm/bmm/baddbmm) of one more run and
+reports their share of the step's median time and the images/s the step would reach if everything else
+(casts, GELU, LayerNorm, softmax, optimizer) took no time: the ceiling the matmul kernels set. (Flash
+SDPA is not a matmul here: the feature steps' attention counts as "everything else".)
 
     python benchmarks/downstream_throughput.py --preset deepmim_pixel_vit_micro_p4_32 --batch-size 128
 """
@@ -32,6 +33,7 @@ from deepmim.training.parallel import set_fused_attention
 from deepmim.training.distributed import resolve_device
 from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
+from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 
 def parse_args():
@@ -46,20 +48,6 @@ def parse_args():
                         "for the whole process, baseline included); default: glibc's own behaviour")
     p.add_argument("--json", metavar="PATH")
     return p.parse_args()
-
-
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
-
-
-def matmul_share(step) -> float:
-    """Fraction of one run of `step`'s CPU time spent in matrix-multiplication kernels (self time)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / max(total, 1e-9)
 
 
 def main() -> None:
@@ -141,7 +129,7 @@ def main() -> None:
             t0 = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - t0)
-    shares = {k: matmul_share(f) for k, f in steps.items()}
+    matmul_s = {k: matmul_seconds(f) for k, f in steps.items()}
     base = statistics.median(times["pretrain"])
     report = {"preset": args.preset, "batch_size": n, "precision": precision, "threads": torch.get_num_threads(),
               "load_average": os.getloadavg()[0], "host_malloc": host_memory, "results": {}}
@@ -152,11 +140,11 @@ def main() -> None:
         paired = statistics.median([p / q for p, q in zip(times["pretrain"], t)])
         report["results"][k] = {"img_per_s": n / med, "vs_pretrain": base / med, "vs_pretrain_paired": paired,
                                 "gflop_per_image": flops[k], "gflop_per_s": flops[k] * n / med,
-                                "matmul_time_share": shares[k], "img_per_s_if_only_matmuls": n / med / shares[k],
+                                "matmul_time_share": matmul_s[k] / med, "img_per_s_if_only_matmuls": n / matmul_s[k],
                                 "times_s": t}
         print(f"{k}: {n / med:.1f} img/s = {base / med:.2f}x pre-training's (paired {paired:.2f}x); "
-              f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s; matmuls {100 * shares[k]:.0f}% "
-              f"of the time (only matmuls: {n / med / shares[k]:.0f} img/s)")
+              f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s; matmuls {100 * matmul_s[k] / med:.0f}% "
+              f"of the time (only matmuls: {n / matmul_s[k]:.0f} img/s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

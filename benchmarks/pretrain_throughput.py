@@ -31,6 +31,7 @@ from deepmim.training.distributed import resolve_device
 from deepmim.training.compile import should_compile
 from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
+from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -248,6 +249,24 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
                         "cpu_step_times_s": cpu_times[m["name"]]} for m in modes}
 
 
+def add_matmul_ceilings(results: Dict[str, dict], modes, images, noise, device) -> None:
+    """For eager modes on a CPU: the seconds one more step spends in matmul kernels, their share of the
+    median step, and the images/s if nothing else took time (the ceiling the matmul kernels set)."""
+    for mode in modes:
+        if device.type != "cpu" or mode.get("compile") or mode.get("regional"):
+            continue
+        name, model = mode["name"], mode["model"]
+        optimizer = build_adamw(model, OptimConfig(), 1e-4, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        apply_mode(model, mode)
+        seconds = matmul_seconds(lambda: train_step(model, optimizer, scaler, images, noise, device, mode["precision"]))
+        del optimizer
+        model.zero_grad(set_to_none=True)
+        r = results[name]
+        r.update(matmul_s_per_step=seconds, matmul_time_share=seconds / r["median_s_per_step"],
+                 img_per_s_if_only_matmuls=len(images) / seconds)
+
+
 def summarize(times, batch: int, mode: dict, peak_mem_gib: float) -> dict:
     median = statistics.median(times)
     return {"precision": mode["precision"], "attn": "fused" if mode["fused"] else "math",
@@ -277,7 +296,9 @@ def print_mode(name: str, r: dict) -> None:
     print(f"[{name}] {r['precision']} + {r['attn']} attention{compiled}: {r['img_per_s']:.2f} img/s median "
           f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
           f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
-          f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB")
+          f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB"
+          + (f"; matmuls {100 * r['matmul_time_share']:.0f}% of the step (only matmuls: "
+             f"{r['img_per_s_if_only_matmuls']:.2f} img/s)" if "matmul_time_share" in r else ""))
 
 
 FLAGS = ("compile", "regional", "frozen")
@@ -389,6 +410,7 @@ def main() -> None:
         losses[m["name"]] = first_losses(m["model"], images, noise, device, m)
         m["first_forward_s"] = time.perf_counter() - t0  # includes compiling the forward for +regional
     report["modes"] = run_modes(model, images, noise, device, modes, args)
+    add_matmul_ceilings(report["modes"], modes, images, noise, device)
     for name, result in report["modes"].items():
         add_flop_rates(result, step_flops, peaks)
         result["first_losses"] = losses[name]
@@ -405,6 +427,10 @@ def main() -> None:
             cpu = statistics.median(base["cpu_step_times_s"]) / statistics.median(other["cpu_step_times_s"])
             report["compare"][name] = {"speedup": speedup, "speedup_paired": paired, "speedup_cpu_time": cpu,
                                        "rel_loss_diff": diff}
+            if "img_per_s_if_only_matmuls" in other:
+                ceiling = other["img_per_s_if_only_matmuls"] / base["img_per_s"]
+                report["compare"][name]["speedup_if_only_matmuls"] = ceiling
+                print(f"[{name}] if only its matmuls took time: {ceiling:.2f}x the baseline")
             print(f"[{name}] speed-up over the baseline ({args.baseline}): {speedup:.2f}x (ratio of medians; median of the "
                   f"per-round ratios {paired:.2f}x; in this process's CPU time {cpu:.2f}x); relative loss difference "
                   f"on the same batch and mask: {diff['total']:.1e} (worst head {diff['worst_head']:.1e})")

@@ -112,6 +112,12 @@ def main(paths) -> None:
         print(f"- `{path}`: {r['gflop_per_image']:.2f} GFLOP/image; matmul peaks (GFLOP/s) {peaks}; "
               f"load average {r['load_average_start']:.1f} -> {r['load_average_end']:.1f}; torch {r['torch']}, "
               f"{r['threads']} threads")
+        ceilings = [f"{mode_label(m)} {100 * m['matmul_time_share']:.0f}% -> {m['img_per_s_if_only_matmuls']:.2f} img/s"
+                    + (f" ({speedup_of(r, name)['speedup_if_only_matmuls']:.2f}x the baseline)"
+                       if "speedup_if_only_matmuls" in (speedup_of(r, name) or {}) else "")
+                    for name, m in r["modes"].items() if "matmul_time_share" in m]
+        if ceilings:
+            print(f"  - time in matmuls and the img/s if nothing else took time: {'; '.join(ceilings)}")
     other_tables(reports)
 
 
