@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a checkpoint's weights as safetensors. A pre-training checkpoint gives\n"
                                    "its encoder in timm's VisionTransformer layout:\n\n"
                                    "  deepmim export runs/demo/checkpoint-last.pt --out encoder.safetensors\n"
-                                   "  timm.create_model('vit_base_patch16_224', num_classes=0,\n"
-                                   "                    checkpoint_path='encoder.safetensors')\n\n"
+                                   "  deepmim export runs/demo/checkpoint-last.pt --format timm --out runs/demo/timm\n"
+                                   "  timm.create_model('local-dir:runs/demo/timm', pretrained=True)\n\n"
+                                   "Every export carries the preprocessing the weights were trained with (mean/std,\n"
+                                   "input size, crop, interpolation) and prints the exact call that loads it.\n\n"
                                    "A fine-tuning checkpoint gives the timm classifier as it is, a segmentation\n"
                                    "checkpoint the UperNet model as it is; both keep their config in the file's\n"
                                    "metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.\n\n"
@@ -95,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  transformers.ViTMAEForPreTraining.from_pretrained('runs/mae/hf')")
     e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train, or bare weights "
                                       "(MAE's, the authors', timm's, a Hugging Face ViTMAE folder)")
-    e.add_argument("--out", required=True, help="output .safetensors path (a folder for --format hf / hf-encoder)")
+    e.add_argument("--out", required=True, help="output .safetensors path (a folder for --format timm / hf / "
+                                                "hf-encoder)")
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
     e.add_argument("--preset", default=None, help="the architecture of weights without a deepmim config, e.g. "
                                                   "mae_vit_base (deepmim presets lists them)")
-    e.add_argument("--format", default="safetensors", choices=("safetensors", "hf", "hf-encoder"),
-                   help="safetensors (timm layout, default) | hf: a transformers ViTMAEForPreTraining folder "
-                        "(MAE-layout models) | hf-encoder: a transformers ViTModel folder")
+    e.add_argument("--format", default="safetensors", choices=("safetensors", "timm", "hf", "hf-encoder"),
+                   help="safetensors (timm layout, default) | timm: a folder for timm.create_model('local-dir:OUT', "
+                        "pretrained=True) | hf: a transformers folder (ViTMAEForPreTraining for MAE-layout models, "
+                        "ViTForImageClassification for cls-token classifiers) | hf-encoder: a transformers ViTModel "
+                        "folder")
 
     k = sub.add_parser("knn", help="weighted k-NN accuracy on frozen features",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="evaluate a fine-tuned checkpoint")
     v.add_argument("checkpoint", help="a checkpoint written by deepmim finetune")
     v.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=/data/imagenet val_split=val")
+    v.add_argument("--out", metavar="FILE", default=None, help="write the scores and the data scored as JSON")
     segment_cli.add_parser(sub)
     analyze_cli.add_parser(sub)
     study_cli.add_parser(sub)
@@ -167,6 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from ..config.loader import ConfigError
     from ..checkpoint import CheckpointError
     from ..training.guard import DivergenceError
+    from ..training.signals import Stopped
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # e.g. `deepmim presets | head`
@@ -175,6 +182,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:  # a stop signal: the step finished and a resumable checkpoint was written
+        if is_rank_zero():
+            print(f"deepmim {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except DivergenceError as err:
         print(f"deepmim {args.command}: stopped: {err}", file=sys.stderr)
         return 3
@@ -255,14 +266,21 @@ def cmd_knn(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import load_probe_config, run_knn
 
+    from ..tasks.scored_data import data_line, resolve_scored_data
+
     parse_probe_args(args, "checkpoint")
     cfg = load_probe_config(args.config, args.overrides)
+    source = "given"
+    if args.checkpoints:
+        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "knn")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     if len(args.checkpoints) != 1:
         raise ValueError(f"deepmim knn takes exactly one checkpoint, got {args.checkpoints or 'none'}")
-    results = run_knn(args.checkpoints[0], cfg)
+    scored: dict = {}
+    results = run_knn(args.checkpoints[0], cfg, source, scored)
+    print(data_line(scored))
     for block, r in results.items():
         top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
         print(f"knn (k={cfg.knn.k}, T={cfg.knn.temperature}, {cfg.features.pool}) block {block}: "
@@ -272,7 +290,7 @@ def cmd_knn(args) -> int:
         from pathlib import Path
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "knn.json").write_text(json.dumps(
-            {"checkpoint": args.checkpoints[0], "k": cfg.knn.k, "temperature": cfg.knn.temperature,
+            {"checkpoint": args.checkpoints[0], "data": scored, "k": cfg.knn.k, "temperature": cfg.knn.temperature,
              "pool": cfg.features.pool, "results": {str(b): r for b, r in results.items()}}, indent=2))
         print(f"wrote {args.out}/knn.json")
     return 0
@@ -282,14 +300,20 @@ def cmd_probe_layers(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.probe import format_table, load_probe_config, run_probe_layers
 
+    from ..tasks.scored_data import data_line, resolve_scored_data
+
     parse_probe_args(args, "checkpoints")
     cfg = load_probe_config(args.config, args.overrides)
+    source = "given"
+    if args.checkpoints:
+        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "probe-layers")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     if not args.checkpoints:
         raise ValueError("probe-layers needs at least one checkpoint")
-    out = run_probe_layers(args.checkpoints, cfg, args.out, vs_random=args.vs_random)
+    out = run_probe_layers(args.checkpoints, cfg, args.out, vs_random=args.vs_random, data_source=source)
+    print(data_line(out["data"]))
     print(f"linear-probe top-1 (%) per block ({cfg.features.pool} pooling):")
     print(format_table(out["results"], out["names"]))
     if args.vs_random:
@@ -301,19 +325,24 @@ def cmd_probe_layers(args) -> int:
 def cmd_linprobe(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.linprobe import load_linprobe_config, run_linprobe
+    from ..tasks.scored_data import data_line, resolve_scored_data
 
     parse_probe_args(args, "checkpoint")
     if args.blocks:
         raise ValueError("linprobe reads the last block only; use probe-layers for --blocks")
     cfg = load_linprobe_config(args.config, args.overrides)
+    source = "given"
+    if args.checkpoints:
+        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "linprobe")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     if len(args.checkpoints) != 1:
         raise ValueError(f"deepmim linprobe takes exactly one checkpoint, got {args.checkpoints or 'none'}")
-    r = run_linprobe(args.checkpoints[0], cfg, args.out)
+    r = run_linprobe(args.checkpoints[0], cfg, args.out, data_source=source)
     if not is_rank_zero():
         return 0
+    print(data_line(r["data"]))
     top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
     mode = "augmented, end to end" if cfg.augment else "cached features"
     print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
@@ -336,10 +365,18 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..tasks.finetune import run_evaluate
+    from ..tasks.finetune import evaluate_checkpoint
+    from ..tasks.scored_data import data_line
 
-    metrics = run_evaluate(args.checkpoint, args.overrides)
+    metrics, data = evaluate_checkpoint(args.checkpoint, args.overrides)
+    print(data_line(data))
     print(" ".join(f"{k} {v:.4f}" if k != "images" else f"images {int(v)}" for k, v in metrics.items()))
+    if args.out:
+        import json
+        from pathlib import Path
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "data": data, **metrics}, indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -95,6 +95,13 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_epochs: float = 40.0
     clip_grad: Optional[float] = None
+    # Weight decay never touches 1-D tensors (biases, norms) or names ending in ".bias". true: nor the model's
+    # tokens and position tables (its no_weight_decay() names: cls/mask tokens, learnable position
+    # embeddings, relative-position bias tables), timm's and MAE fine-tuning's convention: they are
+    # embeddings, not weights of a linear map, so shrinking them towards zero regularises nothing.
+    # false: the authors' pre-training and segmentation rule (timm 0.3.2 add_weight_decay, mmseg's layer-decay
+    # constructor), which decays them; the recipes that reproduce the authors set it, docs/reproducing.md
+    no_decay_tokens: bool = True
 
 
 @dataclass
@@ -160,6 +167,10 @@ class TrainConfig:
     # times its running average (and above every earlier one) or weights whose norm grows this many times
     # between checks; null: only non-finite losses, gradients and weights stop the run
     divergence_factor: Optional[float] = 10.0
+    # Stop signals (training/signals.py): SIGTERM, SIGINT and this one finish the step, save a resumable
+    # checkpoint and exit with 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGUSR1 138); null: none extra
+    save_signal: Optional[str] = "SIGUSR1"
+    requeue: bool = False  # under SLURM: `scontrol requeue $SLURM_JOB_ID` after a signal's checkpoint
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.host_memory import reuse_freed_host_memory
 from ..training.precision import resolve_precision
+from ..training.signals import parse_signal
 from ..training.threads import planned_threads
 from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
 
@@ -158,6 +159,11 @@ def check_values(train, optim) -> None:
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {train.device!r}") from None
     if train.divergence_factor is not None and not train.divergence_factor > 1:
         raise ConfigError(f"train.divergence_factor must be above 1 (or null: off), got {train.divergence_factor}")
+    if getattr(train, "save_signal", None):
+        try:
+            parse_signal(train.save_signal)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if train.overwrite and train.resume:
         raise ConfigError(f"train.overwrite=true starts afresh and train.resume={train.resume} continues a run: "
                           f"choose one")

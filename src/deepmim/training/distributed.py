@@ -91,11 +91,37 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+_HOST_GROUP: Optional[object] = None
+
+
+def host_group():
+    """A gloo group over every process, for agreements on host numbers that must not wait for the device
+    (the default group when it is gloo already; made once, collectively, under NCCL)."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def agree_on_max(value: int) -> int:
+    """The largest of every process's `value` (e.g. a stop signal's number, 0 for none); `value` itself
+    on one process. A host-side all-reduce: no device sync, so it can run at every step."""
+    if not is_distributed():
+        return value
+    number = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(number, op=dist.ReduceOp.MAX, group=host_group())
+    return int(number.item())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
 
 
 def cleanup() -> None:
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

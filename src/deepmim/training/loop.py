@@ -8,8 +8,9 @@ checkpoint too, so its epoch means are those of the uninterrupted run.
 
 A checkpoint is only written from a state the divergence guard (training/guard.py) has passed:
 its weights and gradients are checked when it is taken, and, when training goes on, it is written
-once the next step's loss, computed from those very weights, has been checked as well. A run that
-diverges therefore stops with its last checkpoint intact, and the message names it.
+once the next step's loss, computed from those very weights, has been checked as well; the last state
+of a run is checked on the loss its weights give on the last batch. A run that diverges therefore
+stops with its last checkpoint intact, and the message names it.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from torch import nn
 
 from ..config.loader import flatten
 from ..config.schema import OptimConfig, TrainConfig
-from .distributed import all_reduce_sum, barrier, is_distributed
+from .distributed import agree_on_max, all_reduce_sum, barrier, is_distributed
 from .parallel import full_state_dict, load_full_state_dict
-from ..checkpoint import (LAST, PREV, CheckpointError, PickledObjectsError, compare_state_dicts,
+from ..checkpoint import (LAST, PREV, SET_ASIDE, CheckpointError, PickledObjectsError, compare_state_dicts,
                           find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint)
 from .checkpoint import rng_state, set_rng_state
 from .guard import DivergenceError, DivergenceGuard
@@ -39,6 +40,7 @@ from .optim import build_adamw, scaled_lr
 from .precision import autocast
 from .progress import Progress
 from .schedule import lr_at_step, set_lr
+from .signals import StopSignals, Stopped, requeue_slurm_job, stop_signals
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -82,9 +84,11 @@ class TrainResult:
 
 
 def requested_resume(train: TrainConfig) -> Optional[str]:
-    """train.resume, or 'auto' in a worker group that torchrun restarted (--max-restarts): restarted
-    workers continue from the newest checkpoint in output_dir even when the command did not ask to."""
-    if train.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    """train.resume, or 'auto' in a worker group that torchrun restarted (--max-restarts) or a SLURM job
+    that was requeued (SLURM_RESTART_COUNT): the restarted run continues from the newest checkpoint in
+    output_dir even when the command did not ask to."""
+    restarts = max(int(os.environ.get(name) or 0) for name in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
+    if train.resume is None and restarts > 0:
         return "auto"
     return train.resume
 
@@ -125,8 +129,12 @@ class Trainer:
         self.guard = DivergenceGuard(train.divergence_factor, check_grads=not self.scaler.is_enabled())
         self.pending: Optional[Tuple[Dict[str, Any], Optional[int]]] = None  # (state, numbered epoch) to write
         self.last_good: Optional[Tuple[Path, int]] = None  # (checkpoint, its step): what a stop leaves intact
+        self.last_batch: Optional[Tuple[Any, int]] = None  # (the last micro-batch trained on, its epoch)
+        self.resumed_from_prev = False  # resumed from checkpoint-prev.pt: the first save must not rotate over it
         self.last_metrics: Dict[str, float] = {}
         self.carried: Dict[str, Any] = {}  # partial metric sums of the epoch a resumed checkpoint was taken in
+        self.signals: Optional[StopSignals] = None  # set while fit() runs: SIGTERM, SIGINT, train.save_signal
+        self.stop_signal = 0  # the signal every process agreed to stop on (0: none)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -143,31 +151,66 @@ class Trainer:
 
     def save_point(self, stop_at: int, numbered_epoch: Optional[int] = None,
                    partial: Optional[Dict[str, Any]] = None) -> None:
-        """Keep the current state: checked now (weights, gradients), then written at once when no step
-        follows, else held until the next step's loss (from these weights) has passed the guard too."""
+        """Keep the current state: checked now (weights, gradients), then held until the next step's loss
+        (from these weights) has passed the guard too; when no step follows, written once the loss its
+        weights give on the last batch has passed (confirm_final)."""
         self.check_weights()
         state = snapshot(self.state_dict(partial), copy=self.device.type == "cpu")
         if self.step >= stop_at:
+            self.confirm_final()
             self.write(state, numbered_epoch)
         else:
             self.pending = (state, numbered_epoch)
 
-    def confirm_pending(self, loss: torch.Tensor, epoch: int) -> None:
-        """The first loss computed from a held state's weights: write the state if it is sound."""
+    def check_next_loss(self, loss: torch.Tensor, where: str) -> None:
+        """A loss computed from the weights of a state about to be written: stop if it is not sound."""
         value = (all_reduce_sum(loss.detach().float().reshape(())) / self.world_size).item()
         if not math.isfinite(value):
-            self.diverged(f"non-finite loss at step {self.step + 1} (epoch {epoch}): loss={value}")
+            self.diverged(f"non-finite loss {where}: loss={value}")
         problem = self.guard.check_loss(value)
         if problem:
-            self.diverged(f"{problem}, at step {self.step + 1} (epoch {epoch})")
+            self.diverged(f"{problem}, {where}")
+
+    def confirm_pending(self, loss: torch.Tensor, epoch: int) -> None:
+        """The first loss computed from a held state's weights: write the state if it is sound."""
+        self.check_next_loss(loss, f"at step {self.step + 1} (epoch {epoch})")
         state, numbered = self.pending
         self.pending = None
         self.write(state, numbered)
 
+    def confirm_final(self) -> None:
+        """The last state of a run has no next step to vouch for it: the loss its weights give on the last
+        micro-batch stands in (a forward pass on the unwrapped model, no backward, with the RNG states and
+        the buffers put back after it, so nothing the run saves or continues with changes; grad mode stays
+        on, so a compiled model is not compiled again)."""
+        if self.last_batch is None:
+            return
+        batch, epoch = self.last_batch
+        self.last_batch = None
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        generator = torch.Generator().manual_seed(step_seed(self.train_cfg.seed, self.rank, epoch, -1))
+        was_training = self.model.training
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                    autocast(self.device, self.precision):
+                loss, _ = self.compute_loss(self.model, batch, generator)
+                loss = loss.detach()
+        finally:
+            self.model.train(was_training)
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
+        self.check_next_loss(loss, f"from the final weights of step {self.step} (epoch {epoch})")
+
     def write(self, state: Dict[str, Any], numbered_epoch: Optional[int] = None) -> None:
         """Rank 0 writes (atomically; the file it replaces becomes checkpoint-prev.pt)."""
         if self.is_main:
-            path = save_checkpoint(state, self.output_dir, numbered_epoch)
+            set_aside = self.resumed_from_prev and (self.output_dir / LAST).exists()
+            path = save_checkpoint(state, self.output_dir, numbered_epoch, keep_prev=self.resumed_from_prev)
+            if set_aside:
+                say(f"kept {self.output_dir / PREV}, which this run resumed from; the {LAST} it did not resume "
+                    f"from is now {self.output_dir / SET_ASIDE}")
+            self.resumed_from_prev = False
         else:
             path = self.output_dir / LAST
         self.last_good = (path, state["step"])
@@ -198,6 +241,7 @@ class Trainer:
         self.carried = state.get("partial") or {}
         self.last_metrics = dict(state.get("metrics") or {})
         self.last_good = (path, self.step)
+        self.resumed_from_prev = Path(path).resolve() == (self.output_dir / PREV).resolve()
         return path
 
     def resume_alternatives(self, path: Path) -> str:
@@ -272,21 +316,43 @@ class Trainer:
                        t.progress_style, t.progress_seconds, t.progress_steps)
         self.check_weights()  # the norm the first check compares with
         try:
-            while self.step < stop_at:
-                epoch = self.step // self.steps_per_epoch
-                self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
-                epoch_done = self.step % self.steps_per_epoch == 0
-                keep = self.train_cfg.save_every_epochs
-                numbered = epoch if epoch_done and keep and ((epoch + 1) % keep == 0 or self.step == self.total_steps) \
-                    else None
-                self.save_point(stop_at, numbered, partial)
+            with StopSignals(stop_signals(getattr(t, "save_signal", None))) as self.signals:
+                while self.step < stop_at:
+                    epoch = self.step // self.steps_per_epoch
+                    self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
+                    epoch_done = self.step % self.steps_per_epoch == 0
+                    keep = self.train_cfg.save_every_epochs
+                    numbered = epoch if epoch_done and keep and ((epoch + 1) % keep == 0 or
+                                                                 self.step == self.total_steps) else None
+                    # a stop writes at once (no step follows to vouch for the state: the guard's final check)
+                    self.save_point(self.step if self.stop_signal else stop_at, numbered, partial)
+                    if self.stop_signal:
+                        break
+                barrier()  # no process leaves (and tears down the group) while rank 0 still writes
         finally:
             self.pending = None
+            self.signals = None
             bar.close()
             logger.close()
-        barrier()  # no process leaves (and tears down the group) while rank 0 still writes
+        if self.stop_signal and self.step < stop_at:
+            self.stopped()
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
                            self.last_metrics, self.last_good[0] if self.last_good else None, start_step)
+
+    def stop_requested(self) -> bool:
+        """At a step's end: whether any process received a stop signal. Under torch.distributed every
+        process takes part (a one-number all-reduce on the host, no device sync), so all stop after the
+        same step."""
+        received = self.signals.received if self.signals is not None and self.signals.received else 0
+        self.stop_signal = agree_on_max(received) if is_distributed() else received
+        return bool(self.stop_signal)
+
+    def stopped(self) -> None:
+        """After the stop's checkpoint: requeue the SLURM job when asked (rank 0), then leave with Stopped,
+        which the command turns into its exit code (training/signals.py)."""
+        requeued = requeue_slurm_job(getattr(self.train_cfg, "requeue", False)) if self.is_main else None
+        path = self.last_good[0] if self.last_good else None
+        raise Stopped(self.stop_signal, self.step, path, requeued)
 
     def nothing_to_train(self, resumed: Path, stop_at: int) -> TrainResult:
         """Resuming a run that is already where this one would stop: say so, train nothing, write nothing."""
@@ -320,6 +386,7 @@ class Trainer:
             epoch_sums.skipped += skipped
             if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
                 metrics, n_images = self.micro_step(batch, micro, epoch, sync=(micro + 1) % accum == 0)
+                self.last_batch = (batch, epoch)  # what confirm_final checks the run's last weights on
                 window.add(metrics, n_images)
                 epoch_sums.add(metrics, n_images)
                 if self.pending is not None:  # the first loss of the held state's weights
@@ -337,6 +404,8 @@ class Trainer:
                 self.check_finite(epoch_sums, epoch)
                 self.save_point(stop_at, partial={"epoch": epoch_sums.global_state(),
                                                   "window": window.global_state()})
+            if self.stop_requested():  # finish here: fit() writes the checkpoint at once
+                break
         if window.count:
             self.log_window(window, logger, bar, epoch)
         means = self.check_finite(epoch_sums, epoch)
