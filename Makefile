@@ -22,14 +22,15 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # Pre-train a small DeepMIM ViT on the embedded dataset (outputs in runs/demo/), then probe every block of
-# the checkpoint and of the untrained encoder it started from, and print best block against best block.
+# the checkpoint and of the untrained encoder it started from, and print best block against best block
+# (on the embedded data the checkpoint records, 10000 images per split).
 # Run again, it continues an interrupted demo or says it has finished (train.resume=auto); make clean-demo
 # starts over.
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(VENV)/bin/deepmim pretrain --config demo train.output_dir=$(DEMO_DIR) train.resume=auto $(ARGS)
 	$(VENV)/bin/deepmim probe-layers $(DEMO_DIR)/checkpoint-last.pt --vs-random --out $(DEMO_DIR)/probe \
-		features.cache_dir=$(DEMO_DIR)/probe/cache features.progress=false
+		data.num_samples=10000 features.cache_dir=$(DEMO_DIR)/probe/cache features.progress=false
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

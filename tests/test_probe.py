@@ -153,9 +153,9 @@ def test_bad_blocks_and_missing_checkpoint(tiny_ckpt, tmp_path):
 
 # ---- CLI end to end -----------------------------------------------------------------------------
 
-def _common(tmp_path):
-    return [f"features.cache_dir={tmp_path / 'cache'}", "data.img_size=16", "data.num_samples=40",
-            "features.progress=false"]
+def _common(tmp_path):  # tiny_ckpt records no training data: the command is told which
+    return [f"features.cache_dir={tmp_path / 'cache'}", "data.name=embedded", "data.img_size=16",
+            "data.num_samples=40", "features.progress=false"]
 
 
 def test_cli_probe_layers_end_to_end(tiny_ckpt, tmp_path, capsys):
@@ -232,7 +232,8 @@ def test_config_less_file_needs_a_preset(tmp_path, capsys):
     model = create_model("mae_vit_micro_p4_32")
     path = tmp_path / "mae.pth"
     torch.save({"model": model.state_dict()}, path)
-    common = [f"features.cache_dir={tmp_path / 'cache'}", "data.num_samples=20", "features.progress=false"]
+    common = [f"features.cache_dir={tmp_path / 'cache'}", "data.name=embedded", "data.num_samples=20",
+              "features.progress=false"]
     assert main(["knn", str(path), "knn.k=3", *common]) == 2
     assert "preset" in capsys.readouterr().err
     assert main(["knn", str(path), "knn.k=3", "features.preset=mae_vit_micro_p4_32", *common]) == 0
@@ -267,7 +268,8 @@ def test_probe_layers_vs_random_probes_the_untrained_encoder_the_run_started_fro
     from deepmim.models.encoder import MaskedViTEncoder
 
     out = tmp_path / "probe"
-    assert main(["probe-layers", str(tiny_ckpt), "--vs-random", "--out", str(out), "data.num_samples=64",
+    assert main(["probe-layers", str(tiny_ckpt), "--vs-random", "--out", str(out), "data.name=embedded",
+                 "data.num_samples=64",
                  "data.img_size=16", "probe.epochs=2", "probe.batch_size=16", "features.cache_dir=",
                  "features.progress=false"]) == 0
     ckpt = read_checkpoint(tiny_ckpt)

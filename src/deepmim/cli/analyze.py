@@ -45,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..config.loader import dump_yaml
     from ..tasks.analyze import data_overrides, load_analyze_config, run_analyze
+    from ..tasks.scored_data import data_line, resolve_scored_data
 
     data = args.data
     rest = list(args.checkpoints)
@@ -61,14 +62,20 @@ def run(args) -> int:
             break
     args.checkpoints = rest
     parse_probe_args(args, "checkpoints")
-    cfg = load_analyze_config(args.config, data_overrides(data) + args.overrides)
+    shorthand = data_overrides(data)
+    cfg = load_analyze_config(args.config, shorthand + args.overrides)
+    source = "given"
+    if args.checkpoints:
+        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "analyze",
+                                          extra=shorthand)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     if not args.checkpoints:
         raise ValueError("analyze needs at least one checkpoint")
-    result = run_analyze(args.checkpoints, cfg, args.out)
+    result = run_analyze(args.checkpoints, cfg, args.out, data_source=source)
     out = result["out_dir"]
+    print(data_line(result["data"]))
     for name, per_block in result.get("probe", {}).items():
         line = " ".join(f"{b}:{100 * r['top1']:.1f}" for b, r in per_block.items())
         print(f"{name}: linear-probe top-1 (%) per block  {line}")

@@ -79,9 +79,12 @@ def _eval(args) -> int:
     overrides = list(args.overrides)
     if args.save_predictions:
         overrides.append(f"eval.save_predictions={args.save_predictions}")
+    from ..tasks.scored_data import data_line
+
     scores, names = run_segment_eval(args.checkpoint, overrides)
     if not is_rank_zero():
         return 0
+    print(data_line(scores["data"]))
     print(format_scores(scores, names))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from ..targets import unpatchify
 from ..training.distributed import resolve_device
 from ..training.logging import METRICS_FILE, read_metrics
 from .probe import run_knn, run_probe_layers
+from .scored_data import data_record
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class Analysis:
 
 def measure_probe(a: Analysis) -> None:
     """A linear probe per block (probe-layers' own outputs under probe/)."""
-    probed = run_probe_layers(a.checkpoints, a.cfg, str(a.out / "probe"))
+    probed = run_probe_layers(a.checkpoints, a.cfg, str(a.out / "probe"), data_source=a.result["data"]["source"])
+    a.result["data"]["images"] = probed["data"]["images"]
     a.result["probe"] = {a.names[c]: {str(b): r for b, r in probed["results"][c].items()} for c in a.checkpoints}
     a.linear = {a.names[c]: {b: r["top1"] for b, r in probed["results"][c].items()} for c in a.checkpoints}
 
@@ -165,7 +167,9 @@ def measure_knn(a: Analysis) -> None:
     a.result["knn"] = {}
     for c in a.checkpoints:
         k_cfg = dataclasses.replace(a.cfg, features=dataclasses.replace(a.cfg.features, blocks=a.blocks[c]))
-        r = run_knn(c, k_cfg)
+        scored: Dict = {}
+        r = run_knn(c, k_cfg, scored=scored)
+        a.result["data"]["images"] = scored["images"]
         a.result["knn"][a.names[c]] = {str(b): v for b, v in r.items()}
         a.knn[a.names[c]] = {b: v["top1"] for b, v in r.items()}
 
@@ -327,9 +331,11 @@ MEASURE_STEPS: Dict[str, Callable[[Analysis], None]] = {
 UNTIMED = ("loss",)  # reads a log: no time worth reporting
 
 
-def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[str] = None) -> Dict:
+def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[str] = None,
+                data_source: str = "given") -> Dict:
     """Every measure in cfg.analysis.measures for every checkpoint; returns the analysis dict (also in
-    analysis.json) with "figures" naming the PNGs that report.html embeds."""
+    analysis.json) with "figures" naming the PNGs that report.html embeds, and "data" the dataset,
+    `data_source` and the images per split the probes read."""
     if not checkpoints:
         raise ValueError("analyze needs at least one checkpoint")
     for c in checkpoints:
@@ -344,6 +350,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
                  {c: _slug(names[c]) for c in checkpoints}, encoders,
                  {c: resolve_blocks(cfg.features.blocks, encoders[c].depth) for c in checkpoints},
                  {"checkpoints": {names[c]: _describe(c, encoders[c]) for c in checkpoints}, "measures": measures,
+                  "data": data_record(cfg.data, data_source, {}),
                   "config": to_dict(cfg), "notes": [], "figures": [], "timings": {}})
     last_layer_measure = [m for m in measures if m in ("probe", "knn")][-1:]
     for measure in measures:

@@ -34,7 +34,7 @@ from .summary import count_parameters, describe_data, run_summary
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
            "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
            "build_transforms", "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config",
-           "make_loss", "run_evaluate", "run_finetune", "vit_classifier"]
+           "make_loss", "run_evaluate", "evaluate_checkpoint", "run_finetune", "vit_classifier"]
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -278,6 +278,7 @@ class FinetuneTask(TrainingTask):
         loader = build_pretrain_loader(data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
                                        transform=train_tf)
         data_classes = num_classes_of(loader.raw_dataset)
+        self.class_names = [str(c) for c in loader.raw_dataset.classes]  # label names for exports (timm, transformers)
         check_several_classes(loader.raw_dataset, cfg.data)
         self.num_classes = cfg.model.num_classes or data_classes
         if self.num_classes != data_classes:
@@ -305,7 +306,8 @@ class FinetuneTask(TrainingTask):
         return make_loss(self.cfg, self.num_classes)
 
     def architecture(self) -> Dict[str, Any]:
-        return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes}
+        return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes,
+                "classes": getattr(self, "class_names", None)}
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
         cfg, enc = self.cfg, self.encoder_cfg
@@ -336,9 +338,21 @@ def _classifier_for(cfg: FinetuneConfig, arch: Dict[str, Any], enc: EncoderConfi
 
 def run_evaluate(path: str, overrides=()) -> Dict[str, float]:
     """top-1/top-5/loss of a fine-tuned checkpoint on its validation split (or data.* overrides)."""
+    return evaluate_checkpoint(path, overrides)[0]
+
+
+def evaluate_checkpoint(path: str, overrides=()) -> Tuple[Dict[str, float], Dict[str, Any]]:
+    """run_evaluate's scores and the data record (tasks/scored_data.py): the dataset, whether it is the one
+    the checkpoint records or data.* overrides changed it, the split and the images scored."""
+    from .scored_data import check_available, data_record
+
     model, cfg = load_classifier(path)
+    data_keys = [o for o in overrides if o.startswith(("data.", "val_split="))]
     if overrides:
         cfg = from_dict(FinetuneConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
+    source = "given" if data_keys else f"recorded in {path}"
+    check_available(cfg.data, "the data given to deepmim evaluate" if data_keys else f"the data {path} was "
+                                                                                      f"fine-tuned on")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     _, eval_tf = build_transforms(cfg)
@@ -346,4 +360,5 @@ def run_evaluate(path: str, overrides=()) -> Dict[str, float]:
     if num_classes_of(dataset) != model.num_classes:
         raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.val_split} split "
                           f"{num_classes_of(dataset)}")
-    return evaluate(model.to(device), loader, device, precision)
+    metrics = evaluate(model.to(device), loader, device, precision)
+    return metrics, data_record(cfg.data, source, {cfg.val_split: int(metrics["images"])})

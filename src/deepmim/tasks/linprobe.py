@@ -27,24 +27,27 @@ from ..training.distributed import barrier, wrap_ddp
 from ..training.precision import autocast, resolve_precision
 from ..training.schedule import warmup_cosine_lr
 from .base import session
+from .scored_data import data_record
 
 
 def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> LinprobeConfig:
     return load_config(LinprobeConfig, recipe, overrides)
 
 
-def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None) -> Dict[str, float]:
+def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None,
+                 data_source: str = "given") -> Dict[str, float]:
     """Train the probe; write linprobe.json and probe-head.pt (bn + head state, pool, block) to out_dir.
+    The result's "data" (and linprobe.json's) names the dataset, `data_source` and the images per split.
 
     Under torchrun the augmented probe trains with DDP on disjoint shards of the training set (each
     process runs the frozen encoder on its own images); cached-feature probes, seconds long, train
     on rank 0 alone. Only rank 0 writes files.
     """
     with session(cfg.features.device) as env:
-        return _run_linprobe(checkpoint, cfg, out_dir, env.device, env.rank, env.world_size)
+        return _run_linprobe(checkpoint, cfg, out_dir, env.device, env.rank, env.world_size, data_source)
 
 
-def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[str, float]:
+def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_source="given") -> Dict[str, float]:
     t0 = time.perf_counter()
     encoder = frozen_encoder(checkpoint, cfg.features.preset)
     last = encoder.depth
@@ -61,19 +64,22 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size) -> Dict[st
         num_classes = check_classes(train, val, cfg.num_classes)
         result, head = train_linear_probe(train.blocks[last], train.labels, val.blocks[last], val.labels,
                                           num_classes, cfg.probe, return_head=True)
+        train_images = int(train.labels.numel())
         barrier()  # releases the other ranks (a no-op on one process)
     else:
-        result, head = _train_augmented(encoder, checkpoint, cfg, val, device, rank, world_size)
+        result, head, train_images = _train_augmented(encoder, checkpoint, cfg, val, device, rank, world_size)
         if rank != 0:
             return result
     result["seconds"] = round(time.perf_counter() - t0, 3)
+    data = data_record(cfg.data, data_source, {cfg.features.train_split: train_images,
+                                               cfg.features.val_split: int(val.labels.numel())})
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last,
+    (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last, "data": data,
                                                    "config": to_dict(cfg), "results": result}, indent=2))
     atomic_save(make_checkpoint("linprobe", head.state_dict(), to_dict(cfg), pool=cfg.features.pool, block=last,
                                 num_classes=head.head.out_features), out / "probe-head.pt")
-    return result
+    return {**result, "data": data}
 
 
 def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
@@ -133,7 +139,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
         result = topk_accuracy(scores, val.labels)
         result["val_loss"] = F.cross_entropy(scores, val.labels).item()
     result["train_loss"] = float(loss.item())
-    return result, head
+    return result, head, len(dataset)
 
 
 def _labels_of(dataset) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..analysis.features import check_classes, extract_features, frozen_encoder,
 from ..analysis.plots import plot_layers
 from ..analysis.probes import knn_classify, train_linear_probe
 from ..analysis.report import short_names
+from .scored_data import data_record
 
 
 def load_probe_config(recipe: Optional[str] = None, overrides: Iterable[str] = ()) -> ProbeConfig:
@@ -32,11 +33,20 @@ def _features(ckpt: str, cfg: ProbeConfig, blocks: Optional[Sequence[int]], enco
     return blocks, train, val, check_classes(train, val, cfg.num_classes)
 
 
-def run_knn(checkpoint: str, cfg: ProbeConfig) -> Dict[int, Dict[str, float]]:
-    """k-NN accuracy per block (default: the last block only)."""
+def scored_images(cfg: ProbeConfig, train, val) -> Dict[str, int]:
+    """{split: images read} of a probe: the training split the classifier is fitted on, the split it scores."""
+    return {cfg.features.train_split: int(train.labels.numel()), cfg.features.val_split: int(val.labels.numel())}
+
+
+def run_knn(checkpoint: str, cfg: ProbeConfig, data_source: str = "given",
+            scored: Optional[Dict] = None) -> Dict[int, Dict[str, float]]:
+    """k-NN accuracy per block (default: the last block only). `scored`, when given, receives the data
+    record (tasks/scored_data.py: dataset, `data_source`, images per split)."""
     encoder = frozen_encoder(checkpoint, cfg.features.preset)
     blocks = cfg.features.blocks or [encoder.depth]
     blocks, train, val, num_classes = _features(checkpoint, cfg, blocks, encoder)
+    if scored is not None:
+        scored.update(data_record(cfg.data, data_source, scored_images(cfg, train, val)))
     return {b: knn_classify(train.blocks[b], train.labels, val.blocks[b], val.labels, num_classes, cfg.knn)
             for b in blocks}
 
@@ -79,7 +89,7 @@ def compare_with_random(results: Dict[str, Dict[int, Dict[str, float]]], names: 
 
 
 def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional[str] = None,
-                     vs_random: bool = False) -> Dict:
+                     vs_random: bool = False, data_source: str = "given") -> Dict:
     """A linear probe per block per checkpoint. Writes layers.json, layers.csv, layers.png to out_dir.
     vs_random: the untrained encoder the first checkpoint's run started from is probed too, and
     the result carries `comparison`, best block against best block."""
@@ -90,16 +100,20 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
         checkpoints.append(random_init_of(checkpoints[0], out))
     results: Dict[str, Dict[int, Dict[str, float]]] = {}
     timings: Dict[str, Dict[str, float]] = {}
+    images: Dict[str, int] = {}
     for ckpt in checkpoints:
         t0 = time.perf_counter()
         blocks, train, val, num_classes = _features(ckpt, cfg, cfg.features.blocks)
+        images = scored_images(cfg, train, val)
         t1 = time.perf_counter()
         results[ckpt] = {b: train_linear_probe(train.blocks[b], train.labels, val.blocks[b], val.labels,
                                                num_classes, cfg.probe) for b in blocks}
         timings[ckpt] = {"features_s": round(t1 - t0, 3), "probes_s": round(time.perf_counter() - t1, 3)}
     names = short_names(checkpoints)
     from ..config.loader import to_dict
-    report = {"checkpoints": {names[c]: c for c in checkpoints}, "config": to_dict(cfg), "timings": timings,
+    data = data_record(cfg.data, data_source, images)
+    report = {"checkpoints": {names[c]: c for c in checkpoints}, "data": data, "config": to_dict(cfg),
+              "timings": timings,
               "results": {names[c]: {str(b): r for b, r in res.items()} for c, res in results.items()}}
     comparison = compare_with_random(results, names, checkpoints[0], checkpoints[-1]) if vs_random else None
     if comparison:
@@ -114,7 +128,8 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
                 w.writerow([names[c], b, r["top1"], r.get("top5", ""), r["val_loss"], r["train_loss"]])
     plot_layers({names[c]: {b: r["top1"] for b, r in res.items()} for c, res in results.items()},
                 out / "layers.png")
-    return {"results": results, "names": names, "blocks": all_blocks, "out_dir": out, "comparison": comparison}
+    return {"results": results, "names": names, "blocks": all_blocks, "out_dir": out, "comparison": comparison,
+            "data": data}
 
 
 def format_table(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str]) -> str:

@@ -324,11 +324,18 @@ def _segmentor_for(cfg: SegmentConfig, arch: Dict[str, Any], enc: EncoderConfig)
 
 def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]]:
     """Scores of a checkpoint on its validation split (or data.* / eval.* overrides); under torchrun
-    each process scores its shard and all return the summed scores."""
+    each process scores its shard and all return the summed scores. The scores' "data" names the
+    dataset, whether the checkpoint records it or data.* overrides changed it, the split and the images."""
+    from .scored_data import check_available, data_record
+
     model, cfg, names = load_segmentor(path)
+    data_keys = [o for o in overrides if o.startswith("data.")]
+    source = "given" if data_keys else f"recorded in {path}"
     if overrides:
         cfg = from_dict(SegmentConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
         validate_segment_config(cfg)
+    check_available(cfg.data, "the data given to deepmim segment eval" if data_keys else f"the data {path} was "
+                                                                                          f"trained on")
     with session(cfg.train.device, cfg.train.precision) as env:
         dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
         if len(dataset.classes) != model.num_classes:
@@ -336,6 +343,7 @@ def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]
                               f"{len(dataset.classes)}")
         scores = evaluate_segmentation(model.to(env.device), dataset, cfg, env.device, env.precision, env.rank,
                                        env.world_size)
+    scores["data"] = data_record(cfg.data, source, {cfg.data.val_split: len(dataset)})
     return scores, names
 
 
