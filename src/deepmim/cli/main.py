@@ -221,11 +221,12 @@ def run_summary(command: str, result) -> str:
 
 def cmd_pretrain(args) -> int:
     from ..config.loader import dump_yaml
-    from ..tasks.pretrain import load_pretrain_config, run_pretrain
+    from ..tasks.pretrain import derived_values, load_pretrain_config, run_pretrain
 
     cfg = load_pretrain_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
+        print("".join(f"# derived, one process: {line}\n" for line in derived_values(cfg).lines()), end="")
         return 0
     result = run_pretrain(cfg)
     if is_rank_zero():

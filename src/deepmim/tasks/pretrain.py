@@ -12,6 +12,7 @@ from ..config.loader import ConfigError, load_config
 from ..config.schema import PretrainConfig
 from ..data import (TransformedDataset, build_dataset, build_eval_transform, build_pretrain_loader, collate_skip_broken,
                     mix_seed, preview_images, validate_data_config)
+from ..data.labels import ONLINE_PROBE
 from ..models.deepmim import DeepMIM, validate_model_config
 from ..models.factory import expand_model_dict
 from ..models.heads import loss_key
@@ -27,11 +28,28 @@ from .summary import count_parameters, describe_data, run_summary
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
-    """Recipe + overrides -> a validated PretrainConfig (model presets resolved)."""
+    """Recipe + overrides -> a validated PretrainConfig (model presets resolved, derived values filled in
+    by PretrainTask, as for a config built in Python)."""
     cfg = load_config(PretrainConfig, recipe, overrides, expand=_expand_preset)
-    fill_target_normalisation(cfg)
     check_config(PretrainTask(cfg), require_paths=False)  # --print-config refuses the values a run would
     return cfg
+
+
+def resolve_pretrain_config(cfg: PretrainConfig) -> PretrainConfig:
+    """The config values derived from others, filled in once for every way a run starts (the CLI,
+    --print-config, run_pretrain(PretrainConfig(...))): the target normalisation (hog and teacher targets
+    undo data.mean/std). The numbers derived from the run's size (effective batch, peak lr, warm-up in
+    steps, the image size trained) are training/derived.py's, shown by --print-config and the start-up
+    summary. Idempotent: a value already set stays."""
+    fill_target_normalisation(cfg)
+    return cfg
+
+
+def derived_values(cfg: PretrainConfig, world_size: int = 1):
+    """training/derived.py's values for `cfg` before its data is read (steps per epoch still unknown)."""
+    from ..training.derived import derive
+
+    return derive(cfg.train, cfg.optim, world_size, img_size=cfg.data.img_size)
 
 
 def _expand_preset(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -91,6 +109,9 @@ class PretrainTask(TrainingTask):
 
     kind, title, strategies = "pretrain", "pre-training", ("ddp", "fsdp")
 
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(resolve_pretrain_config(cfg))
+
     def validate(self, require_paths: bool = True) -> None:
         validate_model_config(self.cfg.model)
         validate_data_config(self.cfg.data, require_path=require_paths)
@@ -98,8 +119,11 @@ class PretrainTask(TrainingTask):
 
     def build_data(self, env: Env):
         enc = self.cfg.model.encoder
+        # labels only for the online probe: pre-training itself reads unlabelled images (data/labels.py)
+        labels = ONLINE_PROBE if getattr(self.cfg.train, "online_probe", False) else None
         self.loader = build_pretrain_loader(env.data(self.cfg.data), self.cfg.train.batch_size, self.cfg.train.seed,
-                                            env.rank, env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2)
+                                            env.rank, env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2,
+                                            labels=labels)
         return self.loader
 
     def build_model(self, env: Env) -> DeepMIM:
@@ -161,7 +185,7 @@ def build_online_probe(cfg: PretrainConfig, model: DeepMIM, loader, device: torc
             raise ConfigError("the online probe's val top-1 runs the encoder outside the sharded forward; under "
                               "train.strategy=fsdp set train.online_probe_val_images=0")
         data = cfg.data
-        val = build_dataset(data, "val")
+        val = build_dataset(data, "val", labels=ONLINE_PROBE)
         n = min(train.online_probe_val_images, len(val))
         mine = shard_indices(n, rank, world_size)
         dataset = TransformedDataset(torch.utils.data.Subset(val, mine),

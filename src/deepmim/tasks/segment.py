@@ -294,7 +294,8 @@ class SegmentTask(TrainingTask):
                       f"{t.eval_every}); {count_parameters(model)}")
         data_line = f"{self.cfg.data.name}: {len(self.train_set)} train / {len(self.val_set)} val images, " \
                     f"crop {self.cfg.data.crop_size}"
-        return run_summary("deepmim segment", model_line, data_line, self.cfg, loader, env)
+        return run_summary("deepmim segment", model_line, data_line, self.cfg, loader, env,
+                           train=self.train_config(), optim=self.optim_config(), iterations=True)
 
     def finish(self, result: TrainResult, model: nn.Module, env: Env) -> Tuple[TrainResult, Dict[str, Any]]:
         scores = self.scoring.scores

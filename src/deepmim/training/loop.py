@@ -36,7 +36,8 @@ from .checkpoint import rng_state, set_rng_state
 from .guard import DivergenceError, DivergenceGuard
 from .loggers import build_trackers, resolve_loggers
 from .logging import MetricsLogger, say
-from .optim import build_adamw, scaled_lr
+from .derived import derive
+from .optim import build_adamw
 from .precision import autocast
 from .progress import Progress
 from .schedule import lr_at_step, set_lr
@@ -116,10 +117,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch has {len(loader)} batches, fewer than train.accum_steps={train.accum_steps}: "
                              f"use more data, a smaller train.batch_size or fewer accumulation steps")
-        self.total_steps = train.epochs * self.steps_per_epoch
-        self.warmup_steps = optim.warmup_epochs * self.steps_per_epoch
-        effective_batch = train.batch_size * train.accum_steps * world_size
-        self.peak_lr = scaled_lr(optim, effective_batch)
+        self.derived = derive(train, optim, world_size, self.steps_per_epoch)  # the one place (training/derived.py)
+        self.total_steps, self.warmup_steps = self.derived.total_steps, self.derived.warmup_steps
+        self.peak_lr = self.derived.peak_lr
         self.optimizer = build_adamw(model, optim, self.peak_lr, device, groups=param_groups)
         self.hooks = hooks or TrainHooks()
         self.last_eval: Dict[str, float] = {}
@@ -232,7 +232,10 @@ class Trainer:
         if state.get("steps_per_epoch") != self.steps_per_epoch:
             raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
                              f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
-        load_full_state_dict(self.model, self.optimizer, ckpt.model_state, state["optimizer"])
+        try:
+            load_full_state_dict(self.model, self.optimizer, ckpt.model_state, state["optimizer"])
+        except CheckpointError as err:  # e.g. weights of the wrong dtype, or NaN: name the file and the way out
+            raise CheckpointError(f"'{path}': {err}. Cannot resume from it: {self.resume_alternatives(path)}") from err
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.hooks.load_state_dict(state.get("hooks", {}))
