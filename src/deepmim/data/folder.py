@@ -105,7 +105,8 @@ class ImageFolder(Dataset):
         self.classes, self.samples = list_samples(self.directory)
         if not self.classes:
             raise DataError(
-                f"data.path '{self.directory}' has no class sub-folders; set data.path to {_LAYOUT_HINT}"
+                f"data.path '{self.directory}' has no class sub-folders; set data.path to {_LAYOUT_HINT}, or, to "
+                f"pre-train on a folder of unlabelled images, set data.name=images"
             )
         if not self.samples:
             raise DataError(
@@ -140,3 +141,38 @@ class ImageFolder(Dataset):
                                "evaluation leaves it out (data.strict=true stops instead)", path,
                                type(exc).__name__, exc)
             return None
+
+
+class FlatImageFolder(ImageFolder):
+    """`data.name=images`: every image file under `root` (or `root/<split>` when that exists), at any depth,
+    in sorted path order, without labels: items are (uint8 image, UNLABELLED). For pre-training on
+    unlabelled collections; a command that needs labels stops with `labels`, the reason."""
+
+    def __init__(self, root: str, split: Optional[str] = "train", strict: bool = False,
+                 labels: Optional[str] = None):
+        from deepmim.data.labels import UNLABELLED, missing_labels
+
+        self.root = os.fspath(root)
+        if labels is not None:
+            raise missing_labels(f"data.name=images reads '{self.root}' without labels", labels)
+        self.directory = resolve_split_dir(self.root, split)
+        self.strict = strict
+        self.classes: List[str] = []
+        self.samples = [(path, UNLABELLED) for path in list_images(self.directory)]
+        if not self.samples:
+            raise DataError(f"data.path '{self.directory}' holds no images (extensions "
+                            f"{', '.join(IMAGE_EXTENSIONS)}, searched in every sub-folder); set data.path to a folder "
+                            f"of images")
+        self.class_to_idx = {}
+        self.targets = [label for _, label in self.samples]
+        self._warned: Set[str] = set()
+
+
+def list_images(directory: str) -> List[str]:
+    """Every image file under `directory`, recursively (hidden files and folders left out), sorted."""
+    found: List[str] = []
+    for folder, subfolders, files in os.walk(directory, followlinks=True):
+        subfolders.sort()
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found.extend(os.path.join(folder, f) for f in sorted(files) if _is_image_file(f))
+    return found

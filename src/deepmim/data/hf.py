@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from deepmim.data.errors import DataError
 from deepmim.data.folder import load_rgb
+from deepmim.data.labels import CLASSES, UNLABELLED, missing_labels
 from deepmim.data.wds import SPLIT_ALIASES, decode_image
 
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"
@@ -75,18 +76,27 @@ class HFImageDataset(Dataset):
     """Items (uint8 (3, H, W), label) of a `datasets.Dataset`; None for an unreadable image (unless strict)."""
 
     def __init__(self, path: str, split: str, image_key: Optional[str] = None, label_key: Optional[str] = None,
-                 strict: bool = False):
+                 strict: bool = False, labels: Optional[str] = CLASSES):
+        """`labels`: why labels are needed, or None when they are optional (pre-training): a dataset with only
+        an image column then gives every image UNLABELLED."""
         datasets = datasets_module()
         table = load_split(path, split)
         self.image_key, self.label_key, self.strict = image_key or IMAGE_COLUMN, label_key or LABEL_COLUMN, strict
-        for key, what in ((self.image_key, "image_key"), (self.label_key, "label_key")):
-            if key not in table.column_names:
-                raise DataError(f"data.{what}='{key}' is not a column of '{path}' ({split}): it has "
-                                f"{table.column_names}")
+        if self.image_key not in table.column_names:
+            raise DataError(f"data.image_key='{self.image_key}' is not a column of '{path}' ({split}): it has "
+                            f"{table.column_names}")
+        has_labels = self.label_key in table.column_names
+        if not has_labels and (labels is not None or label_key is not None):  # a label_key asked for must exist
+            raise missing_labels(f"data.label_key='{self.label_key}' is not a column of '{path}' ({split}): it has "
+                                 f"{table.column_names}", labels or "data.label_key names a column")
         if isinstance(table.features[self.image_key], datasets.Image):  # decode ourselves: bytes in, uint8 out
             table = table.cast_column(self.image_key, datasets.Image(decode=False))
         self.table = table
-        self.targets: List[int] = [int(v) for v in table[self.label_key]]
+        if not has_labels:
+            self.targets: List[int] = [UNLABELLED] * len(table)
+            self.classes: List[str] = []
+            return
+        self.targets = [int(v) for v in table[self.label_key]]
         feature = table.features[self.label_key]
         names = getattr(feature, "names", None)
         self.classes = list(names) if names else [str(c) for c in range(max(self.targets) + 1)]

@@ -29,12 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from deepmim.config.schema import DataConfig
 from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
-from deepmim.data.folder import ImageFolder
+from deepmim.data.folder import FlatImageFolder, ImageFolder
+from deepmim.data.labels import CLASSES
 from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
 
-DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf")
+DATASET_NAMES = ("embedded", "imagefolder", "images", "idx", "wds", "hf")
 _MASK64 = (1 << 64) - 1
 
 
@@ -268,6 +269,7 @@ def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
     if cfg.name != "embedded" and not cfg.path and require_path:
         hint = {
             "imagefolder": "an ImageNet-style folder (root/train/<class>/*.jpg)",
+            "images": "a folder of images (searched at any depth, no labels: for pre-training)",
             "idx": "a folder with MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
             "wds": "a folder 'deepmim data pack' wrote, a shard index (.json) or shards ('train-{000000..000099}.tar')",
             "hf": "a folder saved with datasets' save_to_disk, or parquet files",
@@ -284,29 +286,32 @@ def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
         raise DataError(f"data.max_samples must be a positive number of images (or null: all), got {cfg.max_samples}")
 
 
-def build_dataset(cfg: DataConfig, split: Optional[str] = None) -> Dataset:
+def build_dataset(cfg: DataConfig, split: Optional[str] = None, labels: Optional[str] = CLASSES) -> Dataset:
     """The raw dataset named by `cfg` (items: uint8 (C, H, W) image and int label, or None), cut to
-    `cfg.max_samples` images (a fixed class-balanced subset) when that is set."""
+    `cfg.max_samples` images (a fixed class-balanced subset) when that is set. `labels`: why the caller
+    needs labels (data without them stops with it), or None: unlabelled data gives UNLABELLED (data/labels.py)."""
     validate_data_config(cfg)
-    dataset = _full_dataset(cfg, split or cfg.split)
+    dataset = _full_dataset(cfg, split or cfg.split, labels)
     if cfg.max_samples is not None and cfg.max_samples < len(dataset):
         from deepmim.data.subset import ClassBalancedSubset
         return ClassBalancedSubset(dataset, cfg.max_samples)
     return dataset
 
 
-def _full_dataset(cfg: DataConfig, split: str) -> Dataset:
+def _full_dataset(cfg: DataConfig, split: str, labels: Optional[str] = CLASSES) -> Dataset:
     if cfg.name == "embedded":
         return EmbeddedShapes(cfg.num_samples, img_size=cfg.img_size, split=split)
     path = os.path.expanduser(cfg.path)
     if cfg.name == "imagefolder":
         return ImageFolder(path, split=split, strict=cfg.strict)
+    if cfg.name == "images":
+        return FlatImageFolder(path, split=split, strict=cfg.strict, labels=labels)
     if cfg.name == "wds":
         from deepmim.data.wds import TarShardDataset, resolve_shards
-        return TarShardDataset(resolve_shards(path, split), cfg.image_key, cfg.label_key, cfg.strict)
+        return TarShardDataset(resolve_shards(path, split), cfg.image_key, cfg.label_key, cfg.strict, labels)
     if cfg.name == "hf":
         from deepmim.data.hf import HFImageDataset
-        return HFImageDataset(path, split, cfg.image_key, cfg.label_key, cfg.strict)
+        return HFImageDataset(path, split, cfg.image_key, cfg.label_key, cfg.strict, labels)
     return IdxDataset(path, split=split)
 
 
@@ -314,9 +319,9 @@ def preview_images(cfg: DataConfig, n_images: int) -> torch.Tensor:
     """The first n readable images of the validation split (the train split where there is none), with the
     evaluation transform: the fixed images reconstruction pictures show."""
     try:
-        dataset = build_dataset(cfg, split="val")
+        dataset = build_dataset(cfg, split="val", labels=None)
     except ValueError:
-        dataset = build_dataset(cfg)
+        dataset = build_dataset(cfg, labels=None)
     transform = build_eval_transform(cfg.img_size, cfg.mean, cfg.std)
     items = (dataset[i] for i in range(len(dataset)))
     images = list(itertools.islice((transform(item[0]) for item in items if item is not None), n_images))
@@ -352,10 +357,12 @@ def build_pretrain_loader(
     transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     split: Optional[str] = None,
     mask_patches: Optional[int] = None,
+    labels: Optional[str] = CLASSES,
 ) -> PretrainLoader:
     """The seeded, resumable training loader for `split` (default cfg.split) with `transform`
     (default: the pre-training augmentation); call `loader.set_epoch(e)` before each epoch.
-    `mask_patches`: batches carry per-sample masking noise over that many patches (Batch.noise)."""
+    `mask_patches`: batches carry per-sample masking noise over that many patches (Batch.noise).
+    `labels`: why labels are needed, or None (pre-training): unlabelled images get UNLABELLED."""
     validate_data_config(cfg)
     if batch_size < 1:
         raise DataError(f"batch size must be positive, got {batch_size}")
@@ -364,8 +371,8 @@ def build_pretrain_loader(
     if cfg.name == "wds":  # streamed shards (data/wds.py): same per-sample seeds, shard-dealt over ranks and workers
         from deepmim.data.wds import build_wds_loader
         return build_wds_loader(cfg, batch_size, seed, rank, world_size, SeededAugmentation(None, transform, seed),
-                                functools.partial(collate_skip_broken, num_patches=mask_patches), split)
-    raw = build_dataset(cfg, split)
+                                functools.partial(collate_skip_broken, num_patches=mask_patches), split, labels)
+    raw = build_dataset(cfg, split, labels)
     dataset = SeededAugmentation(raw, transform, seed)
     sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)
     if drop_last and sampler.samples_per_epoch < batch_size:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from deepmim.data.errors import DataError
 from deepmim.data.folder import _to_rgb
+from deepmim.data.labels import CLASSES, UNLABELLED, missing_labels
 
 INDEX_VERSION = 1
 IMAGE_KEYS = "jpg;jpeg;png;webp;bmp;tif;tiff"
@@ -176,10 +177,14 @@ def decode_label(value) -> int:
 
 
 class Decoder:
-    """A raw sample -> (uint8 image, label), or None for an unreadable image (skipped and counted, unless strict)."""
+    """A raw sample -> (uint8 image, label), or None for an unreadable image (skipped and counted, unless strict).
+    Entries other than the image and the label (img2dataset's json and txt) are ignored. A sample without the
+    label entry gets UNLABELLED when `labels` is None (pre-training), else stops with `labels`, the reason."""
 
-    def __init__(self, image_key: Optional[str], label_key: Optional[str], strict: bool):
+    def __init__(self, image_key: Optional[str], label_key: Optional[str], strict: bool,
+                 labels: Optional[str] = CLASSES):
         self.image_key, self.label_key, self.strict = image_key or IMAGE_KEYS, label_key or LABEL_KEY, strict
+        self.labels = labels
 
     def __call__(self, sample: Dict[str, bytes]):
         try:
@@ -191,9 +196,16 @@ class Decoder:
                 raise DataError(f"cannot decode sample '{sample.get('__key__')}' of {sample.get('__url__')}: {exc}; "
                                 f"set data.strict=false to skip unreadable images") from exc
             return None
-        if self.label_key not in sample:
-            raise DataError(f"sample '{sample.get('__key__')}' has no '{self.label_key}' entry; set data.label_key")
-        return image, decode_label(sample[self.label_key])
+        return image, self.label(sample)
+
+    def label(self, sample: Dict[str, bytes]) -> int:
+        if self.label_key in sample:
+            return decode_label(sample[self.label_key])
+        if self.labels is None:
+            return UNLABELLED
+        raise missing_labels(f"sample '{sample.get('__key__')}' of {sample.get('__url__')} has no "
+                             f"'{self.label_key}' entry (it has {sorted(k for k in sample if not k.startswith('__'))})",
+                             self.labels)
 
 
 # ----------------------------------------------------------------------------- map-style: local shards
@@ -222,7 +234,7 @@ class TarShardDataset(Dataset):
     """Random access to local shards (index i = the i-th sample of the shard list): evaluation and probes."""
 
     def __init__(self, shards: ShardList, image_key: Optional[str] = None, label_key: Optional[str] = None,
-                 strict: bool = False):
+                 strict: bool = False, labels: Optional[str] = CLASSES):
         local = [u for u in shards.urls if not is_local(u) or not os.path.isfile(u)]
         if local:
             raise DataError(f"'{local[0]}' is not a local file: evaluation, probes and pictures read shards by index; "
@@ -231,7 +243,7 @@ class TarShardDataset(Dataset):
         self.entries = [(url, entry) for url in shards.urls for entry in tar_samples(url)]
         if len(self.entries) != shards.total:
             raise DataError(f"the shards hold {len(self.entries)} samples, their index says {shards.total}")
-        self.decode = Decoder(image_key, label_key, strict)
+        self.decode = Decoder(image_key, label_key, strict, labels)
         self._files: Dict[Tuple[int, str], int] = {}
         self._targets: Optional[List[int]] = None
         self._classes = shards.classes
@@ -257,13 +269,13 @@ class TarShardDataset(Dataset):
     @property
     def targets(self) -> List[int]:
         if self._targets is None:
-            self._targets = [decode_label(self.raw(i)[self.decode.label_key]) for i in range(len(self))]
+            self._targets = [self.decode.label(self.raw(i)) for i in range(len(self))]
         return self._targets
 
     @property
     def classes(self) -> List[str]:
         if self._classes is None:
-            self._classes = [str(c) for c in range(max(self.targets) + 1)]
+            self._classes = [str(c) for c in range(max(self.targets, default=UNLABELLED) + 1)]
         return self._classes
 
     def __getstate__(self):  # open files stay in the process that opened them
@@ -389,13 +401,13 @@ class WdsLoader:
 
 
 def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int, augment, collate: Callable,
-                     split: Optional[str] = None) -> WdsLoader:
+                     split: Optional[str] = None, labels: Optional[str] = CLASSES) -> WdsLoader:
     """The streamed training loader; `augment` (a SeededAugmentation) and `collate` come from data/loader.py."""
     if cfg.max_samples is not None:
         raise DataError("data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
                         "you want (deepmim data pack) or list fewer shards")
     shards = resolve_shards(cfg.path, split or cfg.split)
-    decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict)
+    decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict, labels)
     stream = WdsStream(shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size,
                        cfg.shuffle_buffer)
     return WdsLoader(stream, collate, cfg.num_workers, shards.classes)

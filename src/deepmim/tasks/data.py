@@ -76,7 +76,7 @@ def bench_loader(overrides: Iterable[str], batches: int = 50, warmup: int = 5) -
     cfg = load_config(PretrainConfig, None, list(overrides))
     enc = cfg.model.encoder
     loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed,
-                                   mask_patches=(cfg.data.img_size // enc.patch_size) ** 2)
+                                   mask_patches=(cfg.data.img_size // enc.patch_size) ** 2, labels=None)
     loader.set_epoch(0)
     images, start, seen = 0, None, 0
     for batch in loader:
