@@ -46,6 +46,7 @@ KIND_NAMES = {"pretrain": "a pre-training checkpoint", "finetune": "a fine-tunin
               "segment": "a segmentation checkpoint", "linprobe": "a linear-probe head"}
 LAST = "checkpoint-last.pt"
 PREV = "checkpoint-prev.pt"  # the checkpoint before LAST (save_checkpoint rotates it)
+SET_ASIDE = "checkpoint-last-not-resumed.pt"  # a LAST that a run resumed from PREV replaced (kept, not deleted)
 TEMP_FILES = ".checkpoint-*.tmp"  # what an interrupted atomic write of a run's checkpoint leaves behind
 EPOCH_FILE = re.compile(r"checkpoint-epoch(\d+)\.pt$")
 WEIGHT_KEYS = ("model", "state_dict", "model_state", "module")  # where files keep their weights
@@ -65,19 +66,20 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 # ----------------------------------------------------------------------------- a run's files
 
 
-def epoch_file_name(epoch: int) -> str:
-    """The numbered copy kept after 0-based epoch `epoch` (train.save_every_epochs)."""
-    return f"checkpoint-epoch{epoch:04d}.pt"
+def epoch_file_name(epochs_done: int) -> str:
+    """The numbered copy kept after `epochs_done` epochs (train.save_every_epochs): checkpoint-epoch0001.pt
+    after the first epoch, epochs counted from 1 as everywhere people read them."""
+    return f"checkpoint-epoch{epochs_done:04d}.pt"
 
 
 def epoch_checkpoints(run_dir: Path) -> Dict[int, Path]:
     """{epochs trained: path} of a run's numbered checkpoints (checkpoint-epochNNNN.pt holds the state
-    after 0-based epoch NNNN, i.e. NNNN + 1 epochs)."""
+    after NNNN epochs)."""
     out = {}
     for p in Path(run_dir).glob("checkpoint-epoch*.pt"):
         m = EPOCH_FILE.search(p.name)
         if m:
-            out[int(m.group(1)) + 1] = p
+            out[int(m.group(1))] = p
     return dict(sorted(out.items()))
 
 
@@ -182,18 +184,21 @@ def _keep_as_prev(path: Path, prev: Path) -> None:
     os.replace(link, prev)
 
 
-def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None) -> Path:
+def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None,
+                    keep_prev: bool = False) -> Path:
     """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`.
     The checkpoint it replaces is kept as checkpoint-prev.pt: the new file is written in full (temp
     file, fsync) before anything is renamed, the old one becomes checkpoint-prev.pt through a hard link
     (so checkpoint-last.pt never goes missing, even for a moment), and the new one replaces it in one
     atomic rename. Where hard links are refused, the old file is renamed instead, and a crash between
-    the two renames leaves checkpoint-prev.pt (find_resume_checkpoint takes whichever is there)."""
+    the two renames leaves checkpoint-prev.pt (find_resume_checkpoint takes whichever is there).
+    `keep_prev` (the first save of a run resumed from checkpoint-prev.pt): checkpoint-prev.pt stays as it
+    is, and the checkpoint-last.pt the run did not resume from is kept as checkpoint-last-not-resumed.pt."""
     out = Path(output_dir)
     path = out / LAST
     tmp = _write_temp(obj, path)  # named as TEMP_FILES: the next start removes it if we die before the renames
     if path.exists():
-        _keep_as_prev(path, out / PREV)
+        _keep_as_prev(path, out / (SET_ASIDE if keep_prev else PREV))
     os.replace(tmp, path)
     if numbered_epoch is not None:
         atomic_save(obj, out / epoch_file_name(numbered_epoch))
@@ -311,7 +316,10 @@ def _reason(err: Exception) -> str:
 
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
-    """The metadata of a .safetensors file (`deepmim export` writes the architecture there); {} otherwise."""
+    """The metadata of a .safetensors file (`deepmim export` writes the architecture there), or of a model
+folder's model.safetensors (a timm folder from `deepmim export --format timm`); {} otherwise."""
+    if Path(path).is_dir() and (Path(path) / HF_WEIGHT_FILES[0]).is_file():
+        path = Path(path) / HF_WEIGHT_FILES[0]
     if Path(path).suffix != ".safetensors":
         return {}
     from safetensors import safe_open
@@ -422,16 +430,34 @@ class Checkpoint:
             raise CheckpointError(f"{self.name} is {self.kind}, not {expected}" + (f": {why}" if why else ""))
 
 
-def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any]]) -> Checkpoint:
-    """A file path, or a dict already loaded, as a `Checkpoint`."""
+def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any], Checkpoint]) -> Checkpoint:
+    """A file path, or a dict already loaded, as a `Checkpoint` (one already read is returned as it is)."""
+    if isinstance(path_or_obj, Checkpoint):
+        return path_or_obj
     if not isinstance(path_or_obj, (str, Path)):
         return Checkpoint(dict(path_or_obj))
     raw = read_state_file(path_or_obj)
     meta = read_metadata(path_or_obj)
     if meta.get("task") in TASKS and "config" in meta:  # exported weights with their checkpoint's metadata
-        raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": json.loads(meta["config"]),
-               "architecture": json.loads(meta["architecture"]) if "architecture" in meta else None}
+        raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": _metadata_json(path_or_obj, meta,
+                                                                                              "config"),
+               "architecture": _metadata_json(path_or_obj, meta, "architecture") if "architecture" in meta else None}
     return Checkpoint(raw, Path(path_or_obj))
+
+
+def _metadata_json(path: PathLike, meta: Dict[str, str], key: str) -> Dict[str, Any]:
+    """A JSON mapping from a safetensors header's metadata, or a message naming the file and the key."""
+    try:
+        value = json.loads(meta[key])
+    except ValueError as err:
+        raise CheckpointError(f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is not valid "
+                              f"JSON ({err}); the file was changed after deepmim export wrote it. Export the "
+                              f"checkpoint again, or remove the metadata to load the weights as bare weights") from err
+    if not isinstance(value, dict):
+        raise CheckpointError(f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is "
+                              f"{type(value).__name__}, not a mapping; the file was changed after deepmim export "
+                              f"wrote it. Export the checkpoint again")
+    return value
 
 
 # ----------------------------------------------------------------------------- the strict loader
@@ -473,4 +499,27 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
         problems.append("keys the model needs that the file lacks: " + ", ".join(missing))
     if problems:
         raise CheckpointError(f"{context}:\n  " + "\n  ".join(problems))
+    check_weight_values(module, state, context)
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def check_weight_values(module: torch.nn.Module, state: Mapping[str, torch.Tensor], context: str) -> None:
+    """Refuse what load_state_dict would take without a word: integer, bool or complex tensors for float
+    weights (copied in, they would be silently cast: a quantized or foreign file is not these weights)
+    and parameters holding NaN or inf (a model that can only produce NaN)."""
+    own = module.state_dict()
+    wrong = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items()
+             if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise CheckpointError(
+            f"{context}: {len(wrong)} tensor(s) are not floating point where the model has float weights, e.g. "
+            f"{', '.join(wrong[:3])}; such a file (quantized, or not weights at all) would be silently cast. "
+            f"Use the file's float weights (float32, float16 or bfloat16)")
+    parameters = {name for name, _ in module.named_parameters()}
+    bad = [k for k, v in state.items() if k in parameters and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{context}: {len(bad)} weight tensor(s) hold NaN or inf values, e.g. {', '.join(bad[:3])}; a model "
+            f"with them can only produce NaN. Use a checkpoint from before the values broke (a run's "
+            f"checkpoint-prev.pt or a numbered one)")

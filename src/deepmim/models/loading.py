@@ -50,8 +50,8 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
             notes.append(f"the file holds no decoder weights: {len(decoder_keys)} decoder tensors keep their "
                          f"initialisation")
             allow_missing = ("decoders.*",)
-    load_strict(model, state, allow_missing=allow_missing if strict else ("*",),
-                allow_unexpected=() if strict else ("*",))
+    load_strict(model, state, context=f"{ckpt.name} does not fit the model",
+                allow_missing=allow_missing if strict else ("*",), allow_unexpected=() if strict else ("*",))
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return notes
@@ -74,7 +74,7 @@ def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = N
             raise CheckpointError(f"'{path}' holds no deepmim config; build the model first and pass it: "
                                   f"load_checkpoint(path, create_model('preset_name'))")
         model = DeepMIM(cfg)
-    load_weights(model, ckpt.raw)
+    load_weights(model, ckpt)
     return model
 
 

@@ -2,10 +2,11 @@
 
 - `check_output_dir` (read only, before anything is built): the folder can be a folder and written
   to, no live run holds it, and a fresh run does not land on another run's checkpoints;
-- `RunLock`: an exclusive lock on output_dir/.deepmim.lock (flock, so the kernel releases it when the
-  process ends, however it ends: a lock left by a crash is stale and taken over; forked children such
-  as DataLoader workers close their copy, so they never keep it past the run); the file names the
-  holder (pid, host, command) for the message the second run gets;
+- `RunLock`: an exclusive lock on the folder itself and on output_dir/.deepmim.lock (flock, so the
+  kernel releases it when the process ends, however it ends: a lock left by a crash is stale and taken
+  over; forked children such as DataLoader workers close their copy, so they never keep it past the
+  run); the file names the holder (pid, host, command) for the message the second run gets, and the
+  lock on the folder holds even when someone deletes that file;
 - `claim_output_dir` (under the lock): the same checks again, then with train.overwrite=true the old
   run's files are moved to output_dir/replaced-N/ (nothing is deleted), and the temp files of an
   interrupted checkpoint write are removed.
@@ -57,11 +58,23 @@ def check_writable(out: Path) -> None:
                              f"train.output_dir to a folder you can write in")
 
 
-def refuse_other_run(out: Path, resume: Optional[str], overwrite: bool) -> None:
-    """A fresh run (no train.resume) must not land on another run's checkpoints, nor a run resumed from a
-    checkpoint elsewhere write over this folder's."""
+def run_files(out: Path) -> List[Path]:
+    """The files of a run in `out` (RUN_FILES but the temp files of a write, which a start removes),
+    checkpoints first."""
+    if not out.is_dir():
+        return []
+    others = sorted({p for pattern in RUN_FILES if pattern != TEMP_FILES for p in out.glob(pattern)})
     found = run_checkpoints(out)
-    if not found or overwrite:
+    return found + [p for p in others if p not in found]
+
+
+def refuse_other_run(out: Path, resume: Optional[str], overwrite: bool) -> None:
+    """A fresh run (no train.resume) must not land on another run's files (checkpoints, config.yaml,
+    metrics.jsonl, ...), nor a run resumed from a checkpoint elsewhere write over this folder's."""
+    if overwrite:
+        return
+    found = run_checkpoints(out) if resume is not None else run_files(out)
+    if not found:
         return
     names = ", ".join(p.name for p in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     if resume is None:
@@ -80,7 +93,7 @@ def check_output_dir(out: Path, resume: Optional[str], overwrite: bool, check_lo
     """Everything that can be checked without writing: called before the data and the model are built
     (`check_lock`: by the process that will take the lock; under torchrun the others would see its lock)."""
     check_writable(out)
-    if check_lock and (out / LOCK_FILE).exists():
+    if check_lock and out.is_dir():
         holder = RunLock.holder(out)
         if holder is not None:
             raise busy(out, holder)
@@ -109,14 +122,61 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-class RunLock:
-    """An exclusive, non-blocking flock on output_dir/.deepmim.lock, held while the run lives."""
+def _lock_folder(out: Path) -> int:
+    """An exclusive flock on the folder itself (a descriptor of the directory; -1 where the file system
+    has no locks on directories): deleting .deepmim.lock cannot undo it."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise busy(out, RunLock.holder(out) or "a process that holds its lock") from None
+        return -1
+    _HELD.add(fd)
+    return fd
 
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+
+def _is_locked(path: Path, flags: int = os.O_RDONLY) -> bool:
+    """Whether some process holds an exclusive flock on `path` (a file or a folder)."""
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on output_dir and on output_dir/.deepmim.lock, held while the run
+    lives."""
+
+    def __init__(self, path: Path, fd: int, folder_fd: int = -1):
+        self.path, self.fd, self.folder_fd = path, fd, folder_fd
 
     @classmethod
     def acquire(cls, out: Path) -> "RunLock":
+        folder_fd = _lock_folder(out)
+        try:
+            return cls._acquire_file(out, folder_fd)
+        except BaseException:
+            if folder_fd >= 0:
+                _HELD.discard(folder_fd)
+                os.close(folder_fd)
+            raise
+
+    @classmethod
+    def _acquire_file(cls, out: Path, folder_fd: int) -> "RunLock":
         path = out / LOCK_FILE
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -138,30 +198,21 @@ class RunLock:
         os.write(fd, json.dumps(_holder_record()).encode())
         os.fsync(fd)
         _HELD.add(fd)
-        return cls(path, fd)
+        return cls(path, fd, folder_fd)
 
     @staticmethod
     def holder(out: Path) -> Optional[str]:
-        """Who holds the folder's lock, in words; None when nobody does (no file, or a stale one)."""
+        """Who holds the folder's lock, in words; None when nobody does (no lock, or a stale file)."""
         path = out / LOCK_FILE
+        if not _is_locked(path) and not _is_locked(out, os.O_RDONLY | os.O_DIRECTORY):
+            return None  # nobody holds it (a file left by a run that was killed is stale)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                pass  # held: read who holds it
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return None  # nobody holds it: a stale file left by a run that was killed
-            try:
-                record = json.loads(os.read(fd, 65536).decode() or "{}")
-            except ValueError:
-                record = {}
-        finally:
-            os.close(fd)
+            with open(path, "rb") as f:
+                record = json.loads(f.read(65536).decode() or "{}")
+        except FileNotFoundError:
+            return f"a process whose {LOCK_FILE} was deleted; 'fuser -v {out}' or 'lsof +D {out}' shows it"
+        except (OSError, ValueError):
+            record = {}
         return (f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}: "
                 f"{record.get('command', '?')}")
 
@@ -173,10 +224,12 @@ class RunLock:
             os.unlink(self.path)
         except OSError:
             pass
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        _HELD.discard(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+        for fd in (self.fd, self.folder_fd):
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                _HELD.discard(fd)
+                os.close(fd)
+        self.fd = self.folder_fd = -1
 
 
 def _holder_record() -> dict:

@@ -173,7 +173,7 @@ class Trainer:
 
     def confirm_pending(self, loss: torch.Tensor, epoch: int) -> None:
         """The first loss computed from a held state's weights: write the state if it is sound."""
-        self.check_next_loss(loss, f"at step {self.step + 1} (epoch {epoch})")
+        self.check_next_loss(loss, f"at step {self.step + 1} (epoch {epoch + 1})")
         state, numbered = self.pending
         self.pending = None
         self.write(state, numbered)
@@ -200,7 +200,7 @@ class Trainer:
             with torch.no_grad():
                 for b, saved in zip(self.model.buffers(), buffers):
                     b.copy_(saved)
-        self.check_next_loss(loss, f"from the final weights of step {self.step} (epoch {epoch})")
+        self.check_next_loss(loss, f"from the final weights of step {self.step} (epoch {epoch + 1})")
 
     def write(self, state: Dict[str, Any], numbered_epoch: Optional[int] = None) -> None:
         """Rank 0 writes (atomically; the file it replaces becomes checkpoint-prev.pt)."""
@@ -309,7 +309,7 @@ class Trainer:
         if resumed and self.step >= stop_at:
             return self.nothing_to_train(resumed, stop_at)
         if resumed and self.is_main:
-            say(f"resumed from {resumed} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+            say(f"resumed from {resumed} at step {self.step}: {describe_position(self.step, self.steps_per_epoch, self.train_cfg.epochs)}")
         resume_step = self.step if resumed else None
         t = self.train_cfg
         trackers = lambda: build_trackers(resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t,  # noqa: E731
@@ -325,8 +325,8 @@ class Trainer:
                     self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
                     epoch_done = self.step % self.steps_per_epoch == 0
                     keep = self.train_cfg.save_every_epochs
-                    numbered = epoch if epoch_done and keep and ((epoch + 1) % keep == 0 or
-                                                                 self.step == self.total_steps) else None
+                    numbered = epoch + 1 if epoch_done and keep and ((epoch + 1) % keep == 0 or
+                                                                     self.step == self.total_steps) else None
                     # a stop writes at once (no step follows to vouch for the state: the guard's final check)
                     self.save_point(self.step if self.stop_signal else stop_at, numbered, partial)
                     if self.stop_signal:
@@ -413,15 +413,15 @@ class Trainer:
             self.log_window(window, logger, bar, epoch)
         means = self.check_finite(epoch_sums, epoch)
         if self.step % self.steps_per_epoch == 0:
-            logger.log("epoch", self.step, {"epoch": epoch, **means, "skipped_images": epoch_sums.global_skipped})
+            logger.log("epoch", self.step, {"epoch": epoch + 1, **means, "skipped_images": epoch_sums.global_skipped})
             evaluation = self.hooks.after_epoch(self, epoch)
             if evaluation:
                 self.last_eval = evaluation
-                logger.log("eval", self.step, {"epoch": epoch, **evaluation})
+                logger.log("eval", self.step, {"epoch": epoch + 1, **evaluation})
                 if self.is_main:
-                    say(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
+                    say(f"epoch {epoch + 1}/{self.train_cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
             if epoch_sums.global_skipped and self.is_main:
-                say(f"epoch {epoch}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
+                say(f"epoch {epoch + 1}/{self.train_cfg.epochs}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
                     f"of the data set, so every batch stayed full (data.strict=true stops at the first instead)")
             return means, None
         return means, {"epoch": epoch_sums.global_state()}  # its last window was logged: nothing to carry
@@ -460,10 +460,10 @@ class Trainer:
         means = self.check_finite(window, epoch)
         problem = self.guard.check_loss(means["loss"])
         if problem:
-            self.diverged(f"{problem}, in the steps up to step {self.step} (epoch {epoch})")
+            self.diverged(f"{problem}, in the steps up to step {self.step} (epoch {epoch + 1})")
         self.check_weights()
         self.guard.observe_loss(means["loss"], self.step)
-        values = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **means,
+        values = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **means,
                   "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
         bar.show(self.step, epoch, values)
@@ -473,7 +473,7 @@ class Trainer:
         means = window.means()
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
-            self.diverged(f"non-finite loss at step {self.step} (epoch {epoch}): "
+            self.diverged(f"non-finite loss at step {self.step} (epoch {epoch + 1}): "
                           + ", ".join(f"{k}={v}" for k, v in bad.items()))
         return means
 
@@ -501,6 +501,15 @@ def config_changes(old: Dict[str, Any], new: Dict[str, Any], old_arch: Any = Non
     if not diffs:
         return "no model key (the weights themselves do not fit)"
     return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def describe_position(step: int, steps_per_epoch: int, epochs: int) -> str:
+    """Where `step` optimizer steps stand, in 1-based epochs: '2 of 4 epochs done, epoch 3 next' or
+    'in epoch 3 of 4 (step 2 of 5)'."""
+    done, into = divmod(step, steps_per_epoch)
+    if into == 0:
+        return f"{done} of {epochs} epochs done, epoch {done + 1} next"
+    return f"in epoch {done + 1} of {epochs} (step {into} of {steps_per_epoch})"
 
 
 def step_seed(seed: int, rank: int, epoch: int, micro: int) -> int:
