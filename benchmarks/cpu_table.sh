@@ -4,13 +4,13 @@
 # % of the matmul peak measured in that process; one JSON per run in OUTDIR, then the tables.
 #   bash benchmarks/cpu_table.sh [OUTDIR]
 # Run it alone on the machine (nothing else computing): about 20 min on 2 idle cores with an empty inductor
-# cache (estimated from its parts timed one by one; the ViT-B rows and the cold compiles of the
-# `deepmim` modes are most of it; a warm cache saves ~4 min). Uses every core, with OpenMP's default
-# wait policy as `deepmim` runs (2026-12-03 on the AMX Xeon, OMP_WAIT_POLICY=PASSIVE slowed the demo through
-# the trainer from 681 to 421 img/s); set OMP_WAIT_POLICY=PASSIVE yourself on a machine shared with other jobs.
+# cache (the ViT-B rows and the cold compiles of the `deepmim` modes are most of it; a warm cache saves
+# ~4 min). Uses every core, with OpenMP's default wait policy as `deepmim` runs (PASSIVE slows a machine
+# that is alone); set OMP_WAIT_POLICY=PASSIVE yourself on a machine shared with other jobs.
+# OUTDIR defaults to benchmarks/results/<date>_cpu_<commit>; name the machine class instead of `cpu`.
 set -euo pipefail
-OUTDIR=${1:-benchmarks/results}
 PY=${PY:-.venv/bin/python}
+OUTDIR=${1:-benchmarks/results/$(PYTHONPATH=${PYTHONPATH:-src} "$PY" benchmarks/machine.py folder cpu)}
 mkdir -p "$OUTDIR"
 export PYTHONPATH=${PYTHONPATH:-src}
 START=$(date +%s)

@@ -20,7 +20,7 @@ Images/s per core are images per second of this process's CPU time (`time.proces
 on a shared machine that is what one core delivers, where wall time would also count the other
 processes' turns; wall-clock rates are reported beside them.
 
-    python benchmarks/data_throughput.py --img-size 224 --json benchmarks/results/cpu_data.json
+    python benchmarks/data_throughput.py --img-size 224 --json OUTDIR/cpu_data.json
     python benchmarks/data_throughput.py --img-size 112 --img-size 224 --rounds 5
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from PIL import Image
 from deepmim.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from deepmim.data import ImageFolder, SeededAugmentation, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
+from machine import machine_stamp  # benchmarks/machine.py
 
 
 def parse_args() -> argparse.Namespace:
@@ -165,6 +166,7 @@ def main() -> None:
     report["load_average_end"] = os.getloadavg()[0]
     print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs")
     if args.json:
+        report["machine"] = machine_stamp()
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
 

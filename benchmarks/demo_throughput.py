@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine_stamp  # noqa: E402  benchmarks/machine.py
 from pretrain_throughput import DTYPES, matmul_peak  # noqa: E402
 
 from deepmim.models.deepmim import DeepMIM  # noqa: E402
@@ -65,6 +66,7 @@ def main(overrides) -> None:
           f"{load_start:.1f} -> {report['load_average_end']:.1f}")
     json_path = os.environ.get("DEMO_JSON")
     if json_path:
+        report["machine"] = machine_stamp(device)
         Path(json_path).write_text(json.dumps(report, indent=2))
         print(f"wrote {json_path}")
 

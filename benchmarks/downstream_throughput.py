@@ -4,7 +4,7 @@ Times, interleaved round by round on one random batch (no data loading):
 - pretrain:   a DeepMIM pre-training step (forward + backward + AdamW) as `deepmim pretrain` runs it;
 - finetune:   a fine-tuning step of timm's VisionTransformer built like `deepmim finetune` builds it
               (drop path 0.1, Mixup/CutMix, soft-target cross-entropy, AdamW), with the attention kernel
-              and precision `deepmim finetune` now chooses, and as it ran before issue 14 (SDPA under bf16);
+              and precision `deepmim finetune` chooses, and with SDPA under bf16 (slower on CPUs) for comparison;
 - features:   the forward pass of feature extraction over every block (`deepmim knn/probe-layers/linprobe
               augment=false`) as it runs now (autocast, SDPA) and before (fp32).
 
@@ -33,6 +33,7 @@ from deepmim.training.parallel import set_fused_attention
 from deepmim.training.distributed import resolve_device
 from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
+from machine import machine_stamp  # benchmarks/machine.py
 from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 
@@ -146,6 +147,7 @@ def main() -> None:
               f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s; matmuls {100 * matmul_s[k] / med:.0f}% "
               f"of the time (only matmuls: {n / matmul_s[k]:.0f} img/s)")
     if args.json:
+        report["machine"] = machine_stamp(device)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")

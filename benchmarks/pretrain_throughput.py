@@ -31,6 +31,7 @@ from deepmim.training.distributed import resolve_device
 from deepmim.training.compile import should_compile
 from deepmim.training.host_memory import reuse_freed_host_memory
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
+from machine import machine_stamp  # benchmarks/machine.py
 from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -439,6 +440,7 @@ def main() -> None:
     print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "
           f"included" + ("; other processes competed for the CPUs, the timings suffer" if busy else ""))
     if args.json:
+        report["machine"] = machine_stamp(device)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, default=str)
         print(f"wrote {args.json}")

@@ -2,7 +2,7 @@
 against the baseline of the same run: same process, interleaved steps), and after it those of
 demo_throughput.py, downstream_throughput.py and data_throughput.py.
 
-    python benchmarks/table.py benchmarks/results/cpu_*.json
+    python benchmarks/table.py benchmarks/results/<date>_<machine>_<commit>/cpu_*.json   # one run's folder
 """
 from __future__ import annotations
 
