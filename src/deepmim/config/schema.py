@@ -63,7 +63,9 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented for pre-training."""
 
-    name: str = "embedded"  # embedded | imagefolder | idx | wds (WebDataset shards) | hf (Hugging Face datasets)
+    # embedded | imagefolder | images (a folder of unlabelled images, any depth) | idx | wds (WebDataset shards) |
+    # hf (Hugging Face datasets); pre-training reads data without labels (data/labels.py)
+    name: str = "embedded"
     # imagefolder root; folder with MNIST/Fashion-MNIST IDX files; wds: a `deepmim data pack` folder, a shard
     # index (.json) or a brace pattern (data/wds.py); hf: a save_to_disk folder or parquet files (data/hf.py)
     path: Optional[str] = None

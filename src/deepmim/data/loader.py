@@ -35,7 +35,7 @@ from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
 
-DATASET_NAMES = ("embedded", "imagefolder", "images", "idx", "wds", "hf")
+DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf", "images")
 _MASK64 = (1 << 64) - 1
 
 

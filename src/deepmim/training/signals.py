@@ -108,6 +108,8 @@ class StopSignals:
         else:
             self.repeats += 1
             note = f"deepmim: {signal_name(signum)} ignored: already stopping, the checkpoint is being written\n"
+        if os.environ.get("RANK", "0") != "0":  # one note per run: rank 0's (every rank stops all the same)
+            return
         try:
             os.write(2, note.encode())  # os.write: safe inside a handler, unlike print
         except OSError:
