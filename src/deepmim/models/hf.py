@@ -96,8 +96,14 @@ def model_config_from_hf(config: Dict[str, Any]) -> ModelConfig:
 
 
 def is_hf_folder(path) -> bool:
+    """A transformers model folder: config.json with a `model_type` (a timm folder's has an `architecture`)."""
     p = Path(path)
-    return p.is_dir() and (p / CONFIG_FILE).is_file()
+    if not (p.is_dir() and (p / CONFIG_FILE).is_file()):
+        return False
+    try:
+        return "model_type" in json.loads((p / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def read_hf_config(path) -> Dict[str, Any]:

@@ -1,13 +1,19 @@
-"""`deepmim export`: the weights of a checkpoint as safetensors, for every kind deepmim writes.
+"""`deepmim export`: the weights of a checkpoint with the preprocessing they were trained with, for every
+kind deepmim writes, in the layouts timm and transformers load.
 
-    pre-training (or bare weights)  the encoder in timm's VisionTransformer layout (models/export.py):
-                                    timm.create_model(name, num_classes=0, checkpoint_path=...)
+    pre-training (or bare weights)  the encoder in timm's VisionTransformer layout (models/export.py)
     fine-tuning                     the classifier as it is, a timm VisionTransformer with its head
     segmentation                    the UperNet model as it is (timm Beit backbone, neck, heads)
     linear-probe head               refused: a head alone is no model; export the encoder it probed
 
+Formats: `safetensors` (default) one file, the `timm.create_model(...)` call that loads it (architecture
+and `pretrained_cfg_overlay` with mean/std/input size/crop) printed and kept in its metadata; `timm` a
+folder (config.json with architecture, model_args, pretrained_cfg + model.safetensors) for
+`timm.create_model("local-dir:OUT", pretrained=True)`; `hf` / `hf-encoder` Hugging Face folders with a
+preprocessor_config.json (tasks/export_hf.py).
+
 Weights without a deepmim config (MAE's, the authors', timm's) name their architecture with `preset`
-(`--preset mae_vit_base`). `fmt="hf"` / `"hf-encoder"`: Hugging Face folders (tasks/export_hf.py).
+(`--preset mae_vit_base`) and get ImageNet's mean/std (MAE's).
 
 Classifier and segmentation exports carry their checkpoint's task, config and architecture in the
 metadata (deepmim.checkpoint.checkpoint_metadata), so they read back as the checkpoint they came
@@ -15,26 +21,30 @@ from: `deepmim evaluate` and `deepmim segment eval` take them as they take the .
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from ..checkpoint import Checkpoint, CheckpointError, checkpoint_metadata, read_checkpoint, save_weights
 from ..config.loader import ConfigError
-from ..models.export import export_encoder, timm_model_name
+from ..config.schema import EncoderConfig
+from ..models.export import (TIMM_LAYER_NORM_EPS, encoder_metadata, encoder_state_dict, export_encoder,
+                             preprocessing_of, timm_file_call, timm_folder_call, timm_folder_config,
+                             write_timm_folder)
 from ..models.hf import is_hf_folder
 from ..models.loading import load_encoder
 from .finetune import load_classifier
 from .segment import load_segmentor
 
 
-FORMATS = ("safetensors", "hf", "hf-encoder")
+FORMATS = ("safetensors", "timm", "hf", "hf-encoder")
 
 
 def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None, preset: Optional[str] = None,
                       fmt: str = "safetensors") -> str:
     """Write the weights of `checkpoint` to `out` (a .safetensors file, or a folder for the hf formats);
     returns how to load them, in one line."""
-    from .export_hf import export_vit, export_vitmae
+    from .export_hf import export_hf_classifier, export_hf_segmentor, export_vit, export_vitmae
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -42,6 +52,10 @@ def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None,
     if preset and ckpt.task not in (None,):
         raise ConfigError(f"--preset names the architecture of bare weights; {ckpt.name} is {ckpt.kind} and "
                           f"records its own")
+    if fmt == "hf" and ckpt.task == "finetune":
+        return export_hf_classifier(ckpt, Path(out), img_size)
+    if fmt == "hf" and ckpt.task == "segment":
+        return export_hf_segmentor(ckpt, Path(out), img_size)
     if fmt == "hf":
         return export_vitmae(ckpt, Path(out), img_size, preset)
     if fmt == "hf-encoder":
@@ -50,47 +64,75 @@ def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None,
     if exporter is None:
         raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
                               f"none. Export the checkpoint it probed (linprobe.json names it) instead")
-    return exporter(ckpt, Path(out), img_size, preset)
+    return exporter(ckpt, Path(out), img_size, preset, folder=fmt == "timm")
 
 
-def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str] = None) -> str:
+def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str] = None,
+                      folder: bool = False) -> str:
     """The encoder alone (no decoders, no teacher file needed), position embedding resampled to img_size;
-    `preset` names the architecture of bare weights."""
+    `preset` names the architecture of bare weights. The file stays bare weights (no task): deepmim reads
+    it back with a preset, as MAE's releases."""
     if ckpt.task is None and preset is None and not is_hf_folder(ckpt.path):
         raise CheckpointError(f"{ckpt.name} holds no deepmim config: name its architecture with --preset NAME "
                               f"(e.g. --preset mae_vit_base; deepmim presets lists them)")
     encoder = load_encoder(ckpt.path, preset)
-    path = export_encoder(encoder, out, img_size)
-    name = timm_model_name(encoder)
-    chans = encoder.cfg.in_chans
-    extra = f", in_chans={chans}" if chans != 3 else ""
-    hint = (f"timm.create_model('{name}', num_classes=0{extra}, checkpoint_path='{path}')" if name and
-            (img_size or encoder.cfg.img_size) == 224 else
-            f"a timm VisionTransformer with the same size (num_classes=0{extra})")
-    return f"wrote {path}; load it with {hint}"
+    enc = encoder.cfg
+    pre = preprocessing_of(ckpt.config, img_size or enc.img_size, enc.in_chans)
+    if folder:
+        call = timm_folder_call(out)
+        config = timm_folder_config(enc, pre, 0, extra={"timm_call": call, "exported_from": str(ckpt.path)})
+        write_timm_folder(encoder_state_dict(encoder, img_size), config, out,
+                          {**encoder_metadata(encoder, img_size), "timm_call": call})
+    else:
+        call = timm_file_call(enc, out, pre, 0, img_size)
+        export_encoder(encoder, out, img_size, {"timm_call": call, "preprocessing": json.dumps(pre.__dict__)})
+    return f"wrote {out} (the encoder at {pre.img_size}px, with its preprocessing){_eps_note(enc)}; load it with\n  {call}"
 
 
-def export_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None) -> str:
-    """A fine-tuned checkpoint is a timm VisionTransformer already: its weights as they are."""
+def export_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
+    """A fine-tuned checkpoint is a timm VisionTransformer already: its weights as they are, with the
+    evaluation preprocessing of its run (data.mean/std, data.img_size, augment.eval_crop_pct, bicubic)."""
     _no_resampling(ckpt, img_size, "timm resamples a classifier's position embedding itself when created "
                                    "with another img_size")
     model, cfg = load_classifier(ckpt.path)
-    meta = {"format": "pt", "num_classes": str(model.num_classes), "global_pool": cfg.model.global_pool,
+    enc = EncoderConfig(**ckpt.architecture["encoder"])
+    pre = preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans)
+    pool, classes = cfg.model.global_pool, ckpt.architecture.get("classes")
+    meta = {"format": "pt", "num_classes": str(model.num_classes), "global_pool": pool,
             "img_size": str(cfg.data.img_size), **checkpoint_metadata(ckpt)}
-    save_weights(model.state_dict(), out, meta)
-    return (f"wrote {out}; load it with a timm VisionTransformer of the same size, num_classes={model.num_classes}, "
-            f"global_pool='{cfg.model.global_pool}' (or score it: deepmim evaluate {out})")
+    if folder:
+        call = timm_folder_call(out)
+        config = timm_folder_config(enc, pre, model.num_classes, pool, classes,
+                                    extra={"timm_call": call, "exported_from": str(ckpt.path)})
+        write_timm_folder(model.state_dict(), config, out, {**meta, "timm_call": call})
+    else:
+        call = timm_file_call(enc, out, pre, model.num_classes, cfg.data.img_size, pool)
+        save_weights(model.state_dict(), out, {**meta, "timm_call": call})
+    return (f"wrote {out} ({model.num_classes} classes, with the evaluation preprocessing){_eps_note(enc)}; score it "
+            f"with deepmim evaluate {out}, load it with\n  {call}")
 
 
-def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None) -> str:
-    """A segmentation checkpoint: the UperNet model's weights as they are, its config in the metadata."""
+def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
+    """A segmentation checkpoint: the UperNet model's weights as they are, its config (data.mean / data.std
+    included) in the metadata."""
     _no_resampling(ckpt, img_size, "a segmentation model keeps the crop size it was trained at")
+    if folder:
+        raise ConfigError(f"{ckpt.name} is {ckpt.kind}: timm has no UperNet model to load it into; write a "
+                          f"transformers UperNetForSemanticSegmentation folder with --format hf, or the weights "
+                          f"file with --format safetensors")
     model, cfg, _ = load_segmentor(ckpt.path)
     meta = {"format": "pt", "num_classes": str(model.num_classes), "crop_size": str(cfg.data.crop_size),
             **checkpoint_metadata(ckpt)}
     save_weights(model.state_dict(), out, meta)
     return (f"wrote {out}: the UperNet weights (timm Beit backbone, neck, heads) with the config they were "
             f"trained with; score them: deepmim segment eval {out}")
+
+
+def _eps_note(enc: EncoderConfig) -> str:
+    if enc.norm_eps == TIMM_LAYER_NORM_EPS:
+        return ""
+    return (f" (note: timm's ViT builds its LayerNorms with eps {TIMM_LAYER_NORM_EPS}, this model was trained with "
+            f"{enc.norm_eps}: outputs differ by that epsilon's effect)")
 
 
 def _no_resampling(ckpt: Checkpoint, img_size: Optional[int], why: str) -> None:

@@ -1,11 +1,19 @@
 """`deepmim export --format hf | hf-encoder`: Hugging Face `transformers` folders (config.json +
-model.safetensors, the key maps of models/hf.py), written without importing transformers:
+model.safetensors, the key maps of models/hf.py, and preprocessor_config.json with the run's
+preprocessing), written without importing transformers:
 
-    hf          an MAE-layout model (its head on the final-normed last block, pixel target) as
+    hf          pre-training: an MAE-layout model (its head on the final-normed last block, pixel target) as
                 transformers.ViTMAEForPreTraining.from_pretrained(out): same loss and predictions for the
                 same images and `noise` (tested). A DeepMIM model gives its encoder and last decoder; the
                 extra decoders are pre-training scaffolding and are left out (the message says so).
+                fine-tuning: a cls-token classifier as transformers.ViTForImageClassification (an average-
+                pooling one has no transformers counterpart: refused, with the reason).
+                segmentation: see export_hf_segmentor.
     hf-encoder  the encoder alone as transformers.ViTModel.from_pretrained(out, add_pooling_layer=False)
+
+`AutoImageProcessor.from_pretrained(out)` reads the preprocessor_config.json (a BitImageProcessor: resize
+the short side, centre-crop, normalise with the run's mean/std), so `pipeline("image-feature-extraction")`
+(hf-encoder) and `pipeline("image-classification")` run on the folders as they are.
 """
 from __future__ import annotations
 
@@ -15,8 +23,9 @@ from typing import Any, Dict, Optional
 
 from ..checkpoint import Checkpoint, CheckpointError, save_weights
 from ..config.loader import ConfigError
+from ..config.schema import EncoderConfig
 from ..models.deepmim import DeepMIM
-from ..models.export import encoder_state_dict
+from ..models.export import HF_PROCESSOR_CONFIG, Preprocessing, encoder_state_dict, preprocessing_of
 from ..models.hf import CONFIG_FILE, check_mae_layout, encoder_to_hf, vit_config, vitmae_config, vitmae_state
 from ..models.loading import load_encoder, load_weights, saved_model_config
 from ..models.presets import preset_config
@@ -24,10 +33,13 @@ from ..models.presets import preset_config
 WEIGHTS_FILE = "model.safetensors"
 
 
-def write_hf_folder(state: Dict[str, Any], config: Dict[str, Any], out: Path) -> Path:
+def write_hf_folder(state: Dict[str, Any], config: Dict[str, Any], out: Path,
+                    preprocessing: Optional[Preprocessing] = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_weights(state, out / WEIGHTS_FILE, {"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if preprocessing is not None:
+        (out / HF_PROCESSOR_CONFIG).write_text(json.dumps(preprocessing.hf_processor_config(), indent=2) + "\n")
     return out
 
 
@@ -48,7 +60,8 @@ def export_vitmae(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: 
     head = check_mae_layout(cfg)  # before building: a teacher target on another head needs no file here
     model = DeepMIM(cfg)
     load_weights(model, ckpt.raw if ckpt.path is None else ckpt.path)
-    write_hf_folder(vitmae_state(model), vitmae_config(cfg), out)
+    pre = preprocessing_of(ckpt.config, cfg.encoder.img_size, cfg.encoder.in_chans)
+    write_hf_folder(vitmae_state(model), vitmae_config(cfg), out, pre)
     extra = [h.block for h in cfg.heads if h.block != head.block]
     left_out = f"; the decoders at blocks {', '.join(map(str, extra))} are left out (ViTMAE has one)" if extra else ""
     return (f"wrote {out} (ViTMAE: encoder + the decoder of block {head.block}{left_out}); load it with "
@@ -62,6 +75,43 @@ def export_vit(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Opt
     size = img_size or enc.img_size
     state = encoder_to_hf(encoder_state_dict(encoder, img_size), enc.depth)
     config = vit_config(type(enc)(**{**enc.__dict__, "img_size": size}))
-    write_hf_folder(state, config, out)
+    write_hf_folder(state, config, out, preprocessing_of(ckpt.config, size, enc.in_chans))
     return (f"wrote {out} (the encoder at {size}px); load it with "
-            f"transformers.ViTModel.from_pretrained('{out}', add_pooling_layer=False)")
+            f"transformers.ViTModel.from_pretrained('{out}', add_pooling_layer=False), its images with "
+            f"transformers.AutoImageProcessor.from_pretrained('{out}')")
+
+
+def export_hf_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
+    """A fine-tuned classifier as transformers.ViTForImageClassification: that class reads the final-normed
+    cls token, which is timm's global_pool='token'. With 'avg' (MAE's fine-tuning) timm averages the patch
+    tokens before the norm and norms the mean with a separate fc_norm: no transformers ViT class computes
+    that, so the export is refused rather than approximated."""
+    from .finetune import load_classifier
+
+    if img_size:
+        raise ConfigError(f"--img-size applies to pre-trained encoders; {ckpt.name} is {ckpt.kind}")
+    model, cfg = load_classifier(ckpt.path)
+    if cfg.model.global_pool != "token":
+        raise ConfigError(f"{ckpt.name} pools with global_pool={cfg.model.global_pool!r} (the mean of the patch "
+                          f"tokens, then fc_norm); transformers' ViTForImageClassification classifies the normed "
+                          f"cls token and has no such pooling. Export it for timm (--format timm or safetensors), or "
+                          f"fine-tune with model.global_pool=token for a transformers classifier")
+    enc = EncoderConfig(**ckpt.architecture["encoder"])
+    enc = type(enc)(**{**enc.__dict__, "img_size": cfg.data.img_size})
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    hf_state = encoder_to_hf(state, enc.depth, prefix="vit.")
+    hf_state.update({"classifier.weight": state["head.weight"], "classifier.bias": state["head.bias"]})
+    classes = ckpt.architecture.get("classes") or [f"LABEL_{i}" for i in range(model.num_classes)]
+    config = {**vit_config(enc), "architectures": ["ViTForImageClassification"],
+              "id2label": {str(i): str(name) for i, name in enumerate(classes)},
+              "label2id": {str(name): i for i, name in enumerate(classes)}}
+    write_hf_folder({k: v.contiguous() for k, v in hf_state.items()}, config, out,
+                    preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans))
+    return (f"wrote {out} ({model.num_classes} classes); load it with "
+            f"transformers.ViTForImageClassification.from_pretrained('{out}') or "
+            f"transformers.pipeline('image-classification', model='{out}')")
+
+
+def export_hf_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
+    raise ConfigError(f"{ckpt.name} is {ckpt.kind}: no transformers layout is written for it; export it with "
+                      f"--format safetensors (docs/interop.md says what differs from UperNetForSemanticSegmentation)")
