@@ -9,6 +9,7 @@ from . import analyze as analyze_cli
 from . import data as data_cli
 from . import segment as segment_cli
 from . import study as study_cli
+from . import submit as submit_cli
 from ..training.distributed import is_rank_zero
 from .arguments import add_probe_arguments, parse_probe_args
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cli.add_parser(sub)
     study_cli.add_parser(sub)
     data_cli.add_parser(sub)
+    submit_cli.add_parser(sub)
     return parser
 
 
@@ -180,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.close()
         return 0
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
+        print(f"deepmim {args.command}: error: {error_text(err)}", file=sys.stderr)
         return 2
     except Stopped as err:  # a stop signal: the step finished and a resumable checkpoint was written
         if is_rank_zero():
@@ -190,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"deepmim {args.command}: stopped: {err}", file=sys.stderr)
         return 3
     except ValueError as err:  # DataError and friends: bad input, message says what to fix
-        print(f"deepmim {args.command}: error: {err}", file=sys.stderr)
+        print(f"deepmim {args.command}: error: {error_text(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a file or folder that cannot be read or written (permissions, a file for a folder)
         print(f"deepmim {args.command}: error: {os_error_message(err)}", file=sys.stderr)
@@ -199,6 +201,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         how = "run the same command again to continue" if args.command == "study" else "resume with train.resume=auto"
         print(f"deepmim {args.command}: interrupted; {how}", file=sys.stderr)
         return 130
+
+
+def error_text(err: BaseException) -> str:
+    """The message of `err`; for one a DataLoader worker raised, the worker's own one-line message without
+    the traceback torch wraps it in when it re-raises it in the main process."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def os_error_message(err: OSError) -> str:
@@ -382,7 +394,7 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "pretrain": cmd_pretrain, "recipes": cmd_recipes, "presets": cmd_presets, "export": cmd_export,
-            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run, "data": data_cli.run,
+            "analyze": analyze_cli.run, "segment": segment_cli.run, "study": study_cli.run, "data": data_cli.run, "submit": submit_cli.run,
             "knn": cmd_knn, "probe-layers": cmd_probe_layers, "linprobe": cmd_linprobe}
 
 if __name__ == "__main__":
