@@ -1,4 +1,4 @@
-"""Never lose a run (issue 13): one run per output folder, full batches past unreadable files, a divergence
+"""Never lose a run: one run per output folder, full batches past unreadable files, a divergence
 guard that cannot overwrite good weights, one-paragraph messages instead of tracebacks, honest numbers."""
 import json
 import os

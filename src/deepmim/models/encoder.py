@@ -74,7 +74,7 @@ class MaskedViTEncoder(nn.Module):
         """`take_tokens(patch_embed(images) + pos, ids_keep)` computed on the kept patches only: the patch
         projection is a per-patch linear map, so projecting the 25% that the encoder sees gives the same
         tokens (up to float rounding) for a quarter of the work, and its backward is a matmul instead of
-        a strided convolution's weight gradient (ViT-B/16, batch 8, bf16 on the AMX CPU: 16.4 -> 1.8 ms
+        a strided convolution's weight gradient (ViT-B/16, batch 8, bf16 on a CPU: 16.4 -> 1.8 ms
         forward + backward; micro preset, batch 128: 4.9 -> 1.2 ms). The weights stay the conv's."""
         n, chans, height, width = images.shape
         p = self.cfg.patch_size

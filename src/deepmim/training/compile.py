@@ -11,14 +11,14 @@ draw from torch's RNG exactly as eager does, so masks, augmentation and exact re
 whether a run compiled.
 
 The rule (`train.compile=auto`): compile when the schedule has at least COMPILE_MIN_STEPS[device]
-optimizer steps. Measured on the 2-core AMX CPU (benchmarks/README.md, one thread, same process,
+optimizer steps. Measured on a 2-core CPU with bf16 (benchmarks/results/, one thread, same process,
 interleaved): regional compile gains 1.05-1.06x on the micro and tiny presets and nothing measurable
 (1.00x) on the ViT-B CLIP step, whose non-matmul work it does not shrink; a cold compile costs 60-130 s
 (~10 s with inductor's cache warm). At ~0.3 s per micro step a 5% gain repays 130 s after ~9000 steps,
-so on a CPU the rule waits for 20000, and only under bf16: in fp32 on the 2-core AVX2 EPYC (same
+so on a CPU the rule waits for 20000, and only under bf16: in fp32 on a 2-core AVX2 CPU (same
 benchmark, 2 threads) regional compile gained nothing (micro 1.04x vs 1.09x uncompiled, tiny 0.99x vs
 1.00x, ViT-B CLIP 0.94x vs 0.99x over the authors'), its fp32 steps being matmul-bound. On a GPU
-(not measured here: benchmarks/gpu_perf.sh measures it) inductor's usual 1.2x+ repays a ~1 min compile
+(not measured yet: benchmarks/gpu_perf.sh measures it) inductor's usual 1.2x+ repays a ~1 min compile
 within 2000 steps of ~0.1 s. The demo (640 steps)
 and every test stay eager.
 """

@@ -2,9 +2,9 @@
 
 glibc's malloc hands large blocks back to the kernel when they are freed (blocks above the mmap
 threshold are unmapped; the top of the heap is trimmed), and every step then faults the same
-megabytes in again: measured on the 2-core EPYC, micro preset at batch 128, 21-43 thousand minor
+megabytes in again: measured on a 2-core AVX2 CPU, micro preset at batch 128, 21-43 thousand minor
 page faults per step and 60-110 ms of system CPU time per ~830 ms of CPU time, 1-2 ms and 0-300
-faults per step once freed blocks are kept (benchmarks/README.md). Raising both thresholds (what
+faults per step once freed blocks are kept (benchmarks/results/). Raising both thresholds (what
 GLIBC_TUNABLES=glibc.malloc.mmap_threshold/trim_threshold would do at start-up) keeps them: the
 process's resident memory then stays at its peak instead of breathing with each step, which is what
 a training process uses anyway.
