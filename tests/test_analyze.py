@@ -199,7 +199,7 @@ def test_data_shorthand(tmp_path):
 
 
 def test_epoch_checkpoints_named_by_epochs_trained(tmp_path):
-    for name in ("checkpoint-epoch0000.pt", "checkpoint-epoch0009.pt", "checkpoint-last.pt", "checkpoint-epochx.pt"):
+    for name in ("checkpoint-epoch0001.pt", "checkpoint-epoch0010.pt", "checkpoint-last.pt", "checkpoint-epochx.pt"):
         (tmp_path / name).write_bytes(b"")
     assert list(epoch_checkpoints(tmp_path)) == [1, 10]
 

@@ -76,7 +76,7 @@ def test_online_probe_logs_train_epoch_and_val_rows(tmp_path):
     keys = ["online_probe_top1_block2", "online_probe_top1_block4"]
     assert len(train) == 8 and all(0 <= r[k] <= 100 for r in train for k in keys)
     assert len(epochs) == 2 and all(k in epochs[0] for k in keys)
-    assert [r["epoch"] for r in evals] == [0, 1]
+    assert [r["epoch"] for r in evals] == [1, 2]  # epochs counted from 1
     for r in evals:  # 32 val images: every value is a multiple of 100/32
         for b in (2, 4):
             v = r[f"online_probe_val_top1_block{b}"]

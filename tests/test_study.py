@@ -100,7 +100,7 @@ def test_arms_and_seeds_make_their_runs_and_recorded_results(finished):
             assert sorted(probe["linear"]) == ["avg", "cls"] and sorted(probe["linear"]["cls"], key=int) == ["1", "2", "3", "4"]
             assert probe["train_images"] == probe["val_images"] == 64
     mae = out / "mae" / "seed0" / "pretrain"
-    assert sorted(p.name for p in mae.glob("checkpoint-*.pt")) == ["checkpoint-epoch0001.pt", "checkpoint-epoch0003.pt",
+    assert sorted(p.name for p in mae.glob("checkpoint-*.pt")) == ["checkpoint-epoch0002.pt", "checkpoint-epoch0004.pt",
                                                                     "checkpoint-last.pt", "checkpoint-prev.pt"]
     assert results["arms"]["mae"]["seeds"]["0"]["convergence"]["epochs"] == [0, 2, 4]
     assert results["arms"]["mae"]["seeds"]["0"]["pretrain"]["images"] == 4 * 64
@@ -212,7 +212,7 @@ def test_changed_inputs_are_refused_or_rerun_downstream_only(tmp_path):
     assert [label.split()[-1] for label in rerun["computed"]] == ["pretrain", "probe", "attention", "convergence"]
     assert rerun["arms"]["mae"]["seeds"]["0"]["pretrain"]["images"] == 2 * 64
     assert sorted(p.name for p in (tmp_path / "out" / "mae" / "seed0" / "pretrain").glob("checkpoint-epoch*")) == \
-        ["checkpoint-epoch0001.pt"]  # the old run's folder was deleted, not resumed
+        ["checkpoint-epoch0002.pt"]  # the old run's folder was deleted, not resumed
 
 
 def _seeds(finetune, cls, avg, knn=None):

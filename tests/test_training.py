@@ -173,10 +173,10 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(pretrain_task, "pretrain_loss", exploding_loss)
     cfg = tiny_pretrain_config(tmp_path, epochs=3, log_every_steps=100)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(epoch 1\).*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(epoch 2\).*last good checkpoint"):
         run_pretrain(cfg)
     state = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
-    assert state["step"] == 4  # the end of epoch 0, the last finite state
+    assert state["step"] == 4  # the end of the first epoch, the last finite state
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

@@ -25,10 +25,12 @@ the file, never that `weights_only=False` would help: a file of pickled objects 
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,11 +137,35 @@ def _write_temp(obj: Any, path: Path) -> str:
             f.flush()
             os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
+    except RuntimeError as err:
+        os.unlink(tmp)
+        if not any(text in str(err) for text in WRITE_FAILURES):
+            raise
+        raise _write_failure(path) from err
+    except OSError as err:  # e.g. ENOSPC from f.write, which names no file
+        os.unlink(tmp)
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return tmp
+
+
+# torch.save's words for a write the file system refused (its zip writer hides the OSError, e.g. ENOSPC)
+WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def _write_failure(path: Path) -> OSError:
+    """An OSError naming `path`: ENOSPC when its disk has (almost) no space left, else EIO."""
+    try:
+        full = shutil.disk_usage(path.parent).free < 64 * 2 ** 20
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_save(obj: Any, path: Path) -> None:

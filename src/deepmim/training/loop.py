@@ -42,6 +42,7 @@ from .precision import autocast
 from .progress import Progress
 from .schedule import lr_at_step, set_lr
 from .signals import StopSignals, Stopped, requeue_slurm_job, stop_signals
+from .threads import ThreadAdapter
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -135,6 +136,8 @@ class Trainer:
         self.carried: Dict[str, Any] = {}  # partial metric sums of the epoch a resumed checkpoint was taken in
         self.signals: Optional[StopSignals] = None  # set while fit() runs: SIGTERM, SIGINT, train.save_signal
         self.stop_signal = 0  # the signal every process agreed to stop on (0: none)
+        adapt = getattr(train, "adapt_threads", False) and device.type == "cpu" and world_size == 1
+        self.thread_adapter = ThreadAdapter(torch.get_num_threads()) if adapt else None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -323,6 +326,9 @@ class Trainer:
                 while self.step < stop_at:
                     epoch = self.step // self.steps_per_epoch
                     self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
+                    if self.step < stop_at and self.step // self.steps_per_epoch == epoch \
+                            and not getattr(self, "stop_signal", 0):
+                        raise ValueError(self.short_epoch_message(epoch))
                     epoch_done = self.step % self.steps_per_epoch == 0
                     keep = self.train_cfg.save_every_epochs
                     numbered = epoch + 1 if epoch_done and keep and ((epoch + 1) % keep == 0 or
@@ -356,6 +362,15 @@ class Trainer:
         requeued = requeue_slurm_job(getattr(self.train_cfg, "requeue", False)) if self.is_main else None
         path = self.last_good[0] if self.last_good else None
         raise Stopped(self.stop_signal, self.step, path, requeued)
+
+    def short_epoch_message(self, epoch: int) -> str:
+        """The loader ran dry before the epoch's last step (a data set that shrank, a shard index that
+        counts more samples than its shards hold): without this stop the loop would start the same epoch
+        again and again."""
+        done = self.step - epoch * self.steps_per_epoch
+        return (f"the data ran out after {done} of the {self.steps_per_epoch} steps of epoch {epoch}: the data "
+                f"set holds fewer samples than when the run counted them (for WebDataset shards: fewer than their "
+                f"index says); rewrite the index or restore the files, then resume with train.resume=auto")
 
     def nothing_to_train(self, resumed: Path, stop_at: int) -> TrainResult:
         """Resuming a run that is already where this one would stop: say so, train nothing, write nothing."""
@@ -467,6 +482,10 @@ class Trainer:
                   "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
         bar.show(self.step, epoch, values)
+        if self.thread_adapter is not None:  # at a sync point: the step's work is done
+            change = self.thread_adapter.adjust()
+            if change and self.is_main:
+                say(change)
 
     def check_finite(self, window: "_Window", epoch: int) -> Dict[str, float]:
         """The window's means; a non-finite one stops the run (the guard's message, every metric named)."""
