@@ -157,6 +157,10 @@ class TrainConfig:
     plots: bool = True  # loss.png and reconstruction.png in output_dir at the end
     # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
     strategy: str = "ddp"
+    # Under torchrun: seconds a collective (an all-reduce, a barrier) waits for the other processes before the
+    # job stops with a message, so a frozen or hung process ends the job instead of holding every GPU forever.
+    # Long enough for the slowest wait of a healthy run (rank 0 writing a large checkpoint); torch's NCCL default
+    dist_timeout: float = 600.0
     activation_checkpointing: bool = False  # recompute block activations in backward (less memory)
     # torch.compile each Transformer block: true | false | auto (on when the schedule is long enough to repay
     # the compile time: >= 2000 optimizer steps on a GPU, >= 20000 on a CPU under bf16, never on a CPU in
@@ -173,6 +177,10 @@ class TrainConfig:
     # checkpoint and exit with 128 + the signal's number (SIGINT 130, SIGTERM 143, SIGUSR1 138); null: none extra
     save_signal: Optional[str] = "SIGUSR1"
     requeue: bool = False  # under SLURM: `scontrol requeue $SLURM_JOB_ID` after a signal's checkpoint
+    # CPU training beside other processes: at logging steps, run on the cores they leave free (torch threads
+    # = planned threads minus the cores others keep busy; training/threads.py). Off: the thread count stays
+    # fixed, so numerics do not depend on the machine's load
+    adapt_threads: bool = False
 
 
 @dataclass

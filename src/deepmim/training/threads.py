@@ -103,3 +103,100 @@ def planned_threads(requested_workers: int, cores: Optional[int] = None, fixed_w
         yield plan
     finally:
         plan.restore()
+
+
+# ----------------------------------------------------------------------------- cores shared with other processes
+#
+# The plan above counts the cores a process may use, not the ones other processes keep busy. Beside a busy
+# process, a torch thread that shares a core gets part of it, and every OpenMP parallel region waits for
+# that slowest thread (its peers spin at the barrier meanwhile, taking CPU time the others need): a run
+# beside one busy loop on 2 cores then does less than a single thread would. `ThreadAdapter`
+# (train.adapt_threads=true) looks, at logging steps, at how much of this process's cores other processes
+# used since the last look, and runs on the cores they leave: torch threads = planned threads minus
+# the cores others keep busy (rounded, at least one), back up when they go.
+
+
+def _process_cpu_ticks(pid: str) -> int:
+    """utime + stime of one process (all its threads), in clock ticks; 0 when it is gone."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _own_cpu_ticks() -> int:
+    """CPU ticks of this process and its children (DataLoader workers)."""
+    ticks = _process_cpu_ticks("self")
+    try:
+        for task in os.listdir("/proc/self/task"):
+            for child in open(f"/proc/self/task/{task}/children").read().split():
+                ticks += _process_cpu_ticks(child)
+    except OSError:
+        pass
+    return ticks
+
+
+def _busy_ticks(cpus) -> Optional[int]:
+    """Busy ticks (all but idle and iowait) summed over `cpus`, from /proc/stat; None where unreadable."""
+    try:
+        lines = open("/proc/stat").read().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            values = [int(v) for v in rest.split()]
+            busy += sum(values) - values[3] - (values[4] if len(values) > 4 else 0)
+    return busy
+
+
+class ThreadAdapter:
+    """Torch threads that follow the cores other processes leave free (see the note above)."""
+
+    def __init__(self, max_threads: int, min_seconds: float = 5.0, cpus=None):
+        """`min_seconds`: the shortest time between two looks; `cpus`: the cores watched (default: this
+        process's affinity)."""
+        import time
+
+        self.max_threads, self.min_seconds, self.clock = max(1, max_threads), min_seconds, time.monotonic
+        if cpus is None:
+            try:
+                cpus = os.sched_getaffinity(0)
+            except AttributeError:
+                cpus = range(os.cpu_count() or 1)
+        self.cpus = set(cpus)
+        self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.last = self.sample()
+
+    def sample(self):
+        return self.clock(), _busy_ticks(self.cpus), _own_cpu_ticks()
+
+    def others_cores(self) -> Optional[float]:
+        """Cores of this process's set that other processes kept busy since the last call (None: too soon
+        or unknown)."""
+        now = self.sample()
+        (t0, busy0, own0), (t1, busy1, own1) = self.last, now
+        if busy0 is None or busy1 is None or t1 - t0 < self.min_seconds:
+            return None
+        self.last = now
+        others = ((busy1 - busy0) - (own1 - own0)) / self.ticks_per_second / (t1 - t0)
+        return max(0.0, others)
+
+    def threads_for(self, others: float) -> int:
+        return max(1, min(self.max_threads, int(math.floor(len(self.cpus) - others + 0.5))))
+
+    def adjust(self) -> Optional[str]:
+        """Set torch's threads for the current load; a line saying so when the count changed."""
+        import torch
+
+        others = self.others_cores()
+        if others is None:
+            return None
+        threads, current = self.threads_for(others), torch.get_num_threads()
+        if threads == current:
+            return None
+        torch.set_num_threads(threads)
+        return (f"threads: {current} -> {threads} torch thread(s): other processes keep {others:.1f} of this "
+                f"process's {len(self.cpus)} core(s) busy (train.adapt_threads)")
