@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar, Union
@@ -98,17 +99,24 @@ def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2 ** 63:  # torch and numpy take 64-bit integers: a larger one fails deep inside
+                raise ConfigError(f"{path}: {value} is out of range (a whole number below 2**63 in size)")
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # NaN would surface mid-run as a "divergence", inf as a NaN later
+                raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -131,7 +139,10 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
         key, raw = item.split("=", 1)
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = safe_yaml(raw, f"override '{key}'") if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({err}); quote it") from err
         _set_dotted(out, key.split("."), value)
     return out
 
@@ -198,9 +209,41 @@ def recipe_description(path: Path) -> str:
     return ""
 
 
+MAX_YAML_VALUES = 100_000  # a recipe's values with its aliases expanded; real recipes hold a few hundred
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, refusing documents whose aliases expand to more than MAX_YAML_VALUES values (or into
+    themselves): an "alias bomb" of a few lines would otherwise fill the memory once anything walks it."""
+    data = yaml.safe_load(text)
+    if _expanded_size(data, {}) > MAX_YAML_VALUES:
+        raise ConfigError(f"{where}: its YAML aliases (&name / *name) expand to more than {MAX_YAML_VALUES:,} "
+                          f"values, or into themselves; write the values out instead of nesting aliases")
+    return data
+
+
+def _expanded_size(obj: Any, memo: Dict[int, float]) -> float:
+    """How many values `obj` holds once every shared (aliased) part is counted each time it appears;
+    linear in the distinct objects (memoised by id), infinite for a structure that contains itself."""
+    if not isinstance(obj, (dict, list)):
+        return 1
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    memo[key] = float("inf")  # while counting: a part that reaches itself again is infinite
+    items = [v for kv in obj.items() for v in kv] if isinstance(obj, dict) else obj
+    total = 1.0
+    for item in items:
+        total += _expanded_size(item, memo)
+        if total > MAX_YAML_VALUES:
+            break
+    memo[key] = total
+    return total
+
+
 def read_yaml(path: Path) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text(), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional, Set, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -49,15 +49,37 @@ def resolve_split_dir(root: str, split: Optional[str]) -> str:
     return root
 
 
+def walk_once(top: str, seen: Dict[Tuple[int, int], str]) -> Iterator[Tuple[str, List[str]]]:
+    """(folder, sorted file names) of every folder under `top`, hidden ones left out, symbolic links
+    followed, but every real folder once: one already listed (`seen`: (device, inode) -> the path it was
+    listed under) is skipped with a warning, so a link to a parent folder neither lists its images again
+    nor walks forever."""
+    for folder, subfolders, files in os.walk(top, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            logger.warning("'%s' is the folder '%s' again (a symbolic link): its images are listed once", folder,
+                           seen[key])
+            subfolders[:] = []
+            continue
+        seen[key] = folder
+        subfolders.sort()  # os.walk order is filesystem order; make it deterministic
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        yield folder, sorted(files)
+
+
 def list_samples(directory: str) -> Tuple[List[str], List[Tuple[str, int]]]:
     """Sorted class names (sub-folders) and (path, class_index) pairs, without opening any file."""
     classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
     samples: List[Tuple[str, int]] = []
+    seen: Dict[Tuple[int, int], str] = {}
     for class_index, name in enumerate(classes):
-        for folder, subfolders, files in os.walk(os.path.join(directory, name), followlinks=True):
-            subfolders.sort()  # os.walk order is filesystem order; make it deterministic
-            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-            samples.extend((os.path.join(folder, f), class_index) for f in sorted(files) if _is_image_file(f))
+        for folder, files in walk_once(os.path.join(directory, name), seen):
+            samples.extend((os.path.join(folder, f), class_index) for f in files if _is_image_file(f))
     return classes, samples
 
 
@@ -171,8 +193,6 @@ class FlatImageFolder(ImageFolder):
 def list_images(directory: str) -> List[str]:
     """Every image file under `directory`, recursively (hidden files and folders left out), sorted."""
     found: List[str] = []
-    for folder, subfolders, files in os.walk(directory, followlinks=True):
-        subfolders.sort()
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        found.extend(os.path.join(folder, f) for f in sorted(files) if _is_image_file(f))
+    for folder, files in walk_once(directory, {}):
+        found.extend(os.path.join(folder, f) for f in files if _is_image_file(f))
     return found

@@ -172,8 +172,14 @@ def decode_image(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def decode_label(value) -> int:
-    return int(value.decode() if isinstance(value, bytes) else value)
+def decode_label(value, sample: Optional[Dict[str, bytes]] = None) -> int:
+    """A label entry (b'3') as an int; anything else stops with the shard and the sample named."""
+    try:
+        return int(value.decode() if isinstance(value, bytes) else value)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        where = f"sample '{sample.get('__key__')}' of {sample.get('__url__')}" if sample else "a sample"
+        raise DataError(f"{where} has the label {bytes(value)[:40]!r}, not a class number; fix or re-pack the "
+                        f"shard, or set data.label_key to the entry that holds the class numbers") from None
 
 
 class Decoder:
@@ -200,7 +206,7 @@ class Decoder:
 
     def label(self, sample: Dict[str, bytes]) -> int:
         if self.label_key in sample:
-            return decode_label(sample[self.label_key])
+            return decode_label(sample[self.label_key], sample)
         if self.labels is None:
             return UNLABELLED
         raise missing_labels(f"sample '{sample.get('__key__')}' of {sample.get('__url__')} has no "
@@ -359,11 +365,36 @@ class WdsStream(IterableDataset):
 
     def _raw(self, shards: List[int]) -> Iterator[Tuple[int, Dict[str, bytes]]]:
         offsets = self.shards.offsets
-        wds = webdataset()
         for shard in shards:
-            url = self.shards.urls[shard]
-            for position, sample in enumerate(wds.tariterators.tarfile_samples([{"url": url}])):
+            for position, sample in enumerate(checked_samples(self.shards.urls[shard], self.shards.counts[shard])):
                 yield offsets[shard] + position, sample
+
+
+def checked_samples(url: str, expected: int) -> Iterator[Dict[str, bytes]]:
+    """The samples of one shard, held to the count its index gives: a shard that ends early, holds more,
+    is missing or is damaged stops the epoch with a message naming it (a short shard would otherwise end
+    every epoch early, and the run would never reach its next epoch)."""
+    wds = webdataset()
+    count = 0
+    try:
+        for sample in wds.tariterators.tarfile_samples([{"url": url}]):
+            if count == expected:
+                raise DataError(f"shard '{url}' holds more samples than the {expected} its index says; rewrite the "
+                                f"index (deepmim data index)")
+            count += 1
+            yield sample
+    except DataError:
+        raise
+    except FileNotFoundError as err:
+        raise DataError(f"shard '{url}' does not exist ({err.strerror}); restore it, or rewrite the index without "
+                        f"it (deepmim data index)") from None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        reason = str(err.args[0] if err.args else err).split(" @ ")[0]
+        raise DataError(f"shard '{url}' is damaged after its sample {count} ({type(err).__name__}: {reason}); re-pack "
+                        f"it (deepmim data pack), or rewrite the index without it (deepmim data index)") from None
+    if count != expected:
+        raise DataError(f"shard '{url}' holds {count} samples, its index says {expected}; rewrite the index "
+                        f"(deepmim data index) or restore the shard")
 
 
 class _ShardInfo:
@@ -407,6 +438,10 @@ def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int
         raise DataError("data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
                         "you want (deepmim data pack) or list fewer shards")
     shards = resolve_shards(cfg.path, split or cfg.split)
+    missing = [u for u in shards.urls if is_local(u) and not os.path.isfile(u)]
+    if missing:
+        raise DataError(f"data.path '{cfg.path}' lists shard '{missing[0]}', which does not exist ({len(missing)} of "
+                        f"{len(shards.urls)} missing); restore the shards, or rewrite the index (deepmim data index)")
     decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict, labels)
     stream = WdsStream(shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size,
                        cfg.shuffle_buffer)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
@@ -13,8 +14,9 @@ from ..config.schema import HeadConfig, ModelConfig
 from .decoder import MaskedDecoder
 from .encoder import MaskedViTEncoder
 from .heads import decoder_key
+from .hub import HubWeights
 from .masking import Masking
-from .target import Target, build_target
+from .target import Target, build_target, target_config
 
 
 @dataclass
@@ -32,11 +34,15 @@ class PretrainOutput:
     taps: Dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-class DeepMIM(nn.Module):
+class DeepMIM(nn.Module, HubWeights, tags=["masked-image-modeling"]):
     """MAE when there is one head on the last block; DeepMIM with extra heads on earlier blocks.
 
     Targets are deliberately kept out of the module tree: a frozen teacher must never
     reach the optimizer or the checkpoint. `_apply` still moves them with the model.
+
+    Hub-style persistence (models/hub.py): `save_pretrained(DIR)` writes the ModelConfig as config.json
+    with the weights; `DeepMIM.from_pretrained(DIR_or_repo, **overrides)` rebuilds it (overrides as
+    create_model's, e.g. mask_ratio=0.6); `push_to_hub(repo_id)` uploads the folder.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -61,6 +67,13 @@ class DeepMIM(nn.Module):
                 out_dim=targets[self.head_target_key[h.block]].dim, norm_eps=cfg.encoder.norm_eps)
             for h in self.heads
         })
+
+    @classmethod
+    def _from_config(cls, cfg, **overrides) -> "DeepMIM":
+        """config.json's `cfg` (a ModelConfig as a dict) with keyword overrides -> the model."""
+        from .factory import override_model_config, resolve_model_config
+
+        return cls(override_model_config(resolve_model_config(cfg), **overrides))
 
     @property
     def blocks(self) -> List[int]:
@@ -134,10 +147,47 @@ class DeepMIM(nn.Module):
         return head.final_norm if head.final_norm is not None else head.block == self.encoder.depth
 
 
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Refuse configurations that would fail deep inside a forward pass."""
+MAX_PARAMETERS = 1e11  # far beyond any ViT trained; a size past it is a typo, and building it would fill the memory
+
+
+def check_sizes(cfg: ModelConfig) -> None:
+    """Every size of the model a positive whole number (or a positive finite ratio), and the model no
+    larger than MAX_PARAMETERS: the first problem, naming its key."""
     enc = cfg.encoder
-    if not 0.0 < cfg.mask_ratio < 1.0:
+    sizes = {f"model.encoder.{k}": getattr(enc, k) for k in ("img_size", "patch_size", "in_chans", "embed_dim",
+                                                             "depth", "num_heads")}
+    for i, head in enumerate(cfg.heads):
+        sizes.update({f"model.heads.{i}.{k}": getattr(head, k) for k in ("decoder_dim", "decoder_heads")})
+        sizes[f"model.heads.{i}.decoder_depth"] = head.decoder_depth + 1  # 0 decoder blocks is a valid choice
+    for key, value in sizes.items():
+        if value < 1:
+            shown = value - 1 if key.endswith("decoder_depth") else value
+            raise ConfigError(f"{key} must be at least {0 if key.endswith('decoder_depth') else 1}, got {shown}")
+    for key, value in (("model.encoder.mlp_ratio", enc.mlp_ratio), ("model.encoder.norm_eps", enc.norm_eps)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{key} must be a positive number, got {value}")
+    for i, head in enumerate(cfg.heads):
+        if not (math.isfinite(head.weight) and head.weight >= 0):
+            raise ConfigError(f"model.heads.{i}.weight must be 0 or more (the head's share of the loss), got "
+                              f"{head.weight}; a negative weight would train the model to reconstruct worse")
+    if cfg.heads and not any(head.weight > 0 for head in cfg.heads):
+        raise ConfigError("every model.heads.N.weight is 0: no loss would train the model; give a head a weight")
+    blocks = enc.depth * enc.embed_dim ** 2 * (4 + 2 * enc.mlp_ratio)
+    blocks += sum(h.decoder_depth * h.decoder_dim ** 2 * (4 + 2 * enc.mlp_ratio) for h in cfg.heads)
+    if blocks > MAX_PARAMETERS:
+        raise ConfigError(f"model.encoder / model.heads describe a model of about {blocks:.3g} parameters, more "
+                          f"than {MAX_PARAMETERS:.0e}: check the sizes (embed_dim {enc.embed_dim}, depth {enc.depth}, "
+                          f"decoder_dim {[h.decoder_dim for h in cfg.heads]})")
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Refuse configurations that would fail deep inside a forward pass, or build nothing sensible."""
+    enc = cfg.encoder
+    check_sizes(cfg)
+    for i, spec in enumerate([cfg.target] + [h.target for h in cfg.heads]):
+        if spec is not None:
+            target_config(spec, "model.target" if i == 0 else f"model.heads.{i - 1}.target")
+    if not (math.isfinite(cfg.mask_ratio) and 0.0 < cfg.mask_ratio < 1.0):
         raise ConfigError(f"model.mask_ratio must be in (0, 1), got {cfg.mask_ratio}")
     if enc.embed_dim % enc.num_heads:
         raise ConfigError(f"model.encoder.embed_dim {enc.embed_dim} is not divisible by num_heads {enc.num_heads}")

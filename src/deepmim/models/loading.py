@@ -16,7 +16,7 @@ from ..checkpoint import CheckpointError, load_strict, read_checkpoint
 from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig, ModelConfig
 from .convert import convert_state_dict
-from .deepmim import DeepMIM
+from .deepmim import DeepMIM, validate_model_config
 from .encoder import MaskedViTEncoder
 from .export import encoder_state_dict
 from .heads import decoder_blocks
@@ -57,10 +57,34 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
     return notes
 
 
+HF_SIZES = ("hidden_size", "num_attention_heads", "num_hidden_layers", "image_size", "patch_size", "num_channels",
+            "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads")
+
+
+def hf_model_config(path) -> ModelConfig:
+    """The ModelConfig of a Hugging Face folder's config.json, its sizes checked before anything is built
+    (a string, a negative or a huge size is refused with the file and the key named)."""
+    where = f"'{Path(path) / 'config.json'}'"
+    config = read_hf_config(path)
+    for key in HF_SIZES:
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if "decoder_num_hidden" in key else 1):
+            raise CheckpointError(f"{where}: {key} must be a positive whole number, got {value!r}; fix the file "
+                                  f"(or write it again with deepmim export --format hf)")
+    try:
+        cfg = model_config_from_hf(config)
+        validate_model_config(cfg)
+    except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+        given = ", ".join(f"{k}={config[k]!r}" for k in HF_SIZES if k in config)
+        raise CheckpointError(f"{where} does not describe a model deepmim can build ({given}: {err}); fix the "
+                              f"file (or write it again with deepmim export --format hf)") from None
+    return cfg
+
+
 def saved_model_config(path, ckpt) -> Optional[ModelConfig]:
     """The architecture a file records: a deepmim config, or a Hugging Face folder's config.json."""
     if isinstance(path, (str, Path)) and is_hf_folder(path):
-        return model_config_from_hf(read_hf_config(path))
+        return hf_model_config(path)
     return ckpt.model_config()
 
 

@@ -89,6 +89,8 @@ def list_presets() -> List[str]:
 
 
 def preset_config(name: str) -> ModelConfig:
+    if not isinstance(name, str):
+        raise ConfigError(f"model.preset must be a preset name (deepmim presets lists them), got {name!r}")
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""

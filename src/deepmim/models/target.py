@@ -9,7 +9,7 @@ models/ never imports targets/.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Tuple, Type
 
 import torch
 from torch import nn
@@ -66,12 +66,20 @@ def register_target(name: str) -> Callable[[Type[Target]], Type[Target]]:
     return add
 
 
-def build_target(spec: Dict[str, Any], patch_size: int, in_chans: int, path: str = "target") -> Target:
-    """{'name': 'pixel', 'norm_pix': True} -> a Target, validating the options."""
+def target_config(spec: Dict[str, Any], path: str = "target") -> Tuple[Type[Target], Any]:
+    """{'name': 'pixel', 'norm_pix': True} -> (the target's class, its checked Config): every key and type
+    refused as the run would refuse it, without building anything (a teacher's weights stay unread)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping such as {{name: pixel}}, got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name", None)
-    if name not in TARGETS:
+    if not isinstance(name, str) or name not in TARGETS:
         raise ConfigError(f"{path}.name: unknown target {name!r}; choose one of {sorted(TARGETS)}")
     cls = TARGETS[name]
-    cfg = from_dict(cls.Config, spec, f"{path}.")
+    return cls, from_dict(cls.Config, spec, f"{path}.")
+
+
+def build_target(spec: Dict[str, Any], patch_size: int, in_chans: int, path: str = "target") -> Target:
+    """{'name': 'pixel', 'norm_pix': True} -> a Target, validating the options."""
+    cls, cfg = target_config(spec, path)
     return cls(cfg, patch_size=patch_size, in_chans=in_chans)
