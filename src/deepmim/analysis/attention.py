@@ -91,13 +91,13 @@ def attention_distances(encoder: nn.Module, loader: DataLoader, device: torch.de
                         progress: bool = False, desc: str = "attention") -> torch.Tensor:
     """(depth, heads) mean attention distance in pixels of every head of every block, over the first
     `max_images` images of `loader` (full images, no masking)."""
-    from tqdm import tqdm
+    from ..training.progress import task_bar
 
     encoder = encoder.to(device).eval()
     grid, patch = encoder.grid_size, encoder.cfg.patch_size
     total = torch.zeros(encoder.depth, encoder.cfg.num_heads, dtype=torch.float64)
     seen = 0
-    bar = tqdm(total=max_images, desc=desc, disable=not progress, leave=False)
+    bar = task_bar(total=max_images, desc=desc, enabled=progress)
     for batch in loader:
         images = batch[0][: max_images - seen]
         if images.numel() == 0:

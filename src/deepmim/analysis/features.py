@@ -34,6 +34,7 @@ from ..models import loading
 from ..training.distributed import resolve_device
 from ..training.host_memory import reuse_freed_host_memory
 from ..training.precision import resolve_precision
+from ..training.progress import checkpoint_label
 
 logger = logging.getLogger(__name__)
 
@@ -107,15 +108,17 @@ def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int],
                 device: torch.device, progress: bool = False, desc: str = "features",
                 precision: str = "fp32") -> Features:
     """One pass over `loader`, tapping every block in `blocks`, under `precision`'s autocast (as training)."""
-    from tqdm import tqdm
-
     from ..training.precision import autocast
+    from ..training.progress import task_bar
 
     encoder = prepare_inference(encoder, device, precision)
     out: Dict[int, List[torch.Tensor]] = {b: [] for b in blocks}
     labels: List[torch.Tensor] = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+    bar = task_bar(total=total, desc=f"{desc} (images)", enabled=progress)  # counts images, not batches
+    for batch in loader:
         images, targets = batch[0], batch[1]
+        bar.update(images.shape[0])
         if images.numel() == 0:
             continue
         with autocast(device, precision):
@@ -124,6 +127,7 @@ def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int],
                 tokens = encoder.norm(taps[b]) if b == encoder.depth else taps[b]
                 out[b].append(pool_tokens(tokens, pool).float().cpu())
         labels.append(targets.long().cpu())
+    bar.close()
     return Features({b: torch.cat(v) for b, v in out.items()}, torch.cat(labels))
 
 
@@ -177,7 +181,7 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
         loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,
                             collate_fn=collate_skip_broken)
         new = run_encoder(encoder, loader, missing, feat.pool, device, feat.progress,
-                          desc=f"{Path(checkpoint).name} {split} blocks {missing}", precision=precision)
+                          desc=f"{checkpoint_label(checkpoint)} {split} blocks {missing}", precision=precision)
         if labels is not None and not torch.equal(labels, new.labels):
             have = {}  # the data changed under the same key: drop the stale entries
         have.update(new.blocks)

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
     p.add_argument("--data", default=None, metavar="SHORTHAND",
                    help="embedded | embedded:N | FOLDER (IDX files or an image folder); see above")
-    add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides")
+    add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides", command="analyze")
     return p
 
 

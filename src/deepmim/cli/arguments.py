@@ -4,15 +4,24 @@ from __future__ import annotations
 import argparse
 
 
+OUT_HELP = {  # what --out defaults to, per command: the output_dir default of its config (tests compare them)
+    "knn": "output folder for knn.json (default: none, the scores are printed only)",
+    "probe-layers": "output folder (default: output_dir, runs/probe)",
+    "linprobe": "output folder (default: output_dir, runs/linprobe)",
+    "analyze": "output folder (default: output_dir, runs/analyze)",
+}
+
+
 def add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
-                         remainder: bool = True, vs_random: bool = False) -> None:
-    """Options of knn / probe-layers. The positional takes the rest of the line (checkpoints and
-    key=value overrides, options anywhere), re-parsed intermixed by parse_probe_args."""
+                         remainder: bool = True, vs_random: bool = False, command: str = "probe-layers") -> None:
+    """Options of knn / probe-layers / linprobe / analyze (`command`: whose --out default the help names).
+    The positional takes the rest of the line (checkpoints and key=value overrides, options anywhere),
+    re-parsed intermixed by parse_probe_args."""
     if vs_random:
         parser.add_argument("--vs-random", action="store_true",
                             help="also probe the untrained encoder the first checkpoint's run started from (same "
                                  "architecture and seed) and print best block against best block")
-    parser.add_argument("--out", default=None, help="output folder (default: output_dir, runs/probe)")
+    parser.add_argument("--out", default=None, help=OUT_HELP[command])
     parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
                                                        "(default: probe-layers all, knn the last)")
     parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")

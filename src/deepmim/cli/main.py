@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  deepmim knn runs/demo/checkpoint-last.pt data.num_samples=2000 knn.k=20\n"
                                    "  deepmim knn CKPT features.blocks=[4,8,12] features.pool=avg knn.temperature=0.1\n\n"
                                    "Config sections: data, features, knn, num_classes (see ProbeConfig).")
-    add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)")
+    add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)",
+                        command="knn")
 
     pl = sub.add_parser("probe-layers", help="a linear probe on every block's features, several checkpoints",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "  deepmim linprobe runs/demo/checkpoint-last.pt --out runs/linprobe \\\n"
                                     "      data.num_samples=2000 probe.epochs=10 probe.warmup_epochs=1\n\n"
                                     "Writes linprobe.json and probe-head.pt. Config: LinprobeConfig.")
-    add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides")
+    add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides", command="linprobe")
 
     f = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -182,7 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.close()
         return 0
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"deepmim {args.command}: error: {error_text(err)}", file=sys.stderr)
+        text = os_error_message(err) if isinstance(err, OSError) and err.errno is not None else error_text(err)
+        print(f"deepmim {args.command}: error: {text}", file=sys.stderr)
         return 2
     except Stopped as err:  # a stop signal: the step finished and a resumable checkpoint was written
         if is_rank_zero():
@@ -197,10 +199,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as err:  # a file or folder that cannot be read or written (permissions, a file for a folder)
         print(f"deepmim {args.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        if not is_collective_timeout(err):
+            raise
+        print(f"deepmim {args.command}: error: {collective_timeout_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         how = "run the same command again to continue" if args.command == "study" else "resume with train.resume=auto"
         print(f"deepmim {args.command}: interrupted; {how}", file=sys.stderr)
         return 130
+
+
+def is_collective_timeout(err: BaseException) -> bool:
+    """A torch.distributed collective that waited past its timeout (gloo's and NCCL's words for it)."""
+    text = str(err).lower()
+    return "timed out" in text or ("timeout" in text and "collective" in text)
+
+
+def collective_timeout_message(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"this process waited longer than train.dist_timeout for the other processes of the job ({first[:200]}): "
+            f"one of them is frozen, hung or much slower than the rest. Its last checkpoint is intact: resume with "
+            f"train.resume=auto once every process runs (raise train.dist_timeout if a healthy step or checkpoint "
+            f"write takes that long)")
 
 
 def error_text(err: BaseException) -> str:
@@ -215,7 +236,17 @@ def error_text(err: BaseException) -> str:
 
 def os_error_message(err: OSError) -> str:
     """One paragraph for an OSError: what failed, on which path, what to do."""
+    import errno
+    from pathlib import Path
+
     where = f" '{err.filename}'" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (f"no space left on the disk while writing{where or ' a file'}: free space on it (or choose a folder "
+                f"on another disk), then run the command again; a training run continues from its last checkpoint "
+                f"with train.resume=auto (a checkpoint is replaced only once its successor is written in full)")
+    if err.errno == errno.ENOENT and err.filename and not Path(err.filename).parent.exists():
+        return (f"cannot use{where}: its folder '{Path(err.filename).parent}' no longer exists (deleted or moved "
+                f"while the command ran?); restore the folder, or choose another one, and run the command again")
     return (f"cannot use{where}: {err.strerror or err} ({type(err).__name__}); check that the path exists, is "
             f"of the right kind (a file or a folder) and that you may read or write it, or choose another path")
 

@@ -20,7 +20,6 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..analysis import plots
 from ..analysis.attention import attention_distances, uniform_attention_distance
@@ -37,6 +36,7 @@ from ..models.masking import random_masking
 from ..targets import unpatchify
 from ..training.distributed import resolve_device
 from ..training.logging import METRICS_FILE, read_metrics
+from ..training.progress import task_bar
 from .probe import run_knn, run_probe_layers
 from .scored_data import data_record
 
@@ -217,7 +217,7 @@ def measure_cka(a: Analysis) -> None:
         feats[c] = {b: v[: a.cfg.analysis.cka_samples] for b, v in f.blocks.items()}
     cka = a.result["cka"] = {"within": {}, "between": {},
                              "samples": min(v.shape[0] for f in feats.values() for v in f.values())}
-    for c in tqdm(a.checkpoints, desc="CKA", disable=not a.progress, leave=False):
+    for c in task_bar(a.checkpoints, desc="CKA", enabled=a.progress):
         m = cka_matrix(feats[c], feats[c])
         cka["within"][names[c]] = {"blocks": blocks[c], "matrix": m}
         file = f"cka-{a.slugs[c]}.png"
@@ -243,7 +243,7 @@ def measure_cka(a: Analysis) -> None:
 def measure_reconstruction(a: Analysis) -> None:
     """Every head's reconstruction of the first val images under one fixed mask."""
     a.result["reconstruction"] = {}
-    for c in tqdm(a.checkpoints, desc="reconstructions", disable=not a.progress, leave=False):
+    for c in task_bar(a.checkpoints, desc="reconstructions", enabled=a.progress):
         file = f"reconstruction-{a.slugs[c]}.png"
         try:
             mse = _reconstruct(c, a.cfg, a.out / file)
@@ -311,13 +311,12 @@ def measure_convergence(a: Analysis) -> None:
 def _probes_along(a: Analysis, c: str, epochs: Dict[int, Path]) -> Dict[str, Dict[int, Dict[int, float]]]:
     """{linear | knn: {epoch: {block: top-1}}} over a run's numbered checkpoints."""
     per_epoch: Dict[str, Dict] = {"linear": {}, "knn": {}}
-    for epoch, path in tqdm(epochs.items(), desc=f"probes along {a.names[c]}", disable=not a.progress,
-                            leave=False):  # probe-layers' own outputs per epoch under convergence/
+    # probe-layers' own outputs per epoch under convergence/
+    for epoch, path in task_bar(list(epochs.items()), desc=f"probes along {a.names[c]}", enabled=a.progress):
         probed = run_probe_layers([str(path)], a.cfg, str(a.out / "convergence" / a.slugs[c] / f"epoch{epoch}"))
         per_epoch["linear"][epoch] = {b: r["top1"] for b, r in probed["results"][str(path)].items()}
     if a.cfg.analysis.convergence_knn:
-        for epoch, path in tqdm(epochs.items(), desc=f"k-NN along {a.names[c]}", disable=not a.progress,
-                                leave=False):
+        for epoch, path in task_bar(list(epochs.items()), desc=f"k-NN along {a.names[c]}", enabled=a.progress):
             depth = max(per_epoch["linear"][epoch])
             k_cfg = dataclasses.replace(a.cfg, features=dataclasses.replace(
                 a.cfg.features, blocks=resolve_blocks(a.cfg.features.blocks, depth), progress=False))

@@ -84,7 +84,7 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_sourc
 
 def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
     from torch.utils.data import DistributedSampler
-    from tqdm import tqdm
+    from ..training.progress import checkpoint_label, task_bar
 
     p = cfg.probe
     dataset = build_dataset(cfg.data, cfg.features.train_split)
@@ -112,7 +112,8 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
         precision = resolve_precision(cfg.features.precision, device)
         encoder = prepare_inference(encoder, device, precision)  # as feature extraction: autocast + SDPA
         step, loss = 0, torch.tensor(float("nan"))
-        bar = tqdm(total=total, desc="linprobe", disable=not cfg.features.progress or rank != 0, leave=False)
+        bar = task_bar(total=total, desc=f"linprobe {checkpoint_label(checkpoint)}",
+                       enabled=cfg.features.progress and rank == 0)
         for epoch in range(p.epochs):
             if sampler is not None:
                 sampler.set_epoch(epoch)

@@ -110,3 +110,72 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
+
+
+def checkpoint_label(path) -> str:
+    """A checkpoint as a bar names it: its run folder and file name ('pre/checkpoint-last.pt'), so two runs'
+    checkpoint-last.pt are told apart."""
+    from pathlib import Path
+
+    p = Path(str(path))
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+class LineBar:
+    """What a bar becomes where the output is not a terminal: whole lines, `desc: 120/400 (30.0%) | 41.2/s |
+    ETA 0:00:07`, at most one every `every_s` seconds, and a last one when it closes. Iterate through it
+    (`for x in LineBar(loader, ...)`) or call update(n); disabled, it writes nothing."""
+
+    def __init__(self, iterable=None, total: Optional[int] = None, desc: str = "", enabled: bool = True,
+                 stream: TextIO = None, every_s: float = 30.0):
+        self.iterable, self.desc, self.enabled, self.every_s = iterable, desc, enabled, every_s
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.n = total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = self.last = time.perf_counter()
+        self.written_n: Optional[int] = None
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.enabled and self.every_s > 0 and time.perf_counter() - self.last >= self.every_s:
+            self.write()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.desc}: {self.n}" + (f"/{self.total} ({100.0 * self.n / max(self.total, 1):.1f}%)"
+                                             if self.total else ""), f"{rate:.1f}/s"]
+        if self.total and 0 < self.n < self.total and rate > 0:
+            parts.append(f"ETA {format_duration((self.total - self.n) / rate)}")
+        elif self.total and self.n >= self.total:
+            parts.append(f"done in {format_duration(elapsed)}")
+        return " | ".join(parts)
+
+    def write(self) -> None:
+        self.stream.write(self.line() + "\n")
+        self.stream.flush()
+        self.last, self.written_n = time.perf_counter(), self.n
+
+    def close(self) -> None:
+        if self.enabled and self.n and self.written_n != self.n:
+            self.write()
+        self.enabled = False
+
+
+def task_bar(iterable=None, total: Optional[int] = None, desc: str = "", enabled: bool = True,
+             style: str = "auto", stream: TextIO = None, every_s: float = 30.0):
+    """The console rule for every command's progress (feature extraction, probes, attention, ...): tqdm's
+    bar on a terminal, whole lines (LineBar) anywhere else, nothing when disabled; never control codes
+    in a file."""
+    stream = stream if stream is not None else sys.stderr
+    if enabled and resolve_style(style, stream) == "bar":
+        from tqdm.auto import tqdm
+        return tqdm(iterable, total=total, desc=desc, leave=False, file=stream, dynamic_ncols=True)
+    return LineBar(iterable, total, desc, enabled, stream, every_s)
