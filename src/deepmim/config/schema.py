@@ -217,7 +217,9 @@ class FeatureConfig:
     # better through it at every block, untrained ones equally (README, "Probe defaults"); linprobe keeps cls (MAE)
     pool: str = "avg"
     batch_size: int = 64
-    cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no cache
+    # auto: features/ in the user's cache directory ($DEEPMIM_CACHE, else $XDG_CACHE_HOME/deepmim, else
+    # ~/.cache/deepmim; analysis/features.py), never the working directory; a path: there; None or "": no cache
+    cache_dir: Optional[str] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 where the hardware computes it (as training); features are stored as float32 either way
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
