@@ -10,7 +10,8 @@ pre-trained, probed on every block (linear probe and k-NN, cls and avg pooling),
 distance, probes along pre-training) and fine-tuned with one recipe, then tabulated with mean +- std over
 seeds, wall-clock and FLOPs:
 
-  deepmim study --config study_embedded_cpu                      # the embedded data, a few minutes
+  deepmim study --config study_embedded_cpu                      # the embedded data; not yet run: its 491,520
+                                                                 # pre-training images alone take ~13-55 min on 2 CPU cores
   deepmim study --config study_fashion_mnist_cpu                 # Fashion-MNIST (apt-get install dataset-fashion-mnist)
   deepmim study --config study_fashion_mnist_gpu                 # ViT-Tiny-size encoder, 100+ epochs, one GPU
   deepmim study --config my_study.yaml seeds=[0,1,2,3] finetune.overrides.train.epochs=20
