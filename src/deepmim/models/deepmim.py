@@ -1,16 +1,17 @@
 """The DeepMIM wrapper: one encoder, one decoder per supervised depth, losses summed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 
-from ..config.loader import ConfigError
-from ..config.schema import HeadConfig, ModelConfig
+from ..config.loader import ConfigError, deep_merge, from_dict
+from ..config.schema import EncoderConfig, HeadConfig, ModelConfig
 from .decoder import MaskedDecoder
 from .encoder import MaskedViTEncoder
 from .heads import decoder_key
@@ -71,9 +72,8 @@ class DeepMIM(nn.Module, HubWeights, tags=["masked-image-modeling"]):
     @classmethod
     def _from_config(cls, cfg, **overrides) -> "DeepMIM":
         """config.json's `cfg` (a ModelConfig as a dict) with keyword overrides -> the model."""
-        from .factory import override_model_config, resolve_model_config
-
-        return cls(override_model_config(resolve_model_config(cfg), **overrides))
+        cfg = cfg if isinstance(cfg, ModelConfig) else from_dict(ModelConfig, cfg, "model.")
+        return cls(override_model_config(cfg, **overrides))
 
     @property
     def blocks(self) -> List[int]:
@@ -206,3 +206,25 @@ def validate_model_config(cfg: ModelConfig) -> None:
                               f"decoder_heads {head.decoder_heads}")
     if cfg.attn_impl not in ("auto", "fused", "math", "measure"):
         raise ConfigError(f"model.attn_impl must be auto, fused, math or measure, got {cfg.attn_impl!r}")
+
+
+ENCODER_KEYS = tuple(f.name for f in dataclasses.fields(EncoderConfig))
+MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
+def override_model_config(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
+    """`cfg` with keyword overrides, as timm's create_model takes them: a ModelConfig field (mask_ratio=0.6,
+    target={...}, heads=[...]) or an encoder field given directly (img_size=64, depth=6); mappings
+    are merged into the field, other values replace it. Unknown keys and wrong types are refused by name."""
+    if not overrides:
+        return cfg
+    update: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in MODEL_KEYS:
+            update[key] = value
+        elif key in ENCODER_KEYS:
+            update.setdefault("encoder", {})[key] = value
+        else:
+            raise ConfigError(f"create_model got an unknown keyword {key}={value!r}: the overrides are the fields of "
+                              f"ModelConfig ({', '.join(MODEL_KEYS)}) and of its encoder ({', '.join(ENCODER_KEYS)})")
+    return from_dict(ModelConfig, deep_merge(dataclasses.asdict(cfg), update), "model.")

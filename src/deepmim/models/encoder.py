@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -114,6 +114,41 @@ class MaskedViTEncoder(nn.Module):
         """All tokens after the final norm, without masking (timm's forward_features)."""
         outputs, _ = self.forward(images, taps=[self.depth])
         return self.norm(outputs[self.depth])
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """timm VisionTransformer's `forward_intermediates`, same signature and outputs, without masking: what
+        dense-prediction code (UperNet necks, detection backbones) calls. indices: the last n blocks (int), all
+        (None) or these 0-based blocks (negative from the end); NCHW maps the patch tokens to the grid."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
+        take, last = feature_take_indices(self.depth, indices)
+        n, _, height, width = x.shape
+        x = self.embed(x, None)
+        intermediates = []
+        for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else block(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if output_fmt == "NCHW":
+            grid = (height // self.cfg.patch_size, width // self.cfg.patch_size)
+            intermediates = [y.reshape(n, *grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            out = {"image_intermediates": intermediates}
+            if return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
 
 
 def init_linear_and_norm(module: nn.Module) -> None:

@@ -86,9 +86,13 @@ class Preprocessing:
     def in_chans(self) -> int:
         return len(self.mean)
 
+    def to_dict(self) -> Dict[str, Any]:
+        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation}
+
     def timm_pretrained_cfg(self, num_classes: int, label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         """timm's `pretrained_cfg`: what `timm.data.resolve_data_config(model=...)` reads."""
-        cfg = {"input_size": [self.in_chans, self.img_size, self.img_size], "interpolation": self.interpolation,
+        cfg = {"input_size": (self.in_chans, self.img_size, self.img_size), "interpolation": self.interpolation,
                "crop_pct": self.crop_pct, "crop_mode": "center", "mean": list(self.mean), "std": list(self.std),
                "num_classes": num_classes, "first_conv": "patch_embed.proj", "classifier": "head",
                "fixed_input_size": True}

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Dict, Union
 
-from ..config.loader import deep_merge, from_dict
+from ..config.loader import ConfigError, deep_merge, from_dict
 from ..config.schema import ModelConfig
-from .deepmim import DeepMIM
+from .deepmim import DeepMIM, override_model_config
 from .loading import load_weights
 from .presets import preset_config
 
@@ -31,13 +32,22 @@ def resolve_model_config(spec: Union[str, ModelConfig, Dict[str, Any]]) -> Model
     return from_dict(ModelConfig, expand_model_dict(dict(spec)), "model.")
 
 
-def create_model(spec: Union[str, ModelConfig, Dict[str, Any]], checkpoint_path: str | None = None) -> DeepMIM:
-    """Build a DeepMIM (or MAE) model from a preset name, a ModelConfig or a mapping.
+def create_model(spec: Union[str, ModelConfig, Dict[str, Any]], pretrained: Union[str, Path, bool, None] = None,
+                 checkpoint_path: str | None = None, **overrides: Any) -> DeepMIM:
+    """Build a DeepMIM (or MAE) model from a preset name, a ModelConfig or a mapping, as timm does:
+    `pretrained` a checkpoint of any layout deepmim reads (a .pt / .safetensors file, a save_pretrained or
+    Hugging Face folder; `checkpoint_path` is the same), keyword overrides on the config.
 
     >>> model = create_model("deepmim_pixel_vit_base")
+    >>> model = create_model("mae_vit_base", pretrained="runs/mae/checkpoint-last.pt", mask_ratio=0.6)
     >>> out = model(images)            # out.loss, out.losses[block], out.mask
     """
-    model = DeepMIM(resolve_model_config(spec))
-    if checkpoint_path:
-        load_weights(model, checkpoint_path)
+    if pretrained is True:
+        raise ConfigError("create_model(..., pretrained=True): deepmim downloads no default weights; give the path "
+                          "of a checkpoint or folder (pretrained='runs/x/checkpoint-last.pt'), or load a Hub repo "
+                          "with DeepMIM.from_pretrained('user/name')")
+    model = DeepMIM(override_model_config(resolve_model_config(spec), **overrides))
+    path = pretrained or checkpoint_path
+    if path:
+        load_weights(model, str(path))
     return model

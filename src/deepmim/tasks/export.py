@@ -85,7 +85,7 @@ def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], pres
                           {**encoder_metadata(encoder, img_size), "timm_call": call})
     else:
         call = timm_file_call(enc, out, pre, 0, img_size)
-        export_encoder(encoder, out, img_size, {"timm_call": call, "preprocessing": json.dumps(pre.__dict__)})
+        export_encoder(encoder, out, img_size, {"timm_call": call, "preprocessing": json.dumps(pre.to_dict())})
     return f"wrote {out} (the encoder at {pre.img_size}px, with its preprocessing){_eps_note(enc)}; load it with\n  {call}"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,17 +46,12 @@ def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
 
 
 def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str = "avg",
-                   drop_path: float = 0.0) -> nn.Module:
-    """timm's VisionTransformer with the architecture of `enc` (avg pooling: new fc_norm, no final norm)."""
-    from timm.models.vision_transformer import VisionTransformer
+                   drop_path: float = 0.0, classes=None, preprocessing=None) -> nn.Module:
+    """timm's VisionTransformer with the architecture of `enc` (avg pooling: new fc_norm, no final norm), as a
+    ViTClassifier: save_pretrained / from_pretrained / push_to_hub with its config (models/classifier.py)."""
+    from ..models.classifier import ViTClassifier
 
-    if global_pool not in ("avg", "token"):
-        raise ConfigError(f"model.global_pool must be avg or token, got {global_pool!r}")
-    return VisionTransformer(img_size=img_size, patch_size=enc.patch_size, in_chans=enc.in_chans,
-                             embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads,
-                             mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias, num_classes=num_classes,
-                             global_pool=global_pool, drop_path_rate=drop_path,
-                             norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps))
+    return ViTClassifier(dataclasses.asdict(enc), num_classes, img_size, global_pool, drop_path, classes, preprocessing)
 
 
 def check_channels(enc: EncoderConfig, data: DataConfig) -> None:
@@ -333,7 +327,12 @@ def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:
 
 
 def _classifier_for(cfg: FinetuneConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
-    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool)
+    """The trained classifier with its class names and evaluation preprocessing (for save_pretrained, timm)."""
+    from ..models.export import preprocessing_of
+
+    pre = preprocessing_of(to_dict(cfg), cfg.data.img_size, enc.in_chans)
+    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool,
+                          classes=arch.get("classes"), preprocessing=pre.to_dict())
 
 
 def run_evaluate(path: str, overrides=()) -> Dict[str, float]:
