@@ -36,3 +36,10 @@ def tiny_cfg() -> ModelConfig:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_the_test_folder(tmp_path_factory, monkeypatch):
+    """deepmim's cache directory (features.cache_dir=auto) inside pytest's folder, not the user's."""
+    if "DEEPMIM_CACHE" not in __import__("os").environ:
+        monkeypatch.setenv("DEEPMIM_CACHE", str(tmp_path_factory.getbasetemp() / "deepmim-cache"))

@@ -90,6 +90,25 @@ def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: in
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def user_cache_dir() -> Path:
+    """deepmim's one cache directory: $DEEPMIM_CACHE, else $XDG_CACHE_HOME/deepmim, else ~/.cache/deepmim
+    (the XDG base-directory rule)."""
+    if os.environ.get("DEEPMIM_CACHE"):
+        return Path(os.environ["DEEPMIM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepmim"
+
+
+def resolve_cache_dir(cache_dir: Optional[str]) -> Optional[Path]:
+    """features.cache_dir -> the folder for feature files: auto -> user_cache_dir()/features; None or "" ->
+    no cache; any other value is a path."""
+    if not cache_dir:
+        return None
+    if cache_dir == "auto":
+        return user_cache_dir() / "features"
+    return Path(cache_dir).expanduser()
+
+
 def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
     return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
@@ -163,9 +182,10 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
     precision = resolve_precision(feat.precision, device)
     cached: Optional[dict] = None
     cache_path: Optional[Path] = None
-    if feat.cache_dir:
+    cache_dir = resolve_cache_dir(feat.cache_dir)
+    if cache_dir is not None:
         key = cache_key(checkpoint, data, split, img_size, feat.pool, feat.crop_ratio, feat.preset, precision)
-        cache_path = Path(feat.cache_dir) / f"{Path(checkpoint).stem}-{split}-{feat.pool}-{key}.pt"
+        cache_path = cache_dir / f"{Path(checkpoint).stem}-{split}-{feat.pool}-{key}.pt"
         if cache_path.is_file():
             try:
                 cached = torch.load(cache_path, map_location="cpu", weights_only=True)
