@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's GPU check, prepared to run once, unattended, in ONE device call of at most 8 minutes:
+# The GPU throughput check, prepared to run unattended in ONE call of at most 8 minutes:
 #   bash benchmarks/gpu_perf.sh OUTDIR        (device call: bash benchmarks/gpu_perf.sh "$OUT", timeout_s 500;
 #                                              the sections stop by 465 s, BUDGET_S=... changes that)
 # 1. ViT-B/16 DeepMIM-CLIP (random-weight CLIP ViT-B/16 teacher), batch 128: the authors' GPU recipe

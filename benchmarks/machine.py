@@ -65,7 +65,7 @@ def results_folder_name(machine: str) -> str:
     return f"{date}_{machine}_{commit}"
 
 
-if __name__ == "__main__":  # bash: OUTDIR=benchmarks/results/$(python benchmarks/machine.py folder xeon-amx)
+if __name__ == "__main__":  # bash: OUTDIR=benchmarks/results/$(python benchmarks/machine.py folder my-cpu)
     import json
     import sys
 
