@@ -358,3 +358,143 @@ def test_finetuning_trajectory_is_the_authors_without_mixup(tmp_path, monkeypatc
     changed.optim.layer_decay = 0.59  # one scale per block off by a little: the comparison must see it
     other = reference_finetuning(copy.deepcopy(record["initial"]), batches, changed, depth)
     assert max_difference(other, record["final"]) > 1e-4
+
+
+# ----------------------------------------------------------------------------- data recipes
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# DeepMIM's main_pretrain.py: RandomResizedCrop(224, scale=(0.2, 1.0), bicubic) with torchvision's default
+# ratio, RandomHorizontalFlip(), ToTensor, Normalize(ImageNet mean and std).
+AUTHORS_PRETRAIN_DATA = dict(img_size=224, crop_scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bicubic",
+                             hflip=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+# MAE's main_finetune.py defaults, the authors' README command (--reprob 0.25 --mixup 0.8 --cutmix 1.0) and
+# util/datasets.py: timm's create_transform with torchvision's RandomResizedCrop scale and ratio, bicubic,
+# flip 0.5, no colour jitter, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 (pixel mode, one box);
+# eval: bicubic resize to int(224 / (224 / 256)) = 256, centre crop 224; Mixup 0.8 / CutMix 1.0 (switch 0.5,
+# per batch, always applied), label smoothing 0.1 into the soft targets, soft-target cross-entropy.
+AUTHORS_FINETUNE_DATA = dict(img_size=224, crop_scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bicubic",
+                             hflip=0.5, color_jitter=None, rand_augment=dict(ops_per_image=2, magnitude=9,
+                                                                             magnitude_std=0.5, increasing=True),
+                             reprob=0.25, remode="pixel", recount=1, eval_resize=256, eval_crop=224,
+                             mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, switch_prob=0.5,
+                             mixup_mode="batch", smoothing=0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+# timm's "inc1" RandAugment ops: the ones whose strength grows with the magnitude
+INCREASING_OPS = {"AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                  "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                  "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+
+
+@pytest.mark.parametrize("recipe", ["deepmim_clip_vit_base", "deepmim_pixel_vit_base", "deepmim_hybrid_vit_base",
+                                    "deepmim_hog_vit_base", "mae_vit_base"])
+def test_pretraining_data_is_the_authors(recipe, monkeypatch):
+    """The recipe's loader augments as main_pretrain.py: the crop box drawn with the authors' scale and
+    ratio, resized bicubic (antialiased, as PIL), flipped with probability 1/2, normalised."""
+    from deepmim.data import loader as loader_module
+    from deepmim.data import transforms as transforms_module
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    a = AUTHORS_PRETRAIN_DATA
+    cfg = load_pretrain_config(recipe, [f"model.heads.{i}.target.path=unused" for i in range(3)]
+                               if "hybrid" in recipe else [])
+    d = cfg.data
+    assert (d.img_size, d.crop_scale_min, d.hflip, tuple(d.mean), tuple(d.std)) == \
+        (a["img_size"], a["crop_scale"][0], True, a["mean"], a["std"])
+    loader = loader_module.build_pretrain_loader(dataclasses.replace(d, name="embedded", num_samples=8,
+                                                                     num_workers=0), 4, seed=0)
+    transform = loader.dataset.transform
+    assert (tuple(transform.size), transform.scale, transform.ratio) == ((224, 224), a["crop_scale"], a["ratio"])
+
+    drawn = []
+    sample = transforms_module.sample_crop_box
+
+    def recording_box(height, width, scale, ratio, uniforms):
+        drawn.append((sample(height, width, scale, ratio, uniforms), scale, ratio, uniforms[-1]))
+        return drawn[-1][0]
+    monkeypatch.setattr(transforms_module, "sample_crop_box", recording_box)
+    image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    flips = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = transform(image)
+        box, scale, ratio, flip_draw = drawn[-1]
+        assert (scale, ratio) == (a["crop_scale"], a["ratio"])
+        want = TF.resized_crop(image, *box, [224, 224], InterpolationMode.BICUBIC, antialias=True).float() / 255
+        if flip_draw < a["hflip"]:
+            want, flips = want.flip(-1), flips + 1
+        want = (want - torch.tensor(a["mean"]).view(3, 1, 1)) / torch.tensor(a["std"]).view(3, 1, 1)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    assert 0 < flips < 4  # both branches were compared
+
+
+def test_finetuning_data_is_the_authors():
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from torchvision.transforms import InterpolationMode
+
+    from deepmim.tasks.finetune import build_transforms, make_loss
+
+    a = AUTHORS_FINETUNE_DATA
+    cfg = load_finetune_config("finetune_vit_base_in1k")
+    train, evaluate = build_transforms(cfg)
+    steps = train.transform.transforms
+    assert [type(t).__name__ for t in steps] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip",
+                                                 "RandAugment", "MaybeToTensor", "Normalize", "RandomErasing"]
+    crop, flip, rand_augment, _, normalize, erase = steps  # no ColorJitter: a["color_jitter"] is None
+    assert a["color_jitter"] is None and cfg.augment.color_jitter is None
+    assert (crop.size, crop.scale, crop.ratio, crop.interpolation) == (
+        (a["img_size"],) * 2, a["crop_scale"], a["ratio"], InterpolationMode.BICUBIC)
+    assert flip.p == a["hflip"]
+    ra = a["rand_augment"]
+    assert cfg.augment.auto_augment == "rand-m9-mstd0.5-inc1" and rand_augment.num_layers == ra["ops_per_image"]
+    assert {op.name for op in rand_augment.ops} == INCREASING_OPS and rand_augment.choice_weights is None
+    for op in rand_augment.ops:
+        assert (op.magnitude, op.magnitude_std, op.prob) == (ra["magnitude"], ra["magnitude_std"], 0.5)
+        assert op.hparams["translate_const"] == int(224 * 0.45) and op.hparams["img_mean"] == (124, 116, 104)
+        assert op.hparams["interpolation"] == 3  # PIL's BICUBIC, as create_transform(interpolation="bicubic")
+    assert tuple(normalize.mean.tolist()) == pytest.approx(a["mean"]) and \
+        tuple(normalize.std.tolist()) == pytest.approx(a["std"])
+    assert (erase.probability, erase.mode, erase.max_count) == (a["reprob"], a["remode"], a["recount"])
+
+    resize, center, _, normalize = evaluate.transform.transforms
+    assert (resize.size, resize.interpolation, center.size) == (a["eval_resize"], InterpolationMode.BICUBIC,
+                                                                (a["eval_crop"],) * 2)
+    assert int(cfg.data.img_size / cfg.augment.eval_crop_pct) == a["eval_resize"]
+
+    loss = make_loss(cfg, 1000)
+    m = loss.mixup
+    assert (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing) \
+        == (a["mixup"], a["cutmix"], a["cutmix_minmax"], a["mixup_prob"], a["switch_prob"], a["mixup_mode"],
+            a["smoothing"])
+    assert m.correct_lam and isinstance(loss.criterion, SoftTargetCrossEntropy)
+    plain = make_loss(load_finetune_config("finetune_vit_base_in1k", ["augment.mixup=0", "augment.cutmix=0"]), 1000)
+    assert plain.mixup is None and isinstance(plain.criterion, LabelSmoothingCrossEntropy)
+    assert plain.criterion.smoothing == a["smoothing"]
+
+
+def test_finetuning_schedule_and_model_are_the_authors():
+    """The README command: 100 epochs, batch 8 x 128, blr 1e-4, layer decay 0.6, weight decay 0.05, drop path
+    0.1; MAE's defaults: 5 warm-up epochs, min lr 1e-6, no gradient clipping, global average pooling, head
+    initialised with std 2e-5, AdamW's default betas."""
+    cfg = load_finetune_config("finetune_vit_base_in1k")
+    o, t, m = cfg.optim, cfg.train, cfg.model
+    assert (t.epochs, t.batch_size, t.accum_steps) == (100, 128, 1)
+    assert (o.base_lr, o.lr, o.layer_decay, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == \
+        (1e-4, None, 0.6, 0.05, 5, 1e-6, None)
+    assert tuple(o.betas) == (0.9, 0.999)
+    assert (m.drop_path, m.global_pool, m.head_init_std) == (0.1, "avg", 2e-5)
+
+
+@pytest.mark.parametrize("recipe,epochs", [("deepmim_clip_vit_base", 1600), ("deepmim_pixel_vit_base", 1600),
+                                           ("deepmim_hog_vit_base", 1600), ("deepmim_hybrid_vit_base", 300)])
+def test_pretraining_schedule_is_the_authors(recipe, epochs):
+    """The README command: batch 32 x 128, blr 1.5e-4, weight decay 0.05, 40 warm-up epochs, mask ratio 0.75
+    (1600 epochs; the hybrid target's paper number is at 300); main_pretrain.py: min lr 0, AdamW (0.9, 0.95),
+    no gradient clipping."""
+    cfg = load_pretrain_config(recipe)
+    o, t = cfg.optim, cfg.train
+    assert (t.epochs, t.batch_size, t.accum_steps, cfg.model.mask_ratio) == (epochs, 128, 1, 0.75)
+    assert (o.base_lr, o.lr, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == (1.5e-4, None, 0.05, 40, 0, None)
+    assert tuple(o.betas) == (0.9, 0.95)

@@ -154,6 +154,7 @@ class TrainConfig:
     tensorboard: bool = True  # false: drop tensorboard from loggers (the older switch)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    log_artifacts: bool = False  # true: config.yaml and the final weights go to W&B / MLflow as artifacts at the end
     plots: bool = True  # loss.png and reconstruction.png in output_dir at the end
     # Under torchrun: ddp (DistributedDataParallel) | fsdp (FSDP2 fully_shard per block; ViT-L/H)
     strategy: str = "ddp"
@@ -333,6 +334,8 @@ class AugmentConfig:
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; null (or none / off): off
     reprob: float = 0.25  # random erasing probability
     crop_scale_min: float = 0.08
+    # colour jitter strength, applied only when auto_augment is off (timm's rule); null: none, as MAE's fine-tuning
+    color_jitter: Optional[float] = None
     mixup: float = 0.8
     cutmix: float = 1.0
     label_smoothing: float = 0.1

@@ -130,16 +130,23 @@ def build_transforms(cfg: FinetuneConfig):
     if auto_augment is not None:
         check_auto_augment(auto_augment)
     train = create_transform(d.img_size, is_training=True, scale=(a.crop_scale_min, 1.0), hflip=0.5 if d.hflip else 0.,
-                             auto_augment=auto_augment, interpolation="bicubic", re_prob=a.reprob,
-                             re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
+                             color_jitter=a.color_jitter, auto_augment=auto_augment, interpolation="bicubic",
+                             re_prob=a.reprob, re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
     evaluate = create_transform(d.img_size, is_training=False, interpolation="bicubic", crop_pct=a.eval_crop_pct,
                                 mean=tuple(d.mean), std=tuple(d.std))
     mode = "L" if len(d.mean) == 1 else "RGB"  # one channel per value of data.mean: grey stays grey
-    pil = v2.ToPILImage()
+    return OnPIL(train, mode, v2.ToPILImage()), OnPIL(evaluate, mode, v2.ToPILImage())
 
-    def to_pil(x):
-        return pil(x).convert(mode)
-    return (lambda x: train(to_pil(x))), (lambda x: evaluate(to_pil(x)))
+
+class OnPIL:
+    """A PIL-image transform (`.transform`, e.g. timm's) applied to our uint8 (C, H, W) tensors, converted to
+    PIL mode `mode` ("L" or "RGB") first."""
+
+    def __init__(self, transform, mode: str, to_pil):
+        self.transform, self.mode, self.to_pil = transform, mode, to_pil
+
+    def __call__(self, image: torch.Tensor):
+        return self.transform(self.to_pil(image).convert(self.mode))
 
 
 def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -250,6 +257,7 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
             images, labels = mixup(images, labels)
         return criterion(model(images), labels), {}
 
+    finetune_loss.mixup, finetune_loss.criterion = mixup, criterion  # what the loss does, for inspection
     return finetune_loss
 
 
