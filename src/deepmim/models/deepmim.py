@@ -112,7 +112,8 @@ class DeepMIM(nn.Module, HubWeights, tags=["masked-image-modeling"]):
         return names
 
     def no_weight_decay(self) -> List[str]:
-        """Parameter names exempt from weight decay beyond biases and norms (which are 1-D)."""
+        """Parameter names exempt from weight decay beyond biases and norms (which are 1-D) under
+        optim.no_decay_tokens=true; the authors' pre-training decays them (training/optim.py)."""
         names = ["encoder.cls_token", "encoder.pos_embed"]
         for key in self.decoders:
             names += [f"decoders.{key}.mask_token", f"decoders.{key}.pos_embed"]
