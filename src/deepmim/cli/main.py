@@ -10,8 +10,7 @@ from . import data as data_cli
 from . import segment as segment_cli
 from . import study as study_cli
 from . import submit as submit_cli
-from ..training.distributed import is_rank_zero
-from .arguments import add_probe_arguments, parse_probe_args
+from .arguments import add_probe_arguments, is_rank_zero, parse_probe_args
 
 DESCRIPTION = """\
 deepmim: pre-train Vision Transformers with masked image modeling under deep supervision
@@ -65,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"deepmim {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console "
+                                                                      "(the messages of the deepmim logger; results still print)")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="pre-train a model (MAE or DeepMIM)",
@@ -167,12 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHT_COMMANDS = ("recipes", "presets")  # they read YAML and dataclasses only (tests/test_lazy_imports.py)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(move_verbosity_first(sys.argv[1:] if argv is None else list(argv)))
+    configure_logging(args.quiet, args.verbose)
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in LIGHT_COMMANDS:  # answered without loading torch or timm: none of the errors below arise
+        try:
+            return COMMANDS[args.command](args)
+        except BrokenPipeError:  # e.g. `deepmim presets | head`
+            sys.stderr.close()
+            return 0
     from ..config.loader import ConfigError
     from ..checkpoint import CheckpointError
     from ..training.guard import DivergenceError
@@ -232,6 +245,31 @@ def error_text(err: BaseException) -> str:
         last = text.rstrip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return text
+
+
+VERBOSITY_FLAGS = ("--quiet", "--verbose")
+
+
+def move_verbosity_first(argv: List[str]) -> List[str]:
+    """`deepmim pretrain ... --quiet` as `deepmim --quiet pretrain ...`: the long flags are accepted anywhere
+    before a `--`."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in VERBOSITY_FLAGS]
+    return flags + [a for a in argv[:end] if a not in VERBOSITY_FLAGS] + argv[end:]
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """The console handler of the `deepmim` logger at the level asked for; Python warnings (deepmim's among
+    them) go through logging too, so --quiet keeps them and they share the console's format."""
+    import logging
+
+    from ..training.logging import configure_console
+    configure_console(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    if not warnings_logger.handlers:
+        warnings_logger.addHandler(logging.getLogger("deepmim").handlers[0])
+        warnings_logger.propagate = False
 
 
 def os_error_message(err: OSError) -> str:

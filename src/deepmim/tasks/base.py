@@ -66,10 +66,11 @@ class Env:
 
 
 @contextlib.contextmanager
-def session(device: str, precision: Optional[str] = None) -> Iterator[Env]:
+def session(device: str, precision: Optional[str] = None, timeout: Optional[float] = None) -> Iterator[Env]:
     """Set up this process (its device under torchrun, the process group) and tear it down on the
-    way out, errors included. `precision` (auto | fp32 | bf16 | fp16) is resolved for the device."""
-    dev, rank, world_size = setup_distributed(resolve_device(device))
+    way out, errors included. `precision` (auto | fp32 | bf16 | fp16) is resolved for the device;
+    `timeout` (train.dist_timeout): seconds a collective waits for the other processes."""
+    dev, rank, world_size = setup_distributed(resolve_device(device), timeout)
     try:
         yield Env(dev, resolve_precision(precision, dev) if precision else "fp32", rank, world_size)
     finally:
@@ -149,6 +150,11 @@ def check_values(train, optim) -> None:
     for key, low in at_least.items():
         if getattr(train, key) < low:
             raise ConfigError(f"train.{key} must be at least {low}, got {getattr(train, key)}")
+    if not 0 <= train.seed < 2 ** 63:
+        raise ConfigError(f"train.seed must be a whole number in [0, 2**63), got {train.seed}")
+    if not train.output_dir.strip():
+        raise ConfigError("train.output_dir is empty (the run would write into the current folder); set it to the "
+                          "run's folder, e.g. train.output_dir=runs/my-run")
     if train.max_steps is not None and train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be at least 1 (or null: the whole schedule), got {train.max_steps}")
     if train.precision not in PRECISIONS:
@@ -157,6 +163,8 @@ def check_values(train, optim) -> None:
         torch.device(train.device) if train.device != "auto" else None
     except (RuntimeError, ValueError):
         raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {train.device!r}") from None
+    if not train.dist_timeout > 0:
+        raise ConfigError(f"train.dist_timeout must be a positive number of seconds, got {train.dist_timeout}")
     if train.divergence_factor is not None and not train.divergence_factor > 1:
         raise ConfigError(f"train.divergence_factor must be above 1 (or null: off), got {train.divergence_factor}")
     if getattr(train, "save_signal", None):
@@ -230,13 +238,23 @@ def prepare_output_dir(task: TrainingTask, model: nn.Module, loader, env: Env,
         if before_config is not None:
             before_config()
         if env.is_main:
-            (out / "config.yaml").write_text(dump_yaml(task.cfg))
+            write_run_file(out / "config.yaml", dump_yaml(task.cfg))
             say(task.describe(model, loader, env))
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     return lock
+
+
+def write_run_file(path: Path, text: str) -> None:
+    """`text` into `path`; a write the disk refuses (full) raises an OSError that names the file."""
+    try:
+        path.write_text(text)
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def _agree(error: Optional[BaseException], env: Env, others_message: str) -> None:
@@ -256,7 +274,7 @@ def run_training(task: TrainingTask) -> Any:
     check_output_dir(Path(train.output_dir), requested_resume(train), train.overwrite,  # before anything is built
                      check_lock=is_rank_zero())
     streamed = getattr(task.cfg.data, "name", None) == "wds"  # its worker count deals the shards: kept
-    with session(train.device, train.precision) as env, \
+    with session(train.device, train.precision, train.dist_timeout) as env, \
             planned_threads(task.cfg.data.num_workers, fixed_workers=streamed) as threads, contextlib.ExitStack() as stack:
         check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
         env = dataclasses.replace(env, loader_workers=threads.workers)

@@ -194,9 +194,13 @@ class RunLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_holder_record()).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(_holder_record()).encode())
+            os.fsync(fd)
+        except OSError as err:  # a full disk: name the file (os.write does not)
+            os.close(fd)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         _HELD.add(fd)
         return cls(path, fd, folder_fd)
 

@@ -6,6 +6,7 @@ are the same on 1 or N processes and no sample is counted twice.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from typing import List, Optional, Tuple
 
@@ -25,20 +26,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_distributed(device: torch.device) -> Tuple[int, int]:
-    """(rank, world_size). Initialises the process group when launched by torchrun."""
+DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for the other processes (train.dist_timeout)
+_TIMEOUT = datetime.timedelta(seconds=DEFAULT_TIMEOUT)
+
+
+def init_distributed(device: torch.device, timeout: Optional[float] = None) -> Tuple[int, int]:
+    """(rank, world_size). Initialises the process group when launched by torchrun; a collective that
+    waits more than `timeout` seconds for another process (one frozen, or hung) raises instead of
+    waiting forever (NCCL's watchdog ends the process)."""
+    global _TIMEOUT
+    _TIMEOUT = datetime.timedelta(seconds=timeout or DEFAULT_TIMEOUT)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return 0, 1
     if not dist.is_initialized():
         # The rendezvous store can outlive a worker group that torchrun restarts (--max-restarts): keys
         # of the previous attempt (e.g. gloo's peer addresses) would send the new processes to dead
-        # ports. A prefix per restart attempt keeps every attempt's keys apart.
+        # ports. A prefix per attempt keeps every attempt's keys apart. The attempt is counted in the
+        # store itself (every process adds one), not read from TORCHELASTIC_RESTART_COUNT: a node that
+        # replaces a lost one starts its count at 0 while the others are at 1.
         store, rank, world_size = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        attempt = (store.add("deepmim/processes", 1) - 1) // world_size
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 store=dist.PrefixStore(f"deepmim/attempt{attempt}", store),
-                                rank=rank, world_size=world_size)
+                                rank=rank, world_size=world_size, timeout=_TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -50,10 +61,11 @@ def local_cuda_device(device: torch.device) -> torch.device:
     return device
 
 
-def setup_distributed(device: torch.device) -> Tuple[torch.device, int, int]:
-    """(device for this process, rank, world_size): the one call a task makes before building its model."""
+def setup_distributed(device: torch.device, timeout: Optional[float] = None) -> Tuple[torch.device, int, int]:
+    """(device for this process, rank, world_size): the one call a task makes before building its model.
+    `timeout`: train.dist_timeout, seconds (None: DEFAULT_TIMEOUT)."""
     device = local_cuda_device(device)
-    rank, world_size = init_distributed(device)
+    rank, world_size = init_distributed(device, timeout)
     return device, rank, world_size
 
 
@@ -101,7 +113,7 @@ def host_group():
     if dist.get_backend() == "gloo":
         return None
     if _HOST_GROUP is None:
-        _HOST_GROUP = dist.new_group(backend="gloo")
+        _HOST_GROUP = dist.new_group(backend="gloo", timeout=_TIMEOUT)
     return _HOST_GROUP
 
 

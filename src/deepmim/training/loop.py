@@ -338,6 +338,8 @@ class Trainer:
                     if self.stop_signal:
                         break
                 barrier()  # no process leaves (and tears down the group) while rank 0 still writes
+                if getattr(t, "log_artifacts", False) and not self.stop_signal and self.last_good:
+                    logger.log_artifacts(self.output_dir, self.last_good[0])
         finally:
             self.pending = None
             self.signals = None
