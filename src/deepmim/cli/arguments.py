@@ -4,6 +4,14 @@ from __future__ import annotations
 import argparse
 
 
+def is_rank_zero() -> bool:
+    """training.distributed.is_rank_zero, imported when called: the CLI module loads no torch until a
+    command needs it (deepmim --help, recipes and presets never do)."""
+    from ..training.distributed import is_rank_zero as rank_zero
+
+    return rank_zero()
+
+
 OUT_HELP = {  # what --out defaults to, per command: the output_dir default of its config (tests compare them)
     "knn": "output folder for knn.json (default: none, the scores are printed only)",
     "probe-layers": "output folder (default: output_dir, runs/probe)",

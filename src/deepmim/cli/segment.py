@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..training.distributed import is_rank_zero
+from .arguments import is_rank_zero
 
 TRAIN_HELP = """\
 Train UperNet on a pre-trained ViT (iteration-based; validation every train.eval_every iterations):

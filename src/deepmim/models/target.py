@@ -9,6 +9,7 @@ models/ never imports targets/.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, Tuple, Type
 
 import torch
@@ -66,6 +67,16 @@ def register_target(name: str) -> Callable[[Type[Target]], Type[Target]]:
     return add
 
 
+def register_builtin_targets() -> None:
+    """The built-in targets live in deepmim.targets, a floor above this one, and register themselves when
+    it is imported; the package root imports it (deepmim.load_builtin_targets) when asked here, so a
+    lookup finds them however the model was reached (`from deepmim.models import DeepMIM` included)."""
+    root = sys.modules.get(__name__.partition(".")[0])
+    load = getattr(root, "load_builtin_targets", None)
+    if load is not None:
+        load()
+
+
 def target_config(spec: Dict[str, Any], path: str = "target") -> Tuple[Type[Target], Any]:
     """{'name': 'pixel', 'norm_pix': True} -> (the target's class, its checked Config): every key and type
     refused as the run would refuse it, without building anything (a teacher's weights stay unread)."""
@@ -73,6 +84,8 @@ def target_config(spec: Dict[str, Any], path: str = "target") -> Tuple[Type[Targ
         raise ConfigError(f"{path}: expected a mapping such as {{name: pixel}}, got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name", None)
+    if name not in TARGETS:
+        register_builtin_targets()
     if not isinstance(name, str) or name not in TARGETS:
         raise ConfigError(f"{path}.name: unknown target {name!r}; choose one of {sorted(TARGETS)}")
     cls = TARGETS[name]

@@ -1,12 +1,19 @@
-"""The shared training machinery: loop, optimizer, schedule, precision, resume state, logs, torchrun."""
-from ..checkpoint import atomic_save, find_resume_checkpoint
-from .guard import DivergenceError
-from .loop import NonFiniteLossError, Trainer, TrainResult
-from .optim import build_adamw, scaled_lr
-from .distributed import resolve_device
-from .precision import autocast, resolve_precision, use_fused_attention
-from .schedule import warmup_cosine_lr
+"""The shared training machinery: loop, optimizer, schedule, precision, resume state, logs, torchrun.
 
-__all__ = ["atomic_save", "find_resume_checkpoint", "DivergenceError", "NonFiniteLossError", "Trainer", "TrainResult", "build_adamw",
-           "scaled_lr", "autocast", "resolve_device", "resolve_precision", "use_fused_attention",
-           "warmup_cosine_lr"]
+The names below are imported on first use (PEP 562), so the package root can set up the console logger
+(training/logging.py, standard library only) without loading torch."""
+import importlib
+
+_WHERE = {"atomic_save": "..checkpoint", "find_resume_checkpoint": "..checkpoint", "DivergenceError": ".guard",
+          "NonFiniteLossError": ".loop", "Trainer": ".loop", "TrainResult": ".loop", "build_adamw": ".optim",
+          "scaled_lr": ".optim", "resolve_device": ".distributed", "autocast": ".precision",
+          "resolve_precision": ".precision", "use_fused_attention": ".precision", "warmup_cosine_lr": ".schedule"}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
