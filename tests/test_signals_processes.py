@@ -52,6 +52,7 @@ CASES = [  # (signal, processes, whom it is sent to)
     ("SIGTERM", 2, "torchrun"),  # as Kubernetes or SLURM's step: torchrun forwards it to the workers
     ("SIGUSR1", 2, "rank 1"),  # only one worker hears it: the all-reduced flag stops both after the same step
     ("SIGINT", 2, "group"),  # Ctrl-C in a terminal: torchrun and both workers at once
+    ("SIGTERM", 1, "group with a loader worker"),  # the worker ignores it, the trainer saves
 ]
 
 
@@ -60,7 +61,7 @@ def test_signal_at_a_random_step_saves_exits_and_resumes_to_the_same_weights(rec
     signum = getattr(signal, name)
     at_least = random.Random(f"{name}{procs}{target}").randint(2, 30)
     out = recipe.parent / f"{name}-{procs}-{target.replace(' ', '')}"
-    per_process = [f"train.batch_size={8 // procs}"]
+    per_process = [f"train.batch_size={8 // procs}"] + (["data.num_workers=1"] if "worker" in target else [])
     torchrun_args = ["--signals-to-handle=SIGTERM,SIGINT,SIGUSR1"] if procs > 1 else []
     proc = subprocess.Popen(deepmim(recipe, out, *OVERRIDES, *per_process, procs=procs, torchrun_args=torchrun_args),
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -71,7 +72,7 @@ def test_signal_at_a_random_step_saves_exits_and_resumes_to_the_same_weights(rec
             time.sleep(0.01)
         if target in ("process", "torchrun"):
             os.kill(proc.pid, signum)
-        elif target == "group":
+        elif target.startswith("group"):
             os.killpg(proc.pid, signum)
         else:
             workers = _children(proc.pid)

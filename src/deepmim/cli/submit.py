@@ -102,6 +102,15 @@ def load_config(command: str, recipe: Optional[str], overrides: List[str]):
     return load_finetune_config(recipe, overrides)
 
 
+def run_command(command: str, cfg):
+    """Train: what `deepmim pretrain` / `deepmim finetune` run after loading their config."""
+    if command == "pretrain":
+        from ..tasks.pretrain import run_pretrain
+        return run_pretrain(cfg)
+    from ..tasks.finetune import run_finetune
+    return run_finetune(cfg)
+
+
 def preempt_signal() -> str:
     """The signal submitit asks SLURM to send ahead of the time limit (USR2 unless SUBMITIT_PREEMPT_SIGNAL)."""
     return "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
@@ -117,21 +126,28 @@ class TrainingJob:
     def __call__(self) -> int:
         import submitit
 
-        from .main import main
+        from ..training.distributed import is_rank_zero
+        from ..training.signals import Stopped
 
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
         usr = getattr(signal, preempt_signal())
-        code = main(self.argv + [f"train.save_signal={usr.name}"])
-        if code == 128 + usr:  # stopped on submitit's signal after the checkpoint: let submitit requeue the job
-            handler = signal.getsignal(usr)
-            if callable(handler):
-                handler(usr, None)  # rank 0: checkpoint() below, requeue, exit; the other ranks return
-            return code
-        if code != 0:
-            raise RuntimeError(f"deepmim {' '.join(self.argv[:1])} exited with code {code}; its message is in this "
-                               f"task's log")
-        return code
+        command = self.argv[0]
+        recipe, overrides = split_arguments(self.argv[1:])
+        cfg = load_config(command, recipe, overrides + [f"train.save_signal={usr.name}"])
+        try:
+            result = run_command(command, cfg)
+        except Stopped as stop:
+            if is_rank_zero():
+                print(f"deepmim {command}: {stop}", file=sys.stderr, flush=True)
+            if stop.signum == usr:  # submitit's signal, after the checkpoint: let submitit requeue the job
+                handler = signal.getsignal(usr)
+                if callable(handler):
+                    handler(usr, None)  # rank 0: checkpoint() below, requeue, exit; the other ranks return
+            return stop.exit_code
+        if is_rank_zero():
+            print(f"deepmim {command} finished: {result.step} steps, checkpoint {result.checkpoint}", flush=True)
+        return 0
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's Checkpointable hook: the requeued job resumes (never overwrites) the run."""

@@ -31,6 +31,7 @@ from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import FlatImageFolder, ImageFolder
 from deepmim.data.labels import CLASSES
+from deepmim.data.workers import ignore_stop_signals
 from deepmim.data.idx import IdxDataset
 from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
@@ -394,4 +395,5 @@ def build_pretrain_loader(
         # Own generator: creating iterators must not consume the global RNG (drop path draws from it,
         # and checkpoints restore it for an exact resume).
         generator=torch.Generator().manual_seed(mix_seed(seed, 0x10AD)),
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )

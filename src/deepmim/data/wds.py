@@ -426,7 +426,10 @@ class WdsLoader:
 
     def __iter__(self):
         # Fresh workers each epoch: they take the epoch and start batch with the stream.
+        from deepmim.data.workers import ignore_stop_signals
+
         loader = DataLoader(self.stream, batch_size=self.batch_size, drop_last=True, num_workers=self.workers,
+                            worker_init_fn=ignore_stop_signals if self.workers else None,
                             collate_fn=self.collate, pin_memory=torch.cuda.is_available())
         return iter(loader)
 

@@ -88,8 +88,10 @@ class StopSignals:
         self.received: Optional[int] = None
         self.repeats = 0
         self.previous: Dict[int, object] = {}
+        self.pid = os.getpid()
 
     def __enter__(self) -> "StopSignals":
+        self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for signum in self.signums:
                 self.previous[signum] = signal.signal(signum, self.handle)
@@ -101,6 +103,8 @@ class StopSignals:
         self.previous = {}
 
     def handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if os.getpid() != self.pid:  # a DataLoader worker forked while training: it carries on, the trainer
+            return                   # (which received the signal too, from the same terminal or scheduler) stops it
         if self.received is None:
             self.received = signum
             note = (f"deepmim: {signal_name(signum)} received: finishing this step, then saving a checkpoint "
