@@ -24,8 +24,9 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 
 def segmentation_scores(conf: torch.Tensor) -> Dict[str, object]:
-    """aAcc (pixel accuracy), mIoU and mAcc (class means, NaN classes left out), all in %, and
-    the per-class IoU / Acc lists (NaN where undefined)."""
+    """aAcc (pixel accuracy), mIoU and mAcc (class means, NaN classes left out), all in %, the per-class
+    IoU / Acc lists (NaN where undefined; null in the JSON files) and `present`: whether each class
+    occurs in the evaluated labels."""
     conf = conf.double().cpu()
     tp = conf.diag()
     label_area, pred_area = conf.sum(1), conf.sum(0)
@@ -35,17 +36,23 @@ def segmentation_scores(conf: torch.Tensor) -> Dict[str, object]:
     total = label_area.sum()
     return {"aAcc": 100 * float(tp.sum() / total) if total > 0 else math.nan,
             "mIoU": 100 * float(iou.nanmean()), "mAcc": 100 * float(acc.nanmean()),
-            "IoU": [100 * float(v) for v in iou], "Acc": [100 * float(v) for v in acc]}
+            "IoU": [100 * float(v) for v in iou], "Acc": [100 * float(v) for v in acc],
+            "present": [bool(v > 0) for v in label_area]}
 
 
 def per_class_table(scores: Dict[str, object], class_names: Optional[Sequence[str]] = None) -> str:
-    """A plain-text table: class, IoU, Acc (one row each), then the summary line."""
+    """A plain-text table: class, IoU, Acc, one row for each class that occurs in the evaluated labels
+    (the others have no score to show; the JSON keeps every class), then the summary line."""
     ious: List[float] = scores["IoU"]  # type: ignore[assignment]
     accs: List[float] = scores["Acc"]  # type: ignore[assignment]
     names = list(class_names) if class_names else [str(i) for i in range(len(ious))]
-    width = max(len("class"), *(len(n) for n in names))
+    present = scores.get("present") or [True] * len(ious)
+    shown = [k for k, p in enumerate(present) if p]
+    width = max(len("class"), *(len(names[k]) for k in shown)) if shown else len("class")
     rows = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
-    rows += [f"{n:<{width}}  {_fmt(i)}  {_fmt(a)}" for n, i, a in zip(names, ious, accs)]
+    rows += [f"{names[k]:<{width}}  {_fmt(ious[k])}  {_fmt(accs[k])}" for k in shown]
+    if len(shown) < len(ious):
+        rows.append(f"({len(shown)} of {len(ious)} classes occur in the evaluated labels; the JSON lists all)")
     rows.append(f"aAcc {scores['aAcc']:.2f}  mIoU {scores['mIoU']:.2f}  mAcc {scores['mAcc']:.2f}")
     return "\n".join(rows)
 

@@ -27,7 +27,7 @@ dotted key=value overrides, e.g.
 
 Config sections: model (preset, encoder, heads, target, mask_ratio), data, optim, train.
 Unknown keys, wrong types and values a run would refuse are refused before anything runs.
-A train.output_dir belongs to one run: a fresh run refuses a folder that holds checkpoints
+A train.output_dir belongs to one run: a fresh run refuses a folder that holds a run's files
 (continue with train.resume=auto, or start afresh with train.overwrite=true, which moves the
 old files aside), and a second run on a folder in use stops with the first one's pid.
 """
@@ -368,12 +368,13 @@ def cmd_knn(args) -> int:
         print(f"knn (k={cfg.knn.k}, T={cfg.knn.temperature}, {cfg.features.pool}) block {block}: "
               f"top-1 {100 * r['top1']:.2f}%{top5}")
     if args.out:
-        import json
         from pathlib import Path
+
+        from ..training.jsonfile import dumps
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "knn.json").write_text(json.dumps(
+        (Path(args.out) / "knn.json").write_text(dumps(
             {"checkpoint": args.checkpoints[0], "data": scored, "k": cfg.knn.k, "temperature": cfg.knn.temperature,
-             "pool": cfg.features.pool, "results": {str(b): r for b, r in results.items()}}, indent=2))
+             "pool": cfg.features.pool, "results": {str(b): r for b, r in results.items()}}))
         print(f"wrote {args.out}/knn.json")
     return 0
 
@@ -454,10 +455,11 @@ def cmd_evaluate(args) -> int:
     print(data_line(data))
     print(" ".join(f"{k} {v:.4f}" if k != "images" else f"images {int(v)}" for k, v in metrics.items()))
     if args.out:
-        import json
         from pathlib import Path
+
+        from ..training.jsonfile import dumps
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "data": data, **metrics}, indent=2))
+        Path(args.out).write_text(dumps({"checkpoint": args.checkpoint, "data": data, **metrics}))
         print(f"wrote {args.out}")
     return 0
 

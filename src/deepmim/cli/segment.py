@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .arguments import is_rank_zero
@@ -80,6 +79,7 @@ def _eval(args) -> int:
     if args.save_predictions:
         overrides.append(f"eval.save_predictions={args.save_predictions}")
     from ..tasks.scored_data import data_line
+    from ..training.jsonfile import dumps
 
     scores, names = run_segment_eval(args.checkpoint, overrides)
     if not is_rank_zero():
@@ -88,6 +88,6 @@ def _eval(args) -> int:
     print(format_scores(scores, names))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "classes": names, **scores}, indent=2))
+        Path(args.out).write_text(dumps({"checkpoint": args.checkpoint, "classes": names, **scores}))
         print(f"wrote {args.out}")
     return 0

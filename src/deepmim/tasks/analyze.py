@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import re
 import time
@@ -36,6 +35,7 @@ from ..models.masking import random_masking
 from ..targets import unpatchify
 from ..training.distributed import resolve_device
 from ..training.logging import METRICS_FILE, read_metrics
+from ..training.jsonfile import write_json
 from ..training.progress import task_bar
 from .probe import run_knn, run_probe_layers
 from .scored_data import data_record
@@ -360,7 +360,7 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
         if [measure] == last_layer_measure:
             plot_layer_accuracy(a)
     result = a.result
-    (out / "analysis.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "analysis.json", result)
     write_csv(result, out / "metrics.csv")
     write_report(result, out, out / "report.html")
     result["out_dir"] = out

@@ -6,7 +6,6 @@ RandomResizedCrop + flip); augment=False trains on cached eval-transform feature
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
@@ -26,6 +25,7 @@ from ..data.loader import TransformedDataset, collate_skip_broken
 from ..training.distributed import barrier, wrap_ddp
 from ..training.precision import autocast, resolve_precision
 from ..training.schedule import warmup_cosine_lr
+from ..training.jsonfile import write_json
 from .base import session
 from .scored_data import data_record
 
@@ -75,8 +75,8 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_sourc
                                                cfg.features.val_split: int(val.labels.numel())})
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "linprobe.json").write_text(json.dumps({"checkpoint": str(checkpoint), "block": last, "data": data,
-                                                   "config": to_dict(cfg), "results": result}, indent=2))
+    write_json(out / "linprobe.json", {"checkpoint": str(checkpoint), "block": last, "data": data,
+                                       "config": to_dict(cfg), "results": result})
     atomic_save(make_checkpoint("linprobe", head.state_dict(), to_dict(cfg), pool=cfg.features.pool, block=last,
                                 num_classes=head.head.out_features), out / "probe-head.pt")
     return {**result, "data": data}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -18,6 +17,7 @@ from ..analysis.features import check_classes, extract_features, frozen_encoder,
 from ..analysis.plots import plot_layers
 from ..analysis.probes import knn_classify, train_linear_probe
 from ..analysis.report import short_names
+from ..training.jsonfile import write_json
 from .scored_data import data_record
 
 
@@ -118,7 +118,7 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
     comparison = compare_with_random(results, names, checkpoints[0], checkpoints[-1]) if vs_random else None
     if comparison:
         report["comparison"] = comparison
-    (out / "layers.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "layers.json", report)
     all_blocks = sorted({b for res in results.values() for b in res})
     with open(out / "layers.csv", "w", newline="") as f:
         w = csv.writer(f)

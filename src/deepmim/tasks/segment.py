@@ -9,7 +9,6 @@ and resume is exact because every crop is seeded by its position in the stream.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,6 +25,7 @@ from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_
 from ..models.loading import pretrained_encoder
 from ..models.segmentation import UperNetViT, default_out_indices
 from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
+from ..training.jsonfile import write_json
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
@@ -302,7 +302,7 @@ class SegmentTask(TrainingTask):
         scores = {**scores, "classes": class_names(self.train_set, self.num_classes)} if scores else {}
         if env.is_main and scores:
             out = Path(self.cfg.train.output_dir) / "eval.json"
-            out.write_text(json.dumps({"iteration": result.step, **scores}, indent=2))
+            write_json(out, {"iteration": result.step, **scores})
         return result, scores
 
 

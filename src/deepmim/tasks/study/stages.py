@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ...checkpoint import file_mode
 from ...config.loader import ConfigError, flatten
+from ...training.jsonfile import dumps
 
 ON_CHANGE = ("refuse", "rerun")
 COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume",
@@ -58,7 +59,7 @@ def write_json(path: Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=1, default=str))
+            f.write(dumps(obj, indent=1, default=str))
             f.flush()
             os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what the umask gives
             os.fsync(f.fileno())
@@ -141,15 +142,19 @@ class StageRunner:
     def _execute(self, stage: Stage, log_path: Path, title: str) -> Dict[str, Any]:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        with open(log_path, "a") as log_file, contextlib.redirect_stderr(log_file):
-            print(f"=== {title}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===", file=log_file, flush=True)
-            try:
-                return stage.run()
-            except BaseException as err:
-                print(f"=== failed: {type(err).__name__}: {err}", file=log_file)
-                self.log(f"failed {title} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
-                         f"its output: {log_path}")
-                raise
+        try:
+            with open(log_path, "a") as log_file, contextlib.redirect_stderr(log_file):
+                log_file.write(f"=== {title}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+                log_file.flush()
+                try:
+                    return stage.run()
+                except BaseException as err:
+                    log_file.write(f"=== failed: {type(err).__name__}: {err}\n")
+                    raise
+        except BaseException as err:  # said on the console, out of the redirection
+            self.log(f"failed {title} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
+                     f"its output: {log_path}")
+            raise
 
     @staticmethod
     def _useful_seconds(attempt: Dict[str, Any], stage: Stage) -> float:
