@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_distributed import ENV, TINY, max_difference, train_losses, weights
+from tests.test_distributed import ENV, TINY, _children, max_difference, train_losses, weights
 from tests.test_signals_processes import logged_step
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,9 @@ def test_losing_a_node_restarts_the_group_and_resumes_from_the_last_checkpoint(t
     root, recipe, reference = two_nodes
     port = free_port()
     out = root / "lost-node"
-    cmd = lambda rank: node(rank, port, recipe, out, "train.batch_size=4", max_restarts=2)  # noqa: E731
+    # train.resume=auto on every node: a replacement node's processes start with a restart count of 0
+    cmd = lambda rank: node(rank, port, recipe, out, "train.batch_size=4", "train.resume=auto",  # noqa: E731
+                            max_restarts=2)
     first = start(cmd(0))
     time.sleep(1.0)
     second = start(cmd(1))
@@ -108,7 +110,10 @@ def test_losing_a_node_restarts_the_group_and_resumes_from_the_last_checkpoint(t
     while time.time() < deadline and logged_step(out) < 10 and first.poll() is None:
         time.sleep(0.01)
     lost_at = logged_step(out)
-    os.killpg(second.pid, signal.SIGKILL)  # the node is gone: its agent and its worker
+    workers = _children(second.pid)  # torchrun starts its workers in sessions of their own
+    assert workers, "node 1's worker should be running"
+    for pid in [second.pid, *workers]:  # the node is gone: its agent and its worker
+        os.kill(pid, signal.SIGKILL)
     second.wait()
     replacement = start(cmd(1))  # the scheduler's new node joins the next rendezvous round
     logs = finish([first, replacement])
