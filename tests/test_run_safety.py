@@ -367,7 +367,8 @@ def test_resuming_a_finished_run_says_so_honestly(finished_run, tmp_path, capsys
     assert main(["pretrain", *TINY, f"train.output_dir={run}", "train.resume=auto"]) == 0
     captured = capsys.readouterr()
     last = captured.out.strip().splitlines()[-1]
-    assert last.startswith("pretrain: nothing trained, the run had already reached step 8, last loss ")
+    assert last.startswith("pretrain: nothing trained, the run had already reached step 8, mean loss of the last "
+                           "epoch ")
     assert "nan" not in last and "None" not in last and str(run / LAST) in last
     assert "holds the finished run (8 steps, all 2 epochs)" in captured.err
     assert (run / "metrics.jsonl").read_text() == metrics_before

@@ -47,6 +47,7 @@ commands:
   evaluate   top-1/top-5/loss of a fine-tuned checkpoint
   segment    semantic segmentation: UperNet on a pre-trained ViT (train, eval: mIoU), the ADE20K protocol
   analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
+  submit     a training command as a SLURM job (submitit): nodes, GPUs, partition, time; requeued on timeout
   study      a declared comparison (MAE / DeepMIM / untrained encoder) over seeds, end to end and resumable:
              probes per block, fine-tuning, attention, convergence, wall-clock, FLOPs -> results.md, report.html
 
@@ -290,9 +291,12 @@ def os_error_message(err: OSError) -> str:
 
 
 def run_summary(command: str, result) -> str:
-    """The last line of a training command: what was trained, the loss, the checkpoint."""
-    loss = result.last_metrics.get("loss")
-    loss_text = f", last loss {loss:.4f}" if loss is not None else ""
+    """The last line of a training command: what was trained, the losses (the mean over the last epoch, as the
+    `epoch` rows of metrics.jsonl, and the last logged one), the checkpoint."""
+    loss, logged = result.last_metrics.get("loss"), getattr(result, "last_logged", {}) or {}
+    loss_text = f", mean loss of the last epoch {loss:.4f}" if loss is not None else ""
+    if logged.get("loss") is not None:
+        loss_text += f", last logged loss {logged['loss']:.4f} (step {logged['step']})"
     if result.step == result.start_step:
         return (f"{command}: nothing trained, the run had already reached step {result.step}{loss_text}; "
                 f"checkpoint {result.checkpoint}")

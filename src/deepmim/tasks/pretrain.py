@@ -157,8 +157,12 @@ class PretrainTask(TrainingTask):
                            loader, env)
 
     def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
-        if env.is_main and self.cfg.train.plots and result.step > result.start_step:
-            write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, Path(self.cfg.train.output_dir))
+        """The plots, after training or, when a kill came between the last checkpoint and the plots, on the
+        resume that finds nothing left to train (missing or older than the checkpoint: drawn again)."""
+        out = Path(self.cfg.train.output_dir)
+        if env.is_main and self.cfg.train.plots and (result.step > result.start_step or
+                                                      plots_missing(out, result.checkpoint)):
+            write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, out)
         return result
 
 
@@ -240,6 +244,17 @@ def plain_model(model: DeepMIM, cfg: PretrainConfig, checkpoint) -> DeepMIM:
     plain = DeepMIM(cfg.model)
     load_strict(plain, read_checkpoint(checkpoint).model_state)
     return plain
+
+
+PLOTS = ("loss.png", "reconstruction.png")
+
+
+def plots_missing(output_dir: Path, checkpoint) -> bool:
+    """Whether a plot of the run is absent or older than its checkpoint (a kill before or while they were drawn)."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return False
+    written = Path(checkpoint).stat().st_mtime
+    return any(not (output_dir / name).is_file() or (output_dir / name).stat().st_mtime < written for name in PLOTS)
 
 
 def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images: int = 8) -> None:

@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
@@ -80,9 +80,10 @@ class TrainResult:
     step: int
     epoch: int
     finished: bool  # False when stopped early by train.max_steps
-    last_metrics: Dict[str, float]
+    last_metrics: Dict[str, float]  # the means over the last epoch trained (its steps so far when stopped inside)
     checkpoint: Optional[Path]
     start_step: int = 0  # where this run began (the resumed step): step == start_step means nothing was trained
+    last_logged: Dict[str, float] = field(default_factory=dict)  # the last `train` row of metrics.jsonl (this run)
 
 
 def requested_resume(train: TrainConfig) -> Optional[str]:
@@ -133,6 +134,7 @@ class Trainer:
         self.last_batch: Optional[Tuple[Any, int]] = None  # (the last micro-batch trained on, its epoch)
         self.resumed_from_prev = False  # resumed from checkpoint-prev.pt: the first save must not rotate over it
         self.last_metrics: Dict[str, float] = {}
+        self.last_logged: Dict[str, float] = {}
         self.carried: Dict[str, Any] = {}  # partial metric sums of the epoch a resumed checkpoint was taken in
         self.signals: Optional[StopSignals] = None  # set while fit() runs: SIGTERM, SIGINT, train.save_signal
         self.stop_signal = 0  # the signal every process agreed to stop on (0: none)
@@ -348,7 +350,8 @@ class Trainer:
         if self.stop_signal and self.step < stop_at:
             self.stopped()
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
-                           self.last_metrics, self.last_good[0] if self.last_good else None, start_step)
+                           self.last_metrics, self.last_good[0] if self.last_good else None, start_step,
+                           self.last_logged)
 
     def stop_requested(self) -> bool:
         """At a step's end: whether any process received a stop signal. Under torch.distributed every
@@ -483,6 +486,7 @@ class Trainer:
         values = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **means,
                   "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
         logger.log("train", self.step, values)
+        self.last_logged = {"step": self.step, **values}
         bar.show(self.step, epoch, values)
         if self.thread_adapter is not None:  # at a sync point: the step's work is done
             change = self.thread_adapter.adjust()

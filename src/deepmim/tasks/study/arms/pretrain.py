@@ -55,6 +55,6 @@ class PretrainArm(Arm):
                     "epoch_checkpoints": {str(e): str(p) for e, p in epoch_checkpoints(folder).items()},
                     "steps": result.step, "epochs": cfg.train.epochs, "images": images, "flops_per_image": per_image,
                     "flops": per_image * images, "last_loss": loss, "command": command,
-                    "summary": f"{result.step} steps, last loss {loss:.4f}"}
+                    "summary": f"{result.step} steps, mean loss of the last epoch {loss:.4f}"}
 
         return Stage("pretrain", {"kind": self.kind, "pretrain": strip_cosmetic(to_dict(cfg))}, run, folder)
