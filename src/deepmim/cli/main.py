@@ -202,7 +202,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except Stopped as err:  # a stop signal: the step finished and a resumable checkpoint was written
         if is_rank_zero():
-            print(f"deepmim {args.command}: {err}", file=sys.stderr)
+            text = str(err)
+            if args.command == "study":  # a study resumes its runs by itself
+                text = text.replace("continue with the same command and train.resume=auto",
+                                    "run the same command again to continue")
+            print(f"deepmim {args.command}: {text}", file=sys.stderr)
         return err.exit_code
     except DivergenceError as err:
         print(f"deepmim {args.command}: stopped: {err}", file=sys.stderr)
