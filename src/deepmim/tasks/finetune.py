@@ -28,7 +28,7 @@ from ..training.optim import layer_decay_groups
 from ..training.parallel import set_fused_attention
 from ..training.precision import autocast, resolve_precision, use_fused_attention
 from .base import Env, TrainingTask, check_config, load_trained, run_training
-from .summary import count_parameters, describe_data, run_summary
+from .summary import count_parameters, describe_data, resize_note, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
            "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
@@ -319,7 +319,8 @@ class FinetuneTask(TrainingTask):
                       f"{count_parameters(model)}")
         data_line = (f"{describe_data(cfg.data, len(loader.dataset))}; {len(self.val_dataset)} {cfg.val_split} "
                      f"images scored every epoch")
-        return run_summary("deepmim finetune", model_line, data_line, cfg, loader, env)
+        notes = [note for note in [resize_note(getattr(loader, "raw_dataset", loader.dataset), cfg.data.img_size)] if note]
+        return run_summary("deepmim finetune", model_line, data_line, cfg, loader, env, notes=notes)
 
 
 def run_finetune(cfg: FinetuneConfig) -> TrainResult:

@@ -24,7 +24,7 @@ from ..training.loop import TrainResult
 from ..training.parallel import is_sharded
 from ..training.precision import autocast, fastest_attention, use_fused_attention
 from .base import Env, TrainingTask, check_config, run_training
-from .summary import count_parameters, describe_data, run_summary
+from .summary import count_parameters, describe_data, resize_note, run_summary
 
 
 def load_pretrain_config(recipe: str | None, overrides=()) -> PretrainConfig:
@@ -153,8 +153,9 @@ class PretrainTask(TrainingTask):
                       f"{enc.in_chans} channel(s); decoders at blocks {', '.join(map(str, model.blocks))}, target "
                       f"{'+'.join(targets)}, mask ratio {cfg.mask_ratio}; {count_parameters(model)} "
                       f"({count_parameters(model.encoder).split()[0]} encoder)")
+        notes = [note for note in [resize_note(getattr(loader, "raw_dataset", loader.dataset), enc.img_size)] if note]
         return run_summary("deepmim pretrain", model_line, describe_data(self.cfg.data, len(loader.dataset)), self.cfg,
-                           loader, env)
+                           loader, env, notes=notes)
 
     def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
         """The plots, after training or, when a kill came between the last checkpoint and the plots, on the

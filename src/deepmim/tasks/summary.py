@@ -30,6 +30,22 @@ def describe_data(data: Any, images: int, split: Optional[str] = None) -> str:
     return f"{where} ({split or data.split}): {images} images, {data.img_size}px{norm}"
 
 
+def resize_note(dataset: Any, img_size: int) -> Optional[str]:
+    """A note when the data's images (the first one, read as the loader reads it) are not `img_size` square:
+    training resizes them (RandomResizedCrop / the eval resize), which the summary should say. None when
+    they fit or when the data cannot be read by index (streamed shards)."""
+    try:
+        item = dataset[0]
+    except Exception:  # noqa: BLE001 - a streamed or unreadable first item: nothing to note here
+        return None
+    image = item[0] if isinstance(item, (tuple, list)) else getattr(item, "image", None)
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) < 2 or tuple(shape[-2:]) == (img_size, img_size):
+        return None
+    return (f"the data's images are {shape[-1]}x{shape[-2]} px (the first one); they are resized to the "
+            f"{img_size} px the model is trained at (data.img_size)")
+
+
 def run_summary(title: str, model_line: str, data_line: str, cfg: Any, loader, env, train: Any = None,
                 optim: Any = None, iterations: bool = False, notes: Sequence[str] = ()) -> str:
     """The start-up lines: model, data, steps and batch, lr, device and precision, output folder, then
