@@ -22,7 +22,8 @@ Measure DeepMIM's claims on checkpoints, side by side (e.g. an MAE run and a Dee
   embedded:N      the same with data.num_samples=N
   FOLDER          a folder of IDX files (MNIST / Fashion-MNIST: data.name=idx) or an image folder with
                   train/ and val/ (data.name=imagefolder); data.path=FOLDER
-  key=value overrides come after it and win (data.img_size, data.mean, ...). Without --data: data.* defaults.
+  key=value overrides come after it and win (data.img_size, data.mean, ...). Without --data: the data the
+  checkpoints were trained on, as their config records it (refused when they record none or differ).
 
 Config (AnalyzeConfig = ProbeConfig + analysis.*): data, features (pool, cache_dir, blocks, device),
 probe, knn, num_classes, analysis.measures=[probe,knn,attention,cka,reconstruction,loss,convergence],

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("knn", help="weighted k-NN accuracy on frozen features",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="DINO's weighted k-NN (cosine similarity, votes weighted by exp(sim/T)) on\n"
-                                   "frozen train -> val features (cached in features.cache_dir):\n\n"
+                                   "frozen train -> val features (cached in features.cache_dir), on the data the\n"
+                                   "checkpoint was trained on unless data.* says otherwise:\n\n"
                                    "  deepmim knn runs/demo/checkpoint-last.pt data.num_samples=2000 knn.k=20\n"
                                    "  deepmim knn CKPT features.blocks=[4,8,12] features.pool=avg knn.temperature=0.1\n\n"
                                    "Config sections: data, features, knn, num_classes (see ProbeConfig).")
