@@ -136,7 +136,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
-    output_dir: str = "runs/pretrain"  # one run per folder: a fresh run refuses a folder holding checkpoints
+    output_dir: str = "runs/pretrain"  # one run per folder: a fresh run refuses a folder holding a run's files
     resume: Optional[str] = None  # None | auto | path to a checkpoint
     overwrite: bool = False  # a fresh run in a folder with a run: move its files to output_dir/replaced-N/ first
     save_every_steps: int = 0  # 0: only at epoch ends

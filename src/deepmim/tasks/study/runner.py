@@ -6,6 +6,7 @@ all arms. results.json and results.md are rewritten after each arm/seed; figures
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 import sys
@@ -21,6 +22,8 @@ from .measures import attention_stage, convergence_stage, finetune_stage, probe_
 from .results import build_results, machine_info
 from .validate import validate_study
 from .stages import Stage, StageRunner, StudyChangedError, describe_change, inputs_hash, read_json, write_json
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class Planned:
@@ -102,12 +105,9 @@ def run_study(cfg: StudyConfig, command: Optional[str] = None) -> Dict[str, Any]
     validate_study(cfg)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
-    console = sys.stderr  # the stages' own output is redirected to their log files; these lines are not
-
-    def log(message: str) -> None:
+    def log(message: str) -> None:  # called between stages: the stages' own output goes to their log files
         elapsed = int(time.perf_counter() - start)
-        print(f"study {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {message}", file=console,
-              flush=True)
+        logger.info(f"study {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {message}")
 
     arms = [build_arm(a, cfg) for a in cfg.arms]
     check_arms(cfg, arms)
