@@ -222,3 +222,84 @@ def from_hf_state(state: Dict[str, torch.Tensor], decoder_block: Optional[int]) 
     notes = [f"left out {len(left)} tensors that deepmim's model has no place for: {', '.join(left[:6])}"
              + (" ..." if len(left) > 6 else "")] if left else []
     return out, notes
+
+
+# ----------------------------------------------------------------------------- UperNet (segmentation)
+
+# our UperNetViT's module path -> transformers' UperNetForSemanticSegmentation's (a BeitBackbone with add_fpn)
+_UPERNET_PARTS = [
+    (r"^backbone\.vit\.cls_token$", "backbone.beit.embeddings.cls_token"),
+    (r"^backbone\.vit\.pos_embed$", "backbone.beit.embeddings.position_embeddings"),
+    (r"^backbone\.vit\.patch_embed\.proj\.", "backbone.beit.embeddings.patch_embeddings.projection."),
+    (r"^backbone\.vit\.blocks\.(\d+)\.gamma_(\d)$", r"backbone.beit.layers.\1.lambda_\2"),
+    (r"^backbone\.vit\.blocks\.(\d+)\.norm1\.", r"backbone.beit.layers.\1.layernorm_before."),
+    (r"^backbone\.vit\.blocks\.(\d+)\.norm2\.", r"backbone.beit.layers.\1.layernorm_after."),
+    (r"^backbone\.vit\.blocks\.(\d+)\.attn\.q_bias$", r"backbone.beit.layers.\1.attention.q_proj.bias"),
+    (r"^backbone\.vit\.blocks\.(\d+)\.attn\.v_bias$", r"backbone.beit.layers.\1.attention.v_proj.bias"),
+    (r"^backbone\.vit\.blocks\.(\d+)\.attn\.proj\.", r"backbone.beit.layers.\1.attention.o_proj."),
+    (r"^backbone\.vit\.blocks\.(\d+)\.attn\.relative_position_bias_table$",
+     r"backbone.beit.layers.\1.relative_position_bias.relative_position_bias_table"),
+    (r"^backbone\.vit\.blocks\.(\d+)\.mlp\.", r"backbone.beit.layers.\1.mlp."),
+    (r"^neck\.up4\.0\.", "backbone.fpn.fpn1.conv_transpose1."),
+    (r"^neck\.up4\.1\.", "backbone.fpn.fpn1.normalization."),
+    (r"^neck\.up4\.3\.", "backbone.fpn.fpn1.conv_transpose2."),
+    (r"^neck\.up2\.", "backbone.fpn.fpn2."),
+    (r"^decode_head\.ppm\.branches\.(\d+)\.1\.0\.", r"decode_head.psp_modules.\1.1.conv."),
+    (r"^decode_head\.ppm\.branches\.(\d+)\.1\.1\.", r"decode_head.psp_modules.\1.1.batch_norm."),
+    (r"^decode_head\.ppm_bottleneck\.0\.", "decode_head.bottleneck.conv."),
+    (r"^decode_head\.ppm_bottleneck\.1\.", "decode_head.bottleneck.batch_norm."),
+    (r"^decode_head\.laterals\.(\d+)\.0\.", r"decode_head.lateral_convs.\1.conv."),
+    (r"^decode_head\.laterals\.(\d+)\.1\.", r"decode_head.lateral_convs.\1.batch_norm."),
+    (r"^decode_head\.fpn_convs\.(\d+)\.0\.", r"decode_head.fpn_convs.\1.conv."),
+    (r"^decode_head\.fpn_convs\.(\d+)\.1\.", r"decode_head.fpn_convs.\1.batch_norm."),
+    (r"^decode_head\.fuse\.0\.", "decode_head.fpn_bottleneck.conv."),
+    (r"^decode_head\.fuse\.1\.", "decode_head.fpn_bottleneck.batch_norm."),
+    (r"^decode_head\.classifier\.", "decode_head.classifier."),
+    (r"^aux_head\.conv\.0\.", "auxiliary_head.convs.0.conv."),
+    (r"^aux_head\.conv\.1\.", "auxiliary_head.convs.0.batch_norm."),
+    (r"^aux_head\.classifier\.", "auxiliary_head.classifier."),
+]
+
+
+def upernet_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A UperNetViT's weights under UperNetForSemanticSegmentation's names (transformers 5's BEiT names):
+    the fused qkv weight split into q/k/v projections, BEiT's q and v biases as they are (no k bias in
+    either). Every key is mapped or raised on: nothing is dropped silently."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        qkv = re.match(r"^backbone\.vit\.blocks\.(\d+)\.attn\.qkv\.weight$", key)
+        if qkv:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"backbone.beit.layers.{qkv.group(1)}.attention.{name}.weight"] = part.contiguous()
+            continue
+        for pattern, replacement in _UPERNET_PARTS:
+            if re.match(pattern, key):
+                out[re.sub(pattern, replacement, key)] = value.contiguous()
+                break
+        else:
+            raise KeyError(f"no UperNetForSemanticSegmentation name for {key}")
+    return out
+
+
+def upernet_config(enc: EncoderConfig, num_classes: int, crop_size: int, out_indices: List[int], channels: int,
+                   aux_channels: int, pool_scales: List[int], rel_pos_bias: bool, layer_scale: Optional[float],
+                   classes: Optional[List[str]] = None) -> Dict[str, Any]:
+    """config.json of the UperNetForSemanticSegmentation equal to a UperNetViT: a BEiT backbone (absolute
+    position embedding, per-block relative position bias, layer scale) whose maps after blocks out_indices
+    (0-based; BEiT's stages count from 1, stage 0 being the embeddings) go through its FPN (add_fpn), raw as
+    ours (use_mean_pooling: the BEiT model then builds no final LayerNorm, which the backbone never applies)."""
+    backbone = {"model_type": "beit", "image_size": crop_size, "patch_size": enc.patch_size,
+                "num_channels": enc.in_chans, "hidden_size": enc.embed_dim, "num_hidden_layers": enc.depth,
+                "num_attention_heads": enc.num_heads, "intermediate_size": int(enc.embed_dim * enc.mlp_ratio),
+                "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                "drop_path_rate": 0.0, "layer_norm_eps": enc.norm_eps, "use_absolute_position_embeddings": True,
+                "use_relative_position_bias": rel_pos_bias, "use_shared_relative_position_bias": False,
+                "layer_scale_init_value": float(layer_scale or 0.0), "use_mask_token": False,
+                "use_mean_pooling": True, "out_indices": [i + 1 for i in out_indices], "add_fpn": True,
+                "reshape_hidden_states": True}
+    names = classes or [str(i) for i in range(num_classes)]
+    return {"model_type": "upernet", "architectures": ["UperNetForSemanticSegmentation"], "backbone_config": backbone,
+            "hidden_size": channels, "pool_scales": list(pool_scales), "use_auxiliary_head": bool(aux_channels),
+            "auxiliary_in_channels": enc.embed_dim, "auxiliary_channels": aux_channels or 256,
+            "auxiliary_num_convs": 1, "auxiliary_concat_input": False, "loss_ignore_index": 255,
+            "id2label": {str(i): n for i, n in enumerate(names)}, "label2id": {n: i for i, n in enumerate(names)}}

@@ -26,7 +26,8 @@ from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig
 from ..models.deepmim import DeepMIM
 from ..models.export import HF_PROCESSOR_CONFIG, Preprocessing, encoder_state_dict, preprocessing_of
-from ..models.hf import CONFIG_FILE, check_mae_layout, encoder_to_hf, vit_config, vitmae_config, vitmae_state
+from ..models.hf import (CONFIG_FILE, check_mae_layout, encoder_to_hf, upernet_config, upernet_state, vit_config,
+                         vitmae_config, vitmae_state)
 from ..models.loading import load_encoder, load_weights, saved_model_config
 from ..models.presets import preset_config
 
@@ -113,5 +114,39 @@ def export_hf_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -
 
 
 def export_hf_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
-    raise ConfigError(f"{ckpt.name} is {ckpt.kind}: no transformers layout is written for it; export it with "
-                      f"--format safetensors (docs/interop.md says what differs from UperNetForSemanticSegmentation)")
+    """A segmentation checkpoint as transformers.UperNetForSemanticSegmentation: the same modules (BEiT backbone
+    with its FPN, PPM + FPN head, FCN auxiliary head), the weights renamed and the qkv projection split
+    (models/hf.py: upernet_state), so its logits equal deepmim's for the same normalised pixels. The processor
+    config carries mean/std and a resize to the crop size; deepmim's own evaluation slides crop-size windows
+    over the image resized as mmseg does, which no transformers image processor does."""
+    from .segment import load_segmentor
+
+    if img_size:
+        raise ConfigError(f"--img-size applies to pre-trained encoders; {ckpt.name} is {ckpt.kind}")
+    model, cfg, classes = load_segmentor(ckpt.path)
+    m = cfg.model
+    backbone = model.backbone
+    enc = EncoderConfig(**ckpt.architecture["encoder"])
+    if model.aux_level != 2:
+        raise ConfigError(f"{ckpt.name}: transformers' UperNet reads its auxiliary head from pyramid level 2, this "
+                          f"model from level {model.aux_level}")
+    crop = cfg.data.crop_size
+    config = upernet_config(enc, model.num_classes, crop, backbone.out_indices, m.channels, m.aux_channels,
+                            list(m.pool_scales), m.rel_pos_bias, m.layer_scale, classes)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    try:
+        hf_state = upernet_state(state)
+    except KeyError as err:
+        raise CheckpointError(f"{ckpt.name}: {err.args[0]}; its layout is not the one this exporter maps") from err
+    pre = preprocessing_of(ckpt.config, crop, enc.in_chans, crop_pct=1.0, pixel_scale=255.0)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(hf_state, out / WEIGHTS_FILE, {"format": "pt"})
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    processor = {"image_processor_type": "SegformerImageProcessor", "do_resize": True,
+                 "size": {"height": crop, "width": crop}, "resample": 2, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean),
+                 "image_std": list(pre.std), "do_reduce_labels": False}
+    (out / HF_PROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
+    return (f"wrote {out} (UperNet, {model.num_classes} classes, {crop}px crops); load it with "
+            f"transformers.UperNetForSemanticSegmentation.from_pretrained('{out}'); its processor resizes to "
+            f"{crop}x{crop} (deepmim segment eval slides {crop}px windows instead: docs/interop.md)")
