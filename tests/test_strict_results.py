@@ -103,3 +103,15 @@ def test_probe_results_are_strict_json(tmp_path):
                  "--out", str(tmp_path / "pl"), *quiet]) == 0
     for path in (tmp_path / "k" / "knn.json", tmp_path / "pl" / "layers.json"):
         strict_load(Path(path).read_text())
+
+
+def test_the_probe_warns_when_its_warm_up_outlasts_it(caplog):
+    import logging
+
+    from deepmim.analysis.probes import train_linear_probe
+    from deepmim.config.schema import LinearProbeConfig
+
+    x, y = torch.randn(16, 4), torch.arange(16) % 2
+    with caplog.at_level(logging.WARNING, logger="deepmim"):
+        train_linear_probe(x, y, x, y, 2, LinearProbeConfig(epochs=2, warmup_epochs=10, batch_size=8))
+    assert "probe.warmup_epochs=10 is longer than probe.epochs=2" in caplog.text

@@ -1,6 +1,7 @@
 """Classifiers on frozen features: DINO's weighted k-NN and MAE's linear probe."""
 from __future__ import annotations
 
+import logging
 from typing import Dict
 
 import torch
@@ -9,6 +10,19 @@ import torch.nn.functional as F
 
 from ..config.schema import KnnConfig, LinearProbeConfig
 from ..training.schedule import warmup_cosine_lr
+
+logger = logging.getLogger(__name__)
+_WARNED = set()
+
+
+def warn_long_warmup(cfg: LinearProbeConfig) -> None:
+    """Warn (once per setting) when the probe's warm-up is longer than its training: the lr never reaches
+    its peak (e.g. linprobe's 10 warm-up epochs under probe.epochs=2)."""
+    key = (cfg.epochs, cfg.warmup_epochs)
+    if cfg.warmup_epochs > cfg.epochs and key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning("warning: probe.warmup_epochs=%g is longer than probe.epochs=%d: the probe's lr never "
+                       "reaches its peak; set probe.warmup_epochs below probe.epochs", cfg.warmup_epochs, cfg.epochs)
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict[str, float]:
@@ -79,6 +93,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     final training loss (and the trained head with return_head=True)."""
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ValueError(f"probe.epochs must be >= 1 and probe.batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}")
+    warn_long_warmup(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)

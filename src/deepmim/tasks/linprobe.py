@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from ..analysis.features import (check_classes, extract_features, fit_normalisation, frozen_encoder, pool_tokens,
                                  prepare_inference)
-from ..analysis.probes import LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe
+from ..analysis.probes import (LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe,
+                               warn_long_warmup)
 from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
@@ -87,6 +88,7 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
     from ..training.progress import checkpoint_label, task_bar
 
     p = cfg.probe
+    warn_long_warmup(p)
     dataset = build_dataset(cfg.data, cfg.features.train_split)
     labels = _labels_of(dataset)
     num_classes = check_classes(_Labels(labels), val, cfg.num_classes)
