@@ -23,7 +23,7 @@ def test_knn_writes_its_features_to_the_cache_directory_only(tmp_path, monkeypat
     monkeypatch.setenv("DEEPMIM_CACHE", str(tmp_path / "cache"))
     assert FeatureConfig().cache_dir == "auto"
     assert main(["knn", str(ckpt), "knn.k=3", "features.progress=false"]) == 0
-    assert list(work.iterdir()) == []  # nothing in the working directory (it used to get runs/feature_cache/)
+    assert list(work.iterdir()) == []  # nothing in the working directory, no runs/feature_cache/ there
     cached = files_under(tmp_path / "cache")
     assert len(cached) == 2 and all(f.startswith("features/checkpoint-last-") for f in cached)
 

@@ -29,7 +29,7 @@ def test_strict_json_writes_null_for_undefined_numbers():
     scores = segmentation_scores(confusion_matrix(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), 4))
     assert math.isnan(scores["IoU"][2])
     with pytest.raises(ValueError, match="NaN"):
-        strict_load(json.dumps(scores))  # what the files held
+        strict_load(json.dumps(scores))  # what json.dumps alone writes
     parsed = strict_load(dumps(scores))
     assert parsed["IoU"] == [100.0, 100.0, None, None] and parsed["present"] == [True, True, False, False]
 
