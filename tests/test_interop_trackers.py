@@ -120,18 +120,20 @@ def test_a_resumed_wandb_run_gets_no_step_twice(tmp_path, monkeypatch):
 
 
 def test_quiet_and_verbose_set_the_deepmim_loggers_level(tmp_path, capsys):
-    ckpt = tmp_path / "ck.pt"
     from tests.test_interop_export import save_pretrained
-    save_pretrained(ckpt)
+
+    ckpt = save_pretrained(tmp_path / "ck.pt")
     logger = logging.getLogger("deepmim")
     try:
         assert main(["export", str(ckpt), "--out", str(tmp_path / "a.safetensors"), "--quiet"]) == 0
         assert logger.level == logging.WARNING
         logging.getLogger("deepmim.tasks.export").info("a message of the library")
-        assert "a message of the library" not in capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert "wrote" in out and "a message of the library" not in err  # results print, messages do not
         assert main(["--verbose", "export", str(ckpt), "--out", str(tmp_path / "b.safetensors")]) == 0
         assert logger.level == logging.DEBUG
-        logging.getLogger("deepmim.tasks.export").debug("a debug message")
-        assert "a debug message" in capsys.readouterr().err
+        assert "export of" in capsys.readouterr().err  # the exporter's debug line
+        assert main(["export", str(ckpt), "--out", str(tmp_path / "c.safetensors")]) == 0
+        assert logger.level == logging.INFO and "export of" not in capsys.readouterr().err
     finally:
         logger.setLevel(logging.INFO)

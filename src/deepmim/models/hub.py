@@ -12,6 +12,7 @@ silently skipped (PyTorchModelHubMixin's default loads with strict=False, and it
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +21,7 @@ from huggingface_hub import ModelHubMixin, hf_hub_download
 
 from ..checkpoint import load_strict, read_state_file, save_weights
 
+logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 HUB_CARD = {"library_name": "deepmim", "license": "apache-2.0", "tags": ["vision", "deepmim"],
             "paper_url": "https://arxiv.org/abs/2303.08817"}
@@ -45,6 +47,7 @@ class HubWeights(ModelHubMixin, **HUB_CARD):
             weights = Path(hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, revision=revision,
                                            cache_dir=cache_dir, force_download=force_download, token=token,
                                            local_files_only=local_files_only))
+        logger.debug("%s.from_pretrained: weights %s, config %s", cls.__name__, weights, model_kwargs)
         model = cls._from_config(**model_kwargs)
         load_strict(model, read_state_file(weights), context=f"'{weights}' does not fit the model its config.json describes")
         return model

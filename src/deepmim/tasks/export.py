@@ -22,6 +22,7 @@ from: `deepmim evaluate` and `deepmim segment eval` take them as they take the .
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -38,6 +39,7 @@ from .segment import load_segmentor
 
 
 FORMATS = ("safetensors", "timm", "hf", "hf-encoder")
+logger = logging.getLogger(__name__)
 
 
 def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None, preset: Optional[str] = None,
@@ -78,6 +80,7 @@ def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], pres
     encoder = load_encoder(ckpt.path, preset)
     enc = encoder.cfg
     pre = preprocessing_of(ckpt.config, img_size or enc.img_size, enc.in_chans)
+    logger.debug("export of %s: encoder %s, preprocessing %s", ckpt.name, enc, pre)
     if folder:
         call = timm_folder_call(out)
         config = timm_folder_config(enc, pre, 0, extra={"timm_call": call, "exported_from": str(ckpt.path)})
@@ -98,6 +101,7 @@ def export_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int], pres
     enc = EncoderConfig(**ckpt.architecture["encoder"])
     pre = preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans)
     pool, classes = cfg.model.global_pool, ckpt.architecture.get("classes")
+    logger.debug("export of %s: classifier %s, preprocessing %s", ckpt.name, enc, pre)
     meta = {"format": "pt", "num_classes": str(model.num_classes), "global_pool": pool,
             "img_size": str(cfg.data.img_size), **checkpoint_metadata(ckpt)}
     if folder:
