@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None, preset: Optional[str] = None,
                       fmt: str = "safetensors") -> str:
-    """Write the weights of `checkpoint` to `out` (a .safetensors file, or a folder for the hf formats);
-    returns how to load them, in one line."""
+    """Write the weights of `checkpoint` to `out` (a .safetensors file, or a folder for the timm and hf formats);
+    returns what was written and how to load it (the timm formats: the exact call, on a line of its own)."""
     from .export_hf import export_hf_classifier, export_hf_segmentor, export_vit, export_vitmae
 
     if fmt not in FORMATS:
