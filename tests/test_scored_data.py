@@ -128,3 +128,34 @@ def test_print_config_shows_the_recorded_data(folder_run, tmp_path, capsys):
     assert main(["knn", str(ckpt), "--print-config"]) == 0
     text = capsys.readouterr().out
     assert "name: imagefolder" in text and f"path: {folder}" in text
+
+
+def save_finetuned(path: Path, data: DataConfig) -> Path:
+    """A fine-tuning checkpoint of a tiny timm classifier (random weights) whose config records `data`."""
+    from deepmim.config.loader import to_dict
+    from deepmim.config.schema import EncoderConfig, FinetuneConfig
+    from deepmim.tasks.finetune import vit_classifier
+
+    enc = EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    model = vit_classifier(enc, 10, 16)
+    cfg = FinetuneConfig(data=data)
+    cfg.train.device, cfg.train.precision, cfg.data.num_workers = "cpu", "fp32", 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"task": "finetune", "model": model.state_dict(), "config": to_dict(cfg),
+                "architecture": {"encoder": dataclasses.asdict(enc), "num_classes": 10}}, path)
+    return path
+
+
+def test_evaluate_says_what_it_scored_and_refuses_data_that_is_gone(tmp_path, capsys):
+    ckpt = save_finetuned(tmp_path / "ft" / "checkpoint-last.pt", DataConfig(name="embedded", img_size=16,
+                                                                             num_samples=12))
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"data: embedded (recorded in {ckpt}); val split 12 images" in printed and "images 12" in printed
+    record = json.loads(out.read_text())["data"]
+    assert record["images"] == {"val": 12} and record["source"] == f"recorded in {ckpt}"
+    gone = save_finetuned(tmp_path / "ft2" / "checkpoint-last.pt",
+                          DataConfig(name="imagefolder", path=str(tmp_path / "gone"), img_size=16))
+    assert main(["evaluate", str(gone)]) == 2
+    assert f"data.path={tmp_path / 'gone'}, is not there" in capsys.readouterr().err
