@@ -2,7 +2,6 @@
 with NaN are refused on load and export, a full disk during a write and damaged metadata end in one
 paragraph (exit code 2), and nothing of the run is lost."""
 import errno
-import json
 import os
 from pathlib import Path
 
@@ -93,3 +92,32 @@ def test_weights_holding_nan_are_refused_on_export_and_resume(tmp_path, capsys):
     torch.save(ckpt, tmp_path / "run" / LAST)
     with pytest.raises(CheckpointError, match=r"checkpoint-last\.pt.*NaN or inf.*encoder\.cls_token.*Cannot resume"):
         run_pretrain(tiny_pretrain_config(tmp_path / "run", epochs=2, resume="auto"))
+
+
+@pytest.mark.parametrize("config", ["{not json", "[1, 2]"])
+def test_malformed_safetensors_metadata_names_the_file(tmp_path, capsys, config):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "classifier.safetensors"
+    save_file({"head.weight": torch.zeros(2, 2)}, str(path), metadata={"task": "finetune", "config": config})
+    err = cli_error(capsys, "evaluate", str(path))
+    assert f"cannot read checkpoint '{path}': its safetensors metadata 'config' is" in err
+    assert "Export the checkpoint again" in err
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import deepmim.checkpoint as ckpt
+
+    save_checkpoint({"step": 1}, tmp_path)
+
+    def failing_save(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a failed f.write raises it: no file named
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint({"step": 2}, tmp_path)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / LAST)
+    monkeypatch.undo()
+    assert steps(tmp_path, LAST) == [1] and not (tmp_path / PREV).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST]

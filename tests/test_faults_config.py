@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-import torch
 
 from deepmim.checkpoint import CheckpointError
 from deepmim.cli.main import main
@@ -28,6 +27,9 @@ REFUSED = [
     ("model.target={name: pixel, junk: 1}", "unknown config key 'model.target.junk'"),
     ("train.output_dir=", "train.output_dir is empty"),
     ("train.dist_timeout=0", "train.dist_timeout must be a positive number of seconds"),
+    ("data.shuffle_buffer=0", "data.shuffle_buffer must be at least 1, got 0"),
+    ("train.progress_seconds=-1", "train.progress_seconds must be 0 or more"),
+    ("train.online_probe_lr=-1", "train.online_probe_lr must be a positive learning rate"),
 ]
 
 
@@ -82,4 +84,3 @@ def test_a_hugging_face_config_with_impossible_sizes_is_refused(tmp_path, capsys
     from deepmim.models.loading import load_checkpoint
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(folder)
-    assert torch.get_default_dtype() == torch.float32

@@ -283,6 +283,9 @@ def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
         raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
     if cfg.num_workers < 0:
         raise DataError(f"data.num_workers must be >= 0, got {cfg.num_workers}")
+    for key in ("img_size", "num_samples", "shuffle_buffer"):
+        if getattr(cfg, key) < 1:
+            raise DataError(f"data.{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.max_samples is not None and cfg.max_samples < 1:
         raise DataError(f"data.max_samples must be a positive number of images (or null: all), got {cfg.max_samples}")
 

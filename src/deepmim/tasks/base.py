@@ -104,6 +104,10 @@ class TrainingTask:
     def loss(self) -> LossFn:
         raise NotImplementedError
 
+    def check_loss(self) -> LossFn:
+        """The loss the guard checks a run's final weights on: `loss()` without side effects."""
+        return self.loss()
+
     def hooks(self, model: nn.Module, env: Env) -> Optional[TrainHooks]:
         return None
 
@@ -150,6 +154,11 @@ def check_values(train, optim) -> None:
     for key, low in at_least.items():
         if getattr(train, key) < low:
             raise ConfigError(f"train.{key} must be at least {low}, got {getattr(train, key)}")
+    for key in ("progress_seconds", "progress_steps", "online_probe_val_images"):
+        if getattr(train, key, 0) < 0:
+            raise ConfigError(f"train.{key} must be 0 or more, got {getattr(train, key)}")
+    if hasattr(train, "online_probe_lr") and not train.online_probe_lr > 0:
+        raise ConfigError(f"train.online_probe_lr must be a positive learning rate, got {train.online_probe_lr}")
     if not 0 <= train.seed < 2 ** 63:
         raise ConfigError(f"train.seed must be a whole number in [0, 2**63), got {train.seed}")
     if not train.output_dir.strip():
@@ -292,7 +301,8 @@ def run_training(task: TrainingTask) -> Any:
         trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),
                           env.device, env.precision, env.rank, env.world_size,
                           batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
-                          param_groups=groups, hooks=hooks, task=task.kind, architecture=task.architecture())
+                          param_groups=groups, hooks=hooks, task=task.kind, architecture=task.architecture(),
+                          check_loss=task.check_loss())
         lock = prepare_output_dir(task, model, loader, env, before_config=trainer.resume)
         if lock is not None:
             stack.callback(lock.release)

@@ -137,6 +137,9 @@ class PretrainTask(TrainingTask):
                                                env.world_size)
         return self.online_probe
 
+    def check_loss(self):
+        return pretrain_loss  # without the online probe's training step
+
     def loss(self):
         if self.online_probe is not None:
             return functools.partial(pretrain_loss, online_probe=self.online_probe)

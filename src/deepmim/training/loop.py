@@ -104,11 +104,14 @@ class Trainer:
                  rank: int = 0, world_size: int = 1, batch_size_of: Callable[[Any], int] = lambda b: len(b[0]),
                  forward_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
                  hooks: Optional[TrainHooks] = None, task: str = "pretrain",
-                 architecture: Optional[Dict[str, Any]] = None):
+                 architecture: Optional[Dict[str, Any]] = None, check_loss: Optional[LossFn] = None):
         """`model` is what is optimised and saved; `forward_model` (default: model) what the step calls,
         e.g. its DDP wrapper or compiled form (training.parallel.prepare_model). `task` and
-        `architecture` are recorded in every checkpoint (see deepmim.checkpoint)."""
+        `architecture` are recorded in every checkpoint (see deepmim.checkpoint). `check_loss` (default:
+        compute_loss) is what confirm_final computes: the same loss without side effects (an online
+        probe's training step)."""
         self.model, self.loader, self.compute_loss = model, loader, compute_loss
+        self.check_loss = check_loss or compute_loss
         self.forward_model = forward_model if forward_model is not None else model
         self.train_cfg, self.optim_cfg, self.config_dict = train, optim, config_dict
         self.task, self.architecture = task, architecture
@@ -198,7 +201,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                     autocast(self.device, self.precision):
-                loss, _ = self.compute_loss(self.model, batch, generator)
+                loss, _ = self.check_loss(self.model, batch, generator)
                 loss = loss.detach()
         finally:
             self.model.train(was_training)
