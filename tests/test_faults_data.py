@@ -8,7 +8,6 @@ import time
 import pytest
 
 from deepmim.cli.main import main
-from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder, list_images
 from tests.test_streaming import png, write_shards
 
