@@ -3,6 +3,7 @@ single-threaded busy loops, and beside a second deepmim run, for each way of run
 
     python benchmarks/shared_cpu.py                        # every setting x every neighbourhood
     python benchmarks/shared_cpu.py --steps 20 --smoke     # a few steps: checks the script, measures nothing
+    python benchmarks/shared_cpu.py data.num_samples=2048  # any override of the demo recipe
 
 Settings (each a separate `deepmim pretrain` process, so OpenMP reads its environment at start):
   default     the thread plan as it is (train.adapt_threads=false, OpenMP's own waiting)
@@ -54,8 +55,10 @@ def images_per_second(out: Path, warmup: int) -> Optional[float]:
     return statistics.median(rates) if rates else None
 
 
-def run_case(setting: str, neighbours: str, steps: int, log_every: int, warmup: int, root: Path) -> Dict:
+def run_case(setting: str, neighbours: str, steps: int, log_every: int, warmup: int, root: Path,
+             extra: List[str] = ()) -> Dict:
     env_extra, overrides = SETTINGS[setting]
+    overrides = [*extra, *overrides]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env.update(env_extra)
     loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(
@@ -108,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--neighbours", nargs="*", default=list(NEIGHBOURS), choices=list(NEIGHBOURS))
     parser.add_argument("--smoke", action="store_true", help="check that the script runs; the numbers mean nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo recipe")
     parser.add_argument("--out", default=None, help="the JSON file (default benchmarks/results/shared_cpu.json; "
                                                     "--smoke: none)")
     args = parser.parse_args(argv)
@@ -116,13 +120,13 @@ def main(argv=None) -> int:
         print(f"warning: load average {load:.2f} before the benchmark: other processes are running, the figures "
               f"will not be those of a quiet machine", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="deepmim-shared-cpu-") as tmp:
-        results = [run_case(s, n, args.steps, args.log_every, args.warmup, Path(tmp))
+        results = [run_case(s, n, args.steps, args.log_every, args.warmup, Path(tmp), args.overrides)
                    for s in args.settings for n in args.neighbours]
     results = summarise(results)
     print(table(results))
     if args.smoke:
         return 0
-    report = {"steps": args.steps, "log_every_steps": args.log_every, "warmup_windows": args.warmup,
+    report = {"overrides": args.overrides, "steps": args.steps, "log_every_steps": args.log_every, "warmup_windows": args.warmup,
               "cores": len(os.sched_getaffinity(0)), "load_average_before": load, "results": results}
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
