@@ -163,7 +163,9 @@ def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
     single = subprocess.run(launcher() + ["evaluate", str(out / "checkpoint-last.pt")], env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    numbers = dict(zip(single.stdout.split()[::2], single.stdout.split()[1::2]))
+    data_line, scores = single.stdout.strip().splitlines()[-2:]  # the data it scored, then the numbers
+    assert data_line.endswith("; val split 161 images")
+    numbers = dict(zip(scores.split()[::2], scores.split()[1::2]))
     assert int(numbers["images"]) == 161
     assert float(numbers["top1"]) == pytest.approx(evaluation["top1"], abs=1e-3)
     assert float(numbers["loss"]) == pytest.approx(evaluation["loss"], rel=1e-4)
