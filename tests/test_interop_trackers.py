@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import struct
+import os
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from deepmim.cli.main import main
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.loggers import RUNS_FILE, flat_config, scalars
 from deepmim.training.logging import read_metrics
+from tests.test_loggers import wandb_file_rows
 from tests.test_training import tiny_pretrain_config
 
 
@@ -71,31 +72,10 @@ def test_mlflow_params_epoch_and_artifacts(tmp_path, monkeypatch):
 
 
 def wandb_steps(run_dir):
-    """{offline run folder: the _step of every history row} read from each .wandb file (a LevelDB-style log of
-    protobuf Records, as tests/test_loggers.py reads it)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    out = {}
-    for path in sorted(glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))):
-        data, pos, block, pending, steps = open(path, "rb").read(), 7, 32768, b"", []
-        while pos + 7 <= len(data):
-            if block - pos % block < 7:
-                pos += block - pos % block
-                continue
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-            if kind == 0:
-                break
-            pending = chunk if kind in (1, 2) else pending + chunk
-            if kind in (1, 4):
-                record = pb.Record()
-                record.ParseFromString(pending)
-                if record.WhichOneof("record_type") == "history":
-                    row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                           for item in record.history.item}
-                    steps.append(row["_step"])
-        out[path] = steps
-    return out
+    """{offline run file: the _step of every history row}, for each run in run_dir in the order the runs
+    ended (last write), not by folder name: two runs started in one second tie on the name's timestamp."""
+    files = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    return {path: [row["_step"] for row in wandb_file_rows(path)] for path in sorted(files, key=os.path.getmtime)}
 
 
 @pytest.mark.slow

@@ -27,11 +27,16 @@ def test_only_the_main_process_builds_trackers(tmp_path):
 
 
 def wandb_history(run_dir):
-    """Every history row of an offline W&B run, read from its .wandb file (a LevelDB-style log of
-    protobuf Records: 7-byte header, 32 KiB blocks, records split FIRST/MIDDLE/LAST)."""
+    """Every history row of an offline W&B run (one run in run_dir)."""
+    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    return wandb_file_rows(path)
+
+
+def wandb_file_rows(path):
+    """Every history row of one .wandb file (a LevelDB-style log of protobuf Records: 7-byte header,
+    32 KiB blocks, records split FIRST/MIDDLE/LAST)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     data, pos, block, pending, rows = open(path, "rb").read(), 7, 32768, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:
