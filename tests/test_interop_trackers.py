@@ -14,8 +14,8 @@ import torch
 from deepmim.checkpoint import epoch_file_name
 from deepmim.cli.main import main
 from deepmim.tasks.pretrain import run_pretrain
-from deepmim.training.loggers import RUNS_FILE, flat_config, scalars
-from deepmim.training.logging import read_metrics
+from deepmim.training.metrics_log import read_metrics
+from deepmim.training.trackers import RUNS_FILE, flat_config, scalars
 from tests.test_loggers import wandb_file_rows
 from tests.test_training import tiny_pretrain_config
 

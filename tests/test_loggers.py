@@ -7,8 +7,8 @@ import pytest
 
 from deepmim.config.loader import ConfigError
 from deepmim.tasks.pretrain import run_pretrain
-from deepmim.training.loggers import RUNS_FILE, resolve_loggers, scalars
-from deepmim.training.logging import MetricsLogger, read_metrics
+from deepmim.training.metrics_log import MetricsLogger, read_metrics
+from deepmim.training.trackers import RUNS_FILE, resolve_loggers, scalars
 from tests.test_training import tiny_pretrain_config
 
 

@@ -240,7 +240,7 @@ def test_unused_parameters_are_the_blocks_after_the_deepest_head_and_the_unread_
 
 
 def test_a_heads_names_are_made_and_parsed_in_one_place():
-    from deepmim.models.heads import decoder_blocks, head_loss_keys, loss_block, loss_key, row_block, row_name
+    from deepmim.models.head_names import decoder_blocks, head_loss_keys, loss_block, loss_key, row_block, row_name
 
     assert [loss_block(loss_key(b)) for b in (2, 10, 12)] == [2, 10, 12]
     assert loss_block("loss") is None and loss_block("loss_blockx") is None

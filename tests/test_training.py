@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepmim import checkpoint as ckpt_mod
+from deepmim.checkpoint import atomic_save
 from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, TrainConfig
 from deepmim.models import DeepMIM, load_checkpoint
-from deepmim.training import checkpoint as ckpt_mod
-from deepmim.training.checkpoint import atomic_save
-from deepmim.training.loop import NonFiniteLossError
+from deepmim.training.guard import DivergenceError
 from deepmim.training.optim import build_adamw, scaled_lr
 from deepmim.training.schedule import warmup_cosine_lr
 from deepmim.tasks.pretrain import run_pretrain
@@ -173,7 +173,7 @@ def test_non_finite_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(pretrain_task, "pretrain_loss", exploding_loss)
     cfg = tiny_pretrain_config(tmp_path, epochs=3, log_every_steps=100)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(epoch 2\).*last good checkpoint"):
+    with pytest.raises(DivergenceError, match=r"non-finite loss at step \d+ \(epoch 2\).*last good checkpoint"):
         run_pretrain(cfg)
     state = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
     assert state["step"] == 4  # the end of the first epoch, the last finite state

@@ -8,9 +8,9 @@ the registry calls it on its first lookup, and the names above call it before th
 """
 from __future__ import annotations
 
-from .training.logging import configure_console
+from .training.console import configure_console
 
-configure_console()  # the `deepmim` logger's console handler at INFO (training/logging.py; the CLI sets the level)
+configure_console()  # the `deepmim` logger's console handler at INFO (training/console.py; the CLI sets the level)
 
 __version__ = "0.1.0"
 __all__ = ["DeepMIM", "create_model", "list_presets", "load_checkpoint", "__version__"]

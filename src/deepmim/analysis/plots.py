@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..models.heads import head_loss_keys, loss_block, row_name  # noqa: E402
+from ..models.head_names import head_loss_keys, loss_block, row_name  # noqa: E402
 from ..targets import patchify, unpatchify  # noqa: E402
-from ..training.logging import read_metrics  # noqa: E402
+from ..training.metrics_log import read_metrics  # noqa: E402
 
 
 def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:

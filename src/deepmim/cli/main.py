@@ -269,7 +269,7 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     them) go through logging too, so --quiet keeps them and they share the console's format."""
     import logging
 
-    from ..training.logging import configure_console
+    from ..training.console import configure_console
     configure_console(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")

@@ -149,7 +149,7 @@ class TrainConfig:
     progress_seconds: float = 30.0  # lines: at most one per this many seconds (checked at logging steps); 0: off
     progress_steps: int = 0  # lines: also one every this many steps; 0: time only
     print_config: bool = False  # print the whole resolved config at start (it is always in output_dir/config.yaml)
-    # metrics.jsonl is always written; tensorboard | wandb | mlflow mirror it (training/loggers.py)
+    # metrics.jsonl is always written; tensorboard | wandb | mlflow mirror it (training/trackers.py)
     loggers: List[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
     tensorboard: bool = True  # false: drop tensorboard from loggers (the older switch)
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..checkpoint import strip_module_prefix
-from .heads import decoder_key
+from .head_names import decoder_key
 from .hf import from_hf_state, is_hf_state
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")

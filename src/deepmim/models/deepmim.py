@@ -14,7 +14,7 @@ from ..config.loader import ConfigError, deep_merge, from_dict
 from ..config.schema import EncoderConfig, HeadConfig, ModelConfig
 from .decoder import MaskedDecoder
 from .encoder import MaskedViTEncoder
-from .heads import decoder_key
+from .head_names import decoder_key
 from .hub import HubWeights
 from .masking import Masking
 from .target import Target, build_target, target_config

@@ -21,7 +21,7 @@ import torch
 
 from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig, HeadConfig, ModelConfig
-from .heads import decoder_key
+from .head_names import decoder_key
 
 CONFIG_FILE = "config.json"
 

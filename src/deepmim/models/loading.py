@@ -19,7 +19,7 @@ from .convert import convert_state_dict
 from .deepmim import DeepMIM, validate_model_config
 from .encoder import MaskedViTEncoder
 from .export import encoder_state_dict
-from .heads import decoder_blocks
+from .head_names import decoder_blocks
 from .hf import is_hf_folder, model_config_from_hf, read_hf_config
 from .presets import preset_config
 

@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointError, read_checkpoint
 from ..config.loader import ConfigError
 from ..models.convert import convert_state_dict
 from ..models.deepmim import DeepMIM
-from ..models.heads import decoder_key
+from ..models.head_names import decoder_key
 from ..models.loading import load_weights
 from ..models.masking import Masking
 from ..models.presets import preset_config

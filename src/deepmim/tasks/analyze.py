@@ -29,12 +29,12 @@ from ..checkpoint import epoch_checkpoints, read_checkpoint
 from ..config.loader import load_config, to_dict
 from ..config.schema import AnalyzeConfig, DataConfig
 from ..data import TransformedDataset, build_dataset, build_eval_transform, collate_skip_broken, preview_images
-from ..models.heads import loss_block, row_block
+from ..models.head_names import loss_block, row_block
 from ..models.loading import load_checkpoint
 from ..models.masking import random_masking
 from ..targets import unpatchify
 from ..training.distributed import resolve_device
-from ..training.logging import METRICS_FILE, read_metrics
+from ..training.metrics_log import METRICS_FILE, read_metrics
 from ..training.jsonfile import write_json
 from ..training.progress import task_bar
 from .probe import run_knn, run_probe_layers

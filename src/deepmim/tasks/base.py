@@ -29,7 +29,7 @@ from ..checkpoint import load_strict, read_checkpoint
 from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
 from ..config.schema import EncoderConfig
 from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
-from ..training.logging import say
+from ..training.console import say
 from ..training.compile import should_compile
 from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
 from ..training.parallel import STRATEGIES, prepare_model

@@ -15,9 +15,10 @@ from ..data import (TransformedDataset, build_dataset, build_eval_transform, bui
 from ..data.labels import ONLINE_PROBE
 from ..models.deepmim import DeepMIM, validate_model_config
 from ..models.factory import expand_model_dict
-from ..models.heads import loss_key
+from ..models.head_names import loss_key
 from ..targets import TARGETS
-from ..training.logging import METRICS_FILE, say
+from ..training.console import say
+from ..training.metrics_log import METRICS_FILE
 from ..training.distributed import is_distributed, shard_indices
 from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_probe_blocks
 from ..training.loop import TrainResult

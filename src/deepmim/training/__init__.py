@@ -1,11 +1,10 @@
 """The shared training machinery: loop, optimizer, schedule, precision, resume state, logs, torchrun.
 
 The names below are imported on first use (PEP 562), so the package root can set up the console logger
-(training/logging.py, standard library only) without loading torch."""
+(training/console.py, standard library only) without loading torch."""
 import importlib
 
-_WHERE = {"atomic_save": "..checkpoint", "find_resume_checkpoint": "..checkpoint", "DivergenceError": ".guard",
-          "NonFiniteLossError": ".loop", "Trainer": ".loop", "TrainResult": ".loop", "build_adamw": ".optim",
+_WHERE = {"DivergenceError": ".guard", "Trainer": ".loop", "TrainResult": ".loop", "build_adamw": ".optim",
           "scaled_lr": ".optim", "resolve_device": ".distributed", "autocast": ".precision",
           "resolve_precision": ".precision", "use_fused_attention": ".precision", "warmup_cosine_lr": ".schedule"}
 __all__ = list(_WHERE)

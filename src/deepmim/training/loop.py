@@ -1,5 +1,5 @@
 """The one training loop every task shares: AMP, accumulation, clipping, schedule,
-atomic checkpoints with exact resume, logs (training/loggers.py) and progress (a bar or lines).
+atomic checkpoints with exact resume, logs (training/metrics_log.py, training/trackers.py) and progress (a bar or lines).
 
 Randomness is derived from (seed, rank, step) rather than carried in global RNG state,
 so a run killed at any moment and resumed from its last checkpoint ends with the same
@@ -32,10 +32,11 @@ from .distributed import agree_on_max, all_reduce_sum, barrier, is_distributed
 from .parallel import full_state_dict, load_full_state_dict
 from ..checkpoint import (LAST, PREV, SET_ASIDE, CheckpointError, PickledObjectsError, compare_state_dicts,
                           find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint)
-from .checkpoint import rng_state, set_rng_state
+from .rng_state import rng_state, set_rng_state
 from .guard import DivergenceError, DivergenceGuard
-from .loggers import build_trackers, resolve_loggers
-from .logging import MetricsLogger, say
+from .console import say
+from .metrics_log import MetricsLogger
+from .trackers import build_trackers, resolve_loggers
 from .derived import derive
 from .optim import build_adamw
 from .precision import autocast
@@ -45,9 +46,6 @@ from .signals import StopSignals, Stopped, requeue_slurm_job, stop_signals
 from .threads import ThreadAdapter
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
-
-
-NonFiniteLossError = DivergenceError  # its name from when the loss was all the loop checked
 
 
 class EpochLoader(Protocol):

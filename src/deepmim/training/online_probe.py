@@ -146,7 +146,7 @@ class OnlineProbe(TrainHooks):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         saved = state.get("online_probe")
         if saved is None:  # the run so far had no probe: it starts now, from its initialisation
-            from .logging import say
+            from .console import say
             say("online probe: the resumed checkpoint has no online-probe state; its heads start from scratch here")
             return
         self.heads.load_state_dict(saved["heads"])

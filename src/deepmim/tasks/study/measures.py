@@ -160,7 +160,7 @@ def finetune_stage(study, checkpoint: Path, seed: int, folder: Path, upstream: s
 
     def run():
         from ...data import build_dataset
-        from ...training.logging import METRICS_FILE, read_metrics
+        from ...training.metrics_log import METRICS_FILE, read_metrics
         from ..finetune import run_finetune
 
         result = run_finetune(cfg)

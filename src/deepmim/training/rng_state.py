@@ -1,9 +1,5 @@
-"""The training state a checkpoint carries for a bit-exact resume: the RNG states.
-
-The checkpoint file itself (its keys, file names, atomic writes, reading) is deepmim.checkpoint's;
-`atomic_save`, `find_resume_checkpoint` and `LAST` are imported from there (and so stay importable
-from here, where they used to live).
-"""
+"""The RNG states a checkpoint carries for a bit-exact resume (the checkpoint file itself, its keys,
+names, atomic writes and reading, is deepmim.checkpoint's)."""
 from __future__ import annotations
 
 import random
@@ -12,9 +8,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from ..checkpoint import LAST, atomic_save, find_resume_checkpoint
-
-__all__ = ["LAST", "atomic_save", "find_resume_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["rng_state", "set_rng_state"]
 
 
 def rng_state() -> Dict[str, Any]:
