@@ -159,7 +159,7 @@ def test_a_loader_that_runs_dry_mid_epoch_stops_instead_of_repeating_the_epoch(t
 FROZEN_RANK = """
 import os, sys, time, torch
 from deepmim.training.distributed import all_reduce_sum, setup_distributed
-from deepmim.cli.main import collective_timeout_message, is_collective_timeout
+from deepmim.cli.errors import collective_timeout_message, is_collective_timeout
 device, rank, world_size = setup_distributed(torch.device("cpu"), timeout=2.0)
 if rank == 1:
     os.kill(os.getpid(), __import__("signal").SIGSTOP)  # frozen, as by kill -STOP

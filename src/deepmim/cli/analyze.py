@@ -40,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="SHORTHAND",
                    help="embedded | embedded:N | FOLDER (IDX files or an image folder); see above")
     add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides", command="analyze")
+    p.set_defaults(handler=run)
     return p
 
 

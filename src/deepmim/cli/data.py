@@ -15,6 +15,7 @@ WebDataset shards for streaming pre-training (data.name=wds; data.name=hf reads 
 def add_parser(subparsers) -> None:
     data = subparsers.add_parser("data", help="write, index and time WebDataset shards", description=HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.set_defaults(handler=run)
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = sub.add_parser("pack", help="an ImageFolder as tar shards + index")
     p.add_argument("imagefolder", help="root/<class>/*.jpg, or root/{train,val}/<class>/*.jpg")

@@ -30,6 +30,7 @@ Prints aAcc / mIoU / mAcc and a per-class IoU / Acc table; --out writes them as 
 def add_parser(subparsers) -> None:
     segment = subparsers.add_parser("segment", help="semantic segmentation: UperNet on a pre-trained ViT",
                                     description="UperNet on a pre-trained ViT, the ADE20K protocol of the paper.")
+    segment.set_defaults(handler=run)
     sub = segment.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a segmentation model", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

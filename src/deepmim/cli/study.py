@@ -34,6 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="RECIPE", help="bundled study recipe name or YAML path (task: study)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. seeds=[0,1]")
+    p.set_defaults(handler=run)
     return p
 
 

@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
     s.add_argument("job_command", metavar="COMMAND", choices=TRAINING_COMMANDS,
                    help=f"the training command to run: {' | '.join(TRAINING_COMMANDS)}")
     s.add_argument("arguments", nargs=argparse.REMAINDER, help="--config RECIPE and key=value overrides")
+    s.set_defaults(handler=run)
 
 
 def parse_time(text: str) -> int:
