@@ -6,16 +6,16 @@ single-threaded busy loops, and beside a second deepmim run, for each way of run
     python benchmarks/shared_cpu.py data.num_samples=2048  # any override of the demo recipe
 
 Settings (each a separate `deepmim pretrain` process, so OpenMP reads its environment at start):
-  default     the thread plan as it is (train.adapt_threads=false, OpenMP's own waiting)
-  passive     OMP_WAIT_POLICY=PASSIVE: threads sleep at OpenMP barriers instead of spinning
-  adapt       train.adapt_threads=true: torch threads follow the cores the neighbours leave free
+  fixed       train.adapt_threads=false: the thread plan's count for the whole run, OpenMP's own waiting
+  passive     fixed + OMP_WAIT_POLICY=PASSIVE: threads sleep at OpenMP barriers instead of spinning
+  adapt       train.adapt_threads=true (the default): torch threads follow the cores the neighbours leave free
   adapt+passive  both
 
 A run's images/s is the median of its logged windows after the first `--warmup` windows (start-up and the
 first re-plan of adapt). Beside a second deepmim run both runs are timed and the report gives their sum
-("together", as a share of the alone figure of the same setting and of `default`). The goals this is
+("together", as a share of the alone figure of the same setting and of `fixed`). The goals this is
 measured against: beside one busy loop at least 50% of alone; two runs together at least 80% of one
-run alone; alone no more than 5% slower than `default` alone. Timings are only meaningful on a machine
+run alone; alone no more than 5% slower than `fixed` alone. Timings are only meaningful on a machine
 with nothing else running: the script records the load average before it starts and warns above 0.5.
 Writes strict JSON (--out, default benchmarks/results/shared_cpu.json) and prints a table.
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 SETTINGS = {
-    "default": ({}, []),
-    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, []),
+    "fixed": ({}, ["train.adapt_threads=false"]),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["train.adapt_threads=false"]),
     "adapt": ({}, ["train.adapt_threads=true"]),
     "adapt+passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, ["train.adapt_threads=true"]),
 }
@@ -83,23 +83,23 @@ def run_case(setting: str, neighbours: str, steps: int, log_every: int, warmup: 
 
 
 def summarise(results: List[Dict]) -> List[Dict]:
-    """Each case as a share of its setting's alone figure and of default's alone figure."""
+    """Each case as a share of its setting's alone figure and of fixed's alone figure."""
     alone = {r["setting"]: r["total_img_per_s"] for r in results if r["neighbours"] == "alone"}
     for r in results:
-        own, base = alone.get(r["setting"]), alone.get("default")
+        own, base = alone.get(r["setting"]), alone.get("fixed")
         total = r["total_img_per_s"]
         r["share_of_alone"] = total / own if total is not None and own else None
-        r["share_of_default_alone"] = total / base if total is not None and base else None
+        r["share_of_fixed_alone"] = total / base if total is not None and base else None
     return results
 
 
 def table(results: List[Dict]) -> str:
-    lines = [f"{'setting':<15} {'neighbours':<20} {'img/s':>14} {'of alone':>9} {'of default alone':>17}"]
+    lines = [f"{'setting':<15} {'neighbours':<20} {'img/s':>14} {'of alone':>9} {'of fixed alone':>17}"]
     for r in results:
         rates = " + ".join(f"{x:.1f}" for x in r["img_per_s"] if x is not None) or "-"
         share = lambda v: f"{100 * v:.0f}%" if v is not None else "-"  # noqa: E731
         lines.append(f"{r['setting']:<15} {r['neighbours']:<20} {rates:>14} {share(r['share_of_alone']):>9} "
-                     f"{share(r['share_of_default_alone']):>17}")
+                     f"{share(r['share_of_fixed_alone']):>17}")
     return "\n".join(lines)
 
 

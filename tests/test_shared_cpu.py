@@ -1,6 +1,6 @@
 """Cores shared with other processes: ThreadAdapter (train.adapt_threads=true) measures how much of this
 process's cores others keep busy and runs torch on what they leave; benchmarks/shared_cpu.py measures it
-against the default (its smoke run here checks the script, not the speed: timings need a quiet machine)."""
+against a fixed thread count (its smoke run here checks the script, not the speed: timings need a quiet machine)."""
 import os
 import subprocess
 import sys
@@ -82,7 +82,7 @@ def test_a_run_with_adapt_threads_changes_threads_at_logging_steps_and_restores_
 @pytest.mark.slow
 def test_benchmark_smoke_runs_every_neighbourhood(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shared_cpu.py"), "--smoke", "--steps", "4",
-                           "--log-every", "2", "--warmup", "1", "--settings", "default", "adapt",
+                           "--log-every", "2", "--warmup", "1", "--settings", "fixed", "adapt",
                            "--neighbours", "alone", "second deepmim run", "--", "data.num_samples=256",
                            "model.encoder.depth=2",
                            "model.heads=[{block: 2, decoder_dim: 64, decoder_depth: 1, decoder_heads: 2}]"],
@@ -92,3 +92,13 @@ def test_benchmark_smoke_runs_every_neighbourhood(tmp_path):
     assert len(rows) == 4
     assert all("%" in row for row in rows)  # every case gave images/s and a share of alone
     assert sum(" + " in row for row in rows) == 2  # the two side-by-side runs are both timed
+
+
+def test_adapt_threads_is_on_by_default_and_false_keeps_the_planned_count(tmp_path, monkeypatch, capsys):
+    from deepmim.config.schema import TrainConfig
+
+    assert TrainConfig().adapt_threads is True
+    monkeypatch.setattr(ThreadAdapter, "others_cores", lambda self: float(len(self.cpus)))  # every core taken
+    result = run_pretrain(tiny_pretrain_config(tmp_path / "run", epochs=1, adapt_threads=False))
+    assert result.finished
+    assert "(train.adapt_threads)" not in capsys.readouterr().err  # never re-planned, however busy the cores

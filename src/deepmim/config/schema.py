@@ -179,9 +179,10 @@ class TrainConfig:
     save_signal: Optional[str] = "SIGUSR1"
     requeue: bool = False  # under SLURM: `scontrol requeue $SLURM_JOB_ID` after a signal's checkpoint
     # CPU training beside other processes: at logging steps, run on the cores they leave free (torch threads
-    # = planned threads minus the cores others keep busy; training/threads.py). Off: the thread count stays
-    # fixed, so numerics do not depend on the machine's load
-    adapt_threads: bool = False
+    # = planned threads minus the cores others keep busy; training/threads.py). False: the thread count stays
+    # fixed, so a run's numbers never depend on what else the machine runs (bitwise-repeatable runs on a
+    # shared machine)
+    adapt_threads: bool = True
 
 
 @dataclass
