@@ -58,7 +58,7 @@ def main() -> None:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
 
-    from deepmim.tasks.finetune import vit_classifier
+    from deepmim.models.classifier import vit_classifier
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)

@@ -23,7 +23,8 @@ def save_tiny_pretrained(path):
     from deepmim.models import DeepMIM
 
     model = DeepMIM(tiny_model_config())
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
+    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
+               path)
     return path
 
 

@@ -302,7 +302,8 @@ def test_different_depths_side_by_side(tmp_path, capsys):
         model = create_model(cfg)
         path = tmp_path / f"d{depth}" / "model.pt"
         path.parent.mkdir()
-        torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
+        torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
+                   path)
         paths.append(str(path))
     cfg = load_analyze_config(None, ["data.num_samples=20", *common(tmp_path),
                                      "analysis.measures=[attention,cka,reconstruction,loss,convergence]"])

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from deepmim.config.schema import (DataConfig, EncoderConfig, HeadConfig, ModelConfig, OptimConfig, PretrainConfig,
                                    PretrainTrainConfig)
 from deepmim.models import DeepMIM
-from deepmim.tasks.finetune import FinetuneTask, build_classifier, load_finetune_config, run_finetune
+from deepmim.models.classifier import build_classifier
+from deepmim.tasks.finetune import FinetuneTask, load_finetune_config, run_finetune
 from deepmim.tasks.pretrain import PretrainTask, load_pretrain_config, run_pretrain
 from deepmim.tasks.segment import SegmentTask, build_segmentor, load_segment_config
 from deepmim.training.optim import build_adamw
@@ -132,7 +133,8 @@ def frozen_mae_p16(tmp_path_factory):
                       heads=[HeadConfig(block=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)],
                       target={"name": "pixel", "norm_pix": True})
     path = tmp_path_factory.mktemp("frozen") / "mae.pt"
-    torch.save({"model": DeepMIM(cfg).state_dict(), "config": {"model": dataclasses.asdict(cfg)}}, path)
+    torch.save({"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": dataclasses.asdict(cfg)}},
+               path)
     return path
 
 

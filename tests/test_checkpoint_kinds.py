@@ -1,7 +1,7 @@
 """Every kind of checkpoint deepmim writes round-trips through its owner, deepmim.checkpoint: written
 by its task (tiny models, a few steps), read back as that kind, then exported, loaded and evaluated
-where that applies. Files in the layout written before checkpoints recorded their task (no `task`,
-`architecture` inside `config`) read back the same."""
+where that applies. A file with a deepmim config or probe head but no `task` is refused, the message
+naming the file and saying how to add the key."""
 import json
 from pathlib import Path
 
@@ -47,34 +47,42 @@ def runs(tmp_path_factory):
             "linprobe": tmp / "lp" / "probe-head.pt"}
 
 
-def as_written_before_tasks(path: Path, out: Path) -> Path:
-    """The same checkpoint in the layout the code wrote before `task` existed: no `task` key, the
-    architecture inside the config, a probe head's weights under `head` only."""
+def without_task(path: Path, out: Path, keep_config: bool = True) -> Path:
+    """The same checkpoint without its `task` key (`keep_config=False`: without its config too)."""
     obj = torch.load(path, weights_only=True)
-    old = {k: v for k, v in obj.items() if k not in ("task", "architecture")}
-    if "architecture" in obj:
-        old["config"] = {**obj["config"], "architecture": obj["architecture"]}
-    if obj["task"] == "linprobe":
-        old.pop("config")
-    torch.save(old, out)
+    dropped = ("task",) if keep_config else ("task", "config")
+    torch.save({k: v for k, v in obj.items() if k not in dropped}, out)
     return out
 
 
-@pytest.mark.parametrize("layout", ["current", "before tasks"])
-def test_each_kind_reads_back_as_itself(runs, tmp_path, layout):
+def test_each_kind_reads_back_as_itself(runs):
     for kind in ("pretrain", "finetune", "segment", "linprobe"):
-        path = runs[kind] if layout == "current" else as_written_before_tasks(runs[kind], tmp_path / f"{kind}.pt")
-        ckpt = read_checkpoint(path)
-        assert ckpt.task == kind, path
+        ckpt = read_checkpoint(runs[kind])
+        assert ckpt.task == kind, runs[kind]
         assert "architecture" not in ckpt.config
         expected = torch.load(runs[kind], weights_only=True)
         assert sorted(ckpt.model_state) == sorted(expected["head" if kind == "linprobe" else "model"])
-    pre = read_checkpoint(runs["pretrain"] if layout == "current" else tmp_path / "pretrain.pt")
+    pre = read_checkpoint(runs["pretrain"])
     assert (pre.step, pre.epoch) == (5, 1) and [h.block for h in pre.model_config().heads] == [1, 2, 3, 4]
-    ft = read_checkpoint(runs["finetune"] if layout == "current" else tmp_path / "finetune.pt")
+    ft = read_checkpoint(runs["finetune"])
     assert ft.architecture["num_classes"] == 10 and ft.architecture["encoder"]["depth"] == 4
-    seg = read_checkpoint(runs["segment"] if layout == "current" else tmp_path / "segment.pt")
+    seg = read_checkpoint(runs["segment"])
     assert seg.architecture["classes"][0] == "background" and seg.config["model"]["channels"] == 16
+
+
+def test_a_file_without_its_task_is_refused_saying_how_to_add_it(runs, tmp_path):
+    for kind in ("pretrain", "finetune", "segment", "linprobe"):
+        for keep_config in (True, False):
+            path = without_task(runs[kind], tmp_path / f"{kind}-{keep_config}.pt", keep_config)
+            if not keep_config and kind != "linprobe":
+                assert read_checkpoint(path).task is None  # weights alone: bare weights, as MAE's releases
+                continue
+            with pytest.raises(CheckpointError) as refused:
+                read_checkpoint(path)
+            message = str(refused.value)
+            assert message.startswith(f"'{path}' holds a deepmim run's {'config' if keep_config else 'probe head'} "
+                                      f"but no `task` key"), message
+            assert "ckpt['task'] = 'pretrain' (or the kind it is: pretrain, finetune, segment, linprobe)" in message
 
 
 def test_pretrained_checkpoint_loads_and_exports_its_encoder_to_timm(runs, tmp_path):
@@ -117,11 +125,13 @@ def test_segmentation_checkpoint_exports_and_the_export_scores_the_same(runs, tm
     assert same  # (compared as JSON: a class absent from the images scores nan, and nan != nan)
 
 
-def test_old_layouts_export_too(runs, tmp_path):
+def test_the_cli_refuses_a_file_without_its_task_in_one_paragraph(runs, tmp_path, capsys):
     for kind in ("finetune", "segment"):
-        old = as_written_before_tasks(runs[kind], tmp_path / f"{kind}.pt")
-        assert main(["export", str(old), "--out", str(tmp_path / f"{kind}.safetensors")]) == 0
-        assert read_checkpoint(tmp_path / f"{kind}.safetensors").task == kind
+        path = without_task(runs[kind], tmp_path / f"{kind}.pt")
+        assert main(["export", str(path), "--out", str(tmp_path / f"{kind}.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert f"'{path}' holds a deepmim run's config but no `task` key" in err and "torch.save(ckpt, path)" in err
+        assert not (tmp_path / f"{kind}.safetensors").exists()
 
 
 def test_kinds_that_do_not_fit_are_refused_by_name(runs, tmp_path, capsys):

@@ -152,7 +152,7 @@ def test_missing_or_corrupt_file_is_a_clear_error(tmp_path):
 def test_export_loads_in_timm_strict_with_equal_features(tmp_path):
     model = create_model("mae_vit_tiny").eval()
     ckpt = tmp_path / "ck.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": _asdict(model.cfg)}}, ckpt)
+    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": _asdict(model.cfg)}}, ckpt)
     out = tmp_path / "enc.safetensors"
     assert cli_main(["export", str(ckpt), "--out", str(out)]) == 0
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, checkpoint_path=str(out)).eval()
@@ -175,11 +175,13 @@ def test_load_encoder_needs_no_teacher_file_and_reads_released_layouts(tmp_path)
     from deepmim.models.loading import load_encoder
 
     teacher = DeepMIM(tiny_model_config())
-    torch.save({"model": teacher.state_dict(), "config": {"model": _asdict(teacher.cfg)}}, tmp_path / "t.pt")
+    torch.save({"task": "pretrain", "model": teacher.state_dict(), "config": {"model": _asdict(teacher.cfg)}},
+               tmp_path / "t.pt")
     cfg = tiny_model_config()
     cfg.target = {"name": "teacher", "kind": "deepmim", "path": str(tmp_path / "t.pt")}
     student = DeepMIM(cfg)
-    torch.save({"model": student.state_dict(), "config": {"model": _asdict(student.cfg)}}, tmp_path / "s.pt")
+    torch.save({"task": "pretrain", "model": student.state_dict(), "config": {"model": _asdict(student.cfg)}},
+               tmp_path / "s.pt")
     (tmp_path / "t.pt").unlink()  # the teacher is gone: the full model cannot be rebuilt ...
     with pytest.raises(Exception):
         load_checkpoint(tmp_path / "s.pt")

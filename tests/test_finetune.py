@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from deepmim.config.loader import ConfigError
-from deepmim.tasks.finetune import (ClassifierConfig, build_classifier, layer_decay_groups, load_classifier,
-                                    load_finetune_config, run_evaluate, run_finetune)
+from deepmim.models.classifier import build_classifier
+from deepmim.tasks.finetune import (ClassifierConfig, layer_decay_groups, load_classifier, load_finetune_config,
+                                    run_evaluate, run_finetune)
 from tests.conftest import save_tiny_pretrained
 
 

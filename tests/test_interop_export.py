@@ -19,12 +19,13 @@ from deepmim.config.loader import to_dict
 from deepmim.config.schema import DataConfig, EncoderConfig, FinetuneConfig, ModelConfig
 from deepmim.data.transforms import build_eval_transform
 from deepmim.models import create_model
+from deepmim.models.classifier import vit_classifier
 from deepmim.models.encoder import MaskedViTEncoder
 from deepmim.models.export import TIMM_CONFIG, timm_folder_config, preprocessing_of
 from deepmim.models.loading import load_encoder
 from deepmim.models.presets import list_presets, preset_config
 from deepmim.tasks.export import export_checkpoint
-from deepmim.tasks.finetune import build_transforms, load_classifier, vit_classifier
+from deepmim.tasks.finetune import build_transforms, load_classifier
 
 MEAN, STD = [0.30, 0.40, 0.50], [0.20, 0.25, 0.30]  # not ImageNet's, not timm's 0.5: a lost mean/std shows
 

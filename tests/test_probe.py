@@ -86,7 +86,8 @@ def test_knn_weighting_prefers_close_neighbour():
 def tiny_ckpt(tmp_path):
     model = create_model(tiny_model_config())  # 4 blocks, 32 wide, 16 px, patch 4
     path = tmp_path / "tiny.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path)
+    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
+               path)
     return path
 
 

@@ -134,7 +134,7 @@ def save_finetuned(path: Path, data: DataConfig) -> Path:
     """A fine-tuning checkpoint of a tiny timm classifier (random weights) whose config records `data`."""
     from deepmim.config.loader import to_dict
     from deepmim.config.schema import EncoderConfig, FinetuneConfig
-    from deepmim.tasks.finetune import vit_classifier
+    from deepmim.models.classifier import vit_classifier
 
     enc = EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
     model = vit_classifier(enc, 10, 16)

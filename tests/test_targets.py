@@ -282,8 +282,8 @@ DATA_MEAN, DATA_STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
 
 def test_deepmim_teacher_equals_encoder_forward_features(tmp_path, tiny_cfg):
     model = perturb_(DeepMIM(tiny_cfg)).eval()
-    torch.save({"model": model.state_dict(), "config": {"model": to_dict(tiny_cfg),
-                                                        "data": {"mean": DATA_MEAN, "std": DATA_STD}}},
+    torch.save({"task": "pretrain", "model": model.state_dict(),
+                "config": {"model": to_dict(tiny_cfg), "data": {"mean": DATA_MEAN, "std": DATA_STD}}},
                tmp_path / "last.pt")
     target = build_target({"name": "teacher", "kind": "deepmim", "path": str(tmp_path / "last.pt")}, 4, 3)
     assert target.dim == 32
@@ -376,7 +376,7 @@ def frozen_path(tmp_path):
     cfg = tiny_model_config()
     frozen = perturb_(DeepMIM(cfg)).eval()
     path = tmp_path / "frozen.pt"
-    torch.save({"model": frozen.state_dict(), "config": {"model": to_dict(cfg)}, "step": 10}, path)
+    torch.save({"task": "pretrain", "model": frozen.state_dict(), "config": {"model": to_dict(cfg)}, "step": 10}, path)
     return path, frozen
 
 
@@ -443,7 +443,8 @@ def test_hybrid_refuses_mismatched_frozen_models(frozen_path, tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         build_target({"name": "hybrid", "path": str(path), "alpha": 1.5}, 4, 3)
     cfg = dataclasses.replace(tiny_model_config(), target={"name": "hog", "cell_size": 4})
-    torch.save({"model": DeepMIM(cfg).state_dict(), "config": {"model": to_dict(cfg)}}, tmp_path / "hog.pt")
+    torch.save({"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": to_dict(cfg)}},
+               tmp_path / "hog.pt")
     with pytest.raises(ConfigError, match="not pixels"):
         build_target({"name": "hybrid", "path": str(tmp_path / "hog.pt")}, 4, 3)
     torch.save({"model": frozen.state_dict()}, tmp_path / "noconfig.pt")

@@ -4,18 +4,20 @@ safetensors), and the one strict state-dict loader every caller uses.
 
 A deepmim checkpoint is a dict:
 
-    task          the command that wrote it: pretrain | finetune | segment | linprobe
+    task          the kind of checkpoint, named by the task that wrote it: pretrain | finetune | segment |
+                  linprobe (one `TaskKind` record each: what wrote it, its config class, how to rebuild
+                  and export its model)
     model         the weights, parameter names as keys (a linear probe's: `head`)
     config        the run's config: `to_dict` of the task's config dataclass
     architecture  what the weights need besides the config (finetune, segment: encoder, classes)
     epoch, step   where training stood; with optimizer, scaler, rng, steps_per_epoch and hooks,
                   everything an exact resume needs (training/loop.py writes and reads those)
 
-Files written before `task` was recorded still load: `infer_task` reads their kind off the other
-keys (and finds `architecture` inside `config`, where those files kept it). A safetensors file that
-`save_weights` wrote with `checkpoint_metadata` (`deepmim export` of a classifier or a segmentation
-model) reads back as that checkpoint. Files deepmim did not write (MAE's, the authors', timm's) and
-exported encoders are bare weights: task None.
+A file with a deepmim config (or a probe head) but no `task` is refused with a message that says how
+to add it: the kind is read from `task` alone. A safetensors file that `save_weights` wrote with
+`checkpoint_metadata` (`deepmim export` of a classifier or a segmentation model) reads back as that
+checkpoint. Files deepmim did not write (MAE's, the authors', timm's) and exported encoders are bare
+weights: task None.
 
 This module sits on the ground floor (it imports only the configs), so models, targets, training
 and tasks all read and write checkpoints through it. `save_checkpoint` is the one writer of a
@@ -34,18 +36,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from .config.loader import from_dict
-from .config.schema import ModelConfig
+from .config.schema import FinetuneConfig, LinprobeConfig, ModelConfig, PretrainConfig, SegmentConfig
 
-TASKS = ("pretrain", "finetune", "segment", "linprobe")
-WRITTEN_BY = {"pretrain": "deepmim pretrain", "finetune": "deepmim finetune", "segment": "deepmim segment train",
-              "linprobe": "deepmim linprobe"}
-KIND_NAMES = {"pretrain": "a pre-training checkpoint", "finetune": "a fine-tuning checkpoint",
-              "segment": "a segmentation checkpoint", "linprobe": "a linear-probe head"}
 LAST = "checkpoint-last.pt"
 PREV = "checkpoint-prev.pt"  # the checkpoint before LAST (save_checkpoint rotates it)
 SET_ASIDE = "checkpoint-last-not-resumed.pt"  # a LAST that a run resumed from PREV replaced (kept, not deleted)
@@ -63,6 +60,78 @@ class CheckpointError(RuntimeError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The file is not there (a FileNotFoundError too, for callers that catch that)."""
+
+
+# ----------------------------------------------------------------------------- kinds of checkpoint
+
+Hook = Union[str, Callable[..., Any], None]  # a callable, or its import path "package.module:function"
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of checkpoint, named after the task that writes it: everything the code that checks,
+    reads, rebuilds or exports a checkpoint needs to know about its task, in one record.
+
+    The hooks (`build_model`, `export`, `export_hf`) are work of the floors above (models/, tasks/).
+    The built-in kinds name them by import path, which only the code calling them resolves (tasks/:
+    `load_trained`, `deepmim export`); this module never imports them. So the records live here, on
+    the ground floor, where every reader of a file finds its kind (models/ reads checkpoints and may
+    not import tasks/, and reading a file loads no training code), and the import graph stays the
+    one tests/test_architecture.py checks. A kind registered from outside the package may give the
+    callables themselves."""
+
+    name: str  # the checkpoint's `task`
+    written_by: str  # the command that writes it, for messages: "deepmim segment train"
+    display_name: str  # what the file is, for messages: "a segmentation checkpoint"
+    config_class: type  # the dataclass whose `to_dict` its `config` holds
+    build_model: Hook = None  # (config, architecture) -> the trained model before its weights load
+    export: Hook = None  # deepmim export (safetensors, timm): (ckpt, out, img_size, preset, folder) -> message
+    export_hf: Hook = None  # deepmim export --format hf: (ckpt, out, img_size) -> message
+    weights_key: str = "model"  # where its files keep the weights
+
+    def describe(self) -> str:
+        return f"{self.display_name} (written by {self.written_by})"
+
+
+_TASK_KINDS: Dict[str, TaskKind] = {}
+
+
+def register_task_kind(kind: TaskKind) -> TaskKind:
+    """Add a kind of checkpoint (a new training task's); its name must be new."""
+    if kind.name in _TASK_KINDS:
+        raise ValueError(f"checkpoint task {kind.name!r} is registered already")
+    _TASK_KINDS[kind.name] = kind
+    return kind
+
+
+def unregister_task_kind(name: str) -> None:
+    _TASK_KINDS.pop(name, None)
+
+
+def task_kinds() -> Tuple[str, ...]:
+    """The names of every registered kind, in the order they were registered."""
+    return tuple(_TASK_KINDS)
+
+
+def task_kind(name: str) -> TaskKind:
+    """The record of `name`; ValueError naming the registered kinds for any other name."""
+    if name not in _TASK_KINDS:
+        raise ValueError(f"unknown checkpoint task {name!r}; one of {', '.join(_TASK_KINDS)}")
+    return _TASK_KINDS[name]
+
+
+register_task_kind(TaskKind("pretrain", "deepmim pretrain", "a pre-training checkpoint", PretrainConfig,
+                            export="deepmim.tasks.export:export_pretrained"))
+register_task_kind(TaskKind("finetune", "deepmim finetune", "a fine-tuning checkpoint", FinetuneConfig,
+                            build_model="deepmim.models.classifier:trained_classifier",
+                            export="deepmim.tasks.export:export_classifier",
+                            export_hf="deepmim.tasks.export_hf:export_hf_classifier"))
+register_task_kind(TaskKind("segment", "deepmim segment train", "a segmentation checkpoint", SegmentConfig,
+                            build_model="deepmim.tasks.segment:trained_segmentor",
+                            export="deepmim.tasks.export:export_segmentor",
+                            export_hf="deepmim.tasks.export_hf:export_hf_segmentor"))
+register_task_kind(TaskKind("linprobe", "deepmim linprobe", "a linear-probe head", LinprobeConfig,
+                            export="deepmim.tasks.export:refuse_probe_head", weights_key=PROBE_HEAD))
 
 
 # ----------------------------------------------------------------------------- a run's files
@@ -181,14 +250,14 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def weights_key(task: Optional[str]) -> str:
-    return PROBE_HEAD if task == "linprobe" else "model"
+    """Where a checkpoint of `task` keeps its weights ("model" for kinds this process does not know)."""
+    return _TASK_KINDS[task].weights_key if task in _TASK_KINDS else "model"
 
 
 def make_checkpoint(task: str, model_state: Dict[str, torch.Tensor], config: Dict[str, Any],
                     architecture: Optional[Dict[str, Any]] = None, **training_state: Any) -> Dict[str, Any]:
     """The checkpoint dict of a `task` run (training_state: step, epoch, optimizer, ... for resume)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown checkpoint task {task!r}; one of {', '.join(TASKS)}")
+    task_kind(task)  # a known kind, or ValueError naming them
     obj: Dict[str, Any] = {"task": task, weights_key(task): model_state, "config": config}
     if architecture is not None:
         obj["architecture"] = architecture
@@ -356,23 +425,6 @@ folder's model.safetensors (a timm folder from `deepmim export --format timm`); 
         raise _damaged(Path(path), "safetensors", err) from err
 
 
-def infer_task(obj: Mapping[str, Any]) -> Optional[str]:
-    """The kind of a checkpoint: its `task` key or, in files written before that key, what the other
-    keys show. None for weights deepmim did not write."""
-    task = obj.get("task")
-    if isinstance(task, str):
-        return task
-    config = obj.get("config")
-    if isinstance(config, dict):
-        if "architecture" in obj or "architecture" in config:
-            return "segment" if "eval" in config else "finetune"
-        if isinstance(config.get("model"), dict):
-            return "pretrain"
-    if isinstance(obj.get(PROBE_HEAD), dict) and "pool" in obj and "block" in obj:
-        return "linprobe"
-    return None
-
-
 def extract_state_dict(obj: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """The weights inside a checkpoint dict (under 'model', 'state_dict', ... or at the top)."""
     for key in WEIGHT_KEYS:
@@ -395,43 +447,57 @@ class Checkpoint:
     raw: Dict[str, Any]
     path: Optional[Path] = None
 
+    def __post_init__(self) -> None:
+        holds = "config" if isinstance(self.raw.get("config"), dict) else \
+            "probe head" if isinstance(self.raw.get(PROBE_HEAD), dict) else None
+        if holds is not None and self.task is None:
+            raise CheckpointError(
+                f"{self.name} holds a deepmim run's {holds} but no `task` key, and deepmim reads the kind of a "
+                f"checkpoint from `task` alone (every file deepmim writes records it). Write the file again with "
+                f"the command that made it, or add the key: ckpt = torch.load(path, weights_only=True); "
+                f"ckpt['task'] = 'pretrain' (or the kind it is: {', '.join(_TASK_KINDS)}); torch.save(ckpt, path)")
+
     @property
     def name(self) -> str:
         return f"'{self.path}'" if self.path is not None else "the checkpoint"
 
     @property
     def task(self) -> Optional[str]:
-        return infer_task(self.raw)
+        """The kind's name, as the file records it; None for bare weights."""
+        task = self.raw.get("task")
+        return task if isinstance(task, str) else None
+
+    @property
+    def task_kind(self) -> Optional[TaskKind]:
+        """The record of the file's kind; None for bare weights and for kinds this process does not know."""
+        return _TASK_KINDS.get(self.task) if self.task is not None else None
 
     @property
     def kind(self) -> str:
         """What the file is, in words, for messages."""
         if self.task is None:
             return "bare weights without a deepmim config (MAE's, the authors', timm's or an export)"
-        return f"{KIND_NAMES.get(self.task, f'a {self.task} checkpoint')} (written by " \
-               f"{WRITTEN_BY.get(self.task, 'deepmim ' + self.task)})"
+        if self.task_kind is None:
+            return f"a {self.task} checkpoint (written by deepmim {self.task})"
+        return self.task_kind.describe()
 
     @property
     def model_state(self) -> Dict[str, torch.Tensor]:
         """The weights, without DDP's `module.` prefix."""
-        if self.task == "linprobe":
-            return dict(self.raw[weights_key(self.task)])
+        key = weights_key(self.task)
+        if key != "model":  # a probe head: kept under its own key, never wrapped by DDP
+            return dict(self.raw[key])
         return strip_module_prefix(extract_state_dict(self.raw))
 
     @property
     def config(self) -> Dict[str, Any]:
         """The run's config as a plain dict ({} for bare weights)."""
         config = self.raw.get("config")
-        if not isinstance(config, dict):
-            return {}
-        return {k: v for k, v in config.items() if k != "architecture"}
+        return dict(config) if isinstance(config, dict) else {}
 
     @property
     def architecture(self) -> Optional[Dict[str, Any]]:
-        arch = self.raw.get("architecture")
-        if arch is None and isinstance(self.raw.get("config"), dict):
-            arch = self.raw["config"].get("architecture")  # files written before `task` kept it there
-        return arch
+        return self.raw.get("architecture")
 
     @property
     def epoch(self) -> Optional[int]:
@@ -452,7 +518,7 @@ class Checkpoint:
     def require(self, task: str, why: str = "") -> None:
         """Refuse a checkpoint of another kind, saying which kind it is."""
         if self.task != task:
-            expected = f"{KIND_NAMES[task]} (written by {WRITTEN_BY[task]})"
+            expected = task_kind(task).describe()
             raise CheckpointError(f"{self.name} is {self.kind}, not {expected}" + (f": {why}" if why else ""))
 
 
@@ -464,7 +530,7 @@ def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any], Checkpoint])
         return Checkpoint(dict(path_or_obj))
     raw = read_state_file(path_or_obj)
     meta = read_metadata(path_or_obj)
-    if meta.get("task") in TASKS and "config" in meta:  # exported weights with their checkpoint's metadata
+    if meta.get("task") in _TASK_KINDS and "config" in meta:  # exported weights with their checkpoint's metadata
         raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": _metadata_json(path_or_obj, meta,
                                                                                               "config"),
                "architecture": _metadata_json(path_or_obj, meta, "architecture") if "architecture" in meta else None}

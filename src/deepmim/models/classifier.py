@@ -1,19 +1,22 @@
 """The fine-tuned classifier: timm's VisionTransformer (the same weights' names, the same forward, so its state
 dict loads into `timm.create_model(...)` as it is) that saves and loads Hub-style (models/hub.py) with its
-architecture, class names and preprocessing in config.json."""
+architecture, class names and preprocessing in config.json; built from a pre-trained encoder for fine-tuning
+(`build_classifier`) and from a fine-tuning checkpoint's record to read it back (`trained_classifier`)."""
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config.loader import ConfigError
-from ..config.schema import EncoderConfig
-from .export import Preprocessing
+from ..checkpoint import load_strict
+from ..config.loader import ConfigError, from_dict, to_dict
+from ..config.schema import ClassifierConfig, EncoderConfig, FinetuneConfig
+from .export import Preprocessing, preprocessing_of
 from .hub import HubWeights
+from .loading import pretrained_encoder
 
 
 class ViTClassifier(VisionTransformer, HubWeights, tags=["image-classification"], pipeline_tag="image-classification"):
@@ -40,3 +43,37 @@ class ViTClassifier(VisionTransformer, HubWeights, tags=["image-classification"]
             self.preprocessing = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
                                                   for k, v in preprocessing.items()})
             self.pretrained_cfg = self.preprocessing.timm_pretrained_cfg(num_classes, self.classes)
+
+
+def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str = "avg",
+                   drop_path: float = 0.0, classes=None, preprocessing=None) -> ViTClassifier:
+    """A ViTClassifier with the architecture of `enc` (avg pooling: new fc_norm, no final norm), random weights."""
+    return ViTClassifier(dataclasses.asdict(enc), num_classes, img_size, global_pool, drop_path, classes, preprocessing)
+
+
+def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> Tuple[ViTClassifier, EncoderConfig]:
+    """The classifier fine-tuning starts from, initialised from the pre-trained encoder: position embedding
+    resampled when img_size differs; with average pooling the pre-trained final norm is dropped (MAE)."""
+    from timm.layers import resample_abs_pos_embed, trunc_normal_
+
+    enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
+    vit = vit_classifier(enc, num_classes, img_size, cfg.global_pool, cfg.drop_path)
+    if state is not None:
+        grid = img_size // enc.patch_size
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid], num_prefix_tokens=1)
+        if cfg.global_pool == "avg":
+            state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+        load_strict(vit, state, context="pre-trained weights do not fit the classifier",
+                    allow_missing=("head.*", "fc_norm.*", "norm.*"))
+    trunc_normal_(vit.head.weight, std=cfg.head_init_std)
+    nn.init.zeros_(vit.head.bias)
+    return vit, enc
+
+
+def trained_classifier(cfg: FinetuneConfig, arch: Dict[str, Any]) -> ViTClassifier:
+    """The classifier a fine-tuning checkpoint holds, before its weights load (the record of its kind names
+    this): its class names and evaluation preprocessing come along, for save_pretrained and timm."""
+    enc = from_dict(EncoderConfig, arch["encoder"])
+    pre = preprocessing_of(to_dict(cfg), cfg.data.img_size, enc.in_chans)
+    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool,
+                          classes=arch.get("classes"), preprocessing=pre.to_dict())

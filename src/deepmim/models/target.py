@@ -20,13 +20,15 @@ from .masking import Masking
 
 
 class Target(nn.Module):
-    """Base class. Subclasses set `Config` (a dataclass) and implement `dim`, `forward`, `loss`.
+    """Base class. Subclasses set `Config` (a dataclass) and implement `dim`, `forward`, `loss`; a target
+    that reads a frozen model's weights (a teacher) sets `needs_weights`, so a run refuses to start without them.
 
     One instance is shared by all heads with the same target spec, so expensive targets
     (a teacher network) run once per batch.
     """
 
     Config: Type[Any]
+    needs_weights = False  # True: it runs a frozen model whose weights its `path` names (a run needs them)
 
     def __init__(self, cfg: Any, patch_size: int, in_chans: int):
         super().__init__()

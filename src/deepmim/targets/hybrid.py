@@ -101,6 +101,7 @@ def shared_reconstructor(path: str, preset: Optional[str] = None) -> FrozenRecon
 @register_target("hybrid")
 class HybridTarget(PixelTarget):
     Config = HybridConfig
+    needs_weights = True
 
     def __init__(self, cfg: HybridConfig, patch_size: int, in_chans: int):
         super().__init__(cfg, patch_size, in_chans)

@@ -44,6 +44,7 @@ class TeacherConfig:
 @register_target("teacher")
 class TeacherTarget(Target):
     Config = TeacherConfig
+    needs_weights = True
 
     def __init__(self, cfg: TeacherConfig, patch_size: int, in_chans: int):
         super().__init__(cfg, patch_size, in_chans)

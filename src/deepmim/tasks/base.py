@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import torch
 from torch import nn
 
-from ..checkpoint import load_strict, read_checkpoint
+from ..checkpoint import CheckpointError, Hook, load_strict, read_checkpoint, task_kind
 from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
-from ..config.schema import EncoderConfig
 from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
 from ..training.console import say
 from ..training.compile import should_compile
@@ -82,7 +82,7 @@ class TrainingTask:
     that differ between tasks. The defaults are what most tasks want; `run_training` calls them in
     the skeleton's order, keeping the task's data, model and so on on `self` between steps."""
 
-    kind = ""  # the checkpoint's task: pretrain | finetune | segment (deepmim.checkpoint.TASKS)
+    kind = ""  # the checkpoint's task: pretrain | finetune | segment (a deepmim.checkpoint.TaskKind)
     title = ""  # for messages: "fine-tuning"
     strategies: Tuple[str, ...] = ("ddp",)  # the train.strategy values the task supports
 
@@ -311,14 +311,27 @@ def run_training(task: TrainingTask) -> Any:
         return task.finish(trainer.fit(), model, env)
 
 
-def load_trained(path, task: str, config_cls: Type[C], build: Callable[[C, Dict[str, Any], EncoderConfig], nn.Module],
-                 why: str = "") -> Tuple[nn.Module, C, Dict[str, Any]]:
-    """A checkpoint a training task wrote -> (its model with the weights, in eval mode; the run's
-    config; the architecture it recorded). `build(cfg, architecture, encoder config)` makes the model."""
+def task_hook(hook: Hook) -> Optional[Callable[..., Any]]:
+    """A hook of a task kind's record (deepmim.checkpoint.TaskKind) as a callable: given as one, or imported
+    here from its "package.module:function" path (tasks/ may import every floor such a path names)."""
+    if hook is None or callable(hook):
+        return hook
+    module, _, name = hook.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_trained(path, task: str, why: str = "") -> Tuple[nn.Module, Any, Dict[str, Any]]:
+    """A checkpoint a training task wrote (a path, or a Checkpoint read already) -> (its model with the
+    weights, in eval mode; the run's config; the architecture it recorded). The record of its kind gives
+    the config class and `build_model(config, architecture)`, which makes the model the weights load into."""
     ckpt = read_checkpoint(path)
     ckpt.require(task, why)
-    cfg = from_dict(config_cls, ckpt.config)
+    kind = task_kind(task)
+    build = task_hook(kind.build_model)
+    if build is None:
+        raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: its kind records no model to rebuild from the file")
+    cfg = from_dict(kind.config_class, ckpt.config)
     arch = ckpt.architecture
-    model = build(cfg, arch, from_dict(EncoderConfig, arch["encoder"]))
-    load_strict(model, ckpt.model_state, context=f"'{path}' does not fit the model its config describes")
+    model = build(cfg, arch)
+    load_strict(model, ckpt.model_state, context=f"{ckpt.name} does not fit the model its config describes")
     return model.eval(), cfg, arch

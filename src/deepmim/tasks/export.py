@@ -5,6 +5,9 @@ kind deepmim writes, in the layouts timm and transformers load.
     fine-tuning                     the classifier as it is, a timm VisionTransformer with its head
     segmentation                    the UperNet model as it is (timm Beit backbone, neck, heads)
     linear-probe head               refused: a head alone is no model; export the encoder it probed
+    another registered kind         its record's `export`, else its model's weights as they are
+
+Which exporter a checkpoint gets is its kind's record (deepmim.checkpoint.TaskKind: `export`, `export_hf`).
 
 Formats: `safetensors` (default) one file, the `timm.create_model(...)` call that loads it (architecture
 and `pretrained_cfg_overlay` with mean/std/input size/crop) printed and kept in its metadata; `timm` a
@@ -15,18 +18,19 @@ preprocessor_config.json (tasks/export_hf.py).
 Weights without a deepmim config (MAE's, the authors', timm's) name their architecture with `preset`
 (`--preset mae_vit_base`) and get ImageNet's mean/std (MAE's).
 
-Classifier and segmentation exports carry their checkpoint's task, config and architecture in the
-metadata (deepmim.checkpoint.checkpoint_metadata), so they read back as the checkpoint they came
-from: `deepmim evaluate` and `deepmim segment eval` take them as they take the .pt files.
+Classifier, segmentation and other trained-model exports carry their checkpoint's task, config and
+architecture in the metadata (deepmim.checkpoint.checkpoint_metadata), so they read back as the
+checkpoint they came from: `deepmim evaluate` and `deepmim segment eval` take them as they take the
+.pt files.
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Optional
 
-from ..checkpoint import Checkpoint, CheckpointError, checkpoint_metadata, read_checkpoint, save_weights
+from ..checkpoint import Checkpoint, CheckpointError, checkpoint_metadata, read_checkpoint, save_weights, task_kinds
 from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig
 from ..models.export import (TIMM_LAYER_NORM_EPS, encoder_metadata, encoder_state_dict, export_encoder,
@@ -34,6 +38,7 @@ from ..models.export import (TIMM_LAYER_NORM_EPS, encoder_metadata, encoder_stat
                              write_timm_folder)
 from ..models.hf import is_hf_folder
 from ..models.loading import load_encoder
+from .base import load_trained, task_hook
 from .finetune import load_classifier
 from .segment import load_segmentor
 
@@ -46,26 +51,29 @@ def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None,
                       fmt: str = "safetensors") -> str:
     """Write the weights of `checkpoint` to `out` (a .safetensors file, or a folder for the timm and hf formats);
     returns what was written and how to load it (the timm formats: the exact call, on a line of its own)."""
-    from .export_hf import export_hf_classifier, export_hf_segmentor, export_vit, export_vitmae
+    from .export_hf import export_vit, export_vitmae
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     ckpt = read_checkpoint(checkpoint)
-    if preset and ckpt.task not in (None,):
+    kind = ckpt.task_kind  # None: bare weights
+    if preset and ckpt.task is not None:
         raise ConfigError(f"--preset names the architecture of bare weights; {ckpt.name} is {ckpt.kind} and "
                           f"records its own")
-    if fmt == "hf" and ckpt.task == "finetune":
-        return export_hf_classifier(ckpt, Path(out), img_size)
-    if fmt == "hf" and ckpt.task == "segment":
-        return export_hf_segmentor(ckpt, Path(out), img_size)
-    if fmt == "hf":
-        return export_vitmae(ckpt, Path(out), img_size, preset)
+    if kind is None and ckpt.task is not None:
+        raise CheckpointError(f"{ckpt.name} is {ckpt.kind}, a kind this installation of deepmim does not know "
+                              f"(it knows {', '.join(task_kinds())}); export it where the task that wrote it is "
+                              f"installed")
     if fmt == "hf-encoder":
         return export_vit(ckpt, Path(out), img_size, preset)
-    exporter = EXPORTERS.get(ckpt.task)
-    if exporter is None:
-        raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
-                              f"none. Export the checkpoint it probed (linprobe.json names it) instead")
+    if fmt == "hf":
+        export_hf = task_hook(kind.export_hf) if kind is not None else None
+        if export_hf is not None:
+            return export_hf(ckpt, Path(out), img_size)
+        return export_vitmae(ckpt, Path(out), img_size, preset)
+    if kind is None:
+        return export_pretrained(ckpt, Path(out), img_size, preset, folder=fmt == "timm")
+    exporter = task_hook(kind.export) or export_trained_model
     return exporter(ckpt, Path(out), img_size, preset, folder=fmt == "timm")
 
 
@@ -132,6 +140,24 @@ def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int], prese
             f"trained with; score them: deepmim segment eval {out}")
 
 
+def export_trained_model(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None,
+                         folder: bool = False) -> str:
+    """A checkpoint of a kind without an exporter of its own: the model its record rebuilds, weights as they are,
+    the checkpoint's task, config and architecture in the metadata (it reads back as that checkpoint)."""
+    _no_resampling(ckpt, img_size, "the model keeps the size it was trained at")
+    if folder:
+        raise ConfigError(f"{ckpt.name} is {ckpt.kind}: timm has no model to load it into; write the weights file "
+                          f"with --format safetensors")
+    model, _, _ = load_trained(ckpt, ckpt.task)
+    save_weights(model.state_dict(), out, {"format": "pt", **checkpoint_metadata(ckpt)})
+    return f"wrote {out}: the weights of {ckpt.kind}, with the config they were trained with"
+
+
+def refuse_probe_head(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
+    raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
+                          f"none. Export the checkpoint it probed (linprobe.json names it) instead")
+
+
 def _eps_note(enc: EncoderConfig) -> str:
     if enc.norm_eps == TIMM_LAYER_NORM_EPS:
         return ""
@@ -142,8 +168,3 @@ def _eps_note(enc: EncoderConfig) -> str:
 def _no_resampling(ckpt: Checkpoint, img_size: Optional[int], why: str) -> None:
     if img_size:
         raise ConfigError(f"--img-size applies to pre-trained encoders; {ckpt.name} is {ckpt.kind}: {why}")
-
-
-EXPORTERS: Dict[Optional[str], Callable[..., str]] = {
-    "pretrain": export_pretrained, None: export_pretrained, "finetune": export_classifier,
-    "segment": export_segmentor}

@@ -1,8 +1,9 @@
 """`deepmim finetune` and `deepmim evaluate`: the MAE/BEiT fine-tuning recipe on a pre-trained encoder.
 
 The classifier is timm's VisionTransformer (global average pooling with a new norm, head
-initialised with std 2e-5, drop path), built from our encoder's weights; layer-wise lr decay,
-RandAugment, random erasing, Mixup/CutMix, soft-target cross-entropy and EMA all come from timm.
+initialised with std 2e-5, drop path), built from our encoder's weights by models/classifier.py;
+layer-wise lr decay, RandAugment, random erasing, Mixup/CutMix, soft-target cross-entropy and EMA
+all come from timm.
 Training runs in the shared loop, so AMP, accumulation, exact resume and logging are the same.
 """
 from __future__ import annotations
@@ -16,12 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_strict
 from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
 from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
                              FinetuneOptimConfig, FinetuneTrainConfig)
 from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken, validate_data_config
-from ..models.loading import pretrained_encoder
+from ..models.classifier import build_classifier
 from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
@@ -31,9 +31,9 @@ from .base import Env, TrainingTask, check_config, load_trained, run_training
 from .summary import count_parameters, describe_data, resize_note, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
-           "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_classifier", "build_eval_loader",
-           "build_transforms", "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config",
-           "make_loss", "run_evaluate", "evaluate_checkpoint", "run_finetune", "vit_classifier"]
+           "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_eval_loader", "build_transforms",
+           "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config", "make_loss", "run_evaluate",
+           "evaluate_checkpoint", "run_finetune"]
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -45,39 +45,11 @@ def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
 # ----------------------------------------------------------------------------- the classifier
 
 
-def vit_classifier(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str = "avg",
-                   drop_path: float = 0.0, classes=None, preprocessing=None) -> nn.Module:
-    """timm's VisionTransformer with the architecture of `enc` (avg pooling: new fc_norm, no final norm), as a
-    ViTClassifier: save_pretrained / from_pretrained / push_to_hub with its config (models/classifier.py)."""
-    from ..models.classifier import ViTClassifier
-
-    return ViTClassifier(dataclasses.asdict(enc), num_classes, img_size, global_pool, drop_path, classes, preprocessing)
-
-
 def check_channels(enc: EncoderConfig, data: DataConfig) -> None:
     """The data's normalisation (one value per channel) must fit the encoder's input channels."""
     if len(data.mean) != enc.in_chans or len(data.std) != enc.in_chans:
         raise ConfigError(f"the pre-trained encoder takes {enc.in_chans} input channel(s) but data.mean has "
                           f"{len(data.mean)} values: set data.mean and data.std to {enc.in_chans} value(s) each")
-
-
-def build_classifier(cfg: ClassifierConfig, num_classes: int, img_size: int) -> Tuple[nn.Module, EncoderConfig]:
-    """The classifier initialised from the pre-trained encoder: position embedding resampled when
-    img_size differs; with average pooling the pre-trained final norm is dropped (MAE)."""
-    from timm.layers import resample_abs_pos_embed, trunc_normal_
-
-    enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
-    vit = vit_classifier(enc, num_classes, img_size, cfg.global_pool, cfg.drop_path)
-    if state is not None:
-        grid = img_size // enc.patch_size
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid], num_prefix_tokens=1)
-        if cfg.global_pool == "avg":
-            state = {k: v for k, v in state.items() if not k.startswith("norm.")}
-        load_strict(vit, state, context="pre-trained weights do not fit the classifier",
-                    allow_missing=("head.*", "fc_norm.*", "norm.*"))
-    trunc_normal_(vit.head.weight, std=cfg.head_init_std)
-    nn.init.zeros_(vit.head.bias)
-    return vit, enc
 
 
 # ----------------------------------------------------------------------------- data
@@ -330,18 +302,8 @@ def run_finetune(cfg: FinetuneConfig) -> TrainResult:
 
 def load_classifier(path: str | Path) -> Tuple[nn.Module, FinetuneConfig]:
     """A fine-tuned checkpoint -> (classifier with its weights, the config it was trained with)."""
-    model, cfg, _ = load_trained(path, "finetune", FinetuneConfig, _classifier_for,
-                                 "evaluate and export read fine-tuned classifiers")
+    model, cfg, _ = load_trained(path, "finetune", "evaluate and export read fine-tuned classifiers")
     return model, cfg
-
-
-def _classifier_for(cfg: FinetuneConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
-    """The trained classifier with its class names and evaluation preprocessing (for save_pretrained, timm)."""
-    from ..models.export import preprocessing_of
-
-    pre = preprocessing_of(to_dict(cfg), cfg.data.img_size, enc.in_chans)
-    return vit_classifier(enc, arch["num_classes"], cfg.data.img_size, cfg.model.global_pool,
-                          classes=arch.get("classes"), preprocessing=pre.to_dict())
 
 
 def run_evaluate(path: str, overrides=()) -> Dict[str, float]:

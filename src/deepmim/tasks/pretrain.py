@@ -73,19 +73,19 @@ def fill_target_normalisation(cfg: PretrainConfig) -> None:
 
 def check_compatible(cfg: PretrainConfig, require_paths: bool = True) -> None:
     """Model/data mismatches that would otherwise surface as a shape error mid-run (`require_paths`: and
-    the teacher weights a target needs; --print-config shows a recipe before they are given)."""
+    the frozen model's weights a target needs, `Target.needs_weights`; --print-config shows a recipe before
+    they are given)."""
     if cfg.data.img_size != cfg.model.encoder.img_size:
         raise ConfigError(f"data.img_size={cfg.data.img_size} but model.encoder.img_size="
                           f"{cfg.model.encoder.img_size}; set both to the same value")
     if len(cfg.data.mean) != cfg.model.encoder.in_chans or len(cfg.data.std) != cfg.model.encoder.in_chans:
         raise ConfigError("data.mean and data.std need one value per input channel")
     for i, spec in enumerate([cfg.model.target] + [h.target for h in cfg.model.heads]):
-        if require_paths and spec and spec.get("name") in ("teacher", "hybrid") and not spec.get("path"):
+        target = TARGETS.get(spec.get("name")) if spec else None
+        if require_paths and target is not None and target.needs_weights and not spec.get("path"):
             where = "model.target" if i == 0 else f"model.heads.{i - 1}.target"
             raise ConfigError(f"{where}.path is not set: the {spec['name']} target needs the weights of its frozen "
                               f"model (e.g. {where}.path=/weights/clip_vit_b16.pt)")
-    if cfg.train.log_every_steps < 1:
-        raise ConfigError("train.log_every_steps must be at least 1")
 
 
 def pretrain_loss(model, batch, generator: torch.Generator, online_probe=None

@@ -314,13 +314,14 @@ def run_segment_train(cfg: SegmentConfig) -> Tuple[TrainResult, Dict[str, Any]]:
 
 def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str]]:
     """A `deepmim segment train` checkpoint -> (model with its weights, its config, class names)."""
-    model, cfg, arch = load_trained(path, "segment", SegmentConfig, _segmentor_for,
-                                    "segment eval scores segmentation models")
+    model, cfg, arch = load_trained(path, "segment", "segment eval scores segmentation models")
     return model, cfg, arch.get("classes") or [str(i) for i in range(arch["num_classes"])]
 
 
-def _segmentor_for(cfg: SegmentConfig, arch: Dict[str, Any], enc: EncoderConfig) -> nn.Module:
-    return build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size, enc=enc)[0]
+def trained_segmentor(cfg: SegmentConfig, arch: Dict[str, Any]) -> nn.Module:
+    """The model a segmentation checkpoint holds, before its weights load (the record of its kind names this)."""
+    return build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size,
+                           enc=from_dict(EncoderConfig, arch["encoder"]))[0]
 
 
 def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]]:

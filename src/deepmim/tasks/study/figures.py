@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .arms import training_stage  # noqa: E402
 from .tables import best_block  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def convergence(results: Dict[str, Any], path: Path) -> str:
             continue
         epochs = sorted(series, key=int)
         best = [best_block(series[e])[1] for e in epochs]
-        per_epoch = (agg["flops"]["pretrain"]["mean"] or 0) / max(agg["pretrain_epochs"], 1)
+        per_epoch = (agg["flops"][training_stage(arm["kind"])]["mean"] or 0) / max(agg["pretrain_epochs"], 1)
         ys, es = [b["mean"] for b in best], [b["std"] or 0.0 for b in best]
         for ax, xs in ((axes[0], [int(e) for e in epochs]), (axes[1], [int(e) * per_epoch for e in epochs])):
             ax.errorbar(xs, ys, yerr=es, fmt="-o", color=colors(i % 10), markersize=4, capsize=3, label=name)

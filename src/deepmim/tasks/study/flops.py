@@ -60,7 +60,7 @@ def pretrain_flops_per_image(model_cfg: ModelConfig, images: torch.Tensor) -> fl
 def classifier_flops_per_image(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str,
                                images: torch.Tensor) -> tuple:
     """(forward + backward with the loss, forward only) per image of the fine-tuning classifier."""
-    from ..finetune import vit_classifier
+    from ...models.classifier import vit_classifier
 
     model = _without_rng(lambda: vit_classifier(enc, num_classes, img_size, global_pool))
     for block in model.blocks:

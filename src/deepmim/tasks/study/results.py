@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ...config.loader import to_dict
+from .arms import TRAINING_STAGES
 
 UNITS = {"accuracy": "percent (top-1 / top-5 of the val split)", "seconds": "wall-clock seconds per stage",
          "flops": "floating-point operations (FlopCounterMode count per image x images processed)",
          "attention": "pixels (attention-weighted mean distance between patch centres)"}
-TRAINING_STAGES = ("pretrain", "init")
 EVALUATION_STAGES = ("probe", "attention", "convergence")
 
 
@@ -75,7 +75,8 @@ def aggregate_arm(seed_results: Dict[str, Dict]) -> Dict[str, Any]:
                               for kind in ("linear", "knn")}
     agg["seconds"] = _costs(seeds, "seconds")
     agg["flops"] = _costs(seeds, "flops")
-    agg["pretrain_epochs"] = next((s["pretrain"].get("epochs") for s in seeds if "pretrain" in s), 0)
+    agg["pretrain_epochs"] = next((s[stage]["epochs"] for s in seeds for stage in TRAINING_STAGES
+                                   if "epochs" in s.get(stage, {})), 0)  # of the arm's training stage, if it trains
     return agg
 
 

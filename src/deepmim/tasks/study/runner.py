@@ -40,7 +40,7 @@ def plan_study(cfg: StudyConfig, arms: List[Arm], out: Path) -> List[Planned]:
     for seed in cfg.seeds:
         for arm in arms:
             folder = out / arm.name / f"seed{seed}"
-            trained = folder / arm.folder_name
+            trained = folder / arm.stage_name
             train = arm.training_stage(seed, trained)
             up = inputs_hash(train.inputs)
             checkpoint = arm.final_checkpoint(trained)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .arms import training_stage
+
 
 @dataclass
 class Table:
@@ -113,7 +115,7 @@ def convergence(results: Dict[str, Any]) -> List[Table]:
             for name, arm in results["arms"].items():
                 agg = arm["aggregate"]
                 series = agg.get("convergence", {}).get(kind, {}).get(pool, {})
-                total = _mean(agg["flops"].get("pretrain"))
+                total = _mean(agg["flops"].get(training_stage(arm["kind"])))
                 for epoch, blocks in series.items():
                     depth = max(depth, len(blocks))
                     flops = total * int(epoch) / agg["pretrain_epochs"] if total and agg["pretrain_epochs"] else 0
@@ -146,7 +148,7 @@ def costs(results: Dict[str, Any]) -> Table:
     rows = []
     for name, arm in results["arms"].items():
         sec, flops = arm["aggregate"]["seconds"], arm["aggregate"]["flops"]
-        train = "pretrain" if "pretrain" in sec else "init"
+        train = training_stage(arm["kind"])
         per_image = [s[train].get("flops_per_image") for s in arm["seeds"].values() if train in s]
         rows.append([name, fmt(sec.get(train), 1), fmt(sec.get("finetune"), 1), fmt(sec.get("probe"), 1),
                      fmt(sec.get("attention"), 1), fmt(sec.get("convergence"), 1),

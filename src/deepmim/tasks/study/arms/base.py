@@ -34,7 +34,7 @@ class Arm:
     training, or None when the arm does not train), `images` and `flops` (its training cost)."""
 
     kind = ""
-    folder_name = ""  # the training stage's sub-folder of <arm>/seed<k>/
+    stage_name = ""  # the training stage: its record, its key in results.json, its sub-folder of <arm>/seed<k>/
     trains = False  # True: the stage keeps checkpoints along training (convergence is measured on them)
 
     def __init__(self, cfg, study):

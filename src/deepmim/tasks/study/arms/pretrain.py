@@ -13,7 +13,7 @@ from .base import Arm, mapping_overrides, yaml_value
 
 class PretrainArm(Arm):
     kind = "pretrain"
-    folder_name = "pretrain"
+    stage_name = "pretrain"
     trains = True
 
     def overrides(self, seed: int, folder: Path) -> list:
@@ -57,4 +57,4 @@ class PretrainArm(Arm):
                     "flops": per_image * images, "last_loss": loss, "command": command,
                     "summary": f"{result.step} steps, mean loss of the last epoch {loss:.4f}"}
 
-        return Stage("pretrain", {"kind": self.kind, "pretrain": strip_cosmetic(to_dict(cfg))}, run, folder)
+        return Stage(self.stage_name, {"kind": self.kind, "pretrain": strip_cosmetic(to_dict(cfg))}, run, folder)

@@ -20,7 +20,7 @@ from .base import Arm
 
 class RandomArm(Arm):
     kind = "random"
-    folder_name = "init"
+    stage_name = "init"
 
     def model_config(self) -> ModelConfig:
         model = self.cfg.model or next((a.model for a in self.study.arms if a.kind == "pretrain"), None)
@@ -40,4 +40,4 @@ class RandomArm(Arm):
             return {"checkpoint": str(path), "epoch_checkpoints": None, "images": 0, "flops": 0,
                     "summary": f"untrained encoder written to {path}"}
 
-        return Stage("init", {"kind": self.kind, "model": dataclasses.asdict(model), "seed": seed}, run)
+        return Stage(self.stage_name, {"kind": self.kind, "model": dataclasses.asdict(model), "seed": seed}, run)
