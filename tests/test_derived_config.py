@@ -72,7 +72,8 @@ def test_print_config_and_the_start_up_summary_show_the_derived_values(tmp_path,
 
 
 def test_the_trainer_runs_on_the_derived_values(tmp_path):
-    from deepmim.training.loop import Trainer
+    from deepmim.training.env import Env
+    from deepmim.training.loop import TaskSpec, TrainData, Trainer, TrainModel
 
     cfg = recipe(tmp_path)
     train = dataclasses.replace(cfg.train, accum_steps=2)
@@ -82,7 +83,7 @@ def test_the_trainer_runs_on_the_derived_values(tmp_path):
             return 10
 
     import torch
-    trainer = Trainer(torch.nn.Linear(2, 2), Loader(), None, train, cfg.optim, {}, torch.device("cpu"), "fp32",
-                      world_size=1)
+    trainer = Trainer(TrainModel(torch.nn.Linear(2, 2)), TrainData(Loader()),
+                      TaskSpec("pretrain", train, cfg.optim, None), Env(torch.device("cpu"), "fp32", world_size=1))
     assert trainer.derived == derive(train, cfg.optim, 1, steps_per_epoch=5)
     assert (trainer.total_steps, trainer.warmup_steps, trainer.peak_lr) == (10, 5, 1e-3 * 16 / 256)

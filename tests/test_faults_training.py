@@ -16,8 +16,9 @@ from deepmim.cli.main import main
 from deepmim.config.schema import TrainConfig
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.tasks.run_folder import LOCK_FILE, OutputDirError, RunLock
+from deepmim.training.env import Env
 from deepmim.training.guard import DivergenceError
-from deepmim.training.loop import Trainer
+from deepmim.training.loop import TaskSpec, TrainData, Trainer, TrainModel
 from tests.test_training import tiny_pretrain_config
 
 TINY = ["model.preset=mae_vit_micro_p4_32", "model.encoder.img_size=16", "model.encoder.depth=2",
@@ -149,8 +150,8 @@ def test_a_loader_that_runs_dry_mid_epoch_stops_instead_of_repeating_the_epoch(t
 
     train = TrainConfig(epochs=2, batch_size=2, output_dir=str(tmp_path), progress=False, tensorboard=False,
                         plots=False, log_every_steps=1, device="cpu", precision="fp32")
-    trainer = Trainer(torch.nn.Linear(3, 3), ShortLoader(), loss, train, OptimConfig(warmup_epochs=0), {},
-                      torch.device("cpu"), "fp32")
+    trainer = Trainer(TrainModel(torch.nn.Linear(3, 3)), TrainData(ShortLoader()),
+                      TaskSpec("pretrain", train, OptimConfig(warmup_epochs=0), loss), Env(torch.device("cpu"), "fp32"))
     with pytest.raises(ValueError, match=r"the data ran out after 2 of the 4 steps of epoch 0"):
         trainer.fit()
     assert trainer.step == 2

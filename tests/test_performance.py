@@ -72,7 +72,7 @@ def test_apply_thread_plan_respects_omp_num_threads_and_restores(monkeypatch):
 
 
 def test_the_skeleton_gives_loaders_the_planned_workers():
-    from deepmim.tasks.base import Env
+    from deepmim.training.env import Env
 
     data = DataConfig(num_workers=4)
     env = Env(torch.device("cpu"), "fp32", loader_workers=1)

@@ -1,12 +1,17 @@
-"""The skeleton every task runs, written once (as torchtune's recipes):
+"""The skeleton every training task runs, written once: a template (`run_training`) whose steps a
+`TrainingTask` (pretrain, finetune, segment) fills in with its methods (data, model, loss, evaluation
+hooks), around the one Trainer of training/loop.py:
 
     check the config -> distributed set-up -> device and precision -> seed -> data -> model ->
     threads -> strategy (DDP / FSDP, activation checkpointing, compile) -> output folder -> Trainer -> run -> cleanup
 
-`run_training(task)` runs it for a `TrainingTask` (pretrain, finetune, segment), which fills in the
-steps that differ. `session(device)` is its set-up and cleanup alone, for jobs without the Trainer
-(linprobe) or without training (segment eval). Nothing is written before the config has been checked
-and the data and the model have been built; `prepare_output_dir` is the one place that writes first:
+One template and one loop rather than a self-contained script per task, so that what every run must
+get right lives in one place: exact resume (RNG states, the loader's position, the epoch's partial
+sums) and the divergence guard that writes only checked states.
+
+`session(device)` is its set-up and cleanup alone, for jobs without the Trainer (linprobe) or without
+training (segment eval). Nothing is written before the config has been checked and the data and the
+model have been built; `prepare_output_dir` is the one place that writes first:
 it takes the output folder for this run (an exclusive lock, no fresh run over another run's
 checkpoints, train.overwrite=true moving old files aside: tasks/run_folder.py) and `run_training`
 lets go of it at the end. `check_config` is every check on values alone; the `load_*_config`
@@ -19,9 +24,8 @@ import contextlib
 import dataclasses
 import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,9 +33,11 @@ from torch import nn
 from ..checkpoint import CheckpointError, Hook, load_strict, read_checkpoint, task_kind
 from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
 from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
+from ..training.env import Env
 from ..training.console import say
 from ..training.compile import should_compile
-from ..training.loop import LossFn, TrainHooks, Trainer, TrainResult, requested_resume
+from ..training.loop import (LossFn, TaskSpec, TrainData, TrainHooks, Trainer, TrainModel, TrainResult,
+                             requested_resume)
 from ..training.parallel import STRATEGIES, prepare_model
 from ..training.host_memory import reuse_freed_host_memory
 from ..training.precision import resolve_precision
@@ -40,29 +46,6 @@ from ..training.threads import planned_threads
 from .run_folder import OutputDirError, RunLock, check_output_dir, check_writable, claim_output_dir
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-C = TypeVar("C")
-
-
-@dataclass(frozen=True)
-class Env:
-    """Where this process runs: its device and precision, its rank among world_size processes."""
-
-    device: torch.device
-    precision: str
-    rank: int = 0
-    world_size: int = 1
-    loader_workers: Optional[int] = None  # DataLoader workers the thread plan allows (None: as configured)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def data(self, cfg: C) -> C:
-        """A task's data config with the workers the thread plan allows (training/threads.py)."""
-        if self.loader_workers is None or self.loader_workers == cfg.num_workers:
-            return cfg
-        return dataclasses.replace(cfg, num_workers=self.loader_workers)
 
 
 @contextlib.contextmanager
@@ -298,11 +281,11 @@ def run_training(task: TrainingTask) -> Any:
                                   env.device.type, env.precision)
         model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
                                              compiled, find_unused_parameters=task.find_unused_parameters(model))
-        trainer = Trainer(model, loader, task.loss(), task.train_config(), task.optim_config(), to_dict(task.cfg),
-                          env.device, env.precision, env.rank, env.world_size,
-                          batch_size_of=lambda b: b.images.shape[0], forward_model=forward_model,
-                          param_groups=groups, hooks=hooks, task=task.kind, architecture=task.architecture(),
-                          check_loss=task.check_loss())
+        spec = TaskSpec(kind=task.kind, compute_loss=task.loss(), train=task.train_config(), optim=task.optim_config(),
+                        config=to_dict(task.cfg), architecture=task.architecture(), check_loss=task.check_loss(),
+                        hooks=hooks)
+        data = TrainData(loader, batch_size_of=lambda b: b.images.shape[0])
+        trainer = Trainer(TrainModel(model, forward_model, groups), data, spec, env)
         lock = prepare_output_dir(task, model, loader, env, before_config=trainer.resume)
         if lock is not None:
             stack.callback(lock.release)

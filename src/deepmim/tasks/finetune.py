@@ -23,11 +23,12 @@ from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, Encode
 from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken, validate_data_config
 from ..models.classifier import build_classifier
 from ..training.distributed import all_reduce_sum, resolve_device, shard_indices
+from ..training.env import Env
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.parallel import set_fused_attention
 from ..training.precision import autocast, resolve_precision, use_fused_attention
-from .base import Env, TrainingTask, check_config, load_trained, run_training
+from .base import TrainingTask, check_config, load_trained, run_training
 from .summary import count_parameters, describe_data, resize_note, run_summary
 
 __all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",

@@ -20,11 +20,12 @@ from ..targets import TARGETS
 from ..training.console import say
 from ..training.metrics_log import METRICS_FILE
 from ..training.distributed import is_distributed, shard_indices
+from ..training.env import Env
 from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_probe_blocks
 from ..training.loop import TrainResult
 from ..training.parallel import is_sharded
 from ..training.precision import autocast, fastest_attention, use_fused_attention
-from .base import Env, TrainingTask, check_config, run_training
+from .base import TrainingTask, check_config, run_training
 from .summary import count_parameters, describe_data, resize_note, run_summary
 
 

@@ -25,11 +25,12 @@ from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_
 from ..models.loading import pretrained_encoder
 from ..models.segmentation import UperNetViT, default_out_indices
 from ..training.distributed import all_reduce_sum, is_distributed, shard_indices
+from ..training.env import Env
 from ..training.jsonfile import write_json
 from ..training.loop import TrainHooks, TrainResult
 from ..training.optim import layer_decay_groups
 from ..training.precision import autocast
-from .base import Env, TrainingTask, check_config, load_trained, run_training, session
+from .base import TrainingTask, check_config, load_trained, run_training, session
 from .summary import count_parameters, run_summary
 
 __all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",

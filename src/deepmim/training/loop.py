@@ -1,5 +1,6 @@
 """The one training loop every task shares: AMP, accumulation, clipping, schedule,
-atomic checkpoints with exact resume, logs (training/metrics_log.py, training/trackers.py) and progress (a bar or lines).
+atomic checkpoints with exact resume, logs (training/metrics_log.py, training/trackers.py) and
+progress (a bar or lines).
 
 Randomness is derived from (seed, rank, step) rather than carried in global RNG state,
 so a run killed at any moment and resumed from its last checkpoint ends with the same
@@ -21,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from .console import say
 from .metrics_log import MetricsLogger
 from .trackers import build_trackers, resolve_loggers
 from .derived import derive
+from .env import Env
 from .optim import build_adamw
 from .precision import autocast
 from .progress import Progress
@@ -94,41 +96,86 @@ def requested_resume(train: TrainConfig) -> Optional[str]:
     return train.resume
 
 
-class Trainer:
-    """Runs `compute_loss` over `loader` for cfg.epochs with MAE's optimizer and schedule."""
+def images_in(batch: Any) -> int:
+    """The images of a batch whose first item is the image tensor (or list)."""
+    return len(batch[0])
 
-    def __init__(self, model: nn.Module, loader: EpochLoader, compute_loss: LossFn, train: TrainConfig,
-                 optim: OptimConfig, config_dict: Dict[str, Any], device: torch.device, precision: str,
-                 rank: int = 0, world_size: int = 1, batch_size_of: Callable[[Any], int] = lambda b: len(b[0]),
-                 forward_model: Optional[nn.Module] = None, param_groups: Optional[list] = None,
-                 hooks: Optional[TrainHooks] = None, task: str = "pretrain",
-                 architecture: Optional[Dict[str, Any]] = None, check_loss: Optional[LossFn] = None):
-        """`model` is what is optimised and saved; `forward_model` (default: model) what the step calls,
-        e.g. its DDP wrapper or compiled form (training.parallel.prepare_model). `task` and
-        `architecture` are recorded in every checkpoint (see deepmim.checkpoint). `check_loss` (default:
-        compute_loss) is what confirm_final computes: the same loss without side effects (an online
-        probe's training step)."""
-        self.model, self.loader, self.compute_loss = model, loader, compute_loss
-        self.check_loss = check_loss or compute_loss
-        self.forward_model = forward_model if forward_model is not None else model
-        self.train_cfg, self.optim_cfg, self.config_dict = train, optim, config_dict
-        self.task, self.architecture = task, architecture
-        self.device, self.precision, self.rank, self.world_size = device, precision, rank, world_size
-        self.batch_size_of = batch_size_of
+
+@dataclass
+class TrainModel:
+    """What is trained: `module` is optimised and saved; `forward` (default: module) is what a step calls,
+    e.g. its DDP wrapper or compiled form (training.parallel.prepare_model); `param_groups` (default:
+    build_adamw's weight-decay groups) the optimizer's groups."""
+
+    module: nn.Module
+    forward: Optional[nn.Module] = None
+    param_groups: Optional[List[Dict[str, Any]]] = None
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.module
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The batches: a loader that can be positioned for exact resume, and the images in a batch (for
+    img/s; a batch whose every file was unreadable has none and is skipped)."""
+
+    loader: EpochLoader
+    batch_size_of: Callable[[Any], int] = images_in
+
+
+@dataclass
+class TaskSpec:
+    """What a task gives the loop. `kind`, `config` and `architecture` are recorded in every checkpoint
+    (see deepmim.checkpoint); `check_loss` (default: compute_loss) is what confirm_final computes, the
+    same loss without side effects (an online probe's training step); `hooks` (default: none) add
+    evaluation or EMA."""
+
+    kind: str
+    train: TrainConfig
+    optim: OptimConfig
+    compute_loss: LossFn
+    check_loss: Optional[LossFn] = None
+    hooks: Optional[TrainHooks] = None
+    config: Dict[str, Any] = field(default_factory=dict)
+    architecture: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        self.check_loss = self.check_loss or self.compute_loss
+        self.hooks = self.hooks or TrainHooks()
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a run starts, looked up once: the checkpoint it continues from (None: it starts afresh)
+    and the step it continues at."""
+
+    checkpoint: Optional[Path]
+    step: int
+
+
+class Trainer:
+    """Runs the task's loss over the data for train.epochs with MAE's optimizer and schedule."""
+
+    def __init__(self, model: TrainModel, data: TrainData, task: TaskSpec, env: Env):
+        self.model, self.forward_model = model.module, model.forward
+        self.data, self.task, self.env = data, task, env
+        train = task.train
         self.output_dir = Path(train.output_dir)
-        self.steps_per_epoch = len(loader) // train.accum_steps
+        self.steps_per_epoch = len(data.loader) // train.accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"an epoch has {len(loader)} batches, fewer than train.accum_steps={train.accum_steps}: "
-                             f"use more data, a smaller train.batch_size or fewer accumulation steps")
-        self.derived = derive(train, optim, world_size, self.steps_per_epoch)  # the one place (training/derived.py)
+            raise ValueError(f"an epoch has {len(data.loader)} batches, fewer than train.accum_steps="
+                             f"{train.accum_steps}: use more data, a smaller train.batch_size or fewer accumulation "
+                             f"steps")
+        self.derived = derive(train, task.optim, env.world_size, self.steps_per_epoch)  # one place: training/derived.py
         self.total_steps, self.warmup_steps = self.derived.total_steps, self.derived.warmup_steps
         self.peak_lr = self.derived.peak_lr
-        self.optimizer = build_adamw(model, optim, self.peak_lr, device, groups=param_groups)
-        self.hooks = hooks or TrainHooks()
+        self.optimizer = build_adamw(model.module, task.optim, self.peak_lr, env.device, groups=model.param_groups)
         self.last_eval: Dict[str, float] = {}
-        self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=(env.precision == "fp16"))
         self.step = 0
-        self.is_main = rank == 0
+        self.resume_state: Optional[ResumeState] = None  # set once, by resume()
         self.guard = DivergenceGuard(train.divergence_factor, check_grads=not self.scaler.is_enabled())
         self.pending: Optional[Tuple[Dict[str, Any], Optional[int]]] = None  # (state, numbered epoch) to write
         self.last_good: Optional[Tuple[Path, int]] = None  # (checkpoint, its step): what a stop leaves intact
@@ -139,7 +186,7 @@ class Trainer:
         self.carried: Dict[str, Any] = {}  # partial metric sums of the epoch a resumed checkpoint was taken in
         self.signals: Optional[StopSignals] = None  # set while fit() runs: SIGTERM, SIGINT, train.save_signal
         self.stop_signal = 0  # the signal every process agreed to stop on (0: none)
-        adapt = getattr(train, "adapt_threads", False) and device.type == "cpu" and world_size == 1
+        adapt = getattr(train, "adapt_threads", False) and env.device.type == "cpu" and env.world_size == 1
         self.thread_adapter = ThreadAdapter(torch.get_num_threads()) if adapt else None
 
     # ------------------------------------------------------------------ checkpoints
@@ -149,10 +196,10 @@ class Trainer:
         checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP.
         `partial`: the metric sums of the epoch so far (exact epoch means after a mid-epoch resume)."""
         model_state, optimizer_state = full_state_dict(self.model, self.optimizer)
-        return make_checkpoint(self.task, model_state, self.config_dict, self.architecture,
+        return make_checkpoint(self.task.kind, model_state, self.task.config, self.task.architecture,
                                optimizer=optimizer_state, scaler=self.scaler.state_dict(), step=self.step,
                                epoch=self.step // self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-                               rng=rng_state(), hooks=self.hooks.state_dict(), guard=self.guard.state_dict(),
+                               rng=rng_state(), hooks=self.task.hooks.state_dict(), guard=self.guard.state_dict(),
                                partial=partial or {}, metrics=dict(self.last_metrics))
 
     def save_point(self, stop_at: int, numbered_epoch: Optional[int] = None,
@@ -161,7 +208,7 @@ class Trainer:
         (from these weights) has passed the guard too; when no step follows, written once the loss its
         weights give on the last batch has passed (confirm_final)."""
         self.check_weights()
-        state = snapshot(self.state_dict(partial), copy=self.device.type == "cpu")
+        state = snapshot(self.state_dict(partial), copy=self.env.device.type == "cpu")
         if self.step >= stop_at:
             self.confirm_final()
             self.write(state, numbered_epoch)
@@ -170,7 +217,7 @@ class Trainer:
 
     def check_next_loss(self, loss: torch.Tensor, where: str) -> None:
         """A loss computed from the weights of a state about to be written: stop if it is not sound."""
-        value = (all_reduce_sum(loss.detach().float().reshape(())) / self.world_size).item()
+        value = (all_reduce_sum(loss.detach().float().reshape(())) / self.env.world_size).item()
         if not math.isfinite(value):
             self.diverged(f"non-finite loss {where}: loss={value}")
         problem = self.guard.check_loss(value)
@@ -194,12 +241,12 @@ class Trainer:
         batch, epoch = self.last_batch
         self.last_batch = None
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        generator = torch.Generator().manual_seed(step_seed(self.train_cfg.seed, self.rank, epoch, -1))
+        generator = torch.Generator().manual_seed(step_seed(self.task.train.seed, self.env.rank, epoch, -1))
         was_training = self.model.training
         try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
-                    autocast(self.device, self.precision):
-                loss, _ = self.check_loss(self.model, batch, generator)
+            with torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []), \
+                    autocast(self.env.device, self.env.precision):
+                loss, _ = self.task.check_loss(self.model, batch, generator)
                 loss = loss.detach()
         finally:
             self.model.train(was_training)
@@ -210,7 +257,7 @@ class Trainer:
 
     def write(self, state: Dict[str, Any], numbered_epoch: Optional[int] = None) -> None:
         """Rank 0 writes (atomically; the file it replaces becomes checkpoint-prev.pt)."""
-        if self.is_main:
+        if self.env.is_main:
             set_aside = self.resumed_from_prev and (self.output_dir / LAST).exists()
             path = save_checkpoint(state, self.output_dir, numbered_epoch, keep_prev=self.resumed_from_prev)
             if set_aside:
@@ -224,7 +271,7 @@ class Trainer:
     def maybe_resume(self) -> Optional[Path]:
         """Load train.resume (see requested_resume); every way a checkpoint cannot continue this run
         ends in one message saying which file, why, and what to do."""
-        path = find_resume_checkpoint(self.output_dir, requested_resume(self.train_cfg))
+        path = find_resume_checkpoint(self.output_dir, requested_resume(self.task.train))
         if path is None:
             return None
         try:
@@ -232,7 +279,7 @@ class Trainer:
         except CheckpointError as err:  # damaged, or pickled objects (refused, whatever the resume)
             kind = PickledObjectsError if isinstance(err, PickledObjectsError) else CheckpointError
             raise kind(f"{err}. Cannot resume from it: {self.resume_alternatives(path)}") from err
-        ckpt.require(self.task, "train.resume continues a run of the same task")
+        ckpt.require(self.task.kind, "train.resume continues a run of the same task")
         state = ckpt.raw
         self.check_architecture(path, ckpt)
         if state.get("steps_per_epoch") != self.steps_per_epoch:
@@ -244,7 +291,7 @@ class Trainer:
             raise CheckpointError(f"'{path}': {err}. Cannot resume from it: {self.resume_alternatives(path)}") from err
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        self.hooks.load_state_dict(state.get("hooks", {}))
+        self.task.hooks.load_state_dict(state.get("hooks", {}))
         self.guard.load_state_dict(state.get("guard", {}))
         self.step = state["step"]
         self.carried = state.get("partial") or {}
@@ -270,7 +317,7 @@ class Trainer:
             return
         first = (mismatched or [f"{k} missing in the file" for k in missing] or
                  [f"{k} not in the model" for k in unexpected])[0]
-        changed = config_changes(ckpt.config, self.config_dict, ckpt.architecture, self.architecture)
+        changed = config_changes(ckpt.config, self.task.config, ckpt.architecture, self.task.architecture)
         raise CheckpointError(
             f"{path} holds another model than this run builds ({len(missing) + len(unexpected) + len(mismatched)} "
             f"tensors differ, e.g. {first}); the config it was written with differs in: {changed}. Resume it with "
@@ -303,25 +350,25 @@ class Trainer:
         """Load the checkpoint train.resume asks for (once; fit() calls it when the caller did not):
         run_training does it before writing config.yaml, so a checkpoint that cannot continue this run
         leaves the folder as it was."""
-        if not hasattr(self, "_resumed"):
-            self._resumed = self.maybe_resume()
-        return self._resumed
+        if self.resume_state is None:
+            checkpoint = self.maybe_resume()
+            self.resume_state = ResumeState(checkpoint, self.step)
+        return self.resume_state.checkpoint
 
     def fit(self) -> TrainResult:
         resumed = self.resume()
-        start_step = self.step
-        stop_at = self.total_steps if self.train_cfg.max_steps is None else min(self.total_steps,
-                                                                                 self.train_cfg.max_steps)
+        start_step = self.resume_state.step
+        t = self.task.train
+        stop_at = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
         if resumed and self.step >= stop_at:
             return self.nothing_to_train(resumed, stop_at)
-        if resumed and self.is_main:
-            say(f"resumed from {resumed} at step {self.step}: {describe_position(self.step, self.steps_per_epoch, self.train_cfg.epochs)}")
+        if resumed and self.env.is_main:
+            say(f"resumed from {resumed} at step {self.step}: {describe_position(self.step, self.steps_per_epoch, t.epochs)}")
         resume_step = self.step if resumed else None
-        t = self.train_cfg
         trackers = lambda: build_trackers(resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t,  # noqa: E731
-                                          self.config_dict, resume_step)
-        logger = MetricsLogger(self.output_dir, enabled=self.is_main, resume_step=resume_step, trackers=trackers)
-        bar = Progress(self.total_steps, self.step, stop_at, self.steps_per_epoch, t.progress and self.is_main,
+                                          self.task.config, resume_step)
+        logger = MetricsLogger(self.output_dir, enabled=self.env.is_main, resume_step=resume_step, trackers=trackers)
+        bar = Progress(self.total_steps, self.step, stop_at, self.steps_per_epoch, t.progress and self.env.is_main,
                        t.progress_style, t.progress_seconds, t.progress_steps)
         self.check_weights()  # the norm the first check compares with
         try:
@@ -330,10 +377,10 @@ class Trainer:
                     epoch = self.step // self.steps_per_epoch
                     self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
                     if self.step < stop_at and self.step // self.steps_per_epoch == epoch \
-                            and not getattr(self, "stop_signal", 0):
+                            and not self.stop_signal:
                         raise ValueError(self.short_epoch_message(epoch))
                     epoch_done = self.step % self.steps_per_epoch == 0
-                    keep = self.train_cfg.save_every_epochs
+                    keep = t.save_every_epochs
                     numbered = epoch + 1 if epoch_done and keep and ((epoch + 1) % keep == 0 or
                                                                      self.step == self.total_steps) else None
                     # a stop writes at once (no step follows to vouch for the state: the guard's final check)
@@ -365,7 +412,7 @@ class Trainer:
     def stopped(self) -> None:
         """After the stop's checkpoint: requeue the SLURM job when asked (rank 0), then leave with Stopped,
         which the command turns into its exit code (training/signals.py)."""
-        requeued = requeue_slurm_job(getattr(self.train_cfg, "requeue", False)) if self.is_main else None
+        requeued = requeue_slurm_job(getattr(self.task.train, "requeue", False)) if self.env.is_main else None
         path = self.last_good[0] if self.last_good else None
         raise Stopped(self.stop_signal, self.step, path, requeued)
 
@@ -380,12 +427,12 @@ class Trainer:
 
     def nothing_to_train(self, resumed: Path, stop_at: int) -> TrainResult:
         """Resuming a run that is already where this one would stop: say so, train nothing, write nothing."""
-        if self.is_main:
+        if self.env.is_main:
             if self.step >= self.total_steps:
-                why = (f"holds the finished run ({self.step} steps, all {self.train_cfg.epochs} epochs); to train "
+                why = (f"holds the finished run ({self.step} steps, all {self.task.train.epochs} epochs); to train "
                        f"longer raise train.epochs (the schedule stretches with it), or start a new run")
             else:
-                why = f"is at step {self.step}, where train.max_steps={self.train_cfg.max_steps} stops"
+                why = f"is at step {self.step}, where train.max_steps={self.task.train.max_steps} stops"
             say(f"nothing to train: {resumed} {why}")
         return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
                            self.last_metrics, resumed, self.step)
@@ -394,21 +441,21 @@ class Trainer:
                   ) -> Tuple[Dict[str, float], Optional[Dict[str, Any]]]:
         """Train from the current step to the end of `epoch` (or stop_at); returns the epoch's mean metrics
         and, when it stopped inside the epoch, its partial sums (for the checkpoint)."""
-        accum = self.train_cfg.accum_steps
+        accum = self.task.train.accum_steps
         first_step = epoch * self.steps_per_epoch
-        self.loader.set_epoch(epoch, start_batch=(self.step - first_step) * accum)
+        self.data.loader.set_epoch(epoch, start_batch=(self.step - first_step) * accum)
         self.model.train()
         carried, self.carried = self.carried, {}
-        window = _Window(self.device, carried.get("window") if self.is_main else None)
-        epoch_sums = _Window(self.device, carried.get("epoch") if self.is_main else None)
+        window = _Window(self.env.device, carried.get("window") if self.env.is_main else None)
+        epoch_sums = _Window(self.env.device, carried.get("epoch") if self.env.is_main else None)
         micro = (self.step - first_step) * accum
         end_micro = min(self.steps_per_epoch, stop_at - first_step) * accum
         # islice: never fetch a batch past the stop, its augmentation would advance the RNG states.
-        for batch in itertools.islice(self.loader, end_micro - micro):
+        for batch in itertools.islice(self.data.loader, end_micro - micro):
             skipped = getattr(batch, "num_skipped", 0)
             window.skipped += skipped
             epoch_sums.skipped += skipped
-            if self.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
+            if self.data.batch_size_of(batch) > 0:  # a batch whose every file was unreadable has none
                 metrics, n_images = self.micro_step(batch, micro, epoch, sync=(micro + 1) % accum == 0)
                 self.last_batch = (batch, epoch)  # what confirm_final checks the run's last weights on
                 window.add(metrics, n_images)
@@ -420,10 +467,10 @@ class Trainer:
                 continue
             self.optimizer_step()
             bar.update(1)
-            if self.step % self.train_cfg.log_every_steps == 0 or micro == end_micro:
+            if self.step % self.task.train.log_every_steps == 0 or micro == end_micro:
                 self.log_window(window, logger, bar, epoch)
-                window = _Window(self.device)
-            if self.train_cfg.save_every_steps and self.step % self.train_cfg.save_every_steps == 0 \
+                window = _Window(self.env.device)
+            if self.task.train.save_every_steps and self.step % self.task.train.save_every_steps == 0 \
                     and micro < end_micro:
                 self.check_finite(epoch_sums, epoch)
                 self.save_point(stop_at, partial={"epoch": epoch_sums.global_state(),
@@ -435,14 +482,14 @@ class Trainer:
         means = self.check_finite(epoch_sums, epoch)
         if self.step % self.steps_per_epoch == 0:
             logger.log("epoch", self.step, {"epoch": epoch + 1, **means, "skipped_images": epoch_sums.global_skipped})
-            evaluation = self.hooks.after_epoch(self, epoch)
+            evaluation = self.task.hooks.after_epoch(self, epoch)
             if evaluation:
                 self.last_eval = evaluation
                 logger.log("eval", self.step, {"epoch": epoch + 1, **evaluation})
-                if self.is_main:
-                    say(f"epoch {epoch + 1}/{self.train_cfg.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
-            if epoch_sums.global_skipped and self.is_main:
-                say(f"epoch {epoch + 1}/{self.train_cfg.epochs}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
+                if self.env.is_main:
+                    say(f"epoch {epoch + 1}/{self.task.train.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
+            if epoch_sums.global_skipped and self.env.is_main:
+                say(f"epoch {epoch + 1}/{self.task.train.epochs}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
                     f"of the data set, so every batch stayed full (data.strict=true stops at the first instead)")
             return means, None
         return means, {"epoch": epoch_sums.global_state()}  # its last window was logged: nothing to carry
@@ -451,29 +498,29 @@ class Trainer:
                    ) -> Tuple[Dict[str, torch.Tensor], int]:
         """Forward + backward of one micro-batch; gradients accumulate until optimizer_step.
         Under DDP, gradients are all-reduced only on the last micro-batch of an accumulation."""
-        generator = torch.Generator().manual_seed(step_seed(self.train_cfg.seed, self.rank, epoch, micro))
-        n_images = self.batch_size_of(batch)
+        generator = torch.Generator().manual_seed(step_seed(self.task.train.seed, self.env.rank, epoch, micro))
+        n_images = self.data.batch_size_of(batch)
         no_sync = getattr(self.forward_model, "no_sync", None)
         with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-            with autocast(self.device, self.precision):
-                loss, metrics = self.compute_loss(self.forward_model, batch, generator)
-            self.scaler.scale(loss / self.train_cfg.accum_steps).backward()
+            with autocast(self.env.device, self.env.precision):
+                loss, metrics = self.task.compute_loss(self.forward_model, batch, generator)
+            self.scaler.scale(loss / self.task.train.accum_steps).backward()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in metrics.items()}}, n_images
 
     def optimizer_step(self) -> None:
-        lr = lr_at_step(self.optim_cfg, self.step, self.total_steps, self.warmup_steps, self.peak_lr)
+        lr = lr_at_step(self.task.optim, self.step, self.total_steps, self.warmup_steps, self.peak_lr)
         set_lr(self.optimizer, lr)
         grad_norm = None
-        if self.optim_cfg.clip_grad is not None:
+        if self.task.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_cfg.clip_grad)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.task.optim.clip_grad)
         self.guard.record_gradients(self.step, self.model.parameters(), grad_norm)
         if any(p.grad is not None for p in self.model.parameters()):
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.hooks.after_optimizer_step(self)
+        self.task.hooks.after_optimizer_step(self)
 
     def log_window(self, window: "_Window", logger: MetricsLogger, bar, epoch: int) -> None:
         """The only host-device sync point: turn the window's sums into numbers, check them (and the
@@ -491,7 +538,7 @@ class Trainer:
         bar.show(self.step, epoch, values)
         if self.thread_adapter is not None:  # at a sync point: the step's work is done
             change = self.thread_adapter.adjust()
-            if change and self.is_main:
+            if change and self.env.is_main:
                 say(change)
 
     def check_finite(self, window: "_Window", epoch: int) -> Dict[str, float]:
