@@ -128,3 +128,37 @@ def test_a_kind_no_longer_registered_is_named_by_its_file_and_not_exported(tmp_p
     assert main(["export", str(path), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert ("is a dummy checkpoint (written by deepmim dummy), a kind this installation of deepmim does not know "
             "(it knows pretrain, finetune, segment, linprobe)") in capsys.readouterr().err
+
+
+COMMAND_MODULE = '''
+ORDER = 55
+SUMMARY = """\\
+  dummy      the dummy task's command
+"""
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("dummy", help="the dummy task's command")
+    p.add_argument("value", type=int)
+    p.set_defaults(handler=lambda args: args.value + 1)
+'''
+
+
+def test_a_command_is_one_module_of_the_cli_package(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import deepmim.cli
+
+    (tmp_path / "dummy_command.py").write_text(COMMAND_MODULE)
+    monkeypatch.setattr(deepmim.cli, "__path__", [*deepmim.cli.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "deepmim.cli.dummy_command", raising=False)
+    try:
+        assert main(["dummy", "41"]) == 42  # parsed by its parser, run by its handler
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        lines = capsys.readouterr().out.splitlines()
+        listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")]
+        assert "  dummy      the dummy task's command" in lines  # its SUMMARY in the command list ...
+        assert listed.index("linprobe") < listed.index("dummy") < listed.index("finetune")  # ... at its ORDER
+    finally:
+        sys.modules.pop("deepmim.cli.dummy_command", None)

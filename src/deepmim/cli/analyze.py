@@ -34,6 +34,13 @@ Writes to --out: report.html (self-contained: figures embedded), analysis.json a
 number), one PNG per figure, probe/ and convergence/ (probe-layers' own layers.json/csv/png)."""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 80
+SUMMARY = """\
+  analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("analyze", help="measure the paper's claims on checkpoints; report.html",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)

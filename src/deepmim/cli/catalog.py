@@ -3,6 +3,14 @@ dataclasses only, so they answer without loading torch or timm (tests/test_lazy_
 from __future__ import annotations
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 20
+SUMMARY = """\
+  recipes    list the bundled recipes, one line each
+  presets    list the model presets usable as model.preset=NAME or create_model(NAME)
+"""
+
+
 def add_parser(subparsers) -> None:
     subparsers.add_parser("recipes", help="list the bundled recipes").set_defaults(handler=recipes)
     subparsers.add_parser("presets", help="list the model presets").set_defaults(handler=presets)

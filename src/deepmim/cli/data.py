@@ -12,6 +12,13 @@ WebDataset shards for streaming pre-training (data.name=wds; data.name=hf reads 
   deepmim data bench data.name=wds data.path=/data/imagenet-wds data.img_size=224 train.batch_size=128"""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 40
+SUMMARY = """\
+  data       WebDataset shards: pack an ImageFolder, index shards anywhere, time the data pipeline
+"""
+
+
 def add_parser(subparsers) -> None:
     data = subparsers.add_parser("data", help="write, index and time WebDataset shards", description=HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

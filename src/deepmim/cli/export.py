@@ -23,6 +23,14 @@ metadata, so 'deepmim evaluate' / 'deepmim segment eval' read them back.
   transformers.ViTMAEForPreTraining.from_pretrained('runs/mae/hf')"""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 30
+SUMMARY = """\
+  export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
+             or the fine-tuned classifier / segmentation model as it is; --format hf: a transformers folder
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     e = subparsers.add_parser("export", help="export a checkpoint's weights as safetensors (encoder for timm, "
                                              "classifier, segmentation model)",

@@ -14,6 +14,14 @@ FINETUNE_HELP = ("The authors' ImageNet recipe (finetune_vit_base_in1k) or your 
                  "(with model.preset naming the architecture when the file has no deepmim config).")
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 60
+SUMMARY = """\
+  finetune   the MAE/BEiT fine-tuning recipe (layer decay, RandAugment, Mixup/CutMix, EMA), eval every epoch
+  evaluate   top-1/top-5/loss of a fine-tuned checkpoint
+"""
+
+
 def add_parser(subparsers) -> None:
     f = subparsers.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=FINETUNE_HELP)

@@ -1,12 +1,14 @@
-"""The `deepmim` command: the top-level parser, whose commands the modules of COMMAND_MODULES add, and the
+"""The `deepmim` command: the top-level parser, whose commands the command modules of this package add, and the
 console's verbosity; errors.py turns what a command raises into a message and an exit code."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
+from types import ModuleType
 from typing import List, Optional
 
-from . import analyze, catalog, data, export, finetune, pretrain, probes, segment, study, submit
 from .errors import run_command
 
 DESCRIPTION = """\
@@ -29,25 +31,7 @@ A train.output_dir belongs to one run: a fresh run refuses a folder that holds a
 old files aside), and a second run on a folder in use stops with the first one's pid.
 """
 
-EPILOG = """\
-commands:
-  pretrain   MAE / DeepMIM pre-training (checkpoints, metrics.jsonl, TensorBoard, loss.png, reconstruction.png)
-  recipes    list the bundled recipes, one line each
-  presets    list the model presets usable as model.preset=NAME or create_model(NAME)
-  export     a checkpoint's weights as safetensors: the encoder for timm.create_model(..., checkpoint_path=),
-             or the fine-tuned classifier / segmentation model as it is; --format hf: a transformers folder
-  data       WebDataset shards: pack an ImageFolder, index shards anywhere, time the data pipeline
-  knn        weighted k-NN accuracy on frozen (cached) features
-  probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
-  linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
-  finetune   the MAE/BEiT fine-tuning recipe (layer decay, RandAugment, Mixup/CutMix, EMA), eval every epoch
-  evaluate   top-1/top-5/loss of a fine-tuned checkpoint
-  segment    semantic segmentation: UperNet on a pre-trained ViT (train, eval: mIoU), the ADE20K protocol
-  analyze    the paper's claims on checkpoints side by side: per-layer probes, attention distance, CKA, report.html
-  submit     a training command as a SLURM job (submitit): nodes, GPUs, partition, time; requeued on timeout
-  study      a declared comparison (MAE / DeepMIM / untrained encoder) over seeds, end to end and resumable:
-             probes per block, fine-tuning, attention, convergence, wall-clock, FLOPs -> results.md, report.html
-
+EPILOG_TAIL = """\
 Run 'deepmim COMMAND --help' for each command's options.
 Multi-GPU / multi-node (every training command; train.batch_size is per process):
   torchrun --standalone --nproc_per_node=8 -m deepmim pretrain --config RECIPE ...
@@ -57,13 +41,21 @@ Multi-GPU / multi-node (every training command; train.batch_size is per process)
 """
 
 
-# Each module adds its command(s) with `add_parser(subparsers)`, every parser naming its handler
-# (`set_defaults(handler=...)`); this order is the order of `deepmim --help`.
-COMMAND_MODULES = (pretrain, catalog, export, probes, finetune, segment, analyze, study, data, submit)
+def command_modules() -> List[ModuleType]:
+    """Every module of this package that adds a command (it has `add_parser(subparsers)`, each parser naming
+    its handler with `set_defaults(handler=...)`), in their `ORDER`: a new command is a new module here."""
+    package = importlib.import_module(__package__)
+    modules = [importlib.import_module(f"{__package__}.{info.name}") for info in pkgutil.iter_modules(package.__path__)]
+    return sorted((m for m in modules if hasattr(m, "add_parser")), key=lambda m: m.ORDER)
+
+
+def epilog(modules: List[ModuleType]) -> str:
+    return "commands:\n" + "".join(m.SUMMARY for m in modules) + "\n" + EPILOG_TAIL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepmim", description=DESCRIPTION, epilog=EPILOG,
+    modules = command_modules()
+    parser = argparse.ArgumentParser(prog="deepmim", description=DESCRIPTION, epilog=epilog(modules),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"deepmim {__version__}")
@@ -72,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(the messages of the deepmim logger; results still print)")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    for module in modules:
         module.add_parser(sub)
     return parser
 

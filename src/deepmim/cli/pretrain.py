@@ -14,6 +14,13 @@ Outputs in train.output_dir: checkpoint-last.pt (resumable), config.yaml,
 metrics.jsonl, tensorboard/, loss.png, reconstruction.png."""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 10
+SUMMARY = """\
+  pretrain   MAE / DeepMIM pre-training (checkpoints, metrics.jsonl, TensorBoard, loss.png, reconstruction.png)
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("pretrain", help="pre-train a model (MAE or DeepMIM)",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)

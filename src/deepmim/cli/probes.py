@@ -40,6 +40,15 @@ with RandomResizedCrop + flip every epoch; augment=false: cached features.
 Writes linprobe.json and probe-head.pt. Config: LinprobeConfig."""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 50
+SUMMARY = """\
+  knn        weighted k-NN accuracy on frozen (cached) features
+  probe-layers  a linear probe per encoder block, several checkpoints side by side (table + layers.png)
+  linprobe   MAE's linear probe on the last block (frozen encoder, BN + linear head, LARS)
+"""
+
+
 def add_parser(subparsers) -> None:
     k = subparsers.add_parser("knn", help="weighted k-NN accuracy on frozen features",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=KNN_HELP)

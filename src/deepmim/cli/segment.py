@@ -27,6 +27,13 @@ Score a checkpoint written by 'deepmim segment train' on its validation split:
 Prints aAcc / mIoU / mAcc and a per-class IoU / Acc table; --out writes them as JSON."""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 70
+SUMMARY = """\
+  segment    semantic segmentation: UperNet on a pre-trained ViT (train, eval: mIoU), the ADE20K protocol
+"""
+
+
 def add_parser(subparsers) -> None:
     segment = subparsers.add_parser("segment", help="semantic segmentation: UperNet on a pre-trained ViT",
                                     description="UperNet on a pre-trained ViT, the ADE20K protocol of the paper.")

@@ -28,6 +28,15 @@ accuracy_vs_flops.png, report.html (self-contained), and <arm>/seed<k>/{pretrain
 stages/<stage>.json (each stage's record and result)."""
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 100
+SUMMARY = """\
+  study      a declared comparison (MAE / DeepMIM / untrained encoder) over seeds, end to end and resumable:
+             probes per block, fine-tuning, attention, convergence, wall-clock, FLOPs -> results.md, report.html
+
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("study", help="a declared comparison of arms over seeds: results.md, report.html",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)

@@ -28,6 +28,13 @@ from typing import Any, Dict, List, Optional
 TRAINING_COMMANDS = ("pretrain", "finetune")
 
 
+# Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
+ORDER = 90
+SUMMARY = """\
+  submit     a training command as a SLURM job (submitit): nodes, GPUs, partition, time; requeued on timeout
+"""
+
+
 def add_parser(sub) -> None:
     s = sub.add_parser("submit", help="run a training command as a SLURM job (submitit), requeued on timeout "
                                       "and preemption", formatter_class=argparse.RawDescriptionHelpFormatter,
