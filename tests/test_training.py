@@ -22,9 +22,10 @@ from tests.conftest import tiny_model_config
 
 
 def tiny_pretrain_config(out: Path, **train) -> PretrainConfig:
-    """16px embedded shapes, 64 images, batch 16: 4 steps an epoch, a second or two per run."""
+    """16px embedded shapes, 64 images, batch 16: 4 steps an epoch, a second or two per run. Torch's thread
+    count stays fixed (adapt_threads=False): tests compare runs bit for bit, whatever else the machine runs."""
     defaults = dict(epochs=2, batch_size=16, output_dir=str(out), log_every_steps=1, progress=False,
-                    tensorboard=False, plots=False, precision="fp32", device="cpu", seed=3)
+                    tensorboard=False, plots=False, precision="fp32", device="cpu", seed=3, adapt_threads=False)
     defaults.update(train)
     return PretrainConfig(
         model=tiny_model_config(),
