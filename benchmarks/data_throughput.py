@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_stamp  # benchmarks/machine.py
 from PIL import Image
 
 from deepmim.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from deepmim.data import ImageFolder, SeededAugmentation, build_pretrain_transform
 from deepmim.models.masking import noise_from_seeds
-from machine import machine_stamp  # benchmarks/machine.py
 
 
 def parse_args() -> argparse.Namespace:

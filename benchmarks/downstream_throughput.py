@@ -24,17 +24,17 @@ import statistics
 import time
 
 import torch
+from machine import machine_stamp  # benchmarks/machine.py
+from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepmim import create_model
 from deepmim.config.schema import OptimConfig
-from deepmim.training.optim import build_adamw
-from deepmim.training.parallel import set_fused_attention
 from deepmim.training.distributed import resolve_device
 from deepmim.training.host_memory import reuse_freed_host_memory
+from deepmim.training.optim import build_adamw
+from deepmim.training.parallel import set_fused_attention
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
-from machine import machine_stamp  # benchmarks/machine.py
-from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 
 def parse_args():

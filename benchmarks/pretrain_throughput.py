@@ -19,20 +19,21 @@ import os
 import resource
 import statistics
 import time
+from functools import partial
 from typing import Dict
 
 import torch
+from machine import machine_stamp  # benchmarks/machine.py
+from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepmim import create_model
 from deepmim.config.schema import OptimConfig
-from deepmim.training.optim import build_adamw, scaled_lr
-from deepmim.training.distributed import resolve_device
 from deepmim.training.compile import should_compile
+from deepmim.training.distributed import resolve_device
 from deepmim.training.host_memory import reuse_freed_host_memory
+from deepmim.training.optim import build_adamw, scaled_lr
 from deepmim.training.precision import autocast, resolve_precision, use_fused_attention
-from machine import machine_stamp  # benchmarks/machine.py
-from matmul_time import matmul_seconds  # benchmarks/matmul_time.py
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -260,7 +261,7 @@ def add_matmul_ceilings(results: Dict[str, dict], modes, images, noise, device) 
         optimizer = build_adamw(model, OptimConfig(), 1e-4, device)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         apply_mode(model, mode)
-        seconds = matmul_seconds(lambda: train_step(model, optimizer, scaler, images, noise, device, mode["precision"]))
+        seconds = matmul_seconds(partial(train_step, model, optimizer, scaler, images, noise, device, mode["precision"]))
         del optimizer
         model.zero_grad(set_to_none=True)
         r = results[name]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -37,9 +37,10 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict
 
 @torch.no_grad()
 def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, cfg: KnnConfig = KnnConfig(), chunk: int = 1024) -> Dict[str, float]:
+                 num_classes: int, cfg: Optional[KnnConfig] = None, chunk: int = 1024) -> Dict[str, float]:
     """Weighted k-NN (DINO): cosine similarity of L2-normalised features; each of the top-k neighbours
     votes for its class with weight exp(sim / T). Returns top-1 (and top-5 with >= 5 classes)."""
+    cfg = cfg or KnnConfig()
     if cfg.k < 1 or cfg.temperature <= 0:
         raise ValueError(f"knn.k must be >= 1 and knn.temperature > 0, got k={cfg.k}, T={cfg.temperature}")
     train_x = F.normalize(train_x.float(), dim=1)
@@ -88,9 +89,10 @@ def build_probe_optimizer(head: LinearProbeHead, cfg: LinearProbeConfig, lr: flo
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                       num_classes: int, cfg: LinearProbeConfig = LinearProbeConfig(), return_head: bool = False):
+                       num_classes: int, cfg: Optional[LinearProbeConfig] = None, return_head: bool = False):
     """Train the probe on cached features (per-step warm-up + cosine lr); return val top-1/top-5 and the
     final training loss (and the trained head with return_head=True)."""
+    cfg = cfg or LinearProbeConfig()
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ValueError(f"probe.epochs must be >= 1 and probe.batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}")
     warn_long_warmup(cfg)

@@ -2,7 +2,6 @@
 dataclasses only, so they answer without loading torch or timm (tests/test_lazy_imports.py)."""
 from __future__ import annotations
 
-
 # Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
 ORDER = 20
 SUMMARY = """\

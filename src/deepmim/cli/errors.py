@@ -18,8 +18,8 @@ def run_command(args) -> int:
         except BrokenPipeError:  # e.g. `deepmim presets | head`
             sys.stderr.close()
             return 0
-    from ..config.loader import ConfigError
     from ..checkpoint import CheckpointError
+    from ..config.loader import ConfigError
     from ..training.guard import DivergenceError
     from ..training.signals import Stopped
     try:

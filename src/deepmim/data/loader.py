@@ -30,10 +30,10 @@ from deepmim.config.schema import DataConfig
 from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import FlatImageFolder, ImageFolder
-from deepmim.data.labels import CLASSES
-from deepmim.data.workers import ignore_stop_signals
 from deepmim.data.idx import IdxDataset
+from deepmim.data.labels import CLASSES
 from deepmim.data.transforms import PretrainTransform, build_eval_transform, build_pretrain_transform
+from deepmim.data.workers import ignore_stop_signals
 from deepmim.models.masking import noise_from_seeds
 
 DATASET_NAMES = ("embedded", "imagefolder", "idx", "wds", "hf", "images")

@@ -17,7 +17,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from deepmim.config.schema import SegDataConfig
-from deepmim.data.embedded import CLASSES as SHAPE_CLASSES, EmbeddedShapes
+from deepmim.data.embedded import CLASSES as SHAPE_CLASSES
+from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError
 from deepmim.data.folder import load_rgb
 from deepmim.data.loader import mix_seed

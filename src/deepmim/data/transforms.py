@@ -27,8 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 _CROP_TRIES = 10  # as torchvision

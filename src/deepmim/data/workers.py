@@ -37,6 +37,6 @@ def end_workers_left_at_exit(grace_seconds: float = 1.0) -> None:
             child.join(grace_seconds)
 
 
-import multiprocessing.util  # noqa: E402  (its exit hook first, so that ours, registered after, runs before it)
+import multiprocessing.util  # noqa: E402, F401  (its exit hook first, so that ours, registered after, runs before it)
 
 atexit.register(end_workers_left_at_exit)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from .encoder import init_linear_and_norm
 from .masking import Masking, take_tokens

@@ -5,10 +5,10 @@ from functools import partial
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
+from torch import nn
+from torch.nn import functional as F
 
 from ..config.schema import EncoderConfig
 from .masking import Masking, random_masking, take_tokens

@@ -25,8 +25,8 @@ from ..models.head_names import decoder_key
 from ..models.loading import load_weights
 from ..models.masking import Masking
 from ..models.presets import preset_config
-from .pixel import PixelConfig, PixelTarget
 from .base import register_target
+from .pixel import PixelConfig, PixelTarget
 
 
 @dataclass

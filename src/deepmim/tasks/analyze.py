@@ -34,8 +34,8 @@ from ..models.loading import load_checkpoint
 from ..models.masking import random_masking
 from ..targets import unpatchify
 from ..training.distributed import resolve_device
-from ..training.metrics_log import METRICS_FILE, read_metrics
 from ..training.jsonfile import write_json
+from ..training.metrics_log import METRICS_FILE, read_metrics
 from ..training.progress import task_bar
 from .probe import run_knn, run_probe_layers
 from .scored_data import data_record

@@ -32,14 +32,13 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, Hook, load_strict, read_checkpoint, task_kind
 from ..config.loader import ConfigError, dump_yaml, from_dict, to_dict
+from ..training.compile import should_compile
+from ..training.console import say
 from ..training.distributed import all_reduce_sum, cleanup, is_rank_zero, resolve_device, setup_distributed
 from ..training.env import Env
-from ..training.console import say
-from ..training.compile import should_compile
-from ..training.loop import (LossFn, TaskSpec, TrainData, TrainHooks, Trainer, TrainModel, TrainResult,
-                             requested_resume)
-from ..training.parallel import STRATEGIES, prepare_model
 from ..training.host_memory import reuse_freed_host_memory
+from ..training.loop import LossFn, TaskSpec, TrainData, Trainer, TrainHooks, TrainModel, TrainResult, requested_resume
+from ..training.parallel import STRATEGIES, prepare_model
 from ..training.precision import resolve_precision
 from ..training.signals import parse_signal
 from ..training.threads import planned_threads

@@ -33,15 +33,22 @@ from typing import Optional
 from ..checkpoint import Checkpoint, CheckpointError, checkpoint_metadata, read_checkpoint, save_weights, task_kinds
 from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig
-from ..models.export import (TIMM_LAYER_NORM_EPS, encoder_metadata, encoder_state_dict, export_encoder,
-                             preprocessing_of, timm_file_call, timm_folder_call, timm_folder_config,
-                             write_timm_folder)
+from ..models.export import (
+    TIMM_LAYER_NORM_EPS,
+    encoder_metadata,
+    encoder_state_dict,
+    export_encoder,
+    preprocessing_of,
+    timm_file_call,
+    timm_folder_call,
+    timm_folder_config,
+    write_timm_folder,
+)
 from ..models.hf import is_hf_folder
 from ..models.loading import load_encoder
 from .base import load_trained, task_hook
 from .finetune import load_classifier
 from .segment import load_segmentor
-
 
 FORMATS = ("safetensors", "timm", "hf", "hf-encoder")
 logger = logging.getLogger(__name__)

@@ -26,8 +26,16 @@ from ..config.loader import ConfigError
 from ..config.schema import EncoderConfig
 from ..models.deepmim import DeepMIM
 from ..models.export import HF_PROCESSOR_CONFIG, Preprocessing, encoder_state_dict, preprocessing_of
-from ..models.hf import (CONFIG_FILE, check_mae_layout, encoder_to_hf, upernet_config, upernet_state, vit_config,
-                         vitmae_config, vitmae_state)
+from ..models.hf import (
+    CONFIG_FILE,
+    check_mae_layout,
+    encoder_to_hf,
+    upernet_config,
+    upernet_state,
+    vit_config,
+    vitmae_config,
+    vitmae_state,
+)
 from ..models.loading import load_encoder, load_weights, saved_model_config
 from ..models.presets import preset_config
 

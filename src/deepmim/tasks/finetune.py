@@ -18,8 +18,15 @@ import torch
 from torch import nn
 
 from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
-from ..config.schema import (AugmentConfig, ClassifierConfig, DataConfig, EncoderConfig, FinetuneConfig,
-                             FinetuneOptimConfig, FinetuneTrainConfig)
+from ..config.schema import (
+    AugmentConfig,
+    ClassifierConfig,
+    DataConfig,
+    EncoderConfig,
+    FinetuneConfig,
+    FinetuneOptimConfig,
+    FinetuneTrainConfig,
+)
 from ..data import TransformedDataset, build_dataset, build_pretrain_loader, collate_skip_broken, validate_data_config
 from ..models.classifier import build_classifier
 from ..training.distributed import all_reduce_sum, resolve_device, shard_indices

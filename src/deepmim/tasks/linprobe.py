@@ -14,19 +14,30 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..analysis.features import (check_classes, extract_features, fit_normalisation, frozen_encoder, pool_tokens,
-                                 prepare_inference)
-from ..analysis.probes import (LinearProbeHead, build_probe_optimizer, topk_accuracy, train_linear_probe,
-                               warn_long_warmup)
+from ..analysis.features import (
+    check_classes,
+    extract_features,
+    fit_normalisation,
+    frozen_encoder,
+    pool_tokens,
+    prepare_inference,
+)
+from ..analysis.probes import (
+    LinearProbeHead,
+    build_probe_optimizer,
+    topk_accuracy,
+    train_linear_probe,
+    warn_long_warmup,
+)
 from ..checkpoint import atomic_save, make_checkpoint
 from ..config.loader import load_config, to_dict
 from ..config.schema import LinprobeConfig
 from ..data import build_dataset, build_pretrain_transform
 from ..data.loader import TransformedDataset, collate_skip_broken
 from ..training.distributed import barrier, wrap_ddp
+from ..training.jsonfile import write_json
 from ..training.precision import autocast, resolve_precision
 from ..training.schedule import warmup_cosine_lr
-from ..training.jsonfile import write_json
 from .base import session
 from .scored_data import data_record
 
@@ -85,6 +96,7 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_sourc
 
 def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank: int = 0, world_size: int = 1):
     from torch.utils.data import DistributedSampler
+
     from ..training.progress import checkpoint_label, task_bar
 
     p = cfg.probe

@@ -10,19 +10,27 @@ import torch
 from ..checkpoint import find_resume_checkpoint, load_strict, read_checkpoint
 from ..config.loader import ConfigError, load_config
 from ..config.schema import PretrainConfig
-from ..data import (TransformedDataset, build_dataset, build_eval_transform, build_pretrain_loader, collate_skip_broken,
-                    mix_seed, preview_images, validate_data_config)
+from ..data import (
+    TransformedDataset,
+    build_dataset,
+    build_eval_transform,
+    build_pretrain_loader,
+    collate_skip_broken,
+    mix_seed,
+    preview_images,
+    validate_data_config,
+)
 from ..data.labels import ONLINE_PROBE
 from ..models.deepmim import DeepMIM, validate_model_config
 from ..models.factory import expand_model_dict
 from ..models.head_names import loss_key
 from ..targets import TARGETS
 from ..training.console import say
-from ..training.metrics_log import METRICS_FILE
 from ..training.distributed import is_distributed, shard_indices
 from ..training.env import Env
-from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_probe_blocks
 from ..training.loop import TrainResult
+from ..training.metrics_log import METRICS_FILE
+from ..training.online_probe import PROBE_SEED_STREAM, OnlineProbe, resolve_probe_blocks
 from ..training.parallel import is_sharded
 from ..training.precision import autocast, fastest_attention, use_fused_attention
 from .base import TrainingTask, check_config, run_training

@@ -9,14 +9,14 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from ..checkpoint import CheckpointError, atomic_save, make_checkpoint, read_checkpoint
-from ..config.loader import load_config
-from ..config.schema import ModelConfig, ProbeConfig
-from ..models.encoder import MaskedViTEncoder
 from ..analysis.features import check_classes, extract_features, frozen_encoder, resolve_blocks
 from ..analysis.plots import plot_layers
 from ..analysis.probes import knn_classify, train_linear_probe
 from ..analysis.report import short_names
+from ..checkpoint import CheckpointError, atomic_save, make_checkpoint, read_checkpoint
+from ..config.loader import load_config
+from ..config.schema import ModelConfig, ProbeConfig
+from ..models.encoder import MaskedViTEncoder
 from ..training.jsonfile import write_json
 from .scored_data import data_record
 

@@ -19,8 +19,15 @@ from torch import nn
 
 from ..analysis.segmentation_metrics import confusion_matrix, per_class_table, segmentation_scores
 from ..config.loader import ConfigError, deep_merge, from_dict, load_config, parse_overrides, to_dict
-from ..config.schema import (EncoderConfig, SegDataConfig, SegEvalConfig, SegModelConfig, SegmentConfig,
-                             SegmentOptimConfig, SegmentTrainConfig)
+from ..config.schema import (
+    EncoderConfig,
+    SegDataConfig,
+    SegEvalConfig,
+    SegmentConfig,
+    SegmentOptimConfig,
+    SegmentTrainConfig,
+    SegModelConfig,
+)
 from ..data.segmentation import SegTransform, build_iteration_loader, build_seg_dataset, colourise
 from ..models.loading import pretrained_encoder
 from ..models.segmentation import UperNetViT, default_out_indices

@@ -27,25 +27,35 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import torch
 from torch import nn
 
+from ..checkpoint import (
+    LAST,
+    PREV,
+    SET_ASIDE,
+    CheckpointError,
+    PickledObjectsError,
+    compare_state_dicts,
+    find_resume_checkpoint,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..config.loader import flatten
 from ..config.schema import OptimConfig, TrainConfig
-from .distributed import agree_on_max, all_reduce_sum, barrier, is_distributed
-from .parallel import full_state_dict, load_full_state_dict
-from ..checkpoint import (LAST, PREV, SET_ASIDE, CheckpointError, PickledObjectsError, compare_state_dicts,
-                          find_resume_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint)
-from .rng_state import rng_state, set_rng_state
-from .guard import DivergenceError, DivergenceGuard
 from .console import say
-from .metrics_log import MetricsLogger
-from .trackers import build_trackers, resolve_loggers
 from .derived import derive
+from .distributed import agree_on_max, all_reduce_sum, barrier, is_distributed
 from .env import Env
+from .guard import DivergenceError, DivergenceGuard
+from .metrics_log import MetricsLogger
 from .optim import build_adamw
+from .parallel import full_state_dict, load_full_state_dict
 from .precision import autocast
 from .progress import Progress
+from .rng_state import rng_state, set_rng_state
 from .schedule import lr_at_step, set_lr
-from .signals import StopSignals, Stopped, requeue_slurm_job, stop_signals
+from .signals import Stopped, StopSignals, requeue_slurm_job, stop_signals
 from .threads import ThreadAdapter
+from .trackers import build_trackers, resolve_loggers
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]]
 
@@ -305,8 +315,8 @@ class Trainer:
         options = []
         if prev.is_file() and Path(path).resolve() != prev.resolve():
             options.append(f"continue from the checkpoint before it with train.resume={prev}")
-        options.append(f"start afresh with train.overwrite=true (moves the folder's files aside) or in another "
-                       f"train.output_dir")
+        options.append("start afresh with train.overwrite=true (moves the folder's files aside) or in another "
+                       "train.output_dir")
         return "; or ".join(options)
 
     def check_architecture(self, path: Path, ckpt) -> None:

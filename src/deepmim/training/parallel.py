@@ -95,8 +95,7 @@ def is_sharded(model: nn.Module) -> bool:
 def full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(model, optimizer) state with plain tensors and parameter names as keys, the same for a single
     process, DDP and FSDP: gathered on every rank (a collective under FSDP), moved to the CPU."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
@@ -106,8 +105,7 @@ def load_full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, mod
                          optimizer_state: Dict[str, Any]) -> None:
     """Inverse of `full_state_dict` (every rank passes the full state; FSDP keeps its own shard).
     Optimizer states keyed by position (older checkpoints) load with the optimizer's own method."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     if is_sharded(model):

@@ -9,8 +9,8 @@ from functools import partial
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import VisionTransformer, _convert_openai_clip
+from torch import nn
 
 from ...checkpoint import CheckpointError, load_strict, read_checkpoint
 from .net import MISFIT

@@ -9,11 +9,11 @@ from functools import partial
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
-from ...config.schema import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
 from ...checkpoint import CheckpointError, load_strict, read_checkpoint, read_metadata
+from ...config.schema import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig
 from .net import MISFIT, TeacherNet
 
 NOT_ENCODER = ("decoder", "mask_token", "head.", "fc_norm.")  # MAE's decoder, a classifier

@@ -5,9 +5,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 
+from ...checkpoint import load_strict, read_checkpoint
 from ...config.loader import ConfigError
 from ...config.schema import IMAGENET_MEAN, IMAGENET_STD
-from ...checkpoint import load_strict, read_checkpoint
 from .net import MISFIT, TeacherNet
 
 

@@ -20,8 +20,8 @@ from ...config.study import StudyConfig
 from .arms import Arm, build_arm
 from .measures import attention_stage, convergence_stage, finetune_stage, probe_stage
 from .results import build_results, machine_info
-from .validate import validate_study
 from .stages import Stage, StageRunner, StudyChangedError, describe_change, inputs_hash, read_json, write_json
+from .validate import validate_study
 
 logger = logging.getLogger(__name__)
 
