@@ -1,31 +1,19 @@
-"""Shared tiny models and configs: everything here runs in well under a second on 2 cores."""
+"""Fixtures every test module may use: the seed and cache folder set for each test, tiny
+checkpoints and a finished tiny run (module-scoped where a test module shares one)."""
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
-from deepmim.config.schema import EncoderConfig, HeadConfig, ModelConfig
+from deepmim import create_model
+from deepmim.cli.main import main
+from deepmim.config.schema import ModelConfig
 
-
-def tiny_model_config(img_size: int = 16, heads=(2, 4), norm_pix: bool = True) -> ModelConfig:
-    """A 4-block, 32-wide ViT on 16x16 images (patch 4: 16 patches) with 1-block decoders."""
-    return ModelConfig(
-        encoder=EncoderConfig(img_size=img_size, patch_size=4, embed_dim=32, depth=4, num_heads=2),
-        heads=[HeadConfig(block=b, decoder_dim=32, decoder_depth=1, decoder_heads=2) for b in heads],
-        target={"name": "pixel", "norm_pix": norm_pix},
-    )
-
-
-def save_tiny_pretrained(path):
-    """A randomly initialised tiny DeepMIM checkpoint (model + config), as `deepmim pretrain` writes one."""
-    import dataclasses
-
-    from deepmim.models import DeepMIM
-
-    model = DeepMIM(tiny_model_config())
-    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
-               path)
-    return path
+from tests.helpers.models import save_tiny_pretrained, tiny_model_config
+from tests.helpers.runs import TINY
 
 
 @pytest.fixture
@@ -44,3 +32,24 @@ def _cache_in_the_test_folder(tmp_path_factory, monkeypatch):
     """deepmim's cache directory (features.cache_dir=auto) inside pytest's folder, not the user's."""
     if "DEEPMIM_CACHE" not in __import__("os").environ:
         monkeypatch.setenv("DEEPMIM_CACHE", str(tmp_path_factory.getbasetemp() / "deepmim-cache"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    return save_tiny_pretrained(tmp_path_factory.mktemp("pre") / "checkpoint-last.pt")
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    model = create_model(tiny_model_config())  # 4 blocks, 32 wide, 16 px, patch 4
+    path = tmp_path / "tiny.pt"
+    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
+               path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["pretrain", *TINY, f"train.output_dir={out}"]) == 0
+    return out

@@ -5,11 +5,13 @@ Every import counts: at module level, inside functions, and `__import__` / `impo
 calls with a literal name. Importing `a.b.c` also runs the package `a.b`, so it counts as an edge
 to `a.b` too (unless `a.b` contains the importer, whose import is already under way).
 """
+
 import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 

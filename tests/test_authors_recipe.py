@@ -37,15 +37,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepmim.config.schema import (DataConfig, EncoderConfig, HeadConfig, ModelConfig, OptimConfig, PretrainConfig,
-                                   PretrainTrainConfig)
+from deepmim.config.schema import (
+    DataConfig,
+    EncoderConfig,
+    HeadConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    PretrainTrainConfig,
+)
 from deepmim.models import DeepMIM
 from deepmim.models.classifier import build_classifier
 from deepmim.tasks.finetune import FinetuneTask, load_finetune_config, run_finetune
 from deepmim.tasks.pretrain import PretrainTask, load_pretrain_config, run_pretrain
 from deepmim.tasks.segment import SegmentTask, build_segmentor, load_segment_config
 from deepmim.training.optim import build_adamw
-from tests.conftest import save_tiny_pretrained, tiny_model_config
+
+from tests.helpers.models import save_tiny_pretrained, tiny_model_config
+
 
 CPU = torch.device("cpu")
 

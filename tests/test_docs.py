@@ -4,13 +4,14 @@ states what the code does, never which machine, date, commit or round of work a 
 Measurements and their history live in dated results pages (docs/results/, benchmarks/results/), which
 the product links to; the performance page, which shows the current benchmark tables by machine class,
 is read as one of them."""
+
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

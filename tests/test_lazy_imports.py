@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+
 HEAVY = ("torch", "timm")
 
 
@@ -30,7 +31,7 @@ def test_light_commands_import_neither_torch_nor_timm(argv):
 
 def test_the_lazy_package_still_registers_every_built_in_target():
     run = modules_after("from deepmim.models import DeepMIM\nfrom deepmim.models.target import TARGETS\n"
-                        "from tests.conftest import tiny_model_config\ncfg = tiny_model_config()\n"
+                        "from tests.helpers.models import tiny_model_config\ncfg = tiny_model_config()\n"
                         "cfg.target = {'name': 'hog', 'cell_size': 4}\nDeepMIM(cfg)\nprint(sorted(TARGETS))")
     assert {"pixel", "hog", "teacher", "hybrid"} <= set(eval(run["stdout"].strip()))
     import deepmim
