@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deepmim-installed
 TEST_STAMP := $(VENV)/.deepmim-test-installed
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test lint install clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Style: the ruff rules and format of pyproject.toml over the whole tree (seconds; CI runs it before the tests)
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

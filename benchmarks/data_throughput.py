@@ -23,6 +23,7 @@ processes' turns; wall-clock rates are reported beside them.
     python benchmarks/data_throughput.py --img-size 224 --json OUTDIR/cpu_data.json
     python benchmarks/data_throughput.py --img-size 112 --img-size 224 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,22 @@ def plain_pipeline(root: Path, img_size: int, num_patches: int):
     """The authors' pipeline (MAE main_pretrain.py): torchvision ImageFolder + PIL transforms."""
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(
+                img_size, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
 
     def item(i: int):
         image, label = dataset[i]
         return image, label, noise_from_seeds(torch.tensor([i]), num_patches)
+
     return item, len(dataset)
 
 
@@ -102,6 +111,7 @@ def deepmim_pipeline(root: Path, img_size: int, num_patches: int, from_files: bo
     def item(i: int):
         image, label, seed, _replaced = dataset[i]
         return image, label, noise_from_seeds(torch.tensor([seed]), num_patches)
+
     return item, len(dataset)
 
 
@@ -122,21 +132,29 @@ def time_pass(item, n: int) -> tuple:
 
 def run_size(root: Path, img_size: int, args) -> dict:
     num_patches = (img_size // args.patch_size) ** 2
-    pipelines = {"plain": plain_pipeline(root, img_size, num_patches),
-                 "tensor": deepmim_pipeline(root, img_size, num_patches, from_files=False),
-                 "deepmim": deepmim_pipeline(root, img_size, num_patches, from_files=True),
-                 "decode only": decode_only(root)}
+    pipelines = {
+        "plain": plain_pipeline(root, img_size, num_patches),
+        "tensor": deepmim_pipeline(root, img_size, num_patches, from_files=False),
+        "deepmim": deepmim_pipeline(root, img_size, num_patches, from_files=True),
+        "decode only": decode_only(root),
+    }
     for item, n in pipelines.values():  # warm-up: file cache, allocator
         time_pass(item, n)
     times = {name: [] for name in pipelines}
     for r in range(args.rounds):
-        for name in (list(pipelines) if r % 2 == 0 else list(pipelines)[::-1]):
+        for name in list(pipelines) if r % 2 == 0 else list(pipelines)[::-1]:
             item, n = pipelines[name]
             times[name].append(time_pass(item, n))
     n = pipelines["plain"][1]
-    out = {name: {"img_per_s_per_core": n / statistics.median(c for c, _ in t),
-                  "img_per_s_wall": n / statistics.median(w for _, w in t),
-                  "pass_cpu_s": [c for c, _ in t], "pass_wall_s": [w for _, w in t]} for name, t in times.items()}
+    out = {
+        name: {
+            "img_per_s_per_core": n / statistics.median(c for c, _ in t),
+            "img_per_s_wall": n / statistics.median(w for _, w in t),
+            "pass_cpu_s": [c for c, _ in t],
+            "pass_wall_s": [w for _, w in t],
+        }
+        for name, t in times.items()
+    }
     for name in ("tensor", "deepmim", "decode only"):
         paired = statistics.median([p[0] / q[0] for p, q in zip(times["plain"], times[name])])
         out[name]["speedup_vs_plain"] = out[name]["img_per_s_per_core"] / out["plain"]["img_per_s_per_core"]
@@ -148,20 +166,33 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)  # one core, as one DataLoader worker
     sizes = args.img_size or [224]
-    report = {"images": args.images, "source": f"{args.width}x{args.height} JPEG q{args.quality}",
-              "torch": torch.__version__, "pillow": Image.__version__, "load_average_start": os.getloadavg()[0],
-              "results": {}}
+    report = {
+        "images": args.images,
+        "source": f"{args.width}x{args.height} JPEG q{args.quality}",
+        "torch": torch.__version__,
+        "pillow": Image.__version__,
+        "load_average_start": os.getloadavg()[0],
+        "results": {},
+    }
     with tempfile.TemporaryDirectory(prefix="deepmim-data-bench-") as tmp:
         kb = write_folder(Path(tmp), args.images, args.height, args.width, args.quality)
         report["mean_file_kb"] = kb
-        print(f"{args.images} generated {args.width}x{args.height} JPEGs, q{args.quality}, {kb:.0f} KB on average; "
-              f"1 thread; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{args.images} generated {args.width}x{args.height} JPEGs, q{args.quality}, {kb:.0f} KB on average; "
+            f"1 thread; load average {os.getloadavg()[0]:.1f}"
+        )
         for size in sizes:
             res = run_size(Path(tmp), size, args)
             report["results"][str(size)] = res
-            line = ", ".join(f"{name} {r['img_per_s_per_core']:.0f} img/s (wall {r['img_per_s_wall']:.0f})" + (
-                f" ({r['speedup_vs_plain']:.2f}x, paired {r['speedup_vs_plain_paired']:.2f}x)"
-                if "speedup_vs_plain" in r else "") for name, r in res.items())
+            line = ", ".join(
+                f"{name} {r['img_per_s_per_core']:.0f} img/s (wall {r['img_per_s_wall']:.0f})"
+                + (
+                    f" ({r['speedup_vs_plain']:.2f}x, paired {r['speedup_vs_plain_paired']:.2f}x)"
+                    if "speedup_vs_plain" in r
+                    else ""
+                )
+                for name, r in res.items()
+            )
             print(f"output {size}px, per core: {line}")
     report["load_average_end"] = os.getloadavg()[0]
     print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs")

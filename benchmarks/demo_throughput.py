@@ -7,6 +7,7 @@ checkpoints), as % of the matmul peak measured in the same process just before a
 img/s is read from the run's metrics.jsonl (the trainer's own `img_per_s`, every window but the first,
 which holds start-up); GFLOP/image is counted once with FlopCounterMode on the recipe's model.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,15 @@ def flops_per_image(cfg) -> float:
 
 def main(overrides) -> None:
     out = tempfile.mkdtemp(prefix="deepmim-demo-bench-")
-    overrides = ["train.epochs=3", "train.progress=false", "train.plots=false", "train.tensorboard=false",
-                 "train.log_every_steps=4", f"train.output_dir={out}", *overrides]
+    overrides = [
+        "train.epochs=3",
+        "train.progress=false",
+        "train.plots=false",
+        "train.tensorboard=false",
+        "train.log_every_steps=4",
+        f"train.output_dir={out}",
+        *overrides,
+    ]
     cfg = load_pretrain_config("demo", overrides)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
@@ -55,15 +63,26 @@ def main(overrides) -> None:
     rates = [r["img_per_s"] for r in rows if r["type"] == "train"][1:]
     img_s = statistics.median(rates)
     peak = statistics.mean([before[precision], after[precision]])
-    report = {"overrides": overrides, "precision": precision, "threads": torch.get_num_threads(),
-              "gflop_per_image": gflop, "img_per_s": img_s, "img_per_s_windows": rates,
-              "gflop_per_s": img_s * gflop, "matmul_peak_before": before, "matmul_peak_after": after,
-              "fraction_of_peak": img_s * gflop / peak, "load_average_start": load_start,
-              "load_average_end": os.getloadavg()[0]}
-    print(f"demo through the trainer: {img_s:.0f} img/s (median of {len(rates)} windows) x {gflop:.3f} GFLOP/image = "
-          f"{img_s * gflop:.0f} GFLOP/s = {100 * report['fraction_of_peak']:.1f}% of the {precision} matmul peak "
-          f"({before[precision]:.0f} before, {after[precision]:.0f} after the run); load average "
-          f"{load_start:.1f} -> {report['load_average_end']:.1f}")
+    report = {
+        "overrides": overrides,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "gflop_per_image": gflop,
+        "img_per_s": img_s,
+        "img_per_s_windows": rates,
+        "gflop_per_s": img_s * gflop,
+        "matmul_peak_before": before,
+        "matmul_peak_after": after,
+        "fraction_of_peak": img_s * gflop / peak,
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg()[0],
+    }
+    print(
+        f"demo through the trainer: {img_s:.0f} img/s (median of {len(rates)} windows) x {gflop:.3f} GFLOP/image = "
+        f"{img_s * gflop:.0f} GFLOP/s = {100 * report['fraction_of_peak']:.1f}% of the {precision} matmul peak "
+        f"({before[precision]:.0f} before, {after[precision]:.0f} after the run); load average "
+        f"{load_start:.1f} -> {report['load_average_end']:.1f}"
+    )
     json_path = os.environ.get("DEMO_JSON")
     if json_path:
         report["machine"] = machine_stamp(device)

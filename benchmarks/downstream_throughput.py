@@ -15,6 +15,7 @@ SDPA is not a matmul here: the feature steps' attention counts as "everything el
 
     python benchmarks/downstream_throughput.py --preset deepmim_pixel_vit_micro_p4_32 --batch-size 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,13 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--precision", default="auto")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--host-malloc", default="reuse", choices=["reuse", "default"],
-                   help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
-                        "for the whole process, baseline included); default: glibc's own behaviour")
+    p.add_argument(
+        "--host-malloc",
+        default="reuse",
+        choices=["reuse", "default"],
+        help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
+        "for the whole process, baseline included); default: glibc's own behaviour",
+    )
     p.add_argument("--json", metavar="PATH")
     return p.parse_args()
 
@@ -72,8 +77,10 @@ def main() -> None:
     pre_opt = build_adamw(pre, OptimConfig(), 1e-4, device)
     clf = vit_classifier(enc, 10, enc.img_size, "avg", drop_path=0.1).to(device)
     clf_opt = build_adamw(clf, OptimConfig(), 1e-4, device)
-    mixup, criterion = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10), \
-        SoftTargetCrossEntropy()
+    mixup, criterion = (
+        Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10),
+        SoftTargetCrossEntropy(),
+    )
     encoder = pre.encoder
     blocks = list(range(1, encoder.depth + 1))
 
@@ -96,6 +103,7 @@ def main() -> None:
             loss.backward()
             clf_opt.step()
             clf_opt.zero_grad(set_to_none=True)
+
         return step
 
     def features(prec, fused):
@@ -104,14 +112,17 @@ def main() -> None:
             with torch.no_grad(), autocast(device, prec):
                 taps, _ = encoder(images, taps=blocks)
                 [encoder.norm(t)[:, 0].float() for t in taps.values()]
+
         return step
 
     now_fused = use_fused_attention("auto", device, precision)
-    steps = {"pretrain": pretrain,
-             f"finetune now ({precision}, {'SDPA' if now_fused else 'math'})": finetune(now_fused),
-             f"finetune before ({precision}, SDPA)": finetune(True),
-             f"features now ({precision}, SDPA)": features(precision, True),
-             "features before (fp32)": features("fp32", True)}
+    steps = {
+        "pretrain": pretrain,
+        f"finetune now ({precision}, {'SDPA' if now_fused else 'math'})": finetune(now_fused),
+        f"finetune before ({precision}, SDPA)": finetune(True),
+        f"features now ({precision}, SDPA)": features(precision, True),
+        "features before (fp32)": features("fp32", True),
+    }
     pre.train()
     clf.train()
     flops = {}  # GFLOP per image, counted with math attention (the counter has no CPU flash formula)
@@ -126,26 +137,43 @@ def main() -> None:
         f()
     times = {k: [] for k in steps}
     for r in range(args.rounds):
-        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+        for k in list(steps) if r % 2 == 0 else list(steps)[::-1]:
             t0 = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - t0)
     matmul_s = {k: matmul_seconds(f) for k, f in steps.items()}
     base = statistics.median(times["pretrain"])
-    report = {"preset": args.preset, "batch_size": n, "precision": precision, "threads": torch.get_num_threads(),
-              "load_average": os.getloadavg()[0], "host_malloc": host_memory, "results": {}}
-    print(f"{args.preset}, batch {n}, {device} ({torch.get_num_threads()} threads), precision {precision}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    report = {
+        "preset": args.preset,
+        "batch_size": n,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "host_malloc": host_memory,
+        "results": {},
+    }
+    print(
+        f"{args.preset}, batch {n}, {device} ({torch.get_num_threads()} threads), precision {precision}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     for k, t in times.items():
         med = statistics.median(t)
         paired = statistics.median([p / q for p, q in zip(times["pretrain"], t)])
-        report["results"][k] = {"img_per_s": n / med, "vs_pretrain": base / med, "vs_pretrain_paired": paired,
-                                "gflop_per_image": flops[k], "gflop_per_s": flops[k] * n / med,
-                                "matmul_time_share": matmul_s[k] / med, "img_per_s_if_only_matmuls": n / matmul_s[k],
-                                "times_s": t}
-        print(f"{k}: {n / med:.1f} img/s = {base / med:.2f}x pre-training's (paired {paired:.2f}x); "
-              f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s; matmuls {100 * matmul_s[k] / med:.0f}% "
-              f"of the time (only matmuls: {n / matmul_s[k]:.0f} img/s)")
+        report["results"][k] = {
+            "img_per_s": n / med,
+            "vs_pretrain": base / med,
+            "vs_pretrain_paired": paired,
+            "gflop_per_image": flops[k],
+            "gflop_per_s": flops[k] * n / med,
+            "matmul_time_share": matmul_s[k] / med,
+            "img_per_s_if_only_matmuls": n / matmul_s[k],
+            "times_s": t,
+        }
+        print(
+            f"{k}: {n / med:.1f} img/s = {base / med:.2f}x pre-training's (paired {paired:.2f}x); "
+            f"{flops[k]:.3f} GFLOP/image, {flops[k] * n / med:.0f} GFLOP/s; matmuls {100 * matmul_s[k] / med:.0f}% "
+            f"of the time (only matmuls: {n / matmul_s[k]:.0f} img/s)"
+        )
     if args.json:
         report["machine"] = machine_stamp(device)
         with open(args.json, "w") as f:

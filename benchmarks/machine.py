@@ -6,6 +6,7 @@ code (and whether the working tree had uncommitted changes) and the UTC date, so
 months later still says where it came from. Result folders are named from the same facts:
 `results_folder_name()` gives `<date>_<machine>_<commit>`.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -51,16 +52,25 @@ def machine_stamp(device: Optional[torch.device] = None) -> Dict[str, Any]:
     bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"]) if commit else None
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_bf16_flags": cpu_bf16_flags(), "gpu": gpu,
-            "device": str(device), "bf16_native": bool(bf16), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "git_commit": commit, "git_dirty": bool(dirty) if commit else None,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
+        "gpu": gpu,
+        "device": str(device),
+        "bf16_native": bool(bf16),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if commit else None,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def results_folder_name(machine: str) -> str:
     """`<date>_<machine>_<commit>`, the name of a folder of results under benchmarks/results/."""
-    commit = (_run(["git", "rev-parse", "--short", "HEAD"]) or "nocommit")
+    commit = _run(["git", "rev-parse", "--short", "HEAD"]) or "nocommit"
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     return f"{date}_{machine}_{commit}"
 

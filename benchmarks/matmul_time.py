@@ -5,6 +5,7 @@ themselves are seen); on a CPU every call is synchronous, so the times are the k
 torch.profiler: on the ViT-B step it attributed 12x the time to softmax's backward that timing the call
 itself measures. Eager steps on a CPU only (a GPU queues kernels; a compiled graph hides its calls).
 """
+
 from __future__ import annotations
 
 import time

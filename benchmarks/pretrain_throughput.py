@@ -10,6 +10,7 @@ processes, so only same-process ratios are meaningful.
     python benchmarks/pretrain_throughput.py --preset deepmim_pixel_vit_base --batch-size 8 \\
         --steps 3 --warmup 1 --compare --json vitb.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,34 +43,61 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="deepmim_pixel_vit_micro_p4_32", help="model preset (`deepmim presets`)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 where the hardware has it (as training does)")
-    p.add_argument("--attn", default="auto", choices=["auto", "fused", "math"],
-                   help="fused: SDPA; math: plain matmul attention; auto: math for bf16 on CPU, else fused")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 where the hardware has it (as training does)",
+    )
+    p.add_argument(
+        "--attn",
+        default="auto",
+        choices=["auto", "fused", "math"],
+        help="fused: SDPA; math: plain matmul attention; auto: math for bf16 on CPU, else fused",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernel selection)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--compare", action="store_true",
-                   help="also time fp32 + math attention (the authors' CPU behaviour), interleaved with the "
-                        "chosen mode in this process, and report the speed-up and relative loss difference")
-    p.add_argument("--modes", default=None,
-                   help="comma-separated modes to time side by side instead of the chosen one, each "
-                        "PRECISION+ATTN[+compile], e.g. fp32+fused,fp32+fused+compile,bf16+math")
-    p.add_argument("--baseline", default="fp32+math",
-                   help="the mode --compare times against: fp32+math is the authors' code on a CPU, fp16+math "
-                        "their GPU recipe (fp16 autocast + loss scaling, unfused attention)")
-    p.add_argument("--fsdp", action="store_true",
-                   help="shard every mode but the baseline with FSDP2 (fully_shard per block, as train.strategy="
-                        "fsdp), in a process group of its own (1 process) unless run under torchrun")
-    p.add_argument("--random-clip-teacher", action="store_true",
-                   help="for teacher presets (deepmim_clip_*): write a random-weight OpenAI-layout CLIP "
-                        "ViT-B/16 (open_clip) to a temp file and use it as the teacher, so the teacher's "
-                        "forward is timed as in real training")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time fp32 + math attention (the authors' CPU behaviour), interleaved with the "
+        "chosen mode in this process, and report the speed-up and relative loss difference",
+    )
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated modes to time side by side instead of the chosen one, each "
+        "PRECISION+ATTN[+compile], e.g. fp32+fused,fp32+fused+compile,bf16+math",
+    )
+    p.add_argument(
+        "--baseline",
+        default="fp32+math",
+        help="the mode --compare times against: fp32+math is the authors' code on a CPU, fp16+math "
+        "their GPU recipe (fp16 autocast + loss scaling, unfused attention)",
+    )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard every mode but the baseline with FSDP2 (fully_shard per block, as train.strategy="
+        "fsdp), in a process group of its own (1 process) unless run under torchrun",
+    )
+    p.add_argument(
+        "--random-clip-teacher",
+        action="store_true",
+        help="for teacher presets (deepmim_clip_*): write a random-weight OpenAI-layout CLIP "
+        "ViT-B/16 (open_clip) to a temp file and use it as the teacher, so the teacher's "
+        "forward is timed as in real training",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--host-malloc", default="reuse", choices=["reuse", "default"],
-                   help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
-                        "for the whole process, baseline included); default: glibc's own behaviour")
+    p.add_argument(
+        "--host-malloc",
+        default="reuse",
+        choices=["reuse", "default"],
+        help="reuse: keep freed host memory as the trainer does (train.reuse_host_memory, one setting "
+        "for the whole process, baseline included); default: glibc's own behaviour",
+    )
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
@@ -108,7 +136,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 5, max_pro
             break
         n *= 2
     best = min([t] + [_time_matmul(a, b, device) for _ in range(reps - 1)])
-    return {"gflop_per_s": 2 * n ** 3 / best / 1e9, "n": n}
+    return {"gflop_per_s": 2 * n**3 / best / 1e9, "n": n}
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -126,8 +154,8 @@ def reset_peak_memory(device: torch.device) -> None:
 
 def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def train_step(model, optimizer, scaler, images, noise, device, precision, forward=None) -> Dict[int, float]:
@@ -182,10 +210,12 @@ def mode_model(model, mode: dict, fsdp: bool = False):
     if mode.get("regional"):
         from deepmim.training.compile import compile_blocks
         from deepmim.training.parallel import transformer_blocks
+
         for module in [copy_, *copy_.targets.values()]:
             compile_blocks(transformer_blocks(module))
     if fsdp:
         from deepmim.training.parallel import shard_fsdp
+
         shard_fsdp(copy_)
     return copy_
 
@@ -229,26 +259,49 @@ def run_modes(model, images, noise, device, modes, args) -> Dict[str, dict]:
             name = mode["name"]
             apply_mode(models[name], mode)
             t0 = time.perf_counter()
-            train_step(models[name], optimizers[name], scalers[name], images, noise, device, mode["precision"],
-                       compiled.get(name))
-            mode["compile_s"] = time.perf_counter() - t0 + (mode.get("first_forward_s", 0) if mode.get("regional") else 0)
+            train_step(
+                models[name],
+                optimizers[name],
+                scalers[name],
+                images,
+                noise,
+                device,
+                mode["precision"],
+                compiled.get(name),
+            )
+            mode["compile_s"] = (
+                time.perf_counter() - t0 + (mode.get("first_forward_s", 0) if mode.get("regional") else 0)
+            )
             print(f"[{name}] compiling took {mode['compile_s']:.1f} s (first forward + first step)", flush=True)
     for i in range(args.warmup + args.steps):
-        for mode in (modes if i % 2 == 0 else modes[::-1]):
+        for mode in modes if i % 2 == 0 else modes[::-1]:
             name = mode["name"]
             apply_mode(models[name], mode)
             reset_peak_memory(device)
             sync(device)
             c0, t0 = time.process_time(), time.perf_counter()
-            train_step(models[name], optimizers[name], scalers[name], images, noise, device, mode["precision"],
-                       compiled.get(name))
+            train_step(
+                models[name],
+                optimizers[name],
+                scalers[name],
+                images,
+                noise,
+                device,
+                mode["precision"],
+                compiled.get(name),
+            )
             sync(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
                 cpu_times[name].append(time.process_time() - c0)
             memory[name] = max(memory[name], peak_memory_gib(device))
-    return {m["name"]: {**summarize(times[m["name"]], len(images), m, memory[m["name"]]),
-                        "cpu_step_times_s": cpu_times[m["name"]]} for m in modes}
+    return {
+        m["name"]: {
+            **summarize(times[m["name"]], len(images), m, memory[m["name"]]),
+            "cpu_step_times_s": cpu_times[m["name"]],
+        }
+        for m in modes
+    }
 
 
 def add_matmul_ceilings(results: Dict[str, dict], modes, images, noise, device) -> None:
@@ -261,22 +314,36 @@ def add_matmul_ceilings(results: Dict[str, dict], modes, images, noise, device) 
         optimizer = build_adamw(model, OptimConfig(), 1e-4, device)
         scaler = torch.amp.GradScaler(device.type, enabled=False)
         apply_mode(model, mode)
-        seconds = matmul_seconds(partial(train_step, model, optimizer, scaler, images, noise, device, mode["precision"]))
+        seconds = matmul_seconds(
+            partial(train_step, model, optimizer, scaler, images, noise, device, mode["precision"])
+        )
         del optimizer
         model.zero_grad(set_to_none=True)
         r = results[name]
-        r.update(matmul_s_per_step=seconds, matmul_time_share=seconds / r["median_s_per_step"],
-                 img_per_s_if_only_matmuls=len(images) / seconds)
+        r.update(
+            matmul_s_per_step=seconds,
+            matmul_time_share=seconds / r["median_s_per_step"],
+            img_per_s_if_only_matmuls=len(images) / seconds,
+        )
 
 
 def summarize(times, batch: int, mode: dict, peak_mem_gib: float) -> dict:
     median = statistics.median(times)
-    return {"precision": mode["precision"], "attn": "fused" if mode["fused"] else "math",
-            "compile": bool(mode.get("compile")), "regional_compile": bool(mode.get("regional")),
-            "frozen_targets_in_precision": bool(mode.get("frozen")), "compile_s": mode.get("compile_s"),
-            "median_s_per_step": median, "ms_per_step": 1e3 * median, "img_per_s": batch / median,
-            "img_per_s_min": batch / max(times), "img_per_s_max": batch / min(times), "step_times_s": times,
-            "peak_mem_gib": peak_mem_gib}
+    return {
+        "precision": mode["precision"],
+        "attn": "fused" if mode["fused"] else "math",
+        "compile": bool(mode.get("compile")),
+        "regional_compile": bool(mode.get("regional")),
+        "frozen_targets_in_precision": bool(mode.get("frozen")),
+        "compile_s": mode.get("compile_s"),
+        "median_s_per_step": median,
+        "ms_per_step": 1e3 * median,
+        "img_per_s": batch / median,
+        "img_per_s_min": batch / max(times),
+        "img_per_s_max": batch / min(times),
+        "step_times_s": times,
+        "peak_mem_gib": peak_mem_gib,
+    }
 
 
 def add_flop_rates(result: dict, step_flops: int, peaks: Dict[str, float]) -> None:
@@ -292,15 +359,23 @@ def loss_difference(base: Dict, other: Dict) -> Dict[str, float]:
 
 
 def print_mode(name: str, r: dict) -> None:
-    compiled = (" + torch.compile" if r.get("compile") else "") + (" + regional compile" if r.get("regional_compile")
-                                                                    else "") + \
-        (" + frozen targets in " + r["precision"] if r.get("frozen_targets_in_precision") else "")
-    print(f"[{name}] {r['precision']} + {r['attn']} attention{compiled}: {r['img_per_s']:.2f} img/s median "
-          f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
-          f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
-          f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB"
-          + (f"; matmuls {100 * r['matmul_time_share']:.0f}% of the step (only matmuls: "
-             f"{r['img_per_s_if_only_matmuls']:.2f} img/s)" if "matmul_time_share" in r else ""))
+    compiled = (
+        (" + torch.compile" if r.get("compile") else "")
+        + (" + regional compile" if r.get("regional_compile") else "")
+        + (" + frozen targets in " + r["precision"] if r.get("frozen_targets_in_precision") else "")
+    )
+    print(
+        f"[{name}] {r['precision']} + {r['attn']} attention{compiled}: {r['img_per_s']:.2f} img/s median "
+        f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}), {r['ms_per_step']:.0f} ms/step, "
+        f"{r['gflop_per_s']:.0f} GFLOP/s = {100 * r['fraction_of_peak']:.0f}% of the {r['precision']} "
+        f"matmul peak ({r['peak_gflop_per_s']:.0f}), peak memory {r['peak_mem_gib']:.2f} GiB"
+        + (
+            f"; matmuls {100 * r['matmul_time_share']:.0f}% of the step (only matmuls: "
+            f"{r['img_per_s_if_only_matmuls']:.2f} img/s)"
+            if "matmul_time_share" in r
+            else ""
+        )
+    )
 
 
 FLAGS = ("compile", "regional", "frozen")
@@ -319,13 +394,21 @@ def parse_modes(text: str) -> list:
             continue
         parts = item.split("+")
         flags = parts[2:]
-        if len(parts) < 2 or parts[0] not in DTYPES or parts[1] not in ("fused", "math") \
-                or any(f not in FLAGS for f in flags) or len(set(flags)) != len(flags) \
-                or {"compile", "regional"} <= set(flags):
-            raise SystemExit(f"--modes: cannot read {item!r}; write PRECISION+ATTN[+regional|+compile][+frozen], "
-                             f"e.g. bf16+math+frozen+regional, or deepmim")
-        modes.append({"name": item, "precision": parts[0], "fused": parts[1] == "fused",
-                      **{f: f in flags for f in FLAGS}})
+        if (
+            len(parts) < 2
+            or parts[0] not in DTYPES
+            or parts[1] not in ("fused", "math")
+            or any(f not in FLAGS for f in flags)
+            or len(set(flags)) != len(flags)
+            or {"compile", "regional"} <= set(flags)
+        ):
+            raise SystemExit(
+                f"--modes: cannot read {item!r}; write PRECISION+ATTN[+regional|+compile][+frozen], "
+                f"e.g. bf16+math+frozen+regional, or deepmim"
+            )
+        modes.append(
+            {"name": item, "precision": parts[0], "fused": parts[1] == "fused", **{f: f in flags for f in FLAGS}}
+        )
     return modes
 
 
@@ -338,12 +421,14 @@ def model_spec(args):
     import tempfile
 
     from deepmim.models.presets import preset_config
+
     cfg = preset_config(args.preset)
     folder = tempfile.mkdtemp(prefix="deepmim-bench-")
     try:
         import open_clip
     except ImportError:
         import timm
+
         vit = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=0)
         path = os.path.join(folder, "random_timm_clip_vit_b16.pt")
         torch.save(vit.state_dict(), path)
@@ -380,7 +465,7 @@ def main() -> None:
         if m["precision"] == "auto":
             m["precision"] = precision
             m["fused"] = use_fused_attention("auto", device, precision)
-            m["regional"] = should_compile("auto", 10 ** 9, device.type, precision)  # a long run's choice
+            m["regional"] = should_compile("auto", 10**9, device.type, precision)  # a long run's choice
     if args.compare:
         modes.insert(0, {**parse_modes(args.baseline)[0], "name": "baseline", "authors": True})
 
@@ -388,19 +473,33 @@ def main() -> None:
     used = ("fp32", "bf16", precision, *(m["precision"] for m in modes))
     measured = {p: matmul_peak(device, DTYPES[p]) for p in dict.fromkeys(used)}
     peaks = {p: m["gflop_per_s"] for p, m in measured.items()}
-    print(f"{args.preset}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"FLOPs per step (fwd+bwd): {step_flops / 1e9:.1f} GFLOP = {step_flops / 1e9 / args.batch_size:.2f} "
-          f"GFLOP/image; matmul peak: "
-          + ", ".join(f"{k} {m['gflop_per_s']:.1f} GFLOP/s (n={m['n']})" for k, m in measured.items()))
+    print(
+        f"{args.preset}, batch {args.batch_size}, {device} ({torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"FLOPs per step (fwd+bwd): {step_flops / 1e9:.1f} GFLOP = {step_flops / 1e9 / args.batch_size:.2f} "
+        f"GFLOP/image; matmul peak: "
+        + ", ".join(f"{k} {m['gflop_per_s']:.1f} GFLOP/s (n={m['n']})" for k, m in measured.items())
+    )
 
-    report = {"preset": args.preset, "batch_size": args.batch_size, "device": str(device),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "warmup": args.warmup,
-              "steps": args.steps, "gflop_per_step": step_flops / 1e9,
-              "gflop_per_image": step_flops / 1e9 / args.batch_size, "matmul_peak": measured,
-              "load_average_start": os.getloadavg()[0], "baseline": args.baseline if args.compare else None,
-              "fsdp": args.fsdp, "host_malloc": host_memory}
+    report = {
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "gflop_per_step": step_flops / 1e9,
+        "gflop_per_image": step_flops / 1e9 / args.batch_size,
+        "matmul_peak": measured,
+        "load_average_start": os.getloadavg()[0],
+        "baseline": args.baseline if args.compare else None,
+        "fsdp": args.fsdp,
+        "host_malloc": host_memory,
+    }
     if args.fsdp:
         init_single_process_group(device)
     model.train()
@@ -427,19 +526,27 @@ def main() -> None:
             paired = statistics.median([b / c for b, c in zip(base["step_times_s"], other["step_times_s"])])
             diff = loss_difference(base["first_losses"], other["first_losses"])
             cpu = statistics.median(base["cpu_step_times_s"]) / statistics.median(other["cpu_step_times_s"])
-            report["compare"][name] = {"speedup": speedup, "speedup_paired": paired, "speedup_cpu_time": cpu,
-                                       "rel_loss_diff": diff}
+            report["compare"][name] = {
+                "speedup": speedup,
+                "speedup_paired": paired,
+                "speedup_cpu_time": cpu,
+                "rel_loss_diff": diff,
+            }
             if "img_per_s_if_only_matmuls" in other:
                 ceiling = other["img_per_s_if_only_matmuls"] / base["img_per_s"]
                 report["compare"][name]["speedup_if_only_matmuls"] = ceiling
                 print(f"[{name}] if only its matmuls took time: {ceiling:.2f}x the baseline")
-            print(f"[{name}] speed-up over the baseline ({args.baseline}): {speedup:.2f}x (ratio of medians; median of the "
-                  f"per-round ratios {paired:.2f}x; in this process's CPU time {cpu:.2f}x); relative loss difference "
-                  f"on the same batch and mask: {diff['total']:.1e} (worst head {diff['worst_head']:.1e})")
+            print(
+                f"[{name}] speed-up over the baseline ({args.baseline}): {speedup:.2f}x (ratio of medians; median of the "
+                f"per-round ratios {paired:.2f}x; in this process's CPU time {cpu:.2f}x); relative loss difference "
+                f"on the same batch and mask: {diff['total']:.1e} (worst head {diff['worst_head']:.1e})"
+            )
     report["load_average_end"] = os.getloadavg()[0]
     busy = report["load_average_end"] > (os.cpu_count() or 1) + 0.5
-    print(f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "
-          f"included" + ("; other processes competed for the CPUs, the timings suffer" if busy else ""))
+    print(
+        f"1-min load average at the end: {report['load_average_end']:.1f} on {os.cpu_count()} CPUs, this process "
+        f"included" + ("; other processes competed for the CPUs, the timings suffer" if busy else "")
+    )
     if args.json:
         report["machine"] = machine_stamp(device)
         with open(args.json, "w") as f:

@@ -19,6 +19,7 @@ run alone; alone no more than 5% slower than `fixed` alone. Timings are only mea
 with nothing else running: the script records the load average before it starts and warns above 0.5.
 Writes strict JSON (--out, default benchmarks/results/shared_cpu.json) and prints a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,22 @@ BUSY_LOOP = "while True: pass"
 
 
 def pretrain_command(out: Path, steps: int, log_every: int, overrides: List[str]) -> List[str]:
-    return [sys.executable, "-m", "deepmim", "pretrain", "--config", "demo", f"train.output_dir={out}",
-            f"train.max_steps={steps}", f"train.log_every_steps={log_every}", "train.progress=false",
-            "train.plots=false", "train.tensorboard=false", "train.loggers=[jsonl]", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "deepmim",
+        "pretrain",
+        "--config",
+        "demo",
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        f"train.log_every_steps={log_every}",
+        "train.progress=false",
+        "train.plots=false",
+        "train.tensorboard=false",
+        "train.loggers=[jsonl]",
+        *overrides,
+    ]
 
 
 def images_per_second(out: Path, warmup: int) -> Optional[float]:
@@ -55,20 +69,33 @@ def images_per_second(out: Path, warmup: int) -> Optional[float]:
     return statistics.median(rates) if rates else None
 
 
-def run_case(setting: str, neighbours: str, steps: int, log_every: int, warmup: int, root: Path,
-             extra: List[str] = ()) -> Dict:
+def run_case(
+    setting: str, neighbours: str, steps: int, log_every: int, warmup: int, root: Path, extra: List[str] = ()
+) -> Dict:
     env_extra, overrides = SETTINGS[setting]
     overrides = [*extra, *overrides]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env.update(env_extra)
-    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(
-        {"1 busy loop": 1, "2 busy loops": 2}.get(neighbours, 0))]
-    outs = [root / f"{setting}-{neighbours.replace(' ', '-')}-{i}" for i in range(
-        2 if neighbours == "second deepmim run" else 1)]
+    loops = [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+        for _ in range({"1 busy loop": 1, "2 busy loops": 2}.get(neighbours, 0))
+    ]
+    outs = [
+        root / f"{setting}-{neighbours.replace(' ', '-')}-{i}"
+        for i in range(2 if neighbours == "second deepmim run" else 1)
+    ]
     try:
         time.sleep(0.5 if loops else 0)  # the loops are running before the run starts
-        runs = [subprocess.Popen(pretrain_command(out, steps, log_every, overrides), env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for out in outs]
+        runs = [
+            subprocess.Popen(
+                pretrain_command(out, steps, log_every, overrides),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for out in outs
+        ]
         for run in runs:
             _, err = run.communicate()
             if run.returncode != 0:
@@ -78,8 +105,12 @@ def run_case(setting: str, neighbours: str, steps: int, log_every: int, warmup: 
             loop.kill()
             loop.wait()
     rates = [images_per_second(out, warmup) for out in outs]
-    return {"setting": setting, "neighbours": neighbours, "img_per_s": rates,
-            "total_img_per_s": sum(r for r in rates if r is not None) if all(r is not None for r in rates) else None}
+    return {
+        "setting": setting,
+        "neighbours": neighbours,
+        "img_per_s": rates,
+        "total_img_per_s": sum(r for r in rates if r is not None) if all(r is not None for r in rates) else None,
+    }
 
 
 def summarise(results: List[Dict]) -> List[Dict]:
@@ -98,8 +129,10 @@ def table(results: List[Dict]) -> str:
     for r in results:
         rates = " + ".join(f"{x:.1f}" for x in r["img_per_s"] if x is not None) or "-"
         share = lambda v: f"{100 * v:.0f}%" if v is not None else "-"  # noqa: E731
-        lines.append(f"{r['setting']:<15} {r['neighbours']:<20} {rates:>14} {share(r['share_of_alone']):>9} "
-                     f"{share(r['share_of_fixed_alone']):>17}")
+        lines.append(
+            f"{r['setting']:<15} {r['neighbours']:<20} {rates:>14} {share(r['share_of_alone']):>9} "
+            f"{share(r['share_of_fixed_alone']):>17}"
+        )
     return "\n".join(lines)
 
 
@@ -112,25 +145,40 @@ def main(argv=None) -> int:
     parser.add_argument("--neighbours", nargs="*", default=list(NEIGHBOURS), choices=list(NEIGHBOURS))
     parser.add_argument("--smoke", action="store_true", help="check that the script runs; the numbers mean nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo recipe")
-    parser.add_argument("--out", default=None, help="the JSON file (default benchmarks/results/shared_cpu.json; "
-                                                    "--smoke: none)")
+    parser.add_argument(
+        "--out", default=None, help="the JSON file (default benchmarks/results/shared_cpu.json; --smoke: none)"
+    )
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
     if load > 0.5 and not args.smoke:
-        print(f"warning: load average {load:.2f} before the benchmark: other processes are running, the figures "
-              f"will not be those of a quiet machine", file=sys.stderr)
+        print(
+            f"warning: load average {load:.2f} before the benchmark: other processes are running, the figures "
+            f"will not be those of a quiet machine",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory(prefix="deepmim-shared-cpu-") as tmp:
-        results = [run_case(s, n, args.steps, args.log_every, args.warmup, Path(tmp), args.overrides)
-                   for s in args.settings for n in args.neighbours]
+        results = [
+            run_case(s, n, args.steps, args.log_every, args.warmup, Path(tmp), args.overrides)
+            for s in args.settings
+            for n in args.neighbours
+        ]
     results = summarise(results)
     print(table(results))
     if args.smoke:
         return 0
-    report = {"overrides": args.overrides, "steps": args.steps, "log_every_steps": args.log_every, "warmup_windows": args.warmup,
-              "cores": len(os.sched_getaffinity(0)), "load_average_before": load, "results": results}
+    report = {
+        "overrides": args.overrides,
+        "steps": args.steps,
+        "log_every_steps": args.log_every,
+        "warmup_windows": args.warmup,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_average_before": load,
+        "results": results,
+    }
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from machine import machine_stamp
+
         report["machine"] = machine_stamp()
     except ImportError:
         pass

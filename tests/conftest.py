@@ -1,5 +1,6 @@
 """Fixtures every test module may use: the seed and cache folder set for each test, tiny
 checkpoints and a finished tiny run (module-scoped where a test module shares one)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,6 @@ import torch
 from deepmim import create_model
 from deepmim.cli.main import main
 from deepmim.config.schema import ModelConfig
-
 from tests.helpers.models import save_tiny_pretrained, tiny_model_config
 from tests.helpers.runs import TINY
 
@@ -43,8 +43,9 @@ def pretrained(tmp_path_factory) -> Path:
 def tiny_ckpt(tmp_path):
     model = create_model(tiny_model_config())  # 4 blocks, 32 wide, 16 px, patch 4
     path = tmp_path / "tiny.pt"
-    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
-               path)
+    torch.save(
+        {"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path
+    )
     return path
 
 

@@ -12,7 +12,6 @@ from typing import Dict, List, Set
 
 import pytest
 
-
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 # folder -> the folders it may import (its own modules aside). The root package (deepmim/__init__.py,
@@ -52,12 +51,16 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> List[str]:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             names += [f"{base}.{alias.name}" for alias in node.names]  # the module, or base when a name
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and (getattr(node.func, "id", None) == "__import__" or getattr(node.func, "attr", None) == "import_module")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (getattr(node.func, "id", None) == "__import__" or getattr(node.func, "attr", None) == "import_module")
+        ):
             names.append(node.args[0].value)
     return names
 
@@ -148,13 +151,25 @@ def test_the_package_has_no_import_cycles():
 def test_every_folder_imports_only_the_folders_below_it():
     graph = import_graph(SRC, "deepmim")
     assert {folder_of(m) for m in graph} - {""} == set(ALLOWED), "a folder without a place in ALLOWED"
-    wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
-                   if folder_of(m) and folder_of(t) != folder_of(m) and folder_of(t) not in ALLOWED[folder_of(m)])
+    wrong = sorted(
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if folder_of(m) and folder_of(t) != folder_of(m) and folder_of(t) not in ALLOWED[folder_of(m)]
+    )
     assert not wrong, "imports pointing up or sideways:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize("statement", ["from . import b", "from .b import thing", "import pkg.b",
-                                       "def f():\n    from .b import thing", "__import__('pkg.b')"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "from . import b",
+        "from .b import thing",
+        "import pkg.b",
+        "def f():\n    from .b import thing",
+        "__import__('pkg.b')",
+    ],
+)
 def test_the_scan_sees_every_kind_of_import_and_reports_the_circle(tmp_path, statement):
     """A circle a -> b -> a in a made-up package, written each way an import can be written."""
     package = tmp_path / "pkg"

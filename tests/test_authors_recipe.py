@@ -25,6 +25,7 @@ weights to the last bit; with the for-each kernel instead, the 1-ulp differences
 grow, through Adam's division by the root of tiny second moments, to ~2e-3 after these 24 steps at this lr,
 as large as the effect of one tensor's weight decay, and the comparison would prove nothing.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,17 +53,25 @@ from deepmim.tasks.finetune import FinetuneTask, load_finetune_config, run_finet
 from deepmim.tasks.pretrain import PretrainTask, load_pretrain_config, run_pretrain
 from deepmim.tasks.segment import SegmentTask, build_segmentor, load_segment_config
 from deepmim.training.optim import build_adamw
-
 from tests.helpers.models import save_tiny_pretrained, tiny_model_config
-
 
 CPU = torch.device("cpu")
 
 # The ImageNet pre-training recipes that state the authors' settings (DeepMIM's and, for the MAE
 # baselines, MAE's main_pretrain.py, which builds its groups the same way).
-AUTHORS_PRETRAIN = [f"deepmim_{t}_vit_{s}" for t in ("clip", "pixel", "hog", "hybrid") for s in ("small", "base", "large")]
-AUTHORS_PRETRAIN += ["deepmim_pixel_vit_tiny", "mae_vit_tiny", "mae_vit_small", "mae_vit_base", "mae_vit_large",
-                     "mae_clip_vit_small", "mae_clip_vit_base", "mae_clip_vit_large"]
+AUTHORS_PRETRAIN = [
+    f"deepmim_{t}_vit_{s}" for t in ("clip", "pixel", "hog", "hybrid") for s in ("small", "base", "large")
+]
+AUTHORS_PRETRAIN += [
+    "deepmim_pixel_vit_tiny",
+    "mae_vit_tiny",
+    "mae_vit_small",
+    "mae_vit_base",
+    "mae_vit_large",
+    "mae_clip_vit_small",
+    "mae_clip_vit_base",
+    "mae_clip_vit_large",
+]
 
 Rule = Callable[[str, torch.Tensor], Tuple[float, float]]  # (name, parameter) -> (weight decay, lr scale)
 
@@ -73,6 +82,7 @@ Rule = Callable[[str, torch.Tensor], Tuple[float, float]]  # (name, parameter) -
 def authors_pretrain_rule(weight_decay: float) -> Rule:
     def rule(name, param):
         return (0.0 if param.ndim == 1 or name.endswith(".bias") else weight_decay), 1.0
+
     return rule
 
 
@@ -89,6 +99,7 @@ def mae_finetune_rule(weight_decay: float, layer_decay: float, depth: int) -> Ru
             layer = last
         decay = 0.0 if param.ndim == 1 or name in named else weight_decay
         return decay, layer_decay ** (last - layer)
+
     return rule
 
 
@@ -97,16 +108,17 @@ def authors_segmentation_rule(weight_decay: float, rate: float, num_layers: int)
 
     def rule(name, param):
         theirs = name.replace("backbone.vit.", "backbone.", 1)  # their backbone's names have no ".vit"
-        if theirs in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed") \
-                or theirs.startswith("backbone.patch_embed"):
+        if theirs in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed") or theirs.startswith(
+            "backbone.patch_embed"
+        ):
             layer = 0
         elif theirs.startswith("backbone.blocks."):
             layer = int(theirs.split(".")[2]) + 1
         else:
             layer = total - 1
-        decay = 0.0 if param.ndim == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token") \
-            else weight_decay
+        decay = 0.0 if param.ndim == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token") else weight_decay
         return decay, rate ** (total - layer - 1)
+
     return rule
 
 
@@ -131,19 +143,25 @@ def differences(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rule: 
     ours = settings_of(model, optimizer)
     want = {n: rule(n, p) for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(ours) == sorted(want)
-    return sorted(n for n, (decay, scale) in want.items()
-                  if ours[n][0] != decay or not math.isclose(ours[n][1], scale, rel_tol=1e-12, abs_tol=0.0))
+    return sorted(
+        n
+        for n, (decay, scale) in want.items()
+        if ours[n][0] != decay or not math.isclose(ours[n][1], scale, rel_tol=1e-12, abs_tol=0.0)
+    )
 
 
 @pytest.fixture(scope="module")
 def frozen_mae_p16(tmp_path_factory):
     """A tiny pixel MAE with 16px patches: the frozen model the hybrid recipes need a file for."""
-    cfg = ModelConfig(encoder=EncoderConfig(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2),
-                      heads=[HeadConfig(block=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)],
-                      target={"name": "pixel", "norm_pix": True})
+    cfg = ModelConfig(
+        encoder=EncoderConfig(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2),
+        heads=[HeadConfig(block=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)],
+        target={"name": "pixel", "norm_pix": True},
+    )
     path = tmp_path_factory.mktemp("frozen") / "mae.pt"
-    torch.save({"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": dataclasses.asdict(cfg)}},
-               path)
+    torch.save(
+        {"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": dataclasses.asdict(cfg)}}, path
+    )
     return path
 
 
@@ -179,8 +197,12 @@ def test_pretraining_groups_of_the_clip_vit_base_parameter_by_parameter(frozen_m
     assert sum(wd == 0.05 for wd, _ in settings.values()) == 1 + 12 * 4 + 4 * 18 + 5
     _, model, optimizer = pretrain_optimizer("deepmim_clip_vit_base", frozen_mae_p16, "optim.no_decay_tokens=true")
     assert differences(model, optimizer, authors_pretrain_rule(0.05)) == [
-        "decoders.10.mask_token", "decoders.12.mask_token", "decoders.6.mask_token", "decoders.8.mask_token",
-        "encoder.cls_token"]
+        "decoders.10.mask_token",
+        "decoders.12.mask_token",
+        "decoders.6.mask_token",
+        "decoders.8.mask_token",
+        "encoder.cls_token",
+    ]
 
 
 def test_finetuning_groups_are_the_authors_at_layer_decay_0_6():
@@ -193,7 +215,7 @@ def test_finetuning_groups_are_the_authors_at_layer_decay_0_6():
     assert differences(model, optimizer, mae_finetune_rule(0.05, 0.6, enc.depth)) == []
     assert optimizer.defaults["betas"] == (0.9, 0.999)
     scales = settings_of(model, optimizer)
-    assert scales["patch_embed.proj.weight"][1] == pytest.approx(0.6 ** 13)
+    assert scales["patch_embed.proj.weight"][1] == pytest.approx(0.6**13)
     assert scales["blocks.11.mlp.fc2.weight"][1] == pytest.approx(0.6) and scales["head.weight"][1] == 1.0
 
 
@@ -211,7 +233,11 @@ def test_segmentation_groups_are_the_authors():
     assert len(settings_of(model, optimizer)) == 247
     assert differences(model, optimizer, authors_segmentation_rule(0.05, 0.9, 12)) == []
     settings = settings_of(model, optimizer)
-    for name in ("backbone.vit.cls_token", "backbone.vit.pos_embed", "backbone.vit.blocks.3.attn.relative_position_bias_table"):
+    for name in (
+        "backbone.vit.cls_token",
+        "backbone.vit.pos_embed",
+        "backbone.vit.blocks.3.attn.relative_position_bias_table",
+    ):
         assert settings[name][0] == 0.05, name
 
 
@@ -219,8 +245,10 @@ def test_segmentation_option_keeps_tokens_and_tables_undecayed():
     """optim.no_decay_tokens=true (the option's default) differs from the authors' on exactly 14 tensors."""
     _, model, optimizer = segmentation_optimizer("optim.no_decay_tokens=true")
     diff = differences(model, optimizer, authors_segmentation_rule(0.05, 0.9, 12))
-    assert diff == sorted(["backbone.vit.cls_token", "backbone.vit.pos_embed"]
-                          + [f"backbone.vit.blocks.{i}.attn.relative_position_bias_table" for i in range(12)])
+    assert diff == sorted(
+        ["backbone.vit.cls_token", "backbone.vit.pos_embed"]
+        + [f"backbone.vit.blocks.{i}.attn.relative_position_bias_table" for i in range(12)]
+    )
 
 
 # ----------------------------------------------------------------------------- trajectories
@@ -230,7 +258,9 @@ def mae_lr(epoch: float, peak: float, min_lr: float, warmup_epochs: float, epoch
     """util/lr_sched.adjust_learning_rate: `epoch` is fractional (iteration / iterations per epoch)."""
     if epoch < warmup_epochs:
         return peak * epoch / warmup_epochs
-    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+    return min_lr + (peak - min_lr) * 0.5 * (
+        1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs))
+    )
 
 
 def run_recorded(task_cls, run, cfg, monkeypatch) -> Dict:
@@ -250,6 +280,7 @@ def run_recorded(task_cls, run, cfg, monkeypatch) -> Dict:
         def recorded(model, batch, generator):
             record["batches"].append(copy.deepcopy(batch))
             return compute(model, batch, generator)
+
         return recorded
 
     monkeypatch.setattr(task_cls, "build_model", build_and_copy)
@@ -272,8 +303,9 @@ def max_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], keys=
     return max((a[k].float() - b[k].float()).abs().max().item() for k in keys)
 
 
-TRAIN = dict(progress=False, tensorboard=False, plots=False, device="cpu", precision="fp32", compile=False,
-             log_every_steps=4)
+TRAIN = dict(
+    progress=False, tensorboard=False, plots=False, device="cpu", precision="fp32", compile=False, log_every_steps=4
+)
 STEPS_PER_EPOCH, EPOCHS = 8, 3  # 64 images, batch 8: 24 optimizer steps
 
 
@@ -284,8 +316,10 @@ def reference_pretraining(model: DeepMIM, batches, cfg, decay_rule: Rule) -> Dic
     o, t = cfg.optim, cfg.train
     peak = o.base_lr * t.batch_size / 256
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if decay_rule(n, p)[0] == 0], "weight_decay": 0.0},
-              {"params": [p for n, p in params if decay_rule(n, p)[0] > 0], "weight_decay": o.weight_decay}]
+    groups = [
+        {"params": [p for n, p in params if decay_rule(n, p)[0] == 0], "weight_decay": 0.0},
+        {"params": [p for n, p in params if decay_rule(n, p)[0] > 0], "weight_decay": o.weight_decay},
+    ]
     optimizer = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.95), fused=True)  # FUSED: see the module doc
     model.train()
     for it, batch in enumerate(batches):
@@ -304,23 +338,24 @@ def test_pretraining_trajectory_is_the_authors(tmp_path, monkeypatch):
     """A tiny DeepMIM with 3 heads, 24 steps of the real `deepmim pretrain` and of the authors' loop on the
     same batches and masks: the same weights to fp32 rounding. The same loop with tokens exempt from weight
     decay for the cls_token alone ends measurably elsewhere: the comparison sees a one-tensor change of the rule."""
-    cfg = PretrainConfig(model=tiny_model_config(img_size=16, heads=(2, 3, 4)),
-                         data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
-                         optim=OptimConfig(base_lr=0.2, min_lr=1e-4, weight_decay=0.3, warmup_epochs=1,
-                                           no_decay_tokens=False),
-                         train=PretrainTrainConfig(epochs=EPOCHS, batch_size=8, output_dir=str(tmp_path), **TRAIN))
+    cfg = PretrainConfig(
+        model=tiny_model_config(img_size=16, heads=(2, 3, 4)),
+        data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
+        optim=OptimConfig(base_lr=0.2, min_lr=1e-4, weight_decay=0.3, warmup_epochs=1, no_decay_tokens=False),
+        train=PretrainTrainConfig(epochs=EPOCHS, batch_size=8, output_dir=str(tmp_path), **TRAIN),
+    )
     record = run_recorded(PretrainTask, run_pretrain, cfg, monkeypatch)
     batches = steps_of(record)
     assert len({b.noise.sum().item() for b in batches}) == len(batches)  # fresh masks every step
     initial = record["initial"].state_dict()
     assert max_difference(initial, record["final"]) > 1e-2  # it trained
 
-    authors = reference_pretraining(copy.deepcopy(record["initial"]), batches, cfg,
-                                    authors_pretrain_rule(0.3))
+    authors = reference_pretraining(copy.deepcopy(record["initial"]), batches, cfg, authors_pretrain_rule(0.3))
     assert max_difference(authors, record["final"]) <= 1e-6  # measured: 0.0
 
     def cls_token_exempt(name, param):
         return (0.0, 1.0) if name == "encoder.cls_token" else authors_pretrain_rule(0.3)(name, param)
+
     other = reference_pretraining(copy.deepcopy(record["initial"]), batches, cfg, cls_token_exempt)
     assert max_difference(other, record["final"], ["encoder.cls_token"]) > 1e-4  # measured: 1.5e-3
 
@@ -332,8 +367,11 @@ def reference_finetuning(model, batches, cfg, depth: int) -> Dict[str, torch.Ten
     o, t, a = cfg.optim, cfg.train, cfg.augment
     peak = o.base_lr * t.batch_size / 256
     rule = mae_finetune_rule(o.weight_decay, o.layer_decay, depth)
-    groups = [{"params": [p], "weight_decay": rule(n, p)[0], "lr_scale": rule(n, p)[1]}
-              for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p], "weight_decay": rule(n, p)[0], "lr_scale": rule(n, p)[1]}
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(groups, lr=peak, fused=True)  # FUSED: see the module doc
     model.train()
     for it, batch in enumerate(batches):
@@ -351,11 +389,28 @@ def test_finetuning_trajectory_is_the_authors_without_mixup(tmp_path, monkeypatc
     """24 steps of the real `deepmim finetune` (layer decay 0.6, smoothing 0.1, no Mixup/CutMix, no drop
     path) and of MAE's loop on the same batches: the same weights to fp32 rounding."""
     pretrained = save_tiny_pretrained(tmp_path / "pre.pt")
-    cfg = load_finetune_config("finetune_demo", [
-        *[f"train.{k}={v}" for k, v in TRAIN.items()], "data.num_workers=0", f"model.checkpoint={pretrained}", f"train.output_dir={tmp_path / 'ft'}", "data.img_size=16",
-        "data.num_samples=64", "train.batch_size=8", f"train.epochs={EPOCHS}", "augment.mixup=0",
-        "augment.cutmix=0", "augment.label_smoothing=0.1", "model.drop_path=0", "optim.layer_decay=0.6",
-        "optim.warmup_epochs=1", "optim.base_lr=0.2", "optim.min_lr=1e-4", "optim.weight_decay=0.3"])
+    cfg = load_finetune_config(
+        "finetune_demo",
+        [
+            *[f"train.{k}={v}" for k, v in TRAIN.items()],
+            "data.num_workers=0",
+            f"model.checkpoint={pretrained}",
+            f"train.output_dir={tmp_path / 'ft'}",
+            "data.img_size=16",
+            "data.num_samples=64",
+            "train.batch_size=8",
+            f"train.epochs={EPOCHS}",
+            "augment.mixup=0",
+            "augment.cutmix=0",
+            "augment.label_smoothing=0.1",
+            "model.drop_path=0",
+            "optim.layer_decay=0.6",
+            "optim.warmup_epochs=1",
+            "optim.base_lr=0.2",
+            "optim.min_lr=1e-4",
+            "optim.weight_decay=0.3",
+        ],
+    )
     record = run_recorded(FinetuneTask, run_finetune, cfg, monkeypatch)
     batches = steps_of(record)
     initial = record["initial"].state_dict()
@@ -377,45 +432,99 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # DeepMIM's main_pretrain.py: RandomResizedCrop(224, scale=(0.2, 1.0), bicubic) with torchvision's default
 # ratio, RandomHorizontalFlip(), ToTensor, Normalize(ImageNet mean and std).
-AUTHORS_PRETRAIN_DATA = dict(img_size=224, crop_scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bicubic",
-                             hflip=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+AUTHORS_PRETRAIN_DATA = dict(
+    img_size=224,
+    crop_scale=(0.2, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    interpolation="bicubic",
+    hflip=0.5,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
 
 # MAE's main_finetune.py defaults, the authors' README command (--reprob 0.25 --mixup 0.8 --cutmix 1.0) and
 # util/datasets.py: timm's create_transform with torchvision's RandomResizedCrop scale and ratio, bicubic,
 # flip 0.5, no colour jitter, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25 (pixel mode, one box);
 # eval: bicubic resize to int(224 / (224 / 256)) = 256, centre crop 224; Mixup 0.8 / CutMix 1.0 (switch 0.5,
 # per batch, always applied), label smoothing 0.1 into the soft targets, soft-target cross-entropy.
-AUTHORS_FINETUNE_DATA = dict(img_size=224, crop_scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bicubic",
-                             hflip=0.5, color_jitter=None, rand_augment=dict(ops_per_image=2, magnitude=9,
-                                                                             magnitude_std=0.5, increasing=True),
-                             reprob=0.25, remode="pixel", recount=1, eval_resize=256, eval_crop=224,
-                             mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, switch_prob=0.5,
-                             mixup_mode="batch", smoothing=0.1, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+AUTHORS_FINETUNE_DATA = dict(
+    img_size=224,
+    crop_scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    interpolation="bicubic",
+    hflip=0.5,
+    color_jitter=None,
+    rand_augment=dict(ops_per_image=2, magnitude=9, magnitude_std=0.5, increasing=True),
+    reprob=0.25,
+    remode="pixel",
+    recount=1,
+    eval_resize=256,
+    eval_crop=224,
+    mixup=0.8,
+    cutmix=1.0,
+    cutmix_minmax=None,
+    mixup_prob=1.0,
+    switch_prob=0.5,
+    mixup_mode="batch",
+    smoothing=0.1,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
 
 # timm's "inc1" RandAugment ops: the ones whose strength grows with the magnitude
-INCREASING_OPS = {"AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                  "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                  "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+INCREASING_OPS = {
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+}
 
 
-@pytest.mark.parametrize("recipe", ["deepmim_clip_vit_base", "deepmim_pixel_vit_base", "deepmim_hybrid_vit_base",
-                                    "deepmim_hog_vit_base", "mae_vit_base"])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "deepmim_clip_vit_base",
+        "deepmim_pixel_vit_base",
+        "deepmim_hybrid_vit_base",
+        "deepmim_hog_vit_base",
+        "mae_vit_base",
+    ],
+)
 def test_pretraining_data_is_the_authors(recipe, monkeypatch):
     """The recipe's loader augments as main_pretrain.py: the crop box drawn with the authors' scale and
     ratio, resized bicubic (antialiased, as PIL), flipped with probability 1/2, normalised."""
-    from deepmim.data import loader as loader_module
-    from deepmim.data import transforms as transforms_module
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
+    from deepmim.data import loader as loader_module
+    from deepmim.data import transforms as transforms_module
+
     a = AUTHORS_PRETRAIN_DATA
-    cfg = load_pretrain_config(recipe, [f"model.heads.{i}.target.path=unused" for i in range(3)]
-                               if "hybrid" in recipe else [])
+    cfg = load_pretrain_config(
+        recipe, [f"model.heads.{i}.target.path=unused" for i in range(3)] if "hybrid" in recipe else []
+    )
     d = cfg.data
-    assert (d.img_size, d.crop_scale_min, d.hflip, tuple(d.mean), tuple(d.std)) == \
-        (a["img_size"], a["crop_scale"][0], True, a["mean"], a["std"])
-    loader = loader_module.build_pretrain_loader(dataclasses.replace(d, name="embedded", num_samples=8,
-                                                                     num_workers=0), 4, seed=0)
+    assert (d.img_size, d.crop_scale_min, d.hflip, tuple(d.mean), tuple(d.std)) == (
+        a["img_size"],
+        a["crop_scale"][0],
+        True,
+        a["mean"],
+        a["std"],
+    )
+    loader = loader_module.build_pretrain_loader(
+        dataclasses.replace(d, name="embedded", num_samples=8, num_workers=0), 4, seed=0
+    )
     transform = loader.dataset.transform
     assert (tuple(transform.size), transform.scale, transform.ratio) == ((224, 224), a["crop_scale"], a["ratio"])
 
@@ -425,6 +534,7 @@ def test_pretraining_data_is_the_authors(recipe, monkeypatch):
     def recording_box(height, width, scale, ratio, uniforms):
         drawn.append((sample(height, width, scale, ratio, uniforms), scale, ratio, uniforms[-1]))
         return drawn[-1][0]
+
     monkeypatch.setattr(transforms_module, "sample_crop_box", recording_box)
     image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     flips = 0
@@ -451,12 +561,22 @@ def test_finetuning_data_is_the_authors():
     cfg = load_finetune_config("finetune_vit_base_in1k")
     train, evaluate = build_transforms(cfg)
     steps = train.transform.transforms
-    assert [type(t).__name__ for t in steps] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip",
-                                                 "RandAugment", "MaybeToTensor", "Normalize", "RandomErasing"]
+    assert [type(t).__name__ for t in steps] == [
+        "RandomResizedCropAndInterpolation",
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "MaybeToTensor",
+        "Normalize",
+        "RandomErasing",
+    ]
     crop, flip, rand_augment, _, normalize, erase = steps  # no ColorJitter: a["color_jitter"] is None
     assert a["color_jitter"] is None and cfg.augment.color_jitter is None
     assert (crop.size, crop.scale, crop.ratio, crop.interpolation) == (
-        (a["img_size"],) * 2, a["crop_scale"], a["ratio"], InterpolationMode.BICUBIC)
+        (a["img_size"],) * 2,
+        a["crop_scale"],
+        a["ratio"],
+        InterpolationMode.BICUBIC,
+    )
     assert flip.p == a["hflip"]
     ra = a["rand_augment"]
     assert cfg.augment.auto_augment == "rand-m9-mstd0.5-inc1" and rand_augment.num_layers == ra["ops_per_image"]
@@ -465,20 +585,30 @@ def test_finetuning_data_is_the_authors():
         assert (op.magnitude, op.magnitude_std, op.prob) == (ra["magnitude"], ra["magnitude_std"], 0.5)
         assert op.hparams["translate_const"] == int(224 * 0.45) and op.hparams["img_mean"] == (124, 116, 104)
         assert op.hparams["interpolation"] == 3  # PIL's BICUBIC, as create_transform(interpolation="bicubic")
-    assert tuple(normalize.mean.tolist()) == pytest.approx(a["mean"]) and \
-        tuple(normalize.std.tolist()) == pytest.approx(a["std"])
+    assert tuple(normalize.mean.tolist()) == pytest.approx(a["mean"]) and tuple(
+        normalize.std.tolist()
+    ) == pytest.approx(a["std"])
     assert (erase.probability, erase.mode, erase.max_count) == (a["reprob"], a["remode"], a["recount"])
 
     resize, center, _, normalize = evaluate.transform.transforms
-    assert (resize.size, resize.interpolation, center.size) == (a["eval_resize"], InterpolationMode.BICUBIC,
-                                                                (a["eval_crop"],) * 2)
+    assert (resize.size, resize.interpolation, center.size) == (
+        a["eval_resize"],
+        InterpolationMode.BICUBIC,
+        (a["eval_crop"],) * 2,
+    )
     assert int(cfg.data.img_size / cfg.augment.eval_crop_pct) == a["eval_resize"]
 
     loss = make_loss(cfg, 1000)
     m = loss.mixup
-    assert (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing) \
-        == (a["mixup"], a["cutmix"], a["cutmix_minmax"], a["mixup_prob"], a["switch_prob"], a["mixup_mode"],
-            a["smoothing"])
+    assert (m.mixup_alpha, m.cutmix_alpha, m.cutmix_minmax, m.mix_prob, m.switch_prob, m.mode, m.label_smoothing) == (
+        a["mixup"],
+        a["cutmix"],
+        a["cutmix_minmax"],
+        a["mixup_prob"],
+        a["switch_prob"],
+        a["mixup_mode"],
+        a["smoothing"],
+    )
     assert m.correct_lam and isinstance(loss.criterion, SoftTargetCrossEntropy)
     plain = make_loss(load_finetune_config("finetune_vit_base_in1k", ["augment.mixup=0", "augment.cutmix=0"]), 1000)
     assert plain.mixup is None and isinstance(plain.criterion, LabelSmoothingCrossEntropy)
@@ -492,14 +622,28 @@ def test_finetuning_schedule_and_model_are_the_authors():
     cfg = load_finetune_config("finetune_vit_base_in1k")
     o, t, m = cfg.optim, cfg.train, cfg.model
     assert (t.epochs, t.batch_size, t.accum_steps) == (100, 128, 1)
-    assert (o.base_lr, o.lr, o.layer_decay, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == \
-        (1e-4, None, 0.6, 0.05, 5, 1e-6, None)
+    assert (o.base_lr, o.lr, o.layer_decay, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == (
+        1e-4,
+        None,
+        0.6,
+        0.05,
+        5,
+        1e-6,
+        None,
+    )
     assert tuple(o.betas) == (0.9, 0.999)
     assert (m.drop_path, m.global_pool, m.head_init_std) == (0.1, "avg", 2e-5)
 
 
-@pytest.mark.parametrize("recipe,epochs", [("deepmim_clip_vit_base", 1600), ("deepmim_pixel_vit_base", 1600),
-                                           ("deepmim_hog_vit_base", 1600), ("deepmim_hybrid_vit_base", 300)])
+@pytest.mark.parametrize(
+    "recipe,epochs",
+    [
+        ("deepmim_clip_vit_base", 1600),
+        ("deepmim_pixel_vit_base", 1600),
+        ("deepmim_hog_vit_base", 1600),
+        ("deepmim_hybrid_vit_base", 300),
+    ],
+)
 def test_pretraining_schedule_is_the_authors(recipe, epochs):
     """The README command: batch 32 x 128, blr 1.5e-4, weight decay 0.05, 40 warm-up epochs, mask ratio 0.75
     (1600 epochs; the hybrid target's paper number is at 300); main_pretrain.py: min lr 0, AdamW (0.9, 0.95),
@@ -507,5 +651,12 @@ def test_pretraining_schedule_is_the_authors(recipe, epochs):
     cfg = load_pretrain_config(recipe)
     o, t = cfg.optim, cfg.train
     assert (t.epochs, t.batch_size, t.accum_steps, cfg.model.mask_ratio) == (epochs, 128, 1, 0.75)
-    assert (o.base_lr, o.lr, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == (1.5e-4, None, 0.05, 40, 0, None)
+    assert (o.base_lr, o.lr, o.weight_decay, o.warmup_epochs, o.min_lr, o.clip_grad) == (
+        1.5e-4,
+        None,
+        0.05,
+        40,
+        0,
+        None,
+    )
     assert tuple(o.betas) == (0.9, 0.95)

@@ -8,6 +8,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import timm
@@ -42,11 +43,9 @@ from deepmim.tasks.finetune import load_classifier, load_finetune_config, run_ev
 from deepmim.tasks.linprobe import run_linprobe
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.tasks.segment import load_segment_config, load_segmentor, run_segment_eval, run_segment_train
-
 from tests.helpers.cli import cli_error, single_line_cli_error, traceback_free_cli_error
 from tests.helpers.data import tiny_data
 from tests.helpers.runs import TINY, copy_run, tiny_pretrain_config
-
 
 COMMON = ["train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"]
 
@@ -55,24 +54,82 @@ COMMON = ["train.progress=false", "train.tensorboard=false", "train.device=cpu",
 def runs(tmp_path_factory):
     """One checkpoint of each kind, each written by its task."""
     tmp = tmp_path_factory.mktemp("kinds")
-    pre = run_pretrain(load_pretrain_config(None, [
-        "model.preset=deepmim_pixel_vit_micro_p4_32", "model.encoder.img_size=16", "model.encoder.depth=4",
-        "model.heads.0.block=1", "model.heads.1.block=2", "model.heads.2.block=3", "model.heads.3.block=4",
-        "data.img_size=16", "data.num_samples=32", "data.num_workers=0", "train.batch_size=8", "train.epochs=2",
-        "train.max_steps=5", "train.plots=false", f"train.output_dir={tmp / 'pre'}", *COMMON]))
-    ft = run_finetune(load_finetune_config("finetune_demo", [
-        f"model.checkpoint={pre.checkpoint}", "data.img_size=16", "data.num_samples=40", "data.num_workers=0",
-        "train.batch_size=8", "train.epochs=1", "train.max_steps=2", f"train.output_dir={tmp / 'ft'}", *COMMON]))
-    seg, _ = run_segment_train(load_segment_config("upernet_demo", [
-        f"model.checkpoint={pre.checkpoint}", "model.channels=16", "model.aux_channels=8", "data.img_size=16",
-        "data.scale=[16,16]", "data.crop_size=16", "data.num_samples=8", "data.val_samples=3", "data.num_workers=0",
-        "eval.crop_size=16", "train.batch_size=4", "train.iterations=2", "train.eval_every=2",
-        "optim.warmup_iters=1", f"train.output_dir={tmp / 'seg'}", *COMMON]))
-    lp_cfg = LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None, progress=False, pool="cls"),
-                            probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False)
+    pre = run_pretrain(
+        load_pretrain_config(
+            None,
+            [
+                "model.preset=deepmim_pixel_vit_micro_p4_32",
+                "model.encoder.img_size=16",
+                "model.encoder.depth=4",
+                "model.heads.0.block=1",
+                "model.heads.1.block=2",
+                "model.heads.2.block=3",
+                "model.heads.3.block=4",
+                "data.img_size=16",
+                "data.num_samples=32",
+                "data.num_workers=0",
+                "train.batch_size=8",
+                "train.epochs=2",
+                "train.max_steps=5",
+                "train.plots=false",
+                f"train.output_dir={tmp / 'pre'}",
+                *COMMON,
+            ],
+        )
+    )
+    ft = run_finetune(
+        load_finetune_config(
+            "finetune_demo",
+            [
+                f"model.checkpoint={pre.checkpoint}",
+                "data.img_size=16",
+                "data.num_samples=40",
+                "data.num_workers=0",
+                "train.batch_size=8",
+                "train.epochs=1",
+                "train.max_steps=2",
+                f"train.output_dir={tmp / 'ft'}",
+                *COMMON,
+            ],
+        )
+    )
+    seg, _ = run_segment_train(
+        load_segment_config(
+            "upernet_demo",
+            [
+                f"model.checkpoint={pre.checkpoint}",
+                "model.channels=16",
+                "model.aux_channels=8",
+                "data.img_size=16",
+                "data.scale=[16,16]",
+                "data.crop_size=16",
+                "data.num_samples=8",
+                "data.val_samples=3",
+                "data.num_workers=0",
+                "eval.crop_size=16",
+                "train.batch_size=4",
+                "train.iterations=2",
+                "train.eval_every=2",
+                "optim.warmup_iters=1",
+                f"train.output_dir={tmp / 'seg'}",
+                *COMMON,
+            ],
+        )
+    )
+    lp_cfg = LinprobeConfig(
+        data=tiny_data(20),
+        features=FeatureConfig(cache_dir=None, progress=False, pool="cls"),
+        probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8),
+        augment=False,
+    )
     run_linprobe(str(pre.checkpoint), lp_cfg, str(tmp / "lp"))
-    return {"tmp": tmp, "pretrain": pre.checkpoint, "finetune": ft.checkpoint, "segment": seg.checkpoint,
-            "linprobe": tmp / "lp" / "probe-head.pt"}
+    return {
+        "tmp": tmp,
+        "pretrain": pre.checkpoint,
+        "finetune": ft.checkpoint,
+        "segment": seg.checkpoint,
+        "linprobe": tmp / "lp" / "probe-head.pt",
+    }
 
 
 def without_task(path: Path, out: Path, keep_config: bool = True) -> Path:
@@ -108,8 +165,9 @@ def test_a_file_without_its_task_is_refused_saying_how_to_add_it(runs, tmp_path)
             with pytest.raises(CheckpointError) as refused:
                 read_checkpoint(path)
             message = str(refused.value)
-            assert message.startswith(f"'{path}' holds a deepmim run's {'config' if keep_config else 'probe head'} "
-                                      f"but no `task` key"), message
+            assert message.startswith(
+                f"'{path}' holds a deepmim run's {'config' if keep_config else 'probe head'} but no `task` key"
+            ), message
             assert "ckpt['task'] = 'pretrain' (or the kind it is: pretrain, finetune, segment, linprobe)" in message
 
 
@@ -119,8 +177,16 @@ def test_pretrained_checkpoint_loads_and_exports_its_encoder_to_timm(runs, tmp_p
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     out = tmp_path / "encoder.safetensors"
     assert main(["export", str(runs["pretrain"]), "--out", str(out)]) == 0
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=128, depth=4, num_heads=4,
-                            num_classes=0, checkpoint_path=str(out)).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=16,
+        patch_size=4,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        num_classes=0,
+        checkpoint_path=str(out),
+    ).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(vit.forward_features(x), model.eval().encoder.forward_features(x))
@@ -180,17 +246,36 @@ def test_kinds_that_do_not_fit_are_refused_by_name(runs, tmp_path, capsys):
 def test_the_probe_head_records_its_run(runs):
     ckpt = read_checkpoint(runs["linprobe"])
     assert ckpt.raw["block"] == 4 and ckpt.raw["pool"] == "cls" and ckpt.model_state["head.weight"].shape == (10, 128)
-    assert ckpt.config == to_dict(LinprobeConfig(data=tiny_data(20), features=FeatureConfig(cache_dir=None,
-        progress=False, pool="cls"), probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8), augment=False))
+    assert ckpt.config == to_dict(
+        LinprobeConfig(
+            data=tiny_data(20),
+            features=FeatureConfig(cache_dir=None, progress=False, pool="cls"),
+            probe=LinearProbeConfig(epochs=1, warmup_epochs=1, batch_size=8),
+            augment=False,
+        )
+    )
 
 
 def test_resume_refuses_a_checkpoint_of_another_task(runs, tmp_path):
-    with pytest.raises(CheckpointError, match="is a pre-training checkpoint .*train.resume continues a run of the "
-                                              "same task"):
-        run_finetune(load_finetune_config("finetune_demo", [
-            f"model.checkpoint={runs['pretrain']}", "data.img_size=16", "data.num_samples=40", "data.num_workers=0",
-            "train.batch_size=8", "train.epochs=1", f"train.resume={runs['pretrain']}",
-            f"train.output_dir={tmp_path / 'ft'}", *COMMON]))
+    with pytest.raises(
+        CheckpointError, match="is a pre-training checkpoint .*train.resume continues a run of the same task"
+    ):
+        run_finetune(
+            load_finetune_config(
+                "finetune_demo",
+                [
+                    f"model.checkpoint={runs['pretrain']}",
+                    "data.img_size=16",
+                    "data.num_samples=40",
+                    "data.num_workers=0",
+                    "train.batch_size=8",
+                    "train.epochs=1",
+                    f"train.resume={runs['pretrain']}",
+                    f"train.output_dir={tmp_path / 'ft'}",
+                    *COMMON,
+                ],
+            )
+        )
 
 
 def steps(out: Path, *names: str):
@@ -232,7 +317,9 @@ def test_weights_that_are_not_floats_are_refused_on_export_and_load(tmp_path, ca
         state["blocks.0.attn.qkv.weight"] = state["blocks.0.attn.qkv.weight"].to(dtype)
 
     bare = _bare_encoder(tmp_path, to_dtype)
-    err = single_line_cli_error(capsys, "export", str(bare), "--preset", "mae_vit_micro_p4_32", "--out", str(tmp_path / "x.st"))
+    err = single_line_cli_error(
+        capsys, "export", str(bare), "--preset", "mae_vit_micro_p4_32", "--out", str(tmp_path / "x.st")
+    )
     name = str(dtype).replace("torch.", "")
     assert f"blocks.0.attn.qkv.weight ({name})" in err and f"'{bare}'" in err and "not floating point" in err
     assert not (tmp_path / "x.st").exists()
@@ -249,7 +336,9 @@ def test_weights_holding_nan_are_refused_on_export_and_resume(tmp_path, capsys):
         state["blocks.1.mlp.fc1.weight"][0, 0] = float("nan")
 
     bare = _bare_encoder(tmp_path, poison)
-    err = single_line_cli_error(capsys, "export", str(bare), "--preset", "mae_vit_micro_p4_32", "--out", str(tmp_path / "x.st"))
+    err = single_line_cli_error(
+        capsys, "export", str(bare), "--preset", "mae_vit_micro_p4_32", "--out", str(tmp_path / "x.st")
+    )
     assert "blocks.1.mlp.fc1.weight" in err and "NaN or inf" in err and not (tmp_path / "x.st").exists()
     good = _bare_encoder(tmp_path)
     assert main(["export", str(good), "--preset", "mae_vit_micro_p4_32", "--out", str(tmp_path / "x.st")]) == 0
@@ -389,14 +478,16 @@ def build_dummy(cfg: DummyConfig, architecture) -> DummyModel:
 
 @pytest.fixture
 def dummy_kind():
-    kind = register_task_kind(TaskKind(KIND, "deepmim dummy", "a dummy checkpoint", DummyConfig,
-                                       build_model=build_dummy))
+    kind = register_task_kind(
+        TaskKind(KIND, "deepmim dummy", "a dummy checkpoint", DummyConfig, build_model=build_dummy)
+    )
     yield kind
     unregister_task_kind(KIND)
 
 
-def write_dummy(tmp_path, cfg: DummyConfig = DummyConfig()):
+def write_dummy(tmp_path, cfg: Optional[DummyConfig] = None):
     """A checkpoint of the dummy task, as its run would write one: (path, the model it holds)."""
+    cfg = cfg or DummyConfig()
     torch.manual_seed(0)
     model = DummyModel(cfg.width, ARCHITECTURE["outputs"])
     path = tmp_path / "dummy.pt"
@@ -446,8 +537,10 @@ def test_the_cli_names_it_where_another_kind_is_needed(dummy_kind, tmp_path, cap
     path, _ = write_dummy(tmp_path)
     assert main(["evaluate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert (f"deepmim evaluate: error: '{path}' is a dummy checkpoint (written by deepmim dummy), not a fine-tuning "
-            f"checkpoint (written by deepmim finetune): evaluate and export read fine-tuned classifiers") in err
+    assert (
+        f"deepmim evaluate: error: '{path}' is a dummy checkpoint (written by deepmim dummy), not a fine-tuning "
+        f"checkpoint (written by deepmim finetune): evaluate and export read fine-tuned classifiers"
+    ) in err
     with pytest.raises(CheckpointError, match="is a dummy checkpoint .* no pre-trained DeepMIM model"):
         read_checkpoint(path).model_config()
 
@@ -456,16 +549,19 @@ def test_export_writes_its_weights_and_they_read_back_as_its_checkpoint(dummy_ki
     path, model = write_dummy(tmp_path)
     out = tmp_path / "dummy.safetensors"
     assert main(["export", str(path), "--out", str(out)]) == 0
-    assert (f"wrote {out}: the weights of a dummy checkpoint (written by deepmim dummy), with the config they "
-            f"were trained with") in capsys.readouterr().out
+    assert (
+        f"wrote {out}: the weights of a dummy checkpoint (written by deepmim dummy), with the config they "
+        f"were trained with"
+    ) in capsys.readouterr().out
     exported = read_checkpoint(out)
     assert exported.task == KIND and exported.config == {"width": 3, "note": "dummy run"}
     assert exported.architecture == {"outputs": 2}
     again, _, _ = load_trained(out, KIND)
     assert torch.equal(again.proj.weight, model.proj.weight) and torch.equal(again.proj.bias, model.proj.bias)
     assert main(["export", str(path), "--format", "timm", "--out", str(tmp_path / "timm")]) == 2
-    assert "is a dummy checkpoint (written by deepmim dummy): timm has no model to load it into" in \
-        capsys.readouterr().err
+    assert (
+        "is a dummy checkpoint (written by deepmim dummy): timm has no model to load it into" in capsys.readouterr().err
+    )
     assert not (tmp_path / "timm").exists()
 
 
@@ -479,8 +575,10 @@ def test_a_kind_no_longer_registered_is_named_by_its_file_and_not_exported(tmp_p
     assert ckpt.task == KIND and ckpt.task_kind is None
     assert ckpt.kind == "a dummy checkpoint (written by deepmim dummy)"
     assert main(["export", str(path), "--out", str(tmp_path / "x.safetensors")]) == 2
-    assert ("is a dummy checkpoint (written by deepmim dummy), a kind this installation of deepmim does not know "
-            "(it knows pretrain, finetune, segment, linprobe)") in capsys.readouterr().err
+    assert (
+        "is a dummy checkpoint (written by deepmim dummy), a kind this installation of deepmim does not know "
+        "(it knows pretrain, finetune, segment, linprobe)"
+    ) in capsys.readouterr().err
 
 
 COMMAND_MODULE = '''

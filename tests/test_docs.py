@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # What would date a sentence: machine names, rounds of work, dates, commit hashes, a developer's paths.
 HISTORY = {
-    "machine name": re.compile(r"\b(?:EPYC|Epyc|Xeon|XEON|H100|H200|A100|AMX (?:CPU|Xeon|machine|box|run|table|rows?))\b"),
+    "machine name": re.compile(
+        r"\b(?:EPYC|Epyc|Xeon|XEON|H100|H200|A100|AMX (?:CPU|Xeon|machine|box|run|table|rows?))\b"
+    ),
     "issue or round": re.compile(r"\b(?:issue|round|session|PR)s? ?#?\d+\b", re.IGNORECASE),
     "date": re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b"),
     # 7-40 hex characters with at least one digit and one letter, standing alone (not part of a path,
@@ -30,8 +31,7 @@ RESULTS_PATH = re.compile(r"[\w./-]*results/[\w./-]*")  # a path into a results 
 
 def product_files():
     docs = ROOT / "docs"
-    pages = [p for p in docs.rglob("*.md")
-             if p.relative_to(docs).parts[0] != "results" and p.name != "performance.md"]
+    pages = [p for p in docs.rglob("*.md") if p.relative_to(docs).parts[0] != "results" and p.name != "performance.md"]
     code = [p for folder in ("src", "tests") for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".yaml")]
     return [ROOT / "README.md", ROOT / "mkdocs.yml", *pages, *code]
 
@@ -44,23 +44,35 @@ def history_hits(text: str):
     return hits
 
 
-@pytest.mark.parametrize("text, kind", [
-    ("measured on the 2-core EPYC", "machine name"),
-    ("as in issue 14", "issue or round"),
-    ("a demo time from round 3", "issue or round"),
-    ("measured 2026-12-03", "date"),
-    ("at commit 246d903 with the old recipe", "commit hash"),
-    ("git clone -q /work/main /tmp/x", "developer path"),
-])
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("measured on the 2-core EPYC", "machine name"),
+        ("as in issue 14", "issue or round"),
+        ("a demo time from round 3", "issue or round"),
+        ("measured 2026-12-03", "date"),
+        ("at commit 246d903 with the old recipe", "commit hash"),
+        ("git clone -q /work/main /tmp/x", "developer path"),
+    ],
+)
 def test_the_history_check_finds_history(text, kind):
     assert [hit[1] for hit in history_hits(text)] == [kind]
 
 
-@pytest.mark.parametrize("text", [
-    "colour #1f77b4 and 0xdeadbeef", "sha256 " + "ab12" * 16, "data.mean 0.2860, lr 1e-3 x 4096",
-    "see [the results](results/2026-12-03-xeon-amx/README.md)", "bf16 hardware (AVX512-BF16 / AMX)",
-    "the authors' 32 V100s", "checkpoint_path='encoder.safetensors'", "deadbeef", "1234567",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "colour #1f77b4 and 0xdeadbeef",
+        "sha256 " + "ab12" * 16,
+        "data.mean 0.2860, lr 1e-3 x 4096",
+        "see [the results](results/2026-12-03-xeon-amx/README.md)",
+        "bf16 hardware (AVX512-BF16 / AMX)",
+        "the authors' 32 V100s",
+        "checkpoint_path='encoder.safetensors'",
+        "deadbeef",
+        "1234567",
+    ],
+)
 def test_the_history_check_leaves_ordinary_text_alone(text):
     assert history_hits(text) == []
 
@@ -70,8 +82,10 @@ def test_no_history_in_the_product():
     for path in product_files():
         if path.name == "test_docs.py":  # its own examples above
             continue
-        found += [f"{path.relative_to(ROOT)}:{n}: {kind} {match!r}"
-                  for n, kind, match in history_hits(path.read_text(errors="replace"))]
+        found += [
+            f"{path.relative_to(ROOT)}:{n}: {kind} {match!r}"
+            for n, kind, match in history_hits(path.read_text(errors="replace"))
+        ]
     assert not found, "history in the product (move it to a dated results page):\n" + "\n".join(found)
 
 
@@ -79,13 +93,38 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install 'deepmim[docs]')")
     pytest.importorskip("material", reason="mkdocs-material is not installed (pip install 'deepmim[docs]')")
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-                           str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    for page in ("index", "reproducing", "configuration", "training", "data", "downstream", "segmentation",
-                 "analysis", "interop", "performance", "ARCHITECTURE"):
+    for page in (
+        "index",
+        "reproducing",
+        "configuration",
+        "training",
+        "data",
+        "downstream",
+        "segmentation",
+        "analysis",
+        "interop",
+        "performance",
+        "ARCHITECTURE",
+    ):
         built = site / ("index.html" if page == "index" else f"{page}/index.html")
         assert built.is_file(), f"{page}.md was not built"
     assert "Reproducing DeepMIM" in (site / "reproducing" / "index.html").read_text()
@@ -94,8 +133,15 @@ def test_the_site_builds_in_strict_mode(tmp_path):
 def test_the_readme_is_a_short_product_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
-    for heading in ("## Install", "## Two commands", "## Quickstart", "## Recipes", "## Python API",
-                    "## Citation", "## License"):
+    for heading in (
+        "## Install",
+        "## Two commands",
+        "## Quickstart",
+        "## Recipes",
+        "## Python API",
+        "## Citation",
+        "## License",
+    ):
         assert heading in readme, heading
     for target in re.findall(r"\]\(((?!https?://)[^)#]+)", readme):  # every relative link resolves
         assert (ROOT / target).exists(), f"README links to a missing {target}"

@@ -6,6 +6,7 @@ first use. `load_builtin_targets` imports `deepmim.targets`, whose modules regis
 reconstruction targets with the registry DeepMIM builds its heads' targets from (models/target.py);
 the registry calls it on its first lookup, and the names above call it before they are handed out.
 """
+
 from __future__ import annotations
 
 from .training.console import configure_console
@@ -26,6 +27,7 @@ def __getattr__(name: str):
     if name in _FROM_MODELS:
         load_builtin_targets()
         from . import models
+
         value = getattr(models, name)
         globals()[name] = value
         return value

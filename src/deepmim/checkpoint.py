@@ -25,6 +25,7 @@ run's checkpoints: it keeps the checkpoint before the last one as checkpoint-pre
 written with the modes the umask gives (not mkstemp's 0600). Reading errors say what is wrong with
 the file, never that `weights_only=False` would help: a file of pickled objects stays refused.
 """
+
 from __future__ import annotations
 
 import errno
@@ -120,18 +121,47 @@ def task_kind(name: str) -> TaskKind:
     return _TASK_KINDS[name]
 
 
-register_task_kind(TaskKind("pretrain", "deepmim pretrain", "a pre-training checkpoint", PretrainConfig,
-                            export="deepmim.tasks.export:export_pretrained"))
-register_task_kind(TaskKind("finetune", "deepmim finetune", "a fine-tuning checkpoint", FinetuneConfig,
-                            build_model="deepmim.models.classifier:trained_classifier",
-                            export="deepmim.tasks.export:export_classifier",
-                            export_hf="deepmim.tasks.export_hf:export_hf_classifier"))
-register_task_kind(TaskKind("segment", "deepmim segment train", "a segmentation checkpoint", SegmentConfig,
-                            build_model="deepmim.tasks.segment:trained_segmentor",
-                            export="deepmim.tasks.export:export_segmentor",
-                            export_hf="deepmim.tasks.export_hf:export_hf_segmentor"))
-register_task_kind(TaskKind("linprobe", "deepmim linprobe", "a linear-probe head", LinprobeConfig,
-                            export="deepmim.tasks.export:refuse_probe_head", weights_key=PROBE_HEAD))
+register_task_kind(
+    TaskKind(
+        "pretrain",
+        "deepmim pretrain",
+        "a pre-training checkpoint",
+        PretrainConfig,
+        export="deepmim.tasks.export:export_pretrained",
+    )
+)
+register_task_kind(
+    TaskKind(
+        "finetune",
+        "deepmim finetune",
+        "a fine-tuning checkpoint",
+        FinetuneConfig,
+        build_model="deepmim.models.classifier:trained_classifier",
+        export="deepmim.tasks.export:export_classifier",
+        export_hf="deepmim.tasks.export_hf:export_hf_classifier",
+    )
+)
+register_task_kind(
+    TaskKind(
+        "segment",
+        "deepmim segment train",
+        "a segmentation checkpoint",
+        SegmentConfig,
+        build_model="deepmim.tasks.segment:trained_segmentor",
+        export="deepmim.tasks.export:export_segmentor",
+        export_hf="deepmim.tasks.export_hf:export_hf_segmentor",
+    )
+)
+register_task_kind(
+    TaskKind(
+        "linprobe",
+        "deepmim linprobe",
+        "a linear-probe head",
+        LinprobeConfig,
+        export="deepmim.tasks.export:refuse_probe_head",
+        weights_key=PROBE_HEAD,
+    )
+)
 
 
 # ----------------------------------------------------------------------------- a run's files
@@ -174,8 +204,10 @@ def find_resume_checkpoint(output_dir: Path, resume: Optional[str]) -> Optional[
         return found[0] if found else None
     path = Path(resume)
     if not path.exists():
-        raise FileNotFoundError(f"train.resume={resume}: no such checkpoint (use train.resume=auto to continue "
-                                f"from the newest checkpoint in train.output_dir, or remove the option)")
+        raise FileNotFoundError(
+            f"train.resume={resume}: no such checkpoint (use train.resume=auto to continue "
+            f"from the newest checkpoint in train.output_dir, or remove the option)"
+        )
     return path
 
 
@@ -230,7 +262,7 @@ WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter fa
 def _write_failure(path: Path) -> OSError:
     """An OSError naming `path`: ENOSPC when its disk has (almost) no space left, else EIO."""
     try:
-        full = shutil.disk_usage(path.parent).free < 64 * 2 ** 20
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
     except OSError:
         full = False
     code = errno.ENOSPC if full else errno.EIO
@@ -254,8 +286,13 @@ def weights_key(task: Optional[str]) -> str:
     return _TASK_KINDS[task].weights_key if task in _TASK_KINDS else "model"
 
 
-def make_checkpoint(task: str, model_state: Dict[str, torch.Tensor], config: Dict[str, Any],
-                    architecture: Optional[Dict[str, Any]] = None, **training_state: Any) -> Dict[str, Any]:
+def make_checkpoint(
+    task: str,
+    model_state: Dict[str, torch.Tensor],
+    config: Dict[str, Any],
+    architecture: Optional[Dict[str, Any]] = None,
+    **training_state: Any,
+) -> Dict[str, Any]:
     """The checkpoint dict of a `task` run (training_state: step, epoch, optimizer, ... for resume)."""
     task_kind(task)  # a known kind, or ValueError naming them
     obj: Dict[str, Any] = {"task": task, weights_key(task): model_state, "config": config}
@@ -279,8 +316,9 @@ def _keep_as_prev(path: Path, prev: Path) -> None:
     os.replace(link, prev)
 
 
-def save_checkpoint(obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None,
-                    keep_prev: bool = False) -> Path:
+def save_checkpoint(
+    obj: Dict[str, Any], output_dir: Path, numbered_epoch: Optional[int] = None, keep_prev: bool = False
+) -> Path:
     """A run's checkpoint: output_dir/checkpoint-last.pt, plus a numbered copy for `numbered_epoch`.
     The checkpoint it replaces is kept as checkpoint-prev.pt: the new file is written in full (temp
     file, fsync) before anything is renamed, the old one becomes checkpoint-prev.pt through a hard link
@@ -359,11 +397,14 @@ def read_state_file(path: PathLike) -> dict:
     if path.is_dir():
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not found:
-            raise CheckpointError(f"checkpoint '{path}' is a folder without {' or '.join(HF_WEIGHT_FILES)}; give "
-                                  f"the checkpoint file inside it (e.g. {path / LAST}) or a Hugging Face model folder")
+            raise CheckpointError(
+                f"checkpoint '{path}' is a folder without {' or '.join(HF_WEIGHT_FILES)}; give "
+                f"the checkpoint file inside it (e.g. {path / LAST}) or a Hugging Face model folder"
+            )
         path = found[0]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path))
         except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: re-raised as a message
@@ -384,7 +425,8 @@ def explain_load_error(path: Path, err: Exception) -> CheckpointError:
             f"'{path}' is not a plain weights file: besides tensors it holds pickled Python objects (it asks for "
             f"{wanted.group(1)}), and deepmim does not unpickle objects, because that can run arbitrary code. "
             f"Use a checkpoint written by deepmim, or a file of tensors only (a state dict saved with torch.save, "
-            f"or .safetensors)")
+            f"or .safetensors)"
+        )
     return _damaged(path, "PyTorch", err)
 
 
@@ -395,8 +437,10 @@ def _damaged(path: Path, kind: str, err: Exception) -> CheckpointError:
         detail = "a PyTorch zip archive, damaged or cut short"
     else:
         detail = f"not a readable {kind} file: damaged, cut short, or another kind of file"
-    return CheckpointError(f"cannot read checkpoint '{path}' ({path.stat().st_size} bytes): it is {detail} "
-                           f"({kind} says: {_reason(err)}); {DAMAGED_HINT}")
+    return CheckpointError(
+        f"cannot read checkpoint '{path}' ({path.stat().st_size} bytes): it is {detail} "
+        f"({kind} says: {_reason(err)}); {DAMAGED_HINT}"
+    )
 
 
 def _reason(err: Exception) -> str:
@@ -412,12 +456,13 @@ def _reason(err: Exception) -> str:
 
 def read_metadata(path: PathLike) -> Dict[str, str]:
     """The metadata of a .safetensors file (`deepmim export` writes the architecture there), or of a model
-folder's model.safetensors (a timm folder from `deepmim export --format timm`); {} otherwise."""
+    folder's model.safetensors (a timm folder from `deepmim export --format timm`); {} otherwise."""
     if Path(path).is_dir() and (Path(path) / HF_WEIGHT_FILES[0]).is_file():
         path = Path(path) / HF_WEIGHT_FILES[0]
     if Path(path).suffix != ".safetensors":
         return {}
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -436,7 +481,7 @@ def extract_state_dict(obj: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Drop the `module.` that saves of a DistributedDataParallel wrapper add to every key."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -448,14 +493,20 @@ class Checkpoint:
     path: Optional[Path] = None
 
     def __post_init__(self) -> None:
-        holds = "config" if isinstance(self.raw.get("config"), dict) else \
-            "probe head" if isinstance(self.raw.get(PROBE_HEAD), dict) else None
+        holds = (
+            "config"
+            if isinstance(self.raw.get("config"), dict)
+            else "probe head"
+            if isinstance(self.raw.get(PROBE_HEAD), dict)
+            else None
+        )
         if holds is not None and self.task is None:
             raise CheckpointError(
                 f"{self.name} holds a deepmim run's {holds} but no `task` key, and deepmim reads the kind of a "
                 f"checkpoint from `task` alone (every file deepmim writes records it). Write the file again with "
                 f"the command that made it, or add the key: ckpt = torch.load(path, weights_only=True); "
-                f"ckpt['task'] = 'pretrain' (or the kind it is: {', '.join(_TASK_KINDS)}); torch.save(ckpt, path)")
+                f"ckpt['task'] = 'pretrain' (or the kind it is: {', '.join(_TASK_KINDS)}); torch.save(ckpt, path)"
+            )
 
     @property
     def name(self) -> str:
@@ -531,9 +582,12 @@ def read_checkpoint(path_or_obj: Union[PathLike, Mapping[str, Any], Checkpoint])
     raw = read_state_file(path_or_obj)
     meta = read_metadata(path_or_obj)
     if meta.get("task") in _TASK_KINDS and "config" in meta:  # exported weights with their checkpoint's metadata
-        raw = {"task": meta["task"], weights_key(meta["task"]): raw, "config": _metadata_json(path_or_obj, meta,
-                                                                                              "config"),
-               "architecture": _metadata_json(path_or_obj, meta, "architecture") if "architecture" in meta else None}
+        raw = {
+            "task": meta["task"],
+            weights_key(meta["task"]): raw,
+            "config": _metadata_json(path_or_obj, meta, "config"),
+            "architecture": _metadata_json(path_or_obj, meta, "architecture") if "architecture" in meta else None,
+        }
     return Checkpoint(raw, Path(path_or_obj))
 
 
@@ -542,26 +596,34 @@ def _metadata_json(path: PathLike, meta: Dict[str, str], key: str) -> Dict[str, 
     try:
         value = json.loads(meta[key])
     except ValueError as err:
-        raise CheckpointError(f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is not valid "
-                              f"JSON ({err}); the file was changed after deepmim export wrote it. Export the "
-                              f"checkpoint again, or remove the metadata to load the weights as bare weights") from err
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is not valid "
+            f"JSON ({err}); the file was changed after deepmim export wrote it. Export the "
+            f"checkpoint again, or remove the metadata to load the weights as bare weights"
+        ) from err
     if not isinstance(value, dict):
-        raise CheckpointError(f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is "
-                              f"{type(value).__name__}, not a mapping; the file was changed after deepmim export "
-                              f"wrote it. Export the checkpoint again")
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': its safetensors metadata '{key}' is "
+            f"{type(value).__name__}, not a mapping; the file was changed after deepmim export "
+            f"wrote it. Export the checkpoint again"
+        )
     return value
 
 
 # ----------------------------------------------------------------------------- the strict loader
 
 
-def compare_state_dicts(own: Mapping[str, torch.Tensor], incoming: Mapping[str, torch.Tensor]
-                        ) -> Tuple[List[str], List[str], List[str]]:
+def compare_state_dicts(
+    own: Mapping[str, torch.Tensor], incoming: Mapping[str, torch.Tensor]
+) -> Tuple[List[str], List[str], List[str]]:
     """(missing, unexpected, mis-shaped) keys of `incoming` against `own`, each sorted."""
     missing = sorted(k for k in own if k not in incoming)
     unexpected = sorted(k for k in incoming if k not in own)
-    mismatched = sorted(f"{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in incoming if k in own and incoming[k].shape != own[k].shape)
+    mismatched = sorted(
+        f"{k}: file {tuple(incoming[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in incoming
+        if k in own and incoming[k].shape != own[k].shape
+    )
     return missing, unexpected, mismatched
 
 
@@ -569,9 +631,14 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                context: str = "checkpoint does not fit the model", allow_missing: Iterable[str] = (),
-                allow_unexpected: Iterable[str] = ()) -> None:
+def load_strict(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    context: str = "checkpoint does not fit the model",
+    allow_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+) -> None:
     """load_state_dict that names every key the file has and the module lacks, every key the module
     needs and the file lacks, and every shape that differs, and loads nothing unless all fit.
 
@@ -600,18 +667,24 @@ def check_weight_values(module: torch.nn.Module, state: Mapping[str, torch.Tenso
     weights (copied in, they would be silently cast: a quantized or foreign file is not these weights)
     and parameters holding NaN or inf (a model that can only produce NaN)."""
     own = module.state_dict()
-    wrong = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in state.items()
-             if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    wrong = [
+        f"{k} ({str(v.dtype).replace('torch.', '')})"
+        for k, v in state.items()
+        if k in own and own[k].is_floating_point() and not v.is_floating_point()
+    ]
     if wrong:
         raise CheckpointError(
             f"{context}: {len(wrong)} tensor(s) are not floating point where the model has float weights, e.g. "
             f"{', '.join(wrong[:3])}; such a file (quantized, or not weights at all) would be silently cast. "
-            f"Use the file's float weights (float32, float16 or bfloat16)")
+            f"Use the file's float weights (float32, float16 or bfloat16)"
+        )
     parameters = {name for name, _ in module.named_parameters()}
-    bad = [k for k, v in state.items() if k in parameters and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]
+    bad = [
+        k for k, v in state.items() if k in parameters and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         raise CheckpointError(
             f"{context}: {len(bad)} weight tensor(s) hold NaN or inf values, e.g. {', '.join(bad[:3])}; a model "
             f"with them can only produce NaN. Use a checkpoint from before the values broke (a run's "
-            f"checkpoint-prev.pt or a numbered one)")
+            f"checkpoint-prev.pt or a numbered one)"
+        )

@@ -1,4 +1,5 @@
 """Attention distance: against scipy and hand-built maps, and recorded from a real encoder."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ def grid_coords(grid: int, patch: int) -> np.ndarray:
 def test_patch_distances_match_scipy():
     d = patch_distances(5, 16).numpy()
     assert np.allclose(d, cdist(grid_coords(5, 16), grid_coords(5, 16)))
-    assert d[0, 4] == 64 and d[0, 6] == pytest.approx(16 * 2 ** 0.5)
+    assert d[0, 4] == 64 and d[0, 6] == pytest.approx(16 * 2**0.5)
 
 
 def test_attention_on_the_query_itself_is_distance_zero():
@@ -71,7 +72,7 @@ def test_hand_built_maps_per_head():
     # the batch is averaged: a second image with uniform head 0 moves head 0 to half the pairwise mean
     attn2 = attn.clone()
     attn2[1, 0] = 1.0 / (1 + L)
-    assert attention_distance(attn2, grid, patch)[0] == pytest.approx(pdist(coords).sum() * 2 / L ** 2 / 2)
+    assert attention_distance(attn2, grid, patch)[0] == pytest.approx(pdist(coords).sum() * 2 / L**2 / 2)
 
 
 def test_attention_distance_rejects_wrong_token_count():
@@ -93,8 +94,10 @@ def test_recorded_maps_are_the_blocks_attention():
     enc = small_encoder()
     images = torch.randn(2, 3, 16, 16)
     outputs = {}
-    handles = [enc.blocks[i].attn.register_forward_hook(lambda m, inp, out, i=i: outputs.__setitem__(i, (inp[0], out)))
-               for i in range(3)]
+    handles = [
+        enc.blocks[i].attn.register_forward_hook(lambda m, inp, out, i=i: outputs.__setitem__(i, (inp[0], out)))
+        for i in range(3)
+    ]
     with torch.no_grad(), record_attention(enc) as maps:
         enc(images)
     for h in handles:
@@ -116,7 +119,7 @@ def test_attention_distances_of_an_encoder():
     loader = [(images[:4], None), (images[4:], None)]
     d = attention_distances(enc, loader, torch.device("cpu"), max_images=6)
     assert d.shape == (3, 2)
-    assert torch.all(d >= 0) and torch.all(d <= 4 * 3 * 2 ** 0.5)
+    assert torch.all(d >= 0) and torch.all(d <= 4 * 3 * 2**0.5)
     with torch.no_grad(), record_attention(enc, blocks=[2]) as maps:
         enc(images[:6])
     assert torch.allclose(d[1].double(), attention_distance(maps[2][0], 4, 4), atol=1e-5)

@@ -1,4 +1,5 @@
 """Linear CKA: known answers, independence and the matrix's symmetry."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Feature extraction: shapes, normalisation, the feature cache (in deepmim's one XDG-style cache
 directory, never beside the data) and bf16 features within bf16 tolerance of fp32."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ from deepmim.analysis import features as feat_mod
 from deepmim.analysis.features import extract_features, frozen_encoder, resolve_cache_dir, user_cache_dir
 from deepmim.cli.main import main
 from deepmim.config.schema import DataConfig, FeatureConfig
-
 from tests.helpers.data import save_checkpoint_with_data, tiny_data
 from tests.helpers.models import save_tiny_pretrained
 
@@ -23,8 +23,9 @@ def files_under(folder: Path):
 
 
 def test_knn_writes_its_features_to_the_cache_directory_only(tmp_path, monkeypatch, capsys):
-    ckpt = save_checkpoint_with_data(tmp_path / "pre" / "checkpoint-last.pt",
-                                     DataConfig(name="embedded", img_size=16, num_samples=20))
+    ckpt = save_checkpoint_with_data(
+        tmp_path / "pre" / "checkpoint-last.pt", DataConfig(name="embedded", img_size=16, num_samples=20)
+    )
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -74,9 +75,11 @@ def test_features_shapes_and_norm(tiny_ckpt, tmp_path):
         assert f.labels.tolist() == [i % 10 for i in range(20)]
     # the last block is read after the encoder's final norm (MAE's linprobe), the others raw
     encoder = frozen_encoder(tiny_ckpt)
-    f = extract_features(tiny_ckpt, tiny_data(), "val", dataclasses.replace(fc, cache_dir=None, pool="cls"),
-                         encoder=encoder)
+    f = extract_features(
+        tiny_ckpt, tiny_data(), "val", dataclasses.replace(fc, cache_dir=None, pool="cls"), encoder=encoder
+    )
     from deepmim.data import build_dataset, build_eval_transform
+
     ds = build_dataset(tiny_data(), "val")
     t = build_eval_transform(16, DataConfig().mean, DataConfig().std)
     images = torch.stack([t(ds[i][0]) for i in range(3)])

@@ -1,5 +1,6 @@
 """Linear probes and weighted k-NN on given features: separable and random labels, LARS groups,
 the warm-up warning."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,9 @@ PROBE = LinearProbeConfig(epochs=10, batch_size=64, warmup_epochs=1, lr=6.4)  # 
 def test_linear_probe_separable_features(optimizer):
     tx, ty = separable(40, seed=0)
     vx, vy = separable(20, seed=1)
-    r = train_linear_probe(tx, ty, vx, vy, 10, dataclasses.replace(PROBE, optimizer=optimizer, lr=6.4 if optimizer == "lars" else 0.1))
+    r = train_linear_probe(
+        tx, ty, vx, vy, 10, dataclasses.replace(PROBE, optimizer=optimizer, lr=6.4 if optimizer == "lars" else 0.1)
+    )
     assert r["top1"] > 0.95 and r["top5"] >= r["top1"]
 
 

@@ -1,4 +1,5 @@
 """Segmentation metrics against hand counts: mIoU, the ignore index, per-class tables."""
+
 from __future__ import annotations
 
 import math

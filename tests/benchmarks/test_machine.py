@@ -1,5 +1,6 @@
 """Every benchmark JSON says what it was measured on: CPU/GPU model, native bf16, torch, commit and date
 (benchmarks/machine.py), and the result folders are named `<date>_<machine>_<commit>`."""
+
 import ast
 import datetime
 import json
@@ -39,8 +40,11 @@ def test_results_folder_name_is_date_machine_commit():
 
 
 def _writes_json(tree: ast.AST) -> bool:
-    names = {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(tree)
-             if isinstance(n, (ast.Attribute, ast.Name))}
+    names = {
+        n.attr if isinstance(n, ast.Attribute) else n.id
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Attribute, ast.Name))
+    }
     return bool({"dump", "dumps"} & names)
 
 
@@ -73,9 +77,29 @@ def test_results_folders_follow_the_naming_and_the_index_names_each():
 def test_a_benchmark_run_writes_the_stamp(tmp_path):
     out = tmp_path / "data.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(BENCHMARKS / "data_throughput.py"), "--img-size", "32", "--images", "2",
-                    "--rounds", "1", "--width", "48", "--height", "40", "--json", str(out)],
-                   check=True, capture_output=True, text=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "data_throughput.py"),
+            "--img-size",
+            "32",
+            "--images",
+            "2",
+            "--rounds",
+            "1",
+            "--width",
+            "48",
+            "--height",
+            "40",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     assert report["machine"]["torch"] == torch.__version__
     assert {"cpu", "gpu", "bf16_native", "git_commit", "date_utc"} <= set(report["machine"])

@@ -1,4 +1,5 @@
 """benchmarks/matmul_time.py: the matmul-only ceilings in the benchmark tables rest on it."""
+
 import sys
 import time
 from pathlib import Path

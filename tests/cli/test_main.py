@@ -1,5 +1,6 @@
 """The `deepmim` command line: help, recipes, presets, --print-config, one-paragraph errors, the module
 entry point, `make demo`, and help texts that name the real defaults."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,16 @@ def test_print_config_shows_resolved_values(capsys):
     assert "epochs: 3" in out and "preset: deepmim_pixel_vit_micro_p4_32" in out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train.epohcs=3"], "Did you mean 'epochs'"),
-    (["data.name=imagefolder"], "data.path is required"),
-    (["data.name=imagefolder", "data.path=/no/such/folder"], "/no/such/folder"),
-    (["data.img_size=64"], "data.img_size=64 but model.encoder.img_size=32"),
-    (["train.resume=/no/such.pt"], "no such checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train.epohcs=3"], "Did you mean 'epochs'"),
+        (["data.name=imagefolder"], "data.path is required"),
+        (["data.name=imagefolder", "data.path=/no/such/folder"], "/no/such/folder"),
+        (["data.img_size=64"], "data.img_size=64 but model.encoder.img_size=32"),
+        (["train.resume=/no/such.pt"], "no such checkpoint"),
+    ],
+)
 def test_bad_input_exits_2_with_a_message_before_any_work(tmp_path, capsys, args, message):
     code = main(["pretrain", "--config", "demo", f"train.output_dir={tmp_path / 'run'}", *args])
     assert code == 2
@@ -65,8 +69,9 @@ def test_make_demo_pretrains_then_prints_the_comparison_with_the_untrained_encod
     """`make demo` is the README's first command: pre-training, then probe-layers --vs-random on its checkpoint
     (the line that says whether it beat the encoder it started from) as its last step."""
     root = Path(__file__).resolve().parents[2]
-    dry = subprocess.run(["make", "-n", "-C", str(root), "demo", f"DEMO_DIR={tmp_path}"], capture_output=True,
-                         text=True, check=True).stdout
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(root), "demo", f"DEMO_DIR={tmp_path}"], capture_output=True, text=True, check=True
+    ).stdout
     commands = [line for line in dry.splitlines() if "bin/deepmim " in line]
     assert len(commands) == 2
     assert f"deepmim pretrain --config demo train.output_dir={tmp_path}" in commands[0]
@@ -83,9 +88,11 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 def test_help_texts_name_the_real_defaults():
     subs = dict(_subparsers(build_parser()))
-    outs = {name: next(a.help for a in subs[name]._actions if "--out" in a.option_strings)
-            for name in ("knn", "probe-layers", "linprobe", "analyze")}
-    assert f"runs/probe" in outs["probe-layers"] and ProbeConfig().output_dir == "runs/probe"
+    outs = {
+        name: next(a.help for a in subs[name]._actions if "--out" in a.option_strings)
+        for name in ("knn", "probe-layers", "linprobe", "analyze")
+    }
+    assert "runs/probe" in outs["probe-layers"] and ProbeConfig().output_dir == "runs/probe"
     assert LinprobeConfig().output_dir in outs["linprobe"] and "runs/probe" not in outs["linprobe"]
     assert AnalyzeConfig().output_dir in outs["analyze"] and "runs/probe" not in outs["analyze"]
     assert "default: none" in outs["knn"]

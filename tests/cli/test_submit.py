@@ -14,9 +14,7 @@ import pytest
 import torch
 
 from deepmim.cli.main import main
-
 from tests.helpers.processes import ENV, TINY, children, deepmim, max_difference, weights
-
 
 submitit = pytest.importorskip("submitit")
 
@@ -32,22 +30,59 @@ def recipe(tmp_path_factory):
 
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(recipe, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["submit", "--nodes", "4", "--gpus-per-node", "8", "--partition", "learnlab", "--time", "1-12:00:00",
-                 "--account", "vision", "--dry-run", "pretrain", "--config", str(recipe), f"train.output_dir={out}",
-                 "train.epochs=800"])
+    code = main(
+        [
+            "submit",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--partition",
+            "learnlab",
+            "--time",
+            "1-12:00:00",
+            "--account",
+            "vision",
+            "--dry-run",
+            "pretrain",
+            "--config",
+            str(recipe),
+            f"train.output_dir={out}",
+            "train.epochs=800",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
-    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=learnlab", "#SBATCH --account=vision", "#SBATCH --time=2160",
-                 "#SBATCH --requeue", "#SBATCH --signal=USR2@120", "srun "):
+    for line in (
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=learnlab",
+        "#SBATCH --account=vision",
+        "#SBATCH --time=2160",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120",
+        "srun ",
+    ):
         assert line in text, line
-    assert f"deepmim pretrain --config {recipe} train.output_dir={out} train.epochs=800 train.save_signal=SIGUSR2" in text
+    assert (
+        f"deepmim pretrain --config {recipe} train.output_dir={out} train.epochs=800 train.save_signal=SIGUSR2" in text
+    )
     assert not out.exists()  # nothing written, nothing submitted
 
 
 def test_a_config_the_command_refuses_is_refused_before_submitting(recipe, tmp_path, capsys):
-    code = main(["submit", "--dry-run", "pretrain", "--config", str(recipe), "train.epochs=0",
-                 f"train.output_dir={tmp_path / 'run'}"])
+    code = main(
+        [
+            "submit",
+            "--dry-run",
+            "pretrain",
+            "--config",
+            str(recipe),
+            "train.epochs=0",
+            f"train.output_dir={tmp_path / 'run'}",
+        ]
+    )
     assert code == 2 and "train.epochs must be at least 1" in capsys.readouterr().err
     code = main(["submit", "--dry-run", "pretrain", "--config", str(recipe), "--gpus", "8"])
     assert code == 2 and "options of submit itself go before the command" in capsys.readouterr().err
@@ -66,9 +101,29 @@ def uninterrupted(recipe):
     """Two tasks on submitit's local executor, as srun starts them."""
     out = recipe.parent / "local"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "deepmim", "submit", "--cluster", "local", "--gpus-per-node", "0",
-                           "--tasks-per-node", "2", "pretrain", "--config", str(recipe), f"train.output_dir={out}",
-                           *OVERRIDES], env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepmim",
+            "submit",
+            "--cluster",
+            "local",
+            "--gpus-per-node",
+            "0",
+            "--tasks-per-node",
+            "2",
+            "pretrain",
+            "--config",
+            str(recipe),
+            f"train.output_dir={out}",
+            *OVERRIDES,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "job" in done.stdout and "finished" in done.stdout
     return out
@@ -80,8 +135,9 @@ def test_local_job_with_two_tasks_trains_as_two_torchrun_processes(recipe, unint
     state = torch.load(uninterrupted / "checkpoint-last.pt", weights_only=True)
     assert state["step"] == 48
     torchrun = recipe.parent / "torchrun"
-    done = subprocess.run(deepmim(recipe, torchrun, *OVERRIDES, procs=2), env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        deepmim(recipe, torchrun, *OVERRIDES, procs=2), env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert max_difference(weights(torchrun), weights(uninterrupted)) == 0.0
 
@@ -90,8 +146,9 @@ def test_local_job_with_two_tasks_trains_as_two_torchrun_processes(recipe, unint
 def test_signal_before_the_time_limit_saves_requeues_and_resumes(recipe, uninterrupted, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = recipe.parent / "requeued"
-    job = local_job(recipe.parent / "jobs", ["pretrain", "--config", str(recipe), f"train.output_dir={out}",
-                                             *OVERRIDES])
+    job = local_job(
+        recipe.parent / "jobs", ["pretrain", "--config", str(recipe), f"train.output_dir={out}", *OVERRIDES]
+    )
     try:
         deadline = time.time() + 300
         step = -1

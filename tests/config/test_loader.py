@@ -22,7 +22,6 @@ from deepmim.config.loader import (
 from deepmim.config.schema import PretrainConfig, TrainConfig
 from deepmim.models.deepmim import validate_model_config
 from deepmim.tasks.pretrain import load_pretrain_config
-
 from tests.helpers.cli import cli_error
 
 
@@ -31,23 +30,34 @@ def test_unknown_key_names_the_key_and_suggests():
         load_pretrain_config("demo", ["train.epohcs=3"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.epochs=three", r"train.epochs: expected int"),
-    ("train.epochs=2.5", r"train.epochs: expected int"),
-    ("optim.base_lr=fast", r"optim.base_lr: expected float"),
-    ("train.progress=maybe", r"train.progress: expected bool"),
-    ("model.heads.0.weight=[1]", r"model.heads.0.weight: expected float"),
-    ("data=5", r"data: expected a mapping"),
-    ("epochs", r"not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=three", r"train.epochs: expected int"),
+        ("train.epochs=2.5", r"train.epochs: expected int"),
+        ("optim.base_lr=fast", r"optim.base_lr: expected float"),
+        ("train.progress=maybe", r"train.progress: expected bool"),
+        ("model.heads.0.weight=[1]", r"model.heads.0.weight: expected float"),
+        ("data=5", r"data: expected a mapping"),
+        ("epochs", r"not of the form key=value"),
+    ],
+)
 def test_wrong_types_are_refused_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_pretrain_config("demo", [override])
 
 
 def test_overrides_nest_index_lists_and_parse_yaml_values():
-    cfg = load_pretrain_config("demo", ["train.epochs=3", "model.heads.1.weight=0.5", "optim.base_lr=1e-3",
-                                        "train.resume=auto", "model.target.norm_pix=false"])
+    cfg = load_pretrain_config(
+        "demo",
+        [
+            "train.epochs=3",
+            "model.heads.1.weight=0.5",
+            "optim.base_lr=1e-3",
+            "train.resume=auto",
+            "model.target.norm_pix=false",
+        ],
+    )
     assert cfg.train.epochs == 3
     assert [h.weight for h in cfg.model.heads] == [1.0, 0.5, 1.0, 1.0]
     assert cfg.optim.base_lr == pytest.approx(1e-3)
@@ -99,9 +109,15 @@ def test_a_different_target_replaces_the_presets_options():
 
 
 def test_target_normalisation_follows_data_unless_set():
-    cfg = load_pretrain_config("demo", ["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]",
-                                        "model.target={name: hog, cell_size: 4}",
-                                        "model.heads.0.target={name: hog, cell_size: 4, mean: [0, 0, 0]}"])
+    cfg = load_pretrain_config(
+        "demo",
+        [
+            "data.mean=[0.5, 0.5, 0.5]",
+            "data.std=[0.25, 0.25, 0.25]",
+            "model.target={name: hog, cell_size: 4}",
+            "model.heads.0.target={name: hog, cell_size: 4, mean: [0, 0, 0]}",
+        ],
+    )
     assert cfg.model.target["mean"] == [0.5, 0.5, 0.5] and cfg.model.target["std"] == [0.25, 0.25, 0.25]
     assert cfg.model.heads[0].target["mean"] == [0, 0, 0]
     assert cfg.model.heads[0].target["std"] == [0.25, 0.25, 0.25]
@@ -110,6 +126,7 @@ def test_target_normalisation_follows_data_unless_set():
 @pytest.mark.parametrize("recipe", [p.stem for p in list_recipes() if recipe_task(p) == "finetune"])
 def test_every_bundled_finetune_recipe_resolves(recipe):
     from deepmim.tasks.finetune import load_finetune_config
+
     cfg = load_finetune_config(recipe)
     assert cfg.optim.layer_decay > 0 and cfg.train.epochs > 0
 
@@ -143,19 +160,19 @@ REFUSED = [
 
 @pytest.mark.parametrize("override,message", REFUSED, ids=[o for o, _ in REFUSED])
 def test_the_run_and_print_config_refuse_the_same_values(override, message, tmp_path, capsys):
-    for extra in (["--print-config"], [f"train.output_dir={tmp_path / 'run'}"] if "output_dir" not in override
-                  else []):
-        assert main(["pretrain", "--config", "demo", *extra, "train.device=cpu", "data.num_samples=64",
-                     override]) == 2
+    for extra in (["--print-config"], [f"train.output_dir={tmp_path / 'run'}"] if "output_dir" not in override else []):
+        assert main(["pretrain", "--config", "demo", *extra, "train.device=cpu", "data.num_samples=64", override]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and err[0].startswith("deepmim pretrain: error: ")
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
-    bomb = ("{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
-            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
-            "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]}")
+    bomb = (
+        "{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], "
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]}"
+    )
     start = time.perf_counter()
     assert main(["pretrain", "--config", "demo", "--print-config", f"model.target={bomb}"]) == 2
     err = capsys.readouterr().err
@@ -194,13 +211,16 @@ def test_recipe_descriptions_quote_only_numbers_of_their_own_size():
     assert checked == 20
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=0", "train.batch_size must be at least 1"),
-    ("model.mask_ratio=1.0", r"model.mask_ratio must be in \(0, 1\)"),
-    ("model.heads.0.block=9", r"model.heads.0.block = 9 is outside 1..6"),
-    ("train.precision=fp8", "train.precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
-    ("optim.base_lr=-1", "optim.base_lr must be a positive learning rate, got -1.0"),
-    ("optim.lr=0", "optim.lr must be a positive learning rate"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", "train.batch_size must be at least 1"),
+        ("model.mask_ratio=1.0", r"model.mask_ratio must be in \(0, 1\)"),
+        ("model.heads.0.block=9", r"model.heads.0.block = 9 is outside 1..6"),
+        ("train.precision=fp8", "train.precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+        ("optim.base_lr=-1", "optim.base_lr must be a positive learning rate, got -1.0"),
+        ("optim.lr=0", "optim.lr must be a positive learning rate"),
+    ],
+)
 def test_print_config_refuses_the_values_a_run_would(override, message, capsys):
     assert re.search(message, cli_error(capsys, "pretrain", "--config", "demo", override, "--print-config"))

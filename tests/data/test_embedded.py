@@ -1,4 +1,5 @@
 """The embedded shapes data set: reproducible per index and seed, even classes, learnable from shape only."""
+
 from __future__ import annotations
 
 from collections import Counter

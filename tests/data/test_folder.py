@@ -1,5 +1,6 @@
 """Image folders: listed without opening, every mode read as RGB, broken files skipped and counted,
 symbolic-link cycles listed once, and flat folders of unlabelled images read at any depth."""
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,6 @@ from deepmim.data.errors import DataError
 from deepmim.data.folder import ImageFolder, list_images
 from deepmim.data.labels import UNLABELLED
 from deepmim.tasks.pretrain import run_pretrain
-
 from tests.helpers.data import MEAN, STD, all_images
 from tests.helpers.models import save_tiny_pretrained
 from tests.helpers.runs import final_weights, tiny_pretrain_config
@@ -169,7 +169,8 @@ def test_symlink_cycles_in_a_class_folder_are_listed_once(tmp_path):
     dataset = ImageFolder(str(root))
     assert len(dataset) == 6 and dataset.targets == [0, 0, 0, 1, 1, 1]
     assert sorted(os.path.relpath(p, root) for p in list_images(str(root / "train"))) == [
-        f"train/{c}/{i}.png" for c in "ab" for i in range(3)]
+        f"train/{c}/{i}.png" for c in "ab" for i in range(3)
+    ]
 
 
 def test_flat_image_folder_is_read_recursively_without_labels(flat_folder):
@@ -199,9 +200,20 @@ def test_commands_that_need_labels_say_which_and_why(flat_folder, tmp_path, caps
     with pytest.raises(DataError, match="without labels, but this command learns or scores image classes"):
         build_dataset(cfg)
     pretrained = save_tiny_pretrained(tmp_path / "pretrained.pt")
-    code = main(["finetune", "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.name=images",
-                 f"data.path={flat_folder}", "data.img_size=16", f"train.output_dir={tmp_path / 'ft'}",
-                 "train.device=cpu", "data.num_workers=0"])
+    code = main(
+        [
+            "finetune",
+            "--config",
+            "finetune_demo",
+            f"model.checkpoint={pretrained}",
+            "data.name=images",
+            f"data.path={flat_folder}",
+            "data.img_size=16",
+            f"train.output_dir={tmp_path / 'ft'}",
+            "train.device=cpu",
+            "data.num_workers=0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "deepmim finetune: error:" in err and "fine-tuning" in err and "Traceback" not in err
     # the online probe is the one part of pre-training that needs labels

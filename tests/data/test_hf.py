@@ -7,7 +7,6 @@ from deepmim.config.schema import DataConfig
 from deepmim.data import build_dataset, build_pretrain_loader
 from deepmim.data.errors import DataError
 from deepmim.data.labels import UNLABELLED
-
 from tests.helpers.data import all_images
 
 
@@ -22,7 +21,9 @@ def hf_data(tmp_path_factory, imagefolder):
         folder = ImageFolder(str(imagefolder), split)
         features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=folder.classes)})
         splits[name] = datasets.Dataset.from_dict(
-            {"img": [path for path, _ in folder.samples], "y": [label for _, label in folder.samples]}, features=features)
+            {"img": [path for path, _ in folder.samples], "y": [label for _, label in folder.samples]},
+            features=features,
+        )
     dd = datasets.DatasetDict(splits)
     dd.save_to_disk(str(root / "saved"))
     (root / "parquet" / "data").mkdir(parents=True)
@@ -34,6 +35,7 @@ def hf_data(tmp_path_factory, imagefolder):
 @pytest.mark.parametrize("layout", ["saved", "parquet"])
 def test_hf_datasets_read_as_their_source(hf_data, layout, monkeypatch, tmp_path):
     import datasets
+
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     root, folder = hf_data
     cfg = DataConfig(name="hf", path=str(root / layout), image_key="img", label_key="y", img_size=8, num_workers=0)

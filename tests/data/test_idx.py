@@ -1,4 +1,5 @@
 """idx files (MNIST's format): plain and gzipped round trips, errors, the real Fashion-MNIST test split."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import torch
 
 from deepmim.config.schema import DataConfig
 from deepmim.data import DataError, IdxDataset, build_dataset, read_idx
-
 from tests.helpers.data import write_idx
 
 

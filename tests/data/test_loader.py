@@ -1,5 +1,6 @@
 """Data loading: resumable sampling across ranks and workers, preflight errors, and masking noise that
 depends on the sample, not on the batching."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,7 +17,6 @@ from deepmim.data import (
     build_pretrain_transform,
 )
 from deepmim.tasks.pretrain import load_pretrain_config
-
 from tests.helpers.data import MEAN, STD
 
 
@@ -135,7 +135,9 @@ def test_masking_noise_depends_on_the_sample_not_on_the_batching():
     assert all(torch.equal(whole[k], halves[k]) for k in whole)
     other_epoch = build_pretrain_loader(cfg, 8, seed=5, mask_patches=16)
     other_epoch.set_epoch(2)
-    assert not torch.equal(next(iter(other_epoch)).noise, next(iter(build_pretrain_loader(cfg, 8, seed=5, mask_patches=16))).noise)
+    assert not torch.equal(
+        next(iter(other_epoch)).noise, next(iter(build_pretrain_loader(cfg, 8, seed=5, mask_patches=16))).noise
+    )
 
 
 def test_data_path_on_embedded_data_is_an_error():

@@ -76,7 +76,7 @@ def test_crop_redraws_until_no_class_dominates():
     def fractions(ratio):
         rng = np.random.default_rng(0)
         boxes = [random_crop_box(label, 32, rng, ratio, 255) for _ in range(20)]
-        return [(label[t:t + h, x:x + w] == 1).float().mean().item() for t, x, h, w in boxes]
+        return [(label[t : t + h, x : x + w] == 1).float().mean().item() for t, x, h, w in boxes]
 
     assert all(0.25 < f < 0.75 for f in fractions(0.75))
     assert any(not 0.25 < f < 0.75 for f in fractions(1.0))  # unconstrained crops do go there

@@ -9,7 +9,6 @@ import torch
 from deepmim.config.schema import DataConfig
 from deepmim.data import DataError, build_dataset, build_pretrain_loader
 from deepmim.data.subset import balanced_indices
-
 from tests.helpers.data import write_idx
 from tests.helpers.models import save_tiny_pretrained
 
@@ -47,8 +46,9 @@ def test_max_samples_cuts_every_split_to_a_balanced_subset_that_keeps_the_labels
     val = build_dataset(DataConfig(name="idx", path=str(root), img_size=8, max_samples=24), split="val")
     assert len(val) == 24
     assert len(build_dataset(DataConfig(name="idx", path=str(root), img_size=8, max_samples=500))) == 60
-    loader = build_pretrain_loader(DataConfig(name="idx", path=str(root), img_size=8, max_samples=24,
-                                              num_workers=0), batch_size=8, seed=0)
+    loader = build_pretrain_loader(
+        DataConfig(name="idx", path=str(root), img_size=8, max_samples=24, num_workers=0), batch_size=8, seed=0
+    )
     assert len(loader) == 3 and loader.raw_dataset.classes == ["0", "1", "2"]
 
 

@@ -1,5 +1,6 @@
 """Transforms: pretraining crops and normalisation, seeded augmentation, grey and colour channels, and
 the file-decoding crop path (JPEG draft mode, turbo decoder) equal or close to the tensor path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,11 @@ from deepmim.data import (
     denormalize,
     load_rgb,
     sample_crop_box,
+)
+from deepmim.data import (
     transforms as transforms_module,
 )
 from deepmim.data.transforms import colour_jpeg_size, decode_colour_jpeg, draft_factor, match_channels, scale_box
-
 from tests.helpers.data import MEAN, STD
 
 
@@ -140,7 +142,6 @@ def test_unreadable_file_is_replaced_on_the_file_path(tmp_path):
     (stand_in, _, seed0, replaced0), (image, _, seed1, replaced1) = items[0], items[1]
     assert (replaced0, replaced1) == (1, 0) and seed0 != seed1
     assert stand_in.shape == image.shape == (3, 16, 16)
-
 
 
 def _jpeg_bytes(mode: str, seed: int = 0, **save) -> bytes:

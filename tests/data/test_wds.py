@@ -18,24 +18,43 @@ from deepmim.data import build_dataset, build_pretrain_loader
 from deepmim.data.errors import DataError
 from deepmim.data.labels import UNLABELLED
 from deepmim.tasks.pretrain import run_pretrain
-
 from tests.helpers.data import FORMATS, all_images, encoded, png
 from tests.helpers.runs import assert_same_weights, final_weights, tiny_pretrain_config
 
-
 wds = pytest.importorskip("webdataset")
 
-TINY = ["model.preset=mae_vit_micro_p4_32", "model.encoder.img_size=16", "model.encoder.depth=2",
-        "model.heads.0.block=2", "data.img_size=16", "train.batch_size=8", "train.epochs=1", "train.precision=fp32",
-        "train.device=cpu", "train.progress=false", "train.plots=false", "train.tensorboard=false",
-        "optim.warmup_epochs=0", "data.name=wds", "data.shuffle_buffer=4"]
+TINY = [
+    "model.preset=mae_vit_micro_p4_32",
+    "model.encoder.img_size=16",
+    "model.encoder.depth=2",
+    "model.heads.0.block=2",
+    "data.img_size=16",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.plots=false",
+    "train.tensorboard=false",
+    "optim.warmup_epochs=0",
+    "data.name=wds",
+    "data.shuffle_buffer=4",
+]
 
 
 def pretrain_error(capsys, shards, tmp_path, *extra: str, workers: int = 0) -> str:
     """A tiny pre-training run on `shards`: exit code 2 and one paragraph, within seconds."""
     start = time.perf_counter()
-    code = main(["pretrain", *TINY, f"data.path={shards}", f"data.num_workers={workers}",
-                 f"train.output_dir={tmp_path / 'run'}", *extra])
+    code = main(
+        [
+            "pretrain",
+            *TINY,
+            f"data.path={shards}",
+            f"data.num_workers={workers}",
+            f"train.output_dir={tmp_path / 'run'}",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and time.perf_counter() - start < 60
     assert "Traceback" not in "\n".join(err) and err[-1].startswith("deepmim pretrain: error: ")
@@ -107,8 +126,9 @@ def write_shards(root, n_samples=48, per_shard=6, split="train"):
 
 
 def wds_config(root, workers=0, **kw) -> DataConfig:
-    return DataConfig(name="wds", path=str(root), img_size=8, num_workers=workers, shuffle_buffer=4,
-                      crop_scale_min=0.5, **kw)
+    return DataConfig(
+        name="wds", path=str(root), img_size=8, num_workers=workers, shuffle_buffer=4, crop_scale_min=0.5, **kw
+    )
 
 
 def epoch_batches(loader, epoch, start=0):
@@ -124,8 +144,9 @@ def shards(tmp_path_factory):
 def test_every_sample_once_per_epoch_over_ranks_and_workers(shards):
     seen = []
     for rank in range(2):
-        loader = build_pretrain_loader(wds_config(shards, workers=2), batch_size=2, seed=0, rank=rank, world_size=2,
-                                       mask_patches=4)
+        loader = build_pretrain_loader(
+            wds_config(shards, workers=2), batch_size=2, seed=0, rank=rank, world_size=2, mask_patches=4
+        )
         assert len(loader) == 12  # 8 shards over 2 ranks x 2 workers: 2 shards = 12 samples = 6 batches a worker
         batches = epoch_batches(loader, 0)
         assert len(batches) == 12 and all(len(labels) == 2 for labels, *_ in batches)
@@ -174,7 +195,9 @@ def test_brace_patterns_and_the_map_style_reader(shards):
     ds = build_dataset(DataConfig(name="wds", path=pattern, img_size=8))
     assert len(ds) == 48 and ds.classes == [str(i) for i in range(48)]
     image, label = ds[13]
-    assert label == 13 and torch.equal(image, torch.from_numpy(np.array(Image.open(io.BytesIO(png(13))))).permute(2, 0, 1))
+    assert label == 13 and torch.equal(
+        image, torch.from_numpy(np.array(Image.open(io.BytesIO(png(13))))).permute(2, 0, 1)
+    )
     with pytest.raises(DataError, match="not a local file.*index"):
         build_dataset(DataConfig(name="wds", path="pipe:cat /x/train-{0..3}.tar", img_size=8))
 
@@ -191,13 +214,31 @@ def test_pack_writes_shards_that_read_back_as_the_imagefolder(imagefolder, tmp_p
         packed = build_dataset(DataConfig(name="wds", path=str(tmp_path / "wds"), split=split))
         folder = ImageFolder(str(imagefolder), split)
         assert packed.classes == folder.classes and len(packed) == len(folder)
-        mine = sorted((int(label), image.flatten().tolist()) for image, label in (packed[i] for i in range(len(packed))))
+        mine = sorted(
+            (int(label), image.flatten().tolist()) for image, label in (packed[i] for i in range(len(packed)))
+        )
         theirs = sorted((label, image.flatten().tolist()) for image, label in (folder[i] for i in range(len(folder))))
         assert mine == theirs
     first = [packed.targets[i] for i in range(9)]
     assert first != sorted(first)  # shuffled: shards mix the classes
-    assert main(["data", "bench", "data.name=wds", f"data.path={tmp_path / 'wds'}", "data.img_size=8",
-                 "data.num_workers=0", "train.batch_size=4", "--batches", "3", "--warmup", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "bench",
+                "data.name=wds",
+                f"data.path={tmp_path / 'wds'}",
+                "data.img_size=8",
+                "data.num_workers=0",
+                "train.batch_size=4",
+                "--batches",
+                "3",
+                "--warmup",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "images/s" in capsys.readouterr().out
 
 
@@ -217,13 +258,14 @@ def test_pretraining_on_shards_resumes_exactly(imagefolder, tmp_path):
     run_pretrain(config(tmp_path / "cut", max_steps=4))  # stops mid-epoch (6 steps an epoch)
     run_pretrain(config(tmp_path / "cut", resume="auto"))
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "cut"))
-    rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["type"] == "epoch"] == [6, 12]
 
 
 def img2dataset_shards(root, n=18, per_shard=6):
     """Shards as img2dataset writes them: NNNN.<ext> + NNNN.json + NNNN.txt, no cls; jpg, png and webp mixed."""
     import webdataset as wds
+
     from deepmim.data.wds import write_index
 
     root.mkdir(parents=True)
@@ -233,8 +275,14 @@ def img2dataset_shards(root, n=18, per_shard=6):
         with wds.TarWriter(str(url)) as sink:
             for i in range(shard * per_shard, (shard + 1) * per_shard):
                 ext = list(FORMATS)[i % 3]
-                sink.write({"__key__": f"{i:09d}", ext: encoded(i, ext), "txt": b"a caption",
-                            "json": json.dumps({"url": f"http://example.com/{i}", "width": 12}).encode()})
+                sink.write(
+                    {
+                        "__key__": f"{i:09d}",
+                        ext: encoded(i, ext),
+                        "txt": b"a caption",
+                        "json": json.dumps({"url": f"http://example.com/{i}", "width": 12}).encode(),
+                    }
+                )
         urls.append(str(url))
     write_index(root / "train.json", urls, [per_shard] * len(urls))
     return root

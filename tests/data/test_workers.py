@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-
 SCRIPT = textwrap.dedent("""
     import signal
     from torch.utils.data import DataLoader

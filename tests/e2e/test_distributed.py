@@ -32,7 +32,6 @@ from tests.helpers.processes import (
     weights,
 )
 
-
 pytestmark = pytest.mark.slow
 
 
@@ -66,8 +65,17 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(setup):
 def test_fsdp_matches_and_its_checkpoint_resumes_on_one_process(setup):
     root, recipe, single = setup
     out = root / "fsdp"
-    run(deepmim(recipe, out, "train.batch_size=4", "train.strategy=fsdp", "train.activation_checkpointing=true",
-                "train.max_steps=12", procs=2))
+    run(
+        deepmim(
+            recipe,
+            out,
+            "train.batch_size=4",
+            "train.strategy=fsdp",
+            "train.activation_checkpointing=true",
+            "train.max_steps=12",
+            procs=2,
+        )
+    )
     state = torch.load(out / "checkpoint-last.pt", weights_only=True)
     assert state["step"] == 12
     assert all(type(v) is torch.Tensor for v in state["model"].values())  # gathered, not DTensor shards
@@ -90,8 +98,14 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(setup):
     reference = root / "elastic-reference"
     run(deepmim(recipe, reference, *common, procs=2))
     out = root / "elastic"
-    proc = subprocess.Popen(deepmim(recipe, out, *common, procs=2, torchrun_args=["--max-restarts=1"]), env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        deepmim(recipe, out, *common, procs=2, torchrun_args=["--max-restarts=1"]),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _kill_a_worker_and_wait(proc, out, reference)
     finally:
@@ -119,17 +133,30 @@ def test_finetune_on_two_processes_counts_every_validation_image_once(tmp_path):
 
     pretrained = save_tiny_pretrained(tmp_path / "pretrained.pt")
     out = tmp_path / "finetune"
-    cmd = launcher(2) + ["finetune", "--config", "finetune_demo", f"model.checkpoint={pretrained}", "data.img_size=16",
-           "data.num_samples=161", "data.num_workers=0", "train.batch_size=16", "train.epochs=1",
-           f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-           "train.precision=fp32"]
+    cmd = launcher(2) + [
+        "finetune",
+        "--config",
+        "finetune_demo",
+        f"model.checkpoint={pretrained}",
+        "data.img_size=16",
+        "data.num_samples=161",
+        "data.num_workers=0",
+        "train.batch_size=16",
+        "train.epochs=1",
+        f"train.output_dir={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.device=cpu",
+        "train.precision=fp32",
+    ]
     run(cmd)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evaluation = [r for r in rows if r["type"] == "eval"][-1]
     assert evaluation["images"] == 161  # shards of 81 + 80: none padded, none counted twice
     # The same checkpoint evaluated by one process gives the same numbers.
-    single = subprocess.run(launcher() + ["evaluate", str(out / "checkpoint-last.pt")], env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        launcher() + ["evaluate", str(out / "checkpoint-last.pt")], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     data_line, scores = single.stdout.strip().splitlines()[-2:]  # the data it scored, then the numbers
     assert data_line.endswith("; val split 161 images")
@@ -151,10 +178,27 @@ def free_port() -> int:
 
 def node(node_rank: int, port: int, recipe: Path, out: Path, *overrides: str, max_restarts: int = 0) -> list:
     """One node's launcher: torchrun with a c10d rendezvous on 127.0.0.1, one process per node."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
-            "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-            f"--rdzv-id=deepmim-{port}", f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
-            "-m", "deepmim", "pretrain", "--config", str(recipe), f"train.output_dir={out}", *COMMON, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        f"--node_rank={node_rank}",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        f"--rdzv-id=deepmim-{port}",
+        f"--max-restarts={max_restarts}",
+        "--monitor-interval=0.5",
+        "-m",
+        "deepmim",
+        "pretrain",
+        "--config",
+        str(recipe),
+        f"train.output_dir={out}",
+        *COMMON,
+        *overrides,
+    ]
 
 
 # A replaced node joins a rendezvous round whose rank 0 agent already ran one: with the agents' shared
@@ -164,8 +208,9 @@ NODE_ENV = {**ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def start(cmd: list) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=NODE_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=NODE_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def finish(procs, timeout=240) -> list:
@@ -205,9 +250,23 @@ def two_nodes(tmp_path_factory):
 def test_two_nodes_over_loopback_equal_one_process_on_the_same_global_batch(two_nodes):
     root, recipe, out = two_nodes
     single = root / "single"
-    done = subprocess.run([sys.executable, "-m", "deepmim", "pretrain", "--config", str(recipe),
-                           f"train.output_dir={single}", *COMMON, "train.batch_size=8"], env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepmim",
+            "pretrain",
+            "--config",
+            str(recipe),
+            f"train.output_dir={single}",
+            *COMMON,
+            "train.batch_size=8",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert checkpoint_step(out) == TOTAL
     assert max_difference(weights(single), weights(out)) < 1e-4  # float reduction order only
@@ -221,8 +280,15 @@ def test_losing_a_node_restarts_the_group_and_resumes_from_the_last_checkpoint(t
     port = free_port()
     out = root / "lost-node"
     # train.resume=auto on every node: a replacement node's processes start with a restart count of 0
-    cmd = lambda rank: node(rank, port, recipe, out, "train.batch_size=4", "train.resume=auto",  # noqa: E731
-                            max_restarts=2)
+    cmd = lambda rank: node(
+        rank,
+        port,
+        recipe,
+        out,
+        "train.batch_size=4",
+        "train.resume=auto",  # noqa: E731
+        max_restarts=2,
+    )
     first = start(cmd(0))
     time.sleep(1.0)
     second = start(cmd(1))

@@ -18,7 +18,6 @@ from deepmim.config.schema import (
     ProbeConfig,
     TrainConfig,
 )
-
 from tests.helpers.data import separable_idx
 from tests.helpers.models import tiny_model_config
 
@@ -30,12 +29,27 @@ def grey_pretrain_config(out, data_path, **train) -> PretrainConfig:
     model = tiny_model_config()
     model.encoder.in_chans = 1
     model.heads[0].target = {"name": "hog", "cell_size": 4}
-    cfg = PretrainConfig(model=model, data=DataConfig(name="idx", path=str(data_path), img_size=16, num_workers=0,
-                                                      mean=[0.45], std=[0.3]),
-                         optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-                         train=TrainConfig(**{**dict(epochs=2, batch_size=32, output_dir=str(out), log_every_steps=2,
-                                                     progress=False, tensorboard=False, precision="fp32",
-                                                     device="cpu", seed=0), **train}))
+    cfg = PretrainConfig(
+        model=model,
+        data=DataConfig(name="idx", path=str(data_path), img_size=16, num_workers=0, mean=[0.45], std=[0.3]),
+        optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
+        train=TrainConfig(
+            **{
+                **dict(
+                    epochs=2,
+                    batch_size=32,
+                    output_dir=str(out),
+                    log_every_steps=2,
+                    progress=False,
+                    tensorboard=False,
+                    precision="fp32",
+                    device="cpu",
+                    seed=0,
+                ),
+                **train,
+            }
+        ),
+    )
     fill_target_normalisation(cfg)
     return cfg
 
@@ -69,8 +83,10 @@ def test_grey_checkpoint_probes_with_its_own_normalisation(grey_run, tmp_path):
     from deepmim.tasks.probe import run_knn
 
     data, out = grey_run
-    probe = ProbeConfig(data=DataConfig(name="idx", path=str(data), img_size=16, num_workers=0),  # ImageNet mean
-                        features=FeatureConfig(cache_dir=None, progress=False, batch_size=64))
+    probe = ProbeConfig(
+        data=DataConfig(name="idx", path=str(data), img_size=16, num_workers=0),  # ImageNet mean
+        features=FeatureConfig(cache_dir=None, progress=False, batch_size=64),
+    )
     assert fit_normalisation(probe.data, 1, out / "checkpoint-last.pt").mean == [0.45]
     results = run_knn(str(out / "checkpoint-last.pt"), probe)
     assert results[4]["top1"] > 0.5  # 4 brightness classes; chance 0.25
@@ -90,10 +106,22 @@ def test_grey_finetune_recipe_and_export(grey_run, tmp_path):
     from deepmim.tasks.finetune import load_finetune_config, run_finetune
 
     data, out = grey_run
-    cfg = load_finetune_config("finetune_fashion_mnist", [
-        f"model.checkpoint={out / 'checkpoint-last.pt'}", f"data.path={data}", "data.img_size=16", "data.num_workers=0",
-        "train.epochs=1", "train.batch_size=32", f"train.output_dir={tmp_path / 'ft'}", "train.progress=false",
-        "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"])
+    cfg = load_finetune_config(
+        "finetune_fashion_mnist",
+        [
+            f"model.checkpoint={out / 'checkpoint-last.pt'}",
+            f"data.path={data}",
+            "data.img_size=16",
+            "data.num_workers=0",
+            "train.epochs=1",
+            "train.batch_size=32",
+            f"train.output_dir={tmp_path / 'ft'}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "train.device=cpu",
+            "train.precision=fp32",
+        ],
+    )
     assert cfg.data.mean == [0.286] and cfg.data.std == [0.353]
     run_finetune(cfg)
     ft = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=True)
@@ -122,10 +150,12 @@ def test_grey_checkpoint_analysis_pictures_are_grey(grey_run, tmp_path):
     from deepmim.tasks.analyze import run_analyze
 
     data, out = grey_run
-    cfg = AnalyzeConfig(data=DataConfig(name="idx", path=str(data), img_size=16, num_workers=0),  # ImageNet mean
-                        features=FeatureConfig(cache_dir=None, progress=False, batch_size=64),
-                        analysis=AnalysisConfig(measures=["attention", "reconstruction"], attention_images=32,
-                                                reconstruction_images=4), output_dir=str(tmp_path / "analysis"))
+    cfg = AnalyzeConfig(
+        data=DataConfig(name="idx", path=str(data), img_size=16, num_workers=0),  # ImageNet mean
+        features=FeatureConfig(cache_dir=None, progress=False, batch_size=64),
+        analysis=AnalysisConfig(measures=["attention", "reconstruction"], attention_images=32, reconstruction_images=4),
+        output_dir=str(tmp_path / "analysis"),
+    )
     result = run_analyze([str(out / "checkpoint-last.pt")], cfg)
     assert len(result["attention"]) == 1 and len(result["reconstruction"]) == 1
     (picture,) = (tmp_path / "analysis").glob("reconstruction-*.png")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
@@ -71,7 +70,7 @@ def write_mask_folder(root: Path, rng, classes: int) -> None:
             pixels = rng.integers(0, 60, (40, 48, 3), dtype=np.uint8)
             mask = np.zeros((40, 48), np.uint8)
             for c in range(1, classes):
-                mask[4 + 8 * c: 12 + 8 * c, 6 * c: 6 * c + 20] = c
+                mask[4 + 8 * c : 12 + 8 * c, 6 * c : 6 * c + 20] = c
                 pixels[mask == c, c % 3] += 150
             Image.fromarray(pixels).save(root / "images" / split / f"{i}.jpg")
             Image.fromarray(mask).save(root / "annotations" / split / f"{i}.png")
@@ -80,11 +79,21 @@ def write_mask_folder(root: Path, rng, classes: int) -> None:
 def test_the_quickstart_parses_into_the_five_steps():
     variables, cmds = commands(quickstart_block())
     assert set(variables) >= {"DATA", "MASKS"}
-    subcommands = [" ".join(shlex.split(c)[:3 if c.startswith("deepmim segment") else 2]) for c in cmds]
-    assert subcommands == ["deepmim pretrain", "deepmim finetune", "deepmim evaluate", "deepmim probe-layers",
-                           "deepmim segment train", "deepmim segment eval"]
-    assert set(tiny_overrides()) == {"deepmim pretrain", "deepmim finetune", "deepmim probe-layers",
-                                     "deepmim segment train"}
+    subcommands = [" ".join(shlex.split(c)[: 3 if c.startswith("deepmim segment") else 2]) for c in cmds]
+    assert subcommands == [
+        "deepmim pretrain",
+        "deepmim finetune",
+        "deepmim evaluate",
+        "deepmim probe-layers",
+        "deepmim segment train",
+        "deepmim segment eval",
+    ]
+    assert set(tiny_overrides()) == {
+        "deepmim pretrain",
+        "deepmim finetune",
+        "deepmim probe-layers",
+        "deepmim segment train",
+    }
 
 
 @pytest.mark.slow
@@ -94,16 +103,21 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     seg_classes = int(variables.get("SEG_CLASSES", 2))
     write_image_folder(tmp_path / "my_images", rng)
     write_mask_folder(tmp_path / "my_masks", rng, seg_classes)
-    env = dict(os.environ, DATA=str(tmp_path / "my_images"), MASKS=str(tmp_path / "my_masks"),
-               SEG_CLASSES=str(seg_classes), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(ROOT / "src"), MPLBACKEND="Agg")
+    env = dict(
+        os.environ,
+        DATA=str(tmp_path / "my_images"),
+        MASKS=str(tmp_path / "my_masks"),
+        SEG_CLASSES=str(seg_classes),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(ROOT / "src"),
+        MPLBACKEND="Agg",
+    )
     extra = tiny_overrides()
     outputs = []
     for command in cmds:
         key = next((k for k in extra if command.startswith(k + " ")), None)
         line = command + (" " + extra[key] if key else "")
-        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         outputs.append(done.stdout + done.stderr)
 
@@ -111,8 +125,11 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     for name in ("my_pretrain", "my_finetune", "my_segment"):
         assert (runs / name / "checkpoint-last.pt").is_file(), name
     # evaluate scores the fine-tuned checkpoint on the same val split as its last evaluation in training
-    last_eval = [json.loads(r) for r in (runs / "my_finetune" / "metrics.jsonl").read_text().splitlines()
-                 if json.loads(r)["type"] == "eval"][-1]
+    last_eval = [
+        json.loads(r)
+        for r in (runs / "my_finetune" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(r)["type"] == "eval"
+    ][-1]
     top1 = float(re.search(r"top1[ =:]+([\d.]+)", outputs[2]).group(1))
     assert top1 == pytest.approx(last_eval["top1"], abs=1e-3)
     assert int(last_eval["images"]) == 16  # the 2 x 8 val images
@@ -120,7 +137,10 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     layers = json.loads((runs / "my_probe" / "layers.json").read_text())
     assert "1" in json.dumps(layers) and (runs / "my_probe" / "layers.csv").is_file()
     # segment eval gives the mIoU the training's last evaluation logged
-    seg_eval = [json.loads(r) for r in (runs / "my_segment" / "metrics.jsonl").read_text().splitlines()
-                if json.loads(r)["type"] == "eval"][-1]
+    seg_eval = [
+        json.loads(r)
+        for r in (runs / "my_segment" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(r)["type"] == "eval"
+    ][-1]
     miou = float(re.search(r"mIoU\s+([\d.]+)", outputs[5]).group(1))
     assert miou == pytest.approx(seg_eval["mIoU"], abs=0.01)

@@ -1,5 +1,6 @@
 """Tiny data sets written in the real formats (idx, image folders, encoded images) and the
 normalisation constants the data tests share."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,7 @@ from PIL import Image
 
 from deepmim import create_model
 from deepmim.config.schema import DataConfig
-
 from tests.helpers.models import tiny_model_config
-
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -1,5 +1,6 @@
 """Checkpoints written for the export tests, with a mean/std that is neither ImageNet's nor timm's
 default, so a lost normalisation shows."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,6 @@ from deepmim.config.loader import to_dict
 from deepmim.config.schema import DataConfig, EncoderConfig, FinetuneConfig
 from deepmim.models import create_model
 from deepmim.models.classifier import vit_classifier
-
 
 MEAN, STD = [0.30, 0.40, 0.50], [0.20, 0.25, 0.30]  # not ImageNet's, not timm's 0.5: a lost mean/std shows
 

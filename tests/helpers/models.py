@@ -1,5 +1,6 @@
 """Tiny models and model files shared by the test modules: configs, checkpoints in deepmim's,
 the authors' and open_clip's layouts, and weight perturbation so a mis-mapped tensor shows."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -29,8 +30,9 @@ def save_tiny_pretrained(path):
     from deepmim.models import DeepMIM
 
     model = DeepMIM(tiny_model_config())
-    torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
-               path)
+    torch.save(
+        {"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path
+    )
     return path
 
 
@@ -40,8 +42,20 @@ class AuthorsLayoutModel(nn.Module):
     decoder_pos_embed; predictions for every token, cls dropped before the loss. `k_names` empty
     gives MAE's single-decoder names."""
 
-    def __init__(self, img=16, patch=4, dim=32, depth=4, heads=2, dec_dim=32, dec_depth=1, out_dim=48, dec_heads=2,
-                 taps=(2,), numbered=True):
+    def __init__(
+        self,
+        img=16,
+        patch=4,
+        dim=32,
+        depth=4,
+        heads=2,
+        dec_dim=32,
+        dec_depth=1,
+        out_dim=48,
+        dec_heads=2,
+        taps=(2,),
+        numbered=True,
+    ):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.patch_embed = PatchEmbed(img, patch, 3, dim)
@@ -54,8 +68,13 @@ class AuthorsLayoutModel(nn.Module):
         for s in self.suffixes:
             setattr(self, f"decoder_embed{s}", nn.Linear(dim, dec_dim))
             setattr(self, f"mask_token{s}", nn.Parameter(torch.randn(1, 1, dec_dim) * 0.02))
-            setattr(self, f"decoder_blocks{s}", nn.ModuleList(
-                [Block(dec_dim, dec_heads, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(dec_depth)]))
+            setattr(
+                self,
+                f"decoder_blocks{s}",
+                nn.ModuleList(
+                    [Block(dec_dim, dec_heads, 4.0, qkv_bias=True, norm_layer=norm) for _ in range(dec_depth)]
+                ),
+            )
             setattr(self, f"decoder_norm{s}", norm(dec_dim))
             setattr(self, f"decoder_pred{s}", nn.Linear(dec_dim, out_dim))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(dec_dim, img // patch), requires_grad=False)
@@ -76,7 +95,7 @@ class AuthorsLayoutModel(nn.Module):
             if i in self.taps:
                 feats.append(x)
         feats.append(self.norm(x))
-        feats = feats[-len(self.suffixes):]
+        feats = feats[-len(self.suffixes) :]
         return [self.decode(f, ids_restore, s)[:, 1:] for f, s in zip(feats, self.suffixes)]
 
     def decode(self, x, ids_restore, s):
@@ -112,7 +131,8 @@ def perturb_(module, scale=0.05):
 
 def tiny_clip(quick_gelu=True, head_width=64):
     """A CLIP with a 2-block, 128-wide ViT image tower on 16px images, patch 4 (4x4 grid)."""
-    vision = open_clip.model.CLIPVisionCfg(layers=2, width=128, head_width=head_width, patch_size=4, image_size=16,
-                                           output_tokens=True)
+    vision = open_clip.model.CLIPVisionCfg(
+        layers=2, width=128, head_width=head_width, patch_size=4, image_size=16, output_tokens=True
+    )
     text = open_clip.model.CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
     return perturb_(open_clip.model.CLIP(embed_dim=48, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu).eval())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-
 TINY = """\
 model:
   encoder: {img_size: 16, patch_size: 4, embed_dim: 32, depth: 4, num_heads: 2}
@@ -27,14 +26,21 @@ def launcher(procs: int = 1, torchrun_args=()) -> list:
     """`python -m deepmim` on 1 process, or under torchrun (--standalone: a free port) on `procs`."""
     if procs == 1:
         return [sys.executable, "-m", "deepmim"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-            *torchrun_args, "-m", "deepmim"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={procs}",
+        *torchrun_args,
+        "-m",
+        "deepmim",
+    ]
 
 
 def deepmim(recipe: Path, out: Path, *overrides: str, procs: int = 1, torchrun_args=()) -> list:
     """The command line of a `deepmim pretrain` run on `procs` processes."""
-    return launcher(procs, torchrun_args) + ["pretrain", "--config", str(recipe), f"train.output_dir={out}",
-                                             *overrides]
+    return launcher(procs, torchrun_args) + ["pretrain", "--config", str(recipe), f"train.output_dir={out}", *overrides]
 
 
 def weights(out: Path) -> dict:

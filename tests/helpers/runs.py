@@ -1,4 +1,5 @@
 """Tiny training runs and what they leave: configs and CLI overrides, final weights, metrics rows."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,25 @@ import torch
 
 from deepmim.checkpoint import LAST, PREV
 from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, TrainConfig
-
 from tests.helpers.models import tiny_model_config
 
-
-TINY = ["model.preset=mae_vit_micro_p4_32", "model.encoder.img_size=16", "model.encoder.depth=2",
-        "model.heads.0.block=2", "data.img_size=16", "data.num_samples=64", "data.num_workers=0",
-        "train.batch_size=16", "train.epochs=2", "train.precision=fp32", "train.device=cpu", "train.progress=false",
-        "train.plots=false", "train.tensorboard=false", "optim.warmup_epochs=1"]
+TINY = [
+    "model.preset=mae_vit_micro_p4_32",
+    "model.encoder.img_size=16",
+    "model.encoder.depth=2",
+    "model.heads.0.block=2",
+    "data.img_size=16",
+    "data.num_samples=64",
+    "data.num_workers=0",
+    "train.batch_size=16",
+    "train.epochs=2",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "train.progress=false",
+    "train.plots=false",
+    "train.tensorboard=false",
+    "optim.warmup_epochs=1",
+]
 
 
 def rows(out: Path, kind: str):
@@ -31,16 +43,29 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 def strict_load(text: str):
     """json.loads that refuses NaN / Infinity, as JavaScript's JSON.parse, jq and serde do."""
+
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def tiny_pretrain_config(out: Path, **train) -> PretrainConfig:
     """16px embedded shapes, 64 images, batch 16: 4 steps an epoch, a second or two per run. Torch's thread
     count stays fixed (adapt_threads=False): tests compare runs bit for bit, whatever else the machine runs."""
-    defaults = dict(epochs=2, batch_size=16, output_dir=str(out), log_every_steps=1, progress=False,
-                    tensorboard=False, plots=False, precision="fp32", device="cpu", seed=3, adapt_threads=False)
+    defaults = dict(
+        epochs=2,
+        batch_size=16,
+        output_dir=str(out),
+        log_every_steps=1,
+        progress=False,
+        tensorboard=False,
+        plots=False,
+        precision="fp32",
+        device="cpu",
+        seed=3,
+        adapt_threads=False,
+    )
     defaults.update(train)
     return PretrainConfig(
         model=tiny_model_config(),

@@ -6,7 +6,6 @@ import torch
 
 from deepmim.config.loader import ConfigError
 from deepmim.models import DeepMIM, random_masking
-
 from tests.helpers.models import tiny_model_config
 
 
@@ -40,14 +39,17 @@ def test_targets_are_outside_state_dict_and_optimizer(tiny_cfg):
     assert sorted(model.decoders) == ["2", "4"]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda c: setattr(c, "mask_ratio", 1.0), "mask_ratio"),
-    (lambda c: setattr(c.heads[0], "block", 9), "outside 1..4"),
-    (lambda c: setattr(c.heads[1], "block", 2), "supervised once"),
-    (lambda c: setattr(c.heads[0], "decoder_heads", 3), "not divisible"),
-    (lambda c: setattr(c, "target", {"name": "pixels"}), "unknown target"),
-    (lambda c: setattr(c, "target", {"name": "pixel", "normpix": True}), "Did you mean 'norm_pix'"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: setattr(c, "mask_ratio", 1.0), "mask_ratio"),
+        (lambda c: setattr(c.heads[0], "block", 9), "outside 1..4"),
+        (lambda c: setattr(c.heads[1], "block", 2), "supervised once"),
+        (lambda c: setattr(c.heads[0], "decoder_heads", 3), "not divisible"),
+        (lambda c: setattr(c, "target", {"name": "pixels"}), "unknown target"),
+        (lambda c: setattr(c, "target", {"name": "pixel", "normpix": True}), "Did you mean 'norm_pix'"),
+    ],
+)
 def test_bad_model_configs_are_refused(tiny_cfg, mutate, message):
     mutate(tiny_cfg)
     with pytest.raises(ConfigError, match=message):

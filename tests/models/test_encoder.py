@@ -10,7 +10,8 @@ from deepmim.models import DeepMIM
 def test_encoder_state_dict_is_timm_vit_and_features_equal(tiny_cfg):
     model = DeepMIM(tiny_cfg).eval()
     vit = timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=0).eval()
+        img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=0
+    ).eval()
     ours = model.encoder.state_dict()
     theirs = vit.state_dict()
     assert sorted(ours) == sorted(theirs)

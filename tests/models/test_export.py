@@ -1,6 +1,7 @@
 """Exports carry their preprocessing: timm and transformers load what `deepmim export` writes with their own
 loaders, prepare images with their own preprocessing (timm's resolve_data_config + create_transform,
 transformers' AutoImageProcessor / pipeline) and give the outputs deepmim gives through its own."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,6 @@ from deepmim.models.loading import load_encoder
 from deepmim.models.presets import list_presets, preset_config
 from deepmim.tasks.export import export_checkpoint
 from deepmim.tasks.finetune import build_transforms, load_classifier
-
 from tests.helpers.export import MEAN, STD, printed_call, save_finetuned, save_pretrained
 
 
@@ -51,8 +51,12 @@ def test_timm_loads_the_encoder_with_its_preprocessing_and_gives_deepmims_featur
     with torch.no_grad():
         same_size = image(32, 32)  # no resize: the two pipelines give the same pixels
         torch.testing.assert_close(theirs(same_size), ours(as_tensor(same_size)), atol=1e-6, rtol=0)
-        torch.testing.assert_close(vit.forward_features(theirs(same_size)[None]),
-                                   encoder.forward_features(ours(as_tensor(same_size))[None]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            vit.forward_features(theirs(same_size)[None]),
+            encoder.forward_features(ours(as_tensor(same_size))[None]),
+            atol=1e-5,
+            rtol=0,
+        )
         # resized: PIL's bicubic (timm) against torch's antialiased bicubic (deepmim), a rounding apart
         big = image(45, 38)
         a = vit.forward_features(theirs(big)[None]).flatten()
@@ -97,7 +101,9 @@ def test_every_preset_exports_a_timm_folder_timm_rebuilds(tmp_path):
         with torch.device("meta"):
             vit = timm.create_model(f"local-dir:{folder}", pretrained=False)
             ours = MaskedViTEncoder(enc_cfg)
-        assert {k: v.shape for k, v in vit.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}, name
+        assert {k: v.shape for k, v in vit.state_dict().items()} == {
+            k: v.shape for k, v in ours.state_dict().items()
+        }, name
         assert vit.pretrained_cfg["input_size"] == (3, enc_cfg.img_size, enc_cfg.img_size)
         if enc_cfg.embed_dim > 192 or (enc_cfg.embed_dim == 192 and enc_cfg.patch_size == 4):
             continue  # ViT-S and up: shapes above; ViT-Ti at 32px: its 224px twin and the micro ones cover it

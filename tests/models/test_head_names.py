@@ -1,7 +1,6 @@
 """A head's string keys are made and parsed in one place."""
 
 from deepmim.models import DeepMIM
-
 from tests.helpers.models import tiny_model_config
 
 

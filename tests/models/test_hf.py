@@ -13,14 +13,17 @@ from deepmim.config.schema import EncoderConfig, HeadConfig, ModelConfig
 from deepmim.models import DeepMIM
 from deepmim.tasks.export import export_checkpoint
 
-
 transformers = pytest.importorskip("transformers")
 
 
 def mae_config(norm_pix=True, mask_ratio=0.75, in_chans=3, heads=(4,)) -> ModelConfig:
     enc = EncoderConfig(img_size=16, patch_size=4, in_chans=in_chans, embed_dim=32, depth=4, num_heads=2)
-    return ModelConfig(encoder=enc, mask_ratio=mask_ratio, target={"name": "pixel", "norm_pix": norm_pix},
-                       heads=[HeadConfig(block=b, decoder_dim=32, decoder_depth=2, decoder_heads=2) for b in heads])
+    return ModelConfig(
+        encoder=enc,
+        mask_ratio=mask_ratio,
+        target={"name": "pixel", "norm_pix": norm_pix},
+        heads=[HeadConfig(block=b, decoder_dim=32, decoder_depth=2, decoder_heads=2) for b in heads],
+    )
 
 
 def scrambled(model):
@@ -34,8 +37,9 @@ def scrambled(model):
 
 
 def save(model, path):
-    torch.save({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}, "task": "pretrain"},
-               path)
+    torch.save(
+        {"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}, "task": "pretrain"}, path
+    )
     return path
 
 
@@ -72,12 +76,19 @@ def test_folders_written_by_transformers_load_into_the_mae_preset(tmp_path):
     the same size, and into the model its config.json describes (the same numbers exactly)."""
     preset = create_model("mae_vit_micro_p4_32").cfg
     enc, head = preset.encoder, preset.heads[0]
-    hf_cfg = transformers.ViTMAEConfig(hidden_size=enc.embed_dim, num_hidden_layers=enc.depth,
-                                       num_attention_heads=enc.num_heads, intermediate_size=4 * enc.embed_dim,
-                                       image_size=enc.img_size, patch_size=enc.patch_size, decoder_hidden_size=head.decoder_dim,
-                                       decoder_num_hidden_layers=head.decoder_depth,
-                                       decoder_num_attention_heads=head.decoder_heads,
-                                       decoder_intermediate_size=4 * head.decoder_dim, norm_pix_loss=True)
+    hf_cfg = transformers.ViTMAEConfig(
+        hidden_size=enc.embed_dim,
+        num_hidden_layers=enc.depth,
+        num_attention_heads=enc.num_heads,
+        intermediate_size=4 * enc.embed_dim,
+        image_size=enc.img_size,
+        patch_size=enc.patch_size,
+        decoder_hidden_size=head.decoder_dim,
+        decoder_num_hidden_layers=head.decoder_depth,
+        decoder_num_attention_heads=head.decoder_heads,
+        decoder_intermediate_size=4 * head.decoder_dim,
+        norm_pix_loss=True,
+    )
     assert hf_cfg.layer_norm_eps == 1e-12
     torch.manual_seed(0)
     theirs = transformers.ViTMAEForPreTraining(hf_cfg).eval()
@@ -90,7 +101,9 @@ def test_folders_written_by_transformers_load_into_the_mae_preset(tmp_path):
         exact = own(images, noise=noise)
         into_preset = load_checkpoint(tmp_path / "released", create_model("mae_vit_micro_p4_32")).eval()
         approx = into_preset(images, noise=noise)
-    assert torch.allclose(exact.preds[6], hf.logits, atol=1e-5) and exact.loss.item() == pytest.approx(hf.loss.item(), rel=1e-5)
+    assert torch.allclose(exact.preds[6], hf.logits, atol=1e-5) and exact.loss.item() == pytest.approx(
+        hf.loss.item(), rel=1e-5
+    )
     assert approx.loss.item() == pytest.approx(hf.loss.item(), rel=1e-3)  # the preset's eps is 1e-6
 
 
@@ -98,12 +111,15 @@ def test_encoder_only_export_to_vitmodel(tmp_path):
     model = scrambled(DeepMIM(mae_config(heads=(2, 4))))  # a DeepMIM model: its encoder is what transfers
     path = save(model, tmp_path / "deepmim.pt")
     export_checkpoint(str(path), str(tmp_path / "vit"), fmt="hf-encoder")
-    vit, info = transformers.ViTModel.from_pretrained(tmp_path / "vit", add_pooling_layer=False, output_loading_info=True)
+    vit, info = transformers.ViTModel.from_pretrained(
+        tmp_path / "vit", add_pooling_layer=False, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(vit.eval()(pixel_values=images).last_hidden_state,
-                              model.encoder.forward_features(images), atol=1e-5)
+        assert torch.allclose(
+            vit.eval()(pixel_values=images).last_hidden_state, model.encoder.forward_features(images), atol=1e-5
+        )
     export_checkpoint(str(path), str(tmp_path / "vit32"), img_size=32, fmt="hf-encoder")
     vit32 = transformers.ViTModel.from_pretrained(tmp_path / "vit32", add_pooling_layer=False)
     assert vit32(pixel_values=torch.randn(1, 3, 32, 32)).last_hidden_state.shape == (1, 65, 32)
@@ -122,6 +138,7 @@ def test_export_preset_names_the_architecture_of_bare_weights(tmp_path):
         export_checkpoint(str(bare), str(tmp_path / "x.safetensors"))
     export_checkpoint(str(bare), str(tmp_path / "enc.safetensors"), preset="mae_vit_micro_p4_32", img_size=64)
     from safetensors.torch import load_file
+
     assert load_file(str(tmp_path / "enc.safetensors"))["pos_embed"].shape == (1, 257, 128)
     export_checkpoint(str(bare), str(tmp_path / "vit"), preset="mae_vit_micro_p4_32", fmt="hf-encoder")
     assert load_encoder(tmp_path / "vit").cfg.embed_dim == 128  # the folder reads back (config.json)

@@ -1,6 +1,7 @@
 """Hub-style persistence (save_pretrained / from_pretrained / push_to_hub through huggingface_hub's mixin),
 create_model as timm's (pretrained=PATH, keyword overrides) and the encoder's forward_intermediates against timm's.
 Nothing is downloaded or uploaded: the Hub client's network calls are replaced by local stand-ins."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,7 @@ from deepmim.models.classifier import ViTClassifier
 from deepmim.models.loading import load_encoder
 from deepmim.tasks.export import export_checkpoint
 from deepmim.tasks.finetune import load_classifier
-
 from tests.helpers.export import MEAN, STD, printed_call, save_finetuned, save_pretrained
-
 
 PRESET = "deepmim_pixel_vit_micro_p4_32"
 
@@ -98,8 +97,17 @@ def test_finetuned_classifier_saves_and_loads_with_classes_and_preprocessing(tmp
     assert data_cfg["mean"] == pytest.approx(MEAN) and data_cfg["std"] == pytest.approx(STD)
     assert data_cfg["crop_pct"] == 0.875 and data_cfg["input_size"] == (3, 32, 32)
     # the same weights load into timm's own model as they are
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2,
-                            num_classes=3, global_pool="avg", checkpoint_path=str(tmp_path / "hub" / "model.safetensors"))
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=3,
+        global_pool="avg",
+        checkpoint_path=str(tmp_path / "hub" / "model.safetensors"),
+    )
     with torch.no_grad():
         assert torch.equal(vit.eval()(x), model(x))
 
@@ -124,12 +132,17 @@ def test_forward_intermediates_equals_timms_on_the_exported_model(tmp_path):
     vit = eval(printed_call(export_checkpoint(str(ckpt), str(tmp_path / "timm"), fmt="timm")), {"timm": timm}).eval()
     encoder = load_encoder(ckpt).eval()
     x = torch.randn(2, 3, 32, 32)
-    cases = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "return_prefix_tokens": True, "output_fmt": "NLC"},
-             {"indices": [1], "stop_early": True, "intermediates_only": True},
-             {"output_dict": True, "return_prefix_tokens": True}]
+    cases = [
+        {},
+        {"indices": 2, "norm": True},
+        {"indices": [0, -1], "return_prefix_tokens": True, "output_fmt": "NLC"},
+        {"indices": [1], "stop_early": True, "intermediates_only": True},
+        {"output_dict": True, "return_prefix_tokens": True},
+    ]
     with torch.no_grad():
         for kwargs in cases:
-            torch.testing.assert_close(encoder.forward_intermediates(x, **kwargs), vit.forward_intermediates(x, **kwargs),
-                                       atol=0, rtol=0)
+            torch.testing.assert_close(
+                encoder.forward_intermediates(x, **kwargs), vit.forward_intermediates(x, **kwargs), atol=0, rtol=0
+            )
         final, maps = encoder.forward_intermediates(x, indices=3)
         assert [m.shape for m in maps] == [(2, 128, 8, 8)] * 3 and final.shape == (2, 65, 128)

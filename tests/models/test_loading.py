@@ -11,10 +11,10 @@ import torch
 
 from deepmim import create_model, load_checkpoint
 from deepmim.checkpoint import LAST, CheckpointError
-from deepmim.cli.main import main as cli_main, main
+from deepmim.cli.main import main
+from deepmim.cli.main import main as cli_main
 from deepmim.models import DeepMIM, load_weights
 from deepmim.targets import patchify
-
 from tests.helpers.cli import cli_error, single_line_cli_error
 from tests.helpers.models import AuthorsLayoutModel, tiny_model_config
 
@@ -60,8 +60,9 @@ def test_encoder_only_files_load_encoder_and_say_decoders_stay(tmp_path):
 
 
 def test_timm_vit_weights_load_into_encoder_and_drop_the_head():
-    vit = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=4,
-                                                           num_heads=2, num_classes=10).eval()
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10
+    ).eval()
     model = DeepMIM(tiny_model_config()).eval()
     with pytest.warns(UserWarning, match="dropped the classifier head"):
         load_weights(model, vit.state_dict())
@@ -115,6 +116,7 @@ def test_export_loads_in_timm_strict_with_equal_features(tmp_path):
 
 def _asdict(cfg):
     import dataclasses
+
     return dataclasses.asdict(cfg)
 
 
@@ -122,15 +124,19 @@ def test_load_encoder_needs_no_teacher_file_and_reads_released_layouts(tmp_path)
     from deepmim.models.loading import load_encoder
 
     teacher = DeepMIM(tiny_model_config())
-    torch.save({"task": "pretrain", "model": teacher.state_dict(), "config": {"model": _asdict(teacher.cfg)}},
-               tmp_path / "t.pt")
+    torch.save(
+        {"task": "pretrain", "model": teacher.state_dict(), "config": {"model": _asdict(teacher.cfg)}},
+        tmp_path / "t.pt",
+    )
     cfg = tiny_model_config()
     cfg.target = {"name": "teacher", "kind": "deepmim", "path": str(tmp_path / "t.pt")}
     student = DeepMIM(cfg)
-    torch.save({"task": "pretrain", "model": student.state_dict(), "config": {"model": _asdict(student.cfg)}},
-               tmp_path / "s.pt")
+    torch.save(
+        {"task": "pretrain", "model": student.state_dict(), "config": {"model": _asdict(student.cfg)}},
+        tmp_path / "s.pt",
+    )
     (tmp_path / "t.pt").unlink()  # the teacher is gone: the full model cannot be rebuilt ...
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="t.pt' does not exist"):
         load_checkpoint(tmp_path / "s.pt")
     encoder = load_encoder(tmp_path / "s.pt")  # ... its encoder still loads
     x = torch.randn(1, 3, 16, 16)
@@ -154,14 +160,30 @@ def test_malformed_safetensors_metadata_names_the_file(tmp_path, capsys, config)
     assert "Export the checkpoint again" in err
 
 
-@pytest.mark.parametrize("key,value", [("hidden_size", 10 ** 7), ("hidden_size", -128), ("hidden_size", "128"),
-                                       ("num_hidden_layers", 0), ("patch_size", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("hidden_size", 10**7),
+        ("hidden_size", -128),
+        ("hidden_size", "128"),
+        ("num_hidden_layers", 0),
+        ("patch_size", 0),
+    ],
+)
 def test_a_hugging_face_config_with_impossible_sizes_is_refused(tmp_path, capsys, key, value):
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       intermediate_size=128, image_size=16, patch_size=4, decoder_hidden_size=32,
-                                       decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                                       decoder_intermediate_size=128)
+    config = transformers.ViTMAEConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=16,
+        patch_size=4,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=128,
+    )
     folder = tmp_path / "hf"
     transformers.ViTMAEForPreTraining(config).save_pretrained(folder)
     raw = json.loads((folder / "config.json").read_text())
@@ -174,14 +196,25 @@ def test_a_hugging_face_config_with_impossible_sizes_is_refused(tmp_path, capsys
     assert len(err) == 1 and f"'{folder / 'config.json'}'" in err[0] and key.split("_")[0] in err[0]
     assert time.perf_counter() - start < 20 and not (tmp_path / "enc.safetensors").exists()
     from deepmim.models.loading import load_checkpoint
+
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(folder)
 
 
 @pytest.mark.slow
 def test_authors_released_layout_loads_into_deepmim_clip_vit_base_with_every_key_used():
-    ref = AuthorsLayoutModel(img=224, patch=16, dim=768, depth=12, heads=12, dec_dim=512, dec_depth=4, dec_heads=16,
-                             out_dim=512, taps=(6, 8, 10))
+    ref = AuthorsLayoutModel(
+        img=224,
+        patch=16,
+        dim=768,
+        depth=12,
+        heads=12,
+        dec_dim=512,
+        dec_depth=4,
+        dec_heads=16,
+        out_dim=512,
+        taps=(6, 8, 10),
+    )
     state = ref.state_dict()
     assert len([k for k in state if k.startswith("decoder_embed")]) == 8  # k = 1..4, weight + bias
     model = create_model("deepmim_clip_vit_base")

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from deepmim.models import DeepMIM, random_masking
-
 from tests.helpers.models import tiny_model_config
 
 
@@ -46,8 +45,9 @@ def test_token_rows_are_taken_with_the_values_and_gradients_of_maes_gather():
         theirs = torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, 8))
         assert ours.shape == (5, keep, 8) and torch.equal(ours, theirs)
         upstream = torch.randn(5, keep, 8, generator=gen)
-        assert torch.equal(torch.autograd.grad(ours, tokens, upstream)[0],
-                           torch.autograd.grad(theirs, tokens, upstream)[0])
+        assert torch.equal(
+            torch.autograd.grad(ours, tokens, upstream)[0], torch.autograd.grad(theirs, tokens, upstream)[0]
+        )
 
 
 def test_visible_patches_are_embedded_as_the_conv_embeds_them_with_the_same_gradients():

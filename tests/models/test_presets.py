@@ -42,8 +42,10 @@ def test_extra_blocks_scale_with_depth():
     assert [h.block for h in large.heads] == [12, 16, 20, 24]
 
 
-@pytest.mark.parametrize("name,img", [("deepmim_pixel_vit_micro_p4_32", 32), ("mae_vit_micro_p4_28", 28),
-                                      ("deepmim_pixel_vit_tiny_p4_32", 32)])
+@pytest.mark.parametrize(
+    "name,img",
+    [("deepmim_pixel_vit_micro_p4_32", 32), ("mae_vit_micro_p4_28", 28), ("deepmim_pixel_vit_tiny_p4_32", 32)],
+)
 def test_cpu_presets_run(name, img):
     model = create_model(name)
     assert model.encoder.cfg.patch_size == 4
@@ -57,9 +59,14 @@ def test_unknown_preset_suggests():
         create_model("deepmim_pixel_vit_bas")
 
 
-@pytest.mark.parametrize("name,blocks,dims", [("deepmim_clip_vit_base", [6, 8, 10, 12], 512),
-                                              ("mae_clip_vit_base", [12], 512),
-                                              ("deepmim_hog_vit_base", [6, 8, 10, 12], 108)])
+@pytest.mark.parametrize(
+    "name,blocks,dims",
+    [
+        ("deepmim_clip_vit_base", [6, 8, 10, 12], 512),
+        ("mae_clip_vit_base", [12], 512),
+        ("deepmim_hog_vit_base", [6, 8, 10, 12], 108),
+    ],
+)
 def test_paper_presets_build(name, blocks, dims):
     with torch.device("meta"):  # the structure only
         model = create_model(name)

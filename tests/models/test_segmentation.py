@@ -1,5 +1,6 @@
 """The UperNet ViT: pyramid strides and shapes, a backbone equal to the pretrained encoder, and its
 export to transformers with the same logits."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ from deepmim.models.presets import preset_config
 from deepmim.models.segmentation import UperNetViT, default_out_indices
 from deepmim.tasks.export import export_checkpoint
 from deepmim.tasks.segment import build_segmentor, load_segment_config, load_segmentor
-
 from tests.helpers.models import TINY_ENCODER_CONFIG, tiny_model_config
 
 
@@ -61,9 +61,10 @@ def test_upernet_export_gives_transformers_the_same_logits(tmp_path, rel_pos_bia
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["backbone_config"]["out_indices"] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("preset,depth,indices", [("mae_vit_small", 12, [3, 5, 7, 11]),
-                                                  ("mae_vit_base", 12, [3, 5, 7, 11]),
-                                                  ("mae_vit_large", 24, [7, 11, 15, 23])])
+@pytest.mark.parametrize(
+    "preset,depth,indices",
+    [("mae_vit_small", 12, [3, 5, 7, 11]), ("mae_vit_base", 12, [3, 5, 7, 11]), ("mae_vit_large", 24, [7, 11, 15, 23])],
+)
 def test_pyramid_has_strides_4_8_16_32_for_each_preset(preset, depth, indices):
     enc = preset_config(preset).encoder
     assert enc.depth == depth and default_out_indices(depth) == indices
@@ -87,8 +88,9 @@ def test_backbone_reproduces_the_pretrained_encoder(pretrained):
     """BEiT layout (q/v bias only, zero relative bias, layer scale 1) == our encoder's blocks."""
     source = DeepMIM(tiny_model_config())
     source.load_state_dict(torch.load(pretrained, weights_only=True)["model"])
-    seg, _ = build_segmentor(load_segment_config("upernet_demo", [f"model.checkpoint={pretrained}",
-                                                                  "model.drop_path=0"]).model, 11, 16)
+    seg, _ = build_segmentor(
+        load_segment_config("upernet_demo", [f"model.checkpoint={pretrained}", "model.drop_path=0"]).model, 11, 16
+    )
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         taps, _ = source.encoder.eval()(images, taps=[1, 2, 3, 4])

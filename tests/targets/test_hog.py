@@ -1,4 +1,5 @@
 """The HOG target against skimage, and in a model."""
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,7 @@ from deepmim.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from deepmim.models.presets import preset_config
 from deepmim.targets import build_target
 from deepmim.targets.hog import cell_histograms
-
 from tests.helpers.data import normalise
-
 
 try:  # test extra: pip install -e .[test]
     import skimage.feature as skimage_feature
@@ -32,8 +31,9 @@ def unnormalise(images, mean, std):
 
 def skimage_cells(channel: np.ndarray) -> np.ndarray:
     """skimage's HOG of one channel with MaskFeat's settings -> (cells_row, cells_col, 9)."""
-    out = skimage_feature.hog(channel, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(1, 1),
-                              block_norm="L2", feature_vector=True)
+    out = skimage_feature.hog(
+        channel, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(1, 1), block_norm="L2", feature_vector=True
+    )
     return out.reshape(channel.shape[0] // 8, channel.shape[1] // 8, 9)
 
 
@@ -63,8 +63,9 @@ def test_hog_single_patch_equals_skimage_on_that_patch():
 
 def ramp(angle_deg: float, size: int = 24) -> torch.Tensor:
     """Pixels whose gradient (d_row, d_col) points at `angle_deg` away from the border (cell 1, 1)."""
-    r, c = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                          indexing="ij")
+    r, c = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     a = math.radians(angle_deg)
     return (r * math.sin(a) + c * math.cos(a)).view(1, 1, size, size)
 
@@ -84,11 +85,14 @@ def test_hog_hard_bins_like_skimage_and_optional_linear_interpolation():
     torch.testing.assert_close(cell_histograms(images, interpolate=True).sum(-1), cell_histograms(images).sum(-1))
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({"name": "hog", "cell_size": 6}, "must divide the patch size"),
-    ({"name": "hog", "mean": [0.5]}, "one per channel"),
-    ({"name": "hog", "bins": 9}, "unknown config key"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"name": "hog", "cell_size": 6}, "must divide the patch size"),
+        ({"name": "hog", "mean": [0.5]}, "one per channel"),
+        ({"name": "hog", "bins": 9}, "unknown config key"),
+    ],
+)
 def test_hog_config_is_validated(spec, message):
     with pytest.raises(ConfigError, match=message):
         build_target(spec, patch_size=16, in_chans=3)

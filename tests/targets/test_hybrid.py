@@ -1,5 +1,6 @@
 """The hybrid target: the pixel target at alpha 1, the frozen model's reconstruction at alpha 0, one
 shared frozen model, mismatched and config-less frozen files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,6 @@ from deepmim import create_model
 from deepmim.config.loader import ConfigError, to_dict
 from deepmim.models import CheckpointError, DeepMIM
 from deepmim.targets import build_target
-
 from tests.helpers.models import perturb_, tiny_model_config
 
 
@@ -51,8 +51,7 @@ def test_hybrid_alpha_zero_is_the_frozen_reconstruction_under_the_students_mask(
     torch.testing.assert_close(hybrid(images, masking), reference.preds[4], rtol=1e-5, atol=1e-6)
     third = build_target({"name": "hybrid", "path": str(path), "alpha": 1 / 3}, 4, 3)
     pixels = build_target({"name": "pixel"}, 4, 3)(images, masking)
-    torch.testing.assert_close(third(images, masking), pixels / 3 + reference.preds[4] * 2 / 3,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(third(images, masking), pixels / 3 + reference.preds[4] * 2 / 3, rtol=1e-5, atol=1e-6)
     other = student_masking(torch.rand(2, 16))  # another mask, another reconstruction
     assert (hybrid(images, other) - reference.preds[4]).abs().max() > 1e-3
 
@@ -89,8 +88,9 @@ def test_hybrid_refuses_mismatched_frozen_models(frozen_path, tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         build_target({"name": "hybrid", "path": str(path), "alpha": 1.5}, 4, 3)
     cfg = dataclasses.replace(tiny_model_config(), target={"name": "hog", "cell_size": 4})
-    torch.save({"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": to_dict(cfg)}},
-               tmp_path / "hog.pt")
+    torch.save(
+        {"task": "pretrain", "model": DeepMIM(cfg).state_dict(), "config": {"model": to_dict(cfg)}}, tmp_path / "hog.pt"
+    )
     with pytest.raises(ConfigError, match="not pixels"):
         build_target({"name": "hybrid", "path": str(tmp_path / "hog.pt")}, 4, 3)
     torch.save({"model": frozen.state_dict()}, tmp_path / "noconfig.pt")
@@ -101,18 +101,25 @@ def test_hybrid_refuses_mismatched_frozen_models(frozen_path, tmp_path):
 def test_hybrid_reads_a_config_less_mae_checkpoint_with_a_preset(tmp_path):
     """MAE's released *_full.pth layout (decoder_embed, decoder_blocks, ...) plus `preset` naming the model."""
     mae = perturb_(create_model("mae_vit_micro_p4_32")).eval()
-    parts = {"embed": "decoder_embed", "blocks": "decoder_blocks", "norm": "decoder_norm", "pred": "decoder_pred",
-             "mask_token": "mask_token", "pos_embed": "decoder_pos_embed"}
+    parts = {
+        "embed": "decoder_embed",
+        "blocks": "decoder_blocks",
+        "norm": "decoder_norm",
+        "pred": "decoder_pred",
+        "mask_token": "mask_token",
+        "pos_embed": "decoder_pos_embed",
+    }
     state = {}
     for key, value in mae.state_dict().items():
         if key.startswith("encoder."):
-            state[key[len("encoder."):]] = value
+            state[key[len("encoder.") :]] = value
         else:  # decoders.6.<part>...
-            part, _, rest = key[len("decoders.6."):].partition(".")
+            part, _, rest = key[len("decoders.6.") :].partition(".")
             state[parts[part] + ("." + rest if rest else "")] = value
     torch.save({"model": state}, tmp_path / "mae_full.pth")
-    hybrid = build_target({"name": "hybrid", "path": str(tmp_path / "mae_full.pth"), "preset": "mae_vit_micro_p4_32"},
-                          4, 3)
+    hybrid = build_target(
+        {"name": "hybrid", "path": str(tmp_path / "mae_full.pth"), "preset": "mae_vit_micro_p4_32"}, 4, 3
+    )
     images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
     with torch.no_grad():
         reference = mae(images, noise=noise)

@@ -1,5 +1,6 @@
 """Teacher targets against their references (open_clip, timm, deepmim) with tiny random-weight files in
 the real formats; the authors' cosine loss; a bf16 teacher stored once and close to fp32."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,7 +20,6 @@ from deepmim.models.presets import preset_config
 from deepmim.targets import build_target
 from deepmim.targets.teacher import token_loss
 from deepmim.targets.teachers import CLIP_MEAN, CLIP_STD
-
 from tests.helpers.data import normalise
 from tests.helpers.models import AuthorsLayoutModel, perturb_, tiny_clip, tiny_model_config
 
@@ -48,16 +48,24 @@ def test_bf16_teacher_is_stored_once_and_its_loss_stays_close(tmp_path):
 
 def test_cosine_losses_equal_the_authors_definition(tmp_path):
     """Same images, mask and teacher: our per-head losses = the released model's 2 - 2cos."""
-    teacher = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=1,
-                                                               num_heads=2, num_classes=0).eval()
+    teacher = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=24, depth=1, num_heads=2, num_classes=0
+    ).eval()
     torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
-    target = {"name": "teacher", "kind": "timm", "path": str(tmp_path / "teacher.pth"),
-              "model": "vit_tiny_patch16_224",
-              "model_kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 1, "num_heads": 2},
-              "teacher_mean": [0.485, 0.456, 0.406], "teacher_std": [0.229, 0.224, 0.225]}
-    cfg = ModelConfig(encoder=EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2),
-                      heads=[HeadConfig(block=b, decoder_dim=32, decoder_depth=1, decoder_heads=2) for b in (2, 3, 4)],
-                      target=target)
+    target = {
+        "name": "teacher",
+        "kind": "timm",
+        "path": str(tmp_path / "teacher.pth"),
+        "model": "vit_tiny_patch16_224",
+        "model_kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 1, "num_heads": 2},
+        "teacher_mean": [0.485, 0.456, 0.406],
+        "teacher_std": [0.229, 0.224, 0.225],
+    }
+    cfg = ModelConfig(
+        encoder=EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2),
+        heads=[HeadConfig(block=b, decoder_dim=32, decoder_depth=1, decoder_heads=2) for b in (2, 3, 4)],
+        target=target,
+    )
     ref = AuthorsLayoutModel(taps=(2, 3), out_dim=24).eval()
     model = DeepMIM(cfg).eval()
     load_weights(model, {"model": ref.state_dict()})
@@ -101,7 +109,7 @@ def test_openai_clip_teacher_equals_open_clip_tokens(tmp_path, quickgelu_clip, l
     if layout == "wrapped":
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
     elif layout == "bare_visual":
-        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+        state = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     torch.save(state, tmp_path / "clip.pt")
     target = build_target({"name": "teacher", "kind": "openai_clip", "path": str(tmp_path / "clip.pt")}, 4, 3)
     assert target.dim == 48
@@ -118,8 +126,7 @@ def test_open_clip_teacher_gelu_and_head_count(tmp_path):
     pixels = torch.rand(2, 3, 16, 16)
     images = normalise(pixels, IMAGENET_MEAN, IMAGENET_STD)
     spec = {"name": "teacher", "kind": "open_clip", "path": str(tmp_path / "oc.pt"), "num_heads": 4}
-    torch.testing.assert_close(build_target(spec, 4, 3)(images, None), clip_tokens(clip, pixels),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(build_target(spec, 4, 3)(images, None), clip_tokens(clip, pixels), rtol=1e-4, atol=1e-5)
     wrong_heads = build_target({**spec, "num_heads": None}, 4, 3)(images, None)  # width // 64 = 2 heads
     assert (wrong_heads - clip_tokens(clip, pixels)).abs().max() > 1e-3
 
@@ -132,8 +139,9 @@ def test_teacher_sees_its_own_normalisation_whatever_the_students(tmp_path, quic
     imagenet = build_target(base, 4, 3)
     other = build_target({**base, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, 4, 3)
     direct = imagenet.net(normalise(pixels, CLIP_MEAN, CLIP_STD))  # CLIP-normalised pixels fed directly
-    torch.testing.assert_close(imagenet(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), direct,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        imagenet(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), direct, rtol=1e-4, atol=1e-5
+    )
     torch.testing.assert_close(other(normalise(pixels, [0.5] * 3, [0.25] * 3), None), direct, rtol=1e-4, atol=1e-5)
 
 
@@ -171,24 +179,32 @@ TINY_TIMM = {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_
 
 
 def save_tiny_timm(path, **kwargs):
-    vit = perturb_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10,
-                                     **{**TINY_TIMM, **kwargs}).eval())
+    vit = perturb_(
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **{**TINY_TIMM, **kwargs}).eval()
+    )
     torch.save({"model": vit.state_dict()}, path)  # classifier included: the teacher drops it
     return vit
 
 
 def test_timm_teacher_equals_forward_features_patch_tokens(tmp_path):
     vit = save_tiny_timm(tmp_path / "vit.pt", reg_tokens=2)
-    spec = {"name": "teacher", "kind": "timm", "path": str(tmp_path / "vit.pt"), "model": "vit_tiny_patch16_224",
-            "model_kwargs": {**TINY_TIMM, "reg_tokens": 2}, "loss": "mse"}
+    spec = {
+        "name": "teacher",
+        "kind": "timm",
+        "path": str(tmp_path / "vit.pt"),
+        "model": "vit_tiny_patch16_224",
+        "model_kwargs": {**TINY_TIMM, "reg_tokens": 2},
+        "loss": "mse",
+    }
     target = build_target(spec, 4, 3)
     assert target.dim == 32 and vit.num_prefix_tokens == 3
     pixels = torch.rand(2, 3, 32, 32)
     timm_mean, timm_std = vit.pretrained_cfg["mean"], vit.pretrained_cfg["std"]  # the teacher's default
     with torch.no_grad():
         expected = vit.forward_features(normalise(pixels, timm_mean, timm_std))[:, 3:]
-    torch.testing.assert_close(target(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), expected,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        target(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_teacher_without_a_patch_grid_is_refused(tmp_path):
@@ -197,12 +213,15 @@ def test_teacher_without_a_patch_grid_is_refused(tmp_path):
         build_target({"name": "teacher", "kind": "timm", "path": str(tmp_path / "r.pt"), "model": "test_resnet"}, 4, 3)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({"kind": "clip", "path": "x.pt"}, "kind must be one of"),
-    ({"kind": "timm"}, "set `path`"),
-    ({"kind": "timm", "path": "x.pt"}, "needs `model`"),
-    ({"kind": "openai_clip", "path": "/nonexistent.pt"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"kind": "clip", "path": "x.pt"}, "kind must be one of"),
+        ({"kind": "timm"}, "set `path`"),
+        ({"kind": "timm", "path": "x.pt"}, "needs `model`"),
+        ({"kind": "openai_clip", "path": "/nonexistent.pt"}, "does not exist"),
+    ],
+)
 def test_teacher_config_errors(spec, message):
     with pytest.raises((ConfigError, CheckpointError), match=message):
         build_target({"name": "teacher", **spec}, 4, 3)
@@ -211,8 +230,18 @@ def test_teacher_config_errors(spec, message):
 def test_teacher_loss_must_be_known(tmp_path):
     save_tiny_timm(tmp_path / "vit.pt")
     with pytest.raises(ConfigError, match="loss must be one of"):
-        build_target({"name": "teacher", "kind": "timm", "path": str(tmp_path / "vit.pt"),
-                      "model": "vit_tiny_patch16_224", "model_kwargs": TINY_TIMM, "loss": "l2"}, 4, 3)
+        build_target(
+            {
+                "name": "teacher",
+                "kind": "timm",
+                "path": str(tmp_path / "vit.pt"),
+                "model": "vit_tiny_patch16_224",
+                "model_kwargs": TINY_TIMM,
+                "loss": "l2",
+            },
+            4,
+            3,
+        )
 
 
 DATA_MEAN, DATA_STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
@@ -220,16 +249,22 @@ DATA_MEAN, DATA_STD = [0.3, 0.4, 0.5], [0.2, 0.25, 0.3]
 
 def test_deepmim_teacher_equals_encoder_forward_features(tmp_path, tiny_cfg):
     model = perturb_(DeepMIM(tiny_cfg)).eval()
-    torch.save({"task": "pretrain", "model": model.state_dict(),
-                "config": {"model": to_dict(tiny_cfg), "data": {"mean": DATA_MEAN, "std": DATA_STD}}},
-               tmp_path / "last.pt")
+    torch.save(
+        {
+            "task": "pretrain",
+            "model": model.state_dict(),
+            "config": {"model": to_dict(tiny_cfg), "data": {"mean": DATA_MEAN, "std": DATA_STD}},
+        },
+        tmp_path / "last.pt",
+    )
     target = build_target({"name": "teacher", "kind": "deepmim", "path": str(tmp_path / "last.pt")}, 4, 3)
     assert target.dim == 32
     pixels = torch.rand(2, 3, 16, 16)
     with torch.no_grad():  # the teacher is fed the way it was trained: its own data mean/std
         expected = model.encoder.forward_features(normalise(pixels, DATA_MEAN, DATA_STD))[:, 1:]
-    torch.testing.assert_close(target(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), expected,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        target(normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), None), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("layout", ["exported_safetensors", "mae"])
@@ -239,7 +274,7 @@ def test_deepmim_teacher_from_encoder_only_files(tmp_path, tiny_cfg, layout):
     if layout == "exported_safetensors":  # num_heads comes from the export's metadata
         spec["path"] = str(export_encoder(model, tmp_path / "encoder.safetensors"))
     else:  # MAE's pre-training checkpoint: bare encoder keys next to decoder_* keys
-        state = {k[len("encoder."):]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+        state = {k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
         state.update({"mask_token": torch.zeros(1, 1, 8), "decoder_pred.weight": torch.zeros(48, 8)})
         torch.save({"model": state}, tmp_path / "mae.pth")
         spec.update(path=str(tmp_path / "mae.pth"), num_heads=2)
@@ -252,8 +287,13 @@ def test_deepmim_teacher_from_encoder_only_files(tmp_path, tiny_cfg, layout):
 def teacher_model(tmp_path):
     save_tiny_timm(tmp_path / "vit.pt")
     cfg = preset_config("deepmim_pixel_vit_micro_p4_32")
-    cfg.target = {"name": "teacher", "kind": "timm", "path": str(tmp_path / "vit.pt"),
-                  "model": "vit_tiny_patch16_224", "model_kwargs": TINY_TIMM}
+    cfg.target = {
+        "name": "teacher",
+        "kind": "timm",
+        "path": str(tmp_path / "vit.pt"),
+        "model": "vit_tiny_patch16_224",
+        "model_kwargs": TINY_TIMM,
+    }
     return create_model(cfg)
 
 
@@ -277,8 +317,17 @@ def test_teacher_stays_out_of_the_model_and_gets_no_grad(tmp_path):
 
 def test_teacher_runs_in_the_callers_autocast(tmp_path):
     save_tiny_timm(tmp_path / "vit.pt")
-    target = build_target({"name": "teacher", "kind": "timm", "path": str(tmp_path / "vit.pt"),
-                           "model": "vit_tiny_patch16_224", "model_kwargs": TINY_TIMM}, 4, 3)
+    target = build_target(
+        {
+            "name": "teacher",
+            "kind": "timm",
+            "path": str(tmp_path / "vit.pt"),
+            "model": "vit_tiny_patch16_224",
+            "model_kwargs": TINY_TIMM,
+        },
+        4,
+        3,
+    )
     images = torch.randn(1, 3, 32, 32)
     full = target(images, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):

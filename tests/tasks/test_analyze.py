@@ -1,5 +1,6 @@
 """`deepmim analyze`: the data shorthand, epoch checkpoints, the end-to-end report and its rendering in
 Chromium, and its probe numbers equal to those of `probe-layers` and `knn`."""
+
 from __future__ import annotations
 
 import base64
@@ -26,9 +27,7 @@ from deepmim.config.schema import (
     TrainConfig,
 )
 from deepmim.tasks.analyze import data_overrides, epoch_checkpoints, load_analyze_config, run_analyze
-
 from tests.helpers.models import tiny_model_config
-
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -59,19 +58,37 @@ def test_epoch_checkpoints_named_by_epochs_trained(tmp_path):
 def tiny_run(out: Path, heads) -> Path:
     from deepmim.tasks.pretrain import run_pretrain
 
-    cfg = PretrainConfig(model=tiny_model_config(heads=heads),
-                         data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
-                         optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-                         train=TrainConfig(epochs=2, batch_size=16, output_dir=str(out), log_every_steps=1,
-                                           progress=False, tensorboard=False, plots=False, precision="fp32",
-                                           device="cpu", seed=3, save_every_epochs=1))
+    cfg = PretrainConfig(
+        model=tiny_model_config(heads=heads),
+        data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
+        optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
+        train=TrainConfig(
+            epochs=2,
+            batch_size=16,
+            output_dir=str(out),
+            log_every_steps=1,
+            progress=False,
+            tensorboard=False,
+            plots=False,
+            precision="fp32",
+            device="cpu",
+            seed=3,
+            save_every_epochs=1,
+        ),
+    )
     run_pretrain(cfg)
     return out / "checkpoint-last.pt"
 
 
 def probe_args(tmp_path):
-    return [f"features.cache_dir={tmp_path / 'cache'}", "data.img_size=16", "features.progress=false",
-            "probe.epochs=5", "probe.batch_size=16", "knn.k=5"]
+    return [
+        f"features.cache_dir={tmp_path / 'cache'}",
+        "data.img_size=16",
+        "features.progress=false",
+        "probe.epochs=5",
+        "probe.batch_size=16",
+        "knn.k=5",
+    ]
 
 
 def common(tmp_path):
@@ -117,15 +134,24 @@ def test_analyze_end_to_end(analyzed):
     # every number is in the CSV
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     measures = {r["measure"] for r in rows}
-    assert {"linear_top1", "knn_top1", "attention_distance_px", "cka", "cka_between", "reconstruction_masked_mse",
-            "train_loss_block2", "convergence_linear_top1", "convergence_knn_top1"} <= measures
+    assert {
+        "linear_top1",
+        "knn_top1",
+        "attention_distance_px",
+        "cka",
+        "cka_between",
+        "reconstruction_masked_mse",
+        "train_loss_block2",
+        "convergence_linear_top1",
+        "convergence_knn_top1",
+    } <= measures
     assert sum(r["measure"] == "attention_distance_px" for r in rows) == 2 * 4 * 2
     # the report embeds every figure, each a PNG that is also on disk
     html = (out / "report.html").read_text()
     imgs = embedded_images(html)
     files = [f["file"] for f in result["figures"]]
-    assert len(imgs) == len(files) >= 11 and "src=\"http" not in html
-    for (alt, data), file in zip(imgs, files):
+    assert len(imgs) == len(files) >= 11 and 'src="http' not in html
+    for (_alt, data), file in zip(imgs, files):
         raw = base64.b64decode(data)
         assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw == (out / file).read_bytes()
     for section in ("probe", "attention", "cka", "reconstruction", "loss", "convergence"):
@@ -147,16 +173,21 @@ def test_analyze_probe_numbers_equal_probe_layers_and_knn(analyzed, capsys):
 def test_different_depths_side_by_side(tmp_path, capsys):
     paths = []
     for depth in (4, 3):
-        cfg = ModelConfig(encoder=EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=depth, num_heads=2),
-                          heads=[HeadConfig(block=depth, decoder_dim=32, decoder_depth=1, decoder_heads=2)])
+        cfg = ModelConfig(
+            encoder=EncoderConfig(img_size=16, patch_size=4, embed_dim=32, depth=depth, num_heads=2),
+            heads=[HeadConfig(block=depth, decoder_dim=32, decoder_depth=1, decoder_heads=2)],
+        )
         model = create_model(cfg)
         path = tmp_path / f"d{depth}" / "model.pt"
         path.parent.mkdir()
-        torch.save({"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}},
-                   path)
+        torch.save(
+            {"task": "pretrain", "model": model.state_dict(), "config": {"model": dataclasses.asdict(model.cfg)}}, path
+        )
         paths.append(str(path))
-    cfg = load_analyze_config(None, ["data.num_samples=20", *common(tmp_path),
-                                     "analysis.measures=[attention,cka,reconstruction,loss,convergence]"])
+    cfg = load_analyze_config(
+        None,
+        ["data.num_samples=20", *common(tmp_path), "analysis.measures=[attention,cka,reconstruction,loss,convergence]"],
+    )
     result = run_analyze(paths, cfg, str(tmp_path / "out"))
     assert [len(a["per_head"]) for a in result["attention"].values()] == [4, 3]
     pair = result["cka"]["between"]["d4/model.pt vs d3/model.pt"]
@@ -185,15 +216,23 @@ def test_report_renders_in_headless_chromium(analyzed, tmp_path):
 
     _, _, _, out = analyzed
     n_figures = len(json.loads((out / "analysis.json").read_text())["figures"])
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     url = (out / "report.html").resolve().as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
     # the page's own check: every <img> complete with a non-zero natural width once loaded
     assert f'data-images="ok {n_figures}"' in dom
     shot = tmp_path / "report.png"
-    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        flags + [f"--screenshot={shot}", "--window-size=1200,2400", url], capture_output=True, timeout=120, check=True
+    )
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (2400, 1200)
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # text, plots: not blank

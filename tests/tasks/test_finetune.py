@@ -17,17 +17,30 @@ from deepmim.tasks.finetune import (
     run_evaluate,
     run_finetune,
 )
-
 from tests.helpers.models import save_tiny_pretrained
 from tests.helpers.runs import assert_same_weights, final_weights, rows
 
 
 def tiny_finetune(pretrained, out, *extra):
-    return load_finetune_config("finetune_demo", [
-        f"model.checkpoint={pretrained}", "data.img_size=16", "data.num_samples=160", "data.num_workers=0",
-        "train.batch_size=32", "train.epochs=3", f"train.output_dir={out}", "train.progress=false",
-        "train.tensorboard=false", "train.device=cpu", "train.precision=fp32", "train.log_every_steps=1",
-        "optim.base_lr=2e-3", *extra])
+    return load_finetune_config(
+        "finetune_demo",
+        [
+            f"model.checkpoint={pretrained}",
+            "data.img_size=16",
+            "data.num_samples=160",
+            "data.num_workers=0",
+            "train.batch_size=32",
+            "train.epochs=3",
+            f"train.output_dir={out}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "train.device=cpu",
+            "train.precision=fp32",
+            "train.log_every_steps=1",
+            "optim.base_lr=2e-3",
+            *extra,
+        ],
+    )
 
 
 def test_layer_decay_scales_follow_the_formula(pretrained):
@@ -51,6 +64,7 @@ def test_layer_decay_scales_follow_the_formula(pretrained):
 
 def test_mixup_targets_sum_to_one():
     from timm.data import Mixup
+
     mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
     images, labels = torch.randn(8, 3, 16, 16), torch.arange(8)
     _, targets = mixup(images, labels)
@@ -59,19 +73,36 @@ def test_mixup_targets_sum_to_one():
 
 
 def test_finetune_learns_resumes_exactly_and_evaluates(pretrained, tmp_path):
-    result = run_finetune(tiny_finetune(pretrained, tmp_path / "full", "augment.mixup=0", "augment.cutmix=0",
-                                        "train.ema_decay=0.9"))
+    result = run_finetune(
+        tiny_finetune(pretrained, tmp_path / "full", "augment.mixup=0", "augment.cutmix=0", "train.ema_decay=0.9")
+    )
     assert result.finished and result.step == 15
-    rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["type"] == "eval"]
     assert len(evals) == 3 and {"top1", "top5", "loss", "ema_top1", "best_top1"} <= set(evals[0])
     losses = [r["loss"] for r in rows if r["type"] == "train"]
     assert sum(losses[-3:]) < sum(losses[:3])
     # stop after 7 steps, resume: identical weights (EMA included) to the uninterrupted run
-    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "augment.mixup=0", "augment.cutmix=0",
-                               "train.ema_decay=0.9", "train.max_steps=7"))
-    run_finetune(tiny_finetune(pretrained, tmp_path / "part", "augment.mixup=0", "augment.cutmix=0",
-                               "train.ema_decay=0.9", "train.resume=auto"))
+    run_finetune(
+        tiny_finetune(
+            pretrained,
+            tmp_path / "part",
+            "augment.mixup=0",
+            "augment.cutmix=0",
+            "train.ema_decay=0.9",
+            "train.max_steps=7",
+        )
+    )
+    run_finetune(
+        tiny_finetune(
+            pretrained,
+            tmp_path / "part",
+            "augment.mixup=0",
+            "augment.cutmix=0",
+            "train.ema_decay=0.9",
+            "train.resume=auto",
+        )
+    )
     full = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     part = torch.load(tmp_path / "part" / "checkpoint-last.pt", weights_only=True)
     for key in full["model"]:
@@ -113,21 +144,31 @@ def test_odd_batch_with_mixup_is_refused(pretrained, tmp_path):
 
 def test_finetuned_model_exports_to_timm_with_equal_logits(pretrained, tmp_path):
     import timm
+
     from deepmim.cli.main import main
 
     run_finetune(tiny_finetune(pretrained, tmp_path / "ft", "train.epochs=1", "train.max_steps=2"))
     out = tmp_path / "classifier.safetensors"
     assert main(["export", str(tmp_path / "ft" / "checkpoint-last.pt"), "--out", str(out)]) == 0
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2,
-                            num_classes=10, global_pool="avg", checkpoint_path=str(out)).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=16,
+        patch_size=4,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
+        num_classes=10,
+        global_pool="avg",
+        checkpoint_path=str(out),
+    ).eval()
     model, _ = load_classifier(tmp_path / "ft" / "checkpoint-last.pt")
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(vit(x), model(x))
 
 
 def _broken_image_folder(root: Path) -> Path:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("val", 4)):
@@ -149,11 +190,26 @@ def test_a_mixup_finetune_over_broken_images_finishes_and_resumes_exactly(tmp_pa
     pretrained = save_tiny_pretrained(tmp_path / "pre.pt")
 
     def cfg(out, *extra):  # 27 files (3 unreadable), batches of 6 with Mixup and CutMix: 4 steps an epoch
-        return load_finetune_config("finetune_demo", [
-            f"model.checkpoint={pretrained}", "data.name=imagefolder", f"data.path={data}", "data.img_size=16",
-            "data.num_workers=0", "train.batch_size=6", "train.epochs=2", f"train.output_dir={out}",
-            "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
-            "train.log_every_steps=3", "augment.auto_augment=null", *extra])
+        return load_finetune_config(
+            "finetune_demo",
+            [
+                f"model.checkpoint={pretrained}",
+                "data.name=imagefolder",
+                f"data.path={data}",
+                "data.img_size=16",
+                "data.num_workers=0",
+                "train.batch_size=6",
+                "train.epochs=2",
+                f"train.output_dir={out}",
+                "train.progress=false",
+                "train.tensorboard=false",
+                "train.device=cpu",
+                "train.precision=fp32",
+                "train.log_every_steps=3",
+                "augment.auto_augment=null",
+                *extra,
+            ],
+        )
 
     full = run_finetune(cfg(tmp_path / "full"))
     assert full.finished and full.step == 8
@@ -164,21 +220,33 @@ def test_a_mixup_finetune_over_broken_images_finishes_and_resumes_exactly(tmp_pa
     assert resumed.finished and resumed.start_step == 3
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"))
     assert rows(tmp_path / "part", "epoch") == epochs
-    assert [r["loss"] for r in rows(tmp_path / "part", "train")] == [r["loss"] for r in rows(tmp_path / "full", "train")]
+    assert [r["loss"] for r in rows(tmp_path / "part", "train")] == [
+        r["loss"] for r in rows(tmp_path / "full", "train")
+    ]
 
 
 def test_a_one_class_finetune_is_refused(tmp_path):
     from PIL import Image
+
     from deepmim.tasks.finetune import load_finetune_config, run_finetune
 
     for split in ("train", "val"):
         (tmp_path / "data" / split / "only").mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "data" / split / "only" / f"{i}.png")
-    cfg = load_finetune_config("finetune_demo", [
-        f"model.checkpoint={save_tiny_pretrained(tmp_path / 'pre.pt')}", "data.name=imagefolder",
-        f"data.path={tmp_path / 'data'}", "data.img_size=16", "data.num_workers=0", "train.batch_size=2",
-        f"train.output_dir={tmp_path / 'run'}", "train.device=cpu"])
+    cfg = load_finetune_config(
+        "finetune_demo",
+        [
+            f"model.checkpoint={save_tiny_pretrained(tmp_path / 'pre.pt')}",
+            "data.name=imagefolder",
+            f"data.path={tmp_path / 'data'}",
+            "data.img_size=16",
+            "data.num_workers=0",
+            "train.batch_size=2",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.device=cpu",
+        ],
+    )
     with pytest.raises(ConfigError, match=r"1 class \(only\).*100% top-1"):
         run_finetune(cfg)
     assert not (tmp_path / "run").exists()

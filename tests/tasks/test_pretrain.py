@@ -7,19 +7,27 @@ import pytest
 import torch
 
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
-
 from tests.helpers.models import tiny_clip
 
-
-CPU = ["data.num_samples=192", "train.batch_size=32", "train.epochs=3", "data.num_workers=0",
-       "train.progress=false", "train.tensorboard=false", "train.plots=false", "train.log_every_steps=1",
-       "train.device=cpu", "train.precision=fp32", "optim.warmup_epochs=0.5"]
+CPU = [
+    "data.num_samples=192",
+    "train.batch_size=32",
+    "train.epochs=3",
+    "data.num_workers=0",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.plots=false",
+    "train.log_every_steps=1",
+    "train.device=cpu",
+    "train.precision=fp32",
+    "optim.warmup_epochs=0.5",
+]
 
 
 def _train(recipe, out: Path, *extra):
     cfg = load_pretrain_config(recipe, CPU + [f"train.output_dir={out}", *extra])
     run_pretrain(cfg)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["type"] == "train"]
 
 
@@ -57,8 +65,20 @@ def test_hybrid_recipe_trains_against_frozen_mae(tmp_path, mae_checkpoint):
 
 def test_teacher_recipe_without_path_stops_before_work(tmp_path):
     from deepmim.cli.main import main
-    assert main(["pretrain", "--config", "deepmim_clip_vit_base", f"train.output_dir={tmp_path}",
-                 "data.name=embedded", "data.num_samples=64"]) == 2
+
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                "deepmim_clip_vit_base",
+                f"train.output_dir={tmp_path}",
+                "data.name=embedded",
+                "data.num_samples=64",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -69,12 +89,25 @@ def test_deepmim_clip_recipe_trains_with_an_openai_layout_clip_file(tmp_path):
     torch.manual_seed(0)
     clip = tiny_clip(quick_gelu=True)  # 16px, patch 4, 48-d projected tokens
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
-    shrink = ["model.encoder.img_size=16", "model.encoder.patch_size=4", "model.encoder.embed_dim=32",
-              "model.encoder.depth=4", "model.encoder.num_heads=2", "data.name=embedded", "data.img_size=16",
-              "data.path=null", f"model.target.path={tmp_path / 'clip.pt'}", "model.target.dim=48"]
+    shrink = [
+        "model.encoder.img_size=16",
+        "model.encoder.patch_size=4",
+        "model.encoder.embed_dim=32",
+        "model.encoder.depth=4",
+        "model.encoder.num_heads=2",
+        "data.name=embedded",
+        "data.img_size=16",
+        "data.path=null",
+        f"model.target.path={tmp_path / 'clip.pt'}",
+        "model.target.dim=48",
+    ]
     for i in range(4):
-        shrink += [f"model.heads.{i}.block={i + 1}", f"model.heads.{i}.decoder_dim=32",
-                   f"model.heads.{i}.decoder_depth=1", f"model.heads.{i}.decoder_heads=2"]
+        shrink += [
+            f"model.heads.{i}.block={i + 1}",
+            f"model.heads.{i}.decoder_dim=32",
+            f"model.heads.{i}.decoder_depth=1",
+            f"model.heads.{i}.decoder_heads=2",
+        ]
     rows = _train("deepmim_clip_vit_base", tmp_path / "run", *shrink, "optim.base_lr=3e-3")
     _assert_falls(rows)
     assert {f"loss_block{b}" for b in (1, 2, 3, 4)} <= set(rows[0])

@@ -1,5 +1,6 @@
 """`deepmim probe-layers`, `knn` and `linprobe` from the CLI: end-to-end runs, clear errors, strict JSON
 results, a known answer on raw Fashion-MNIST pixels and the untrained encoder a run started from."""
+
 from __future__ import annotations
 
 import csv
@@ -13,14 +14,18 @@ from deepmim import create_model
 from deepmim.analysis.probes import train_linear_probe
 from deepmim.cli.main import main
 from deepmim.config.schema import FeatureConfig, LinearProbeConfig
-
 from tests.helpers.data import save_checkpoint_with_data, tiny_data
 from tests.helpers.runs import strict_load
 
 
 def _common(tmp_path):  # tiny_ckpt records no training data: the command is told which
-    return [f"features.cache_dir={tmp_path / 'cache'}", "data.name=embedded", "data.img_size=16",
-            "data.num_samples=40", "features.progress=false"]
+    return [
+        f"features.cache_dir={tmp_path / 'cache'}",
+        "data.name=embedded",
+        "data.img_size=16",
+        "data.num_samples=40",
+        "features.progress=false",
+    ]
 
 
 def test_cli_probe_layers_end_to_end(tiny_ckpt, tmp_path, capsys):
@@ -28,8 +33,18 @@ def test_cli_probe_layers_end_to_end(tiny_ckpt, tmp_path, capsys):
     other.parent.mkdir()
     other.write_bytes(tiny_ckpt.read_bytes())
     out = tmp_path / "layers"
-    rc = main(["probe-layers", str(tiny_ckpt), str(other), "--out", str(out), "probe.epochs=2",
-               "probe.batch_size=16", *_common(tmp_path)])
+    rc = main(
+        [
+            "probe-layers",
+            str(tiny_ckpt),
+            str(other),
+            "--out",
+            str(out),
+            "probe.epochs=2",
+            "probe.batch_size=16",
+            *_common(tmp_path),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "block" in text and "b/tiny.pt" in text
@@ -41,16 +56,18 @@ def test_cli_probe_layers_end_to_end(tiny_ckpt, tmp_path, capsys):
     assert len(rows) == 8 and all(0.0 <= float(r["top1"]) <= 1.0 for r in rows)
     assert (out / "layers.png").stat().st_size > 1000
     # --blocks picks a subset
-    rc = main(["probe-layers", str(tiny_ckpt), "--blocks", "2,4", "--out", str(out), "probe.epochs=1",
-               *_common(tmp_path)])
+    rc = main(
+        ["probe-layers", str(tiny_ckpt), "--blocks", "2,4", "--out", str(out), "probe.epochs=1", *_common(tmp_path)]
+    )
     assert rc == 0
     assert set(json.loads((out / "layers.json").read_text())["results"]["tiny.pt"]) == {"2", "4"}
     assert "features.blocks" not in capsys.readouterr().err
 
 
 def test_cli_knn_end_to_end(tiny_ckpt, tmp_path, capsys):
-    rc = main(["knn", str(tiny_ckpt), "knn.k=5", "knn.temperature=0.1", "--out", str(tmp_path / "k"),
-               *_common(tmp_path)])
+    rc = main(
+        ["knn", str(tiny_ckpt), "knn.k=5", "knn.temperature=0.1", "--out", str(tmp_path / "k"), *_common(tmp_path)]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "block 4: top-1" in text and "top-5" in text
@@ -69,8 +86,19 @@ def test_cli_clear_errors(tiny_ckpt, tmp_path, capsys):
 @pytest.mark.parametrize("augment", [True, False])
 def test_cli_linprobe_end_to_end(tiny_ckpt, tmp_path, capsys, augment):
     out = tmp_path / "lp"
-    rc = main(["linprobe", str(tiny_ckpt), "--out", str(out), f"augment={str(augment).lower()}", "probe.epochs=2",
-               "probe.warmup_epochs=1", "probe.batch_size=16", *_common(tmp_path)])
+    rc = main(
+        [
+            "linprobe",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            f"augment={str(augment).lower()}",
+            "probe.epochs=2",
+            "probe.warmup_epochs=1",
+            "probe.batch_size=16",
+            *_common(tmp_path),
+        ]
+    )
     assert rc == 0
     assert ("augmented" if augment else "cached features") in capsys.readouterr().out
     report = json.loads((out / "linprobe.json").read_text())
@@ -84,8 +112,11 @@ def test_linprobe_augmented_is_deterministic(tiny_ckpt, tmp_path):
     from deepmim.config.schema import LinprobeConfig
     from deepmim.tasks.linprobe import run_linprobe
 
-    cfg = LinprobeConfig(data=tiny_data(40), features=FeatureConfig(cache_dir=None, progress=False),
-                         probe=LinearProbeConfig(epochs=3, warmup_epochs=1, batch_size=16))
+    cfg = LinprobeConfig(
+        data=tiny_data(40),
+        features=FeatureConfig(cache_dir=None, progress=False),
+        probe=LinearProbeConfig(epochs=3, warmup_epochs=1, batch_size=16),
+    )
     a = run_linprobe(str(tiny_ckpt), cfg, str(tmp_path / "a"))
     b = run_linprobe(str(tiny_ckpt), cfg, str(tmp_path / "b"))
     assert a["top1"] == b["top1"] and a["train_loss"] == b["train_loss"]
@@ -97,8 +128,12 @@ def test_config_less_file_needs_a_preset(tmp_path, capsys):
     model = create_model("mae_vit_micro_p4_32")
     path = tmp_path / "mae.pth"
     torch.save({"model": model.state_dict()}, path)
-    common = [f"features.cache_dir={tmp_path / 'cache'}", "data.name=embedded", "data.num_samples=20",
-              "features.progress=false"]
+    common = [
+        f"features.cache_dir={tmp_path / 'cache'}",
+        "data.name=embedded",
+        "data.num_samples=20",
+        "features.progress=false",
+    ]
     assert main(["knn", str(path), "knn.k=3", *common]) == 2
     assert "preset" in capsys.readouterr().err
     assert main(["knn", str(path), "knn.k=3", "features.preset=mae_vit_micro_p4_32", *common]) == 0
@@ -133,10 +168,25 @@ def test_probe_layers_vs_random_probes_the_untrained_encoder_the_run_started_fro
     from deepmim.models.encoder import MaskedViTEncoder
 
     out = tmp_path / "probe"
-    assert main(["probe-layers", str(tiny_ckpt), "--vs-random", "--out", str(out), "data.name=embedded",
-                 "data.num_samples=64",
-                 "data.img_size=16", "probe.epochs=2", "probe.batch_size=16", "features.cache_dir=",
-                 "features.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "probe-layers",
+                str(tiny_ckpt),
+                "--vs-random",
+                "--out",
+                str(out),
+                "data.name=embedded",
+                "data.num_samples=64",
+                "data.img_size=16",
+                "probe.epochs=2",
+                "probe.batch_size=16",
+                "features.cache_dir=",
+                "features.progress=false",
+            ]
+        )
+        == 0
+    )
     ckpt = read_checkpoint(tiny_ckpt)
     torch.manual_seed(int(ckpt.config.get("train", {}).get("seed", 0)))
     expected = MaskedViTEncoder(ckpt.model_config().encoder).state_dict()
@@ -154,11 +204,26 @@ def test_probe_layers_vs_random_probes_the_untrained_encoder_the_run_started_fro
 def test_probe_results_are_strict_json(tmp_path):
     from deepmim.config.schema import DataConfig
 
-    ckpt = save_checkpoint_with_data(tmp_path / "pre" / "checkpoint-last.pt",
-                                     DataConfig(name="embedded", img_size=16, num_samples=20))
+    ckpt = save_checkpoint_with_data(
+        tmp_path / "pre" / "checkpoint-last.pt", DataConfig(name="embedded", img_size=16, num_samples=20)
+    )
     quiet = [f"features.cache_dir={tmp_path / 'cache'}", "features.progress=false"]
     assert main(["knn", str(ckpt), "knn.k=3", "--out", str(tmp_path / "k"), *quiet]) == 0
-    assert main(["probe-layers", str(ckpt), "--blocks", "4", "probe.epochs=1", "probe.batch_size=8",
-                 "--out", str(tmp_path / "pl"), *quiet]) == 0
+    assert (
+        main(
+            [
+                "probe-layers",
+                str(ckpt),
+                "--blocks",
+                "4",
+                "probe.epochs=1",
+                "probe.batch_size=8",
+                "--out",
+                str(tmp_path / "pl"),
+                *quiet,
+            ]
+        )
+        == 0
+    )
     for path in (tmp_path / "k" / "knn.json", tmp_path / "pl" / "layers.json"):
         strict_load(Path(path).read_text())

@@ -19,7 +19,6 @@ from deepmim.cli.main import main
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.tasks.run_folder import LOCK_FILE, OutputDirError, RunLock
 from deepmim.training.loop import Trainer
-
 from tests.helpers.cli import cli_error, traceback_free_cli_error
 from tests.helpers.runs import TINY, tiny_pretrain_config
 
@@ -80,8 +79,11 @@ def test_an_output_folder_deleted_mid_run_is_named(tmp_path, capsys, monkeypatch
 def test_a_fresh_run_refuses_a_folder_with_a_run_and_overwrite_moves_it_aside(tmp_path):
     run_pretrain(tiny_pretrain_config(tmp_path, epochs=1))
     before = {name: (tmp_path / name).read_bytes() for name in (LAST, "metrics.jsonl", "config.yaml")}
-    with pytest.raises(OutputDirError, match=r"already holds a run \(checkpoint-last\.pt.*train\.resume=auto.*"
-                                             r"train\.overwrite=true"):
+    with pytest.raises(
+        OutputDirError,
+        match=r"already holds a run \(checkpoint-last\.pt.*train\.resume=auto.*"
+        r"train\.overwrite=true",
+    ):
         run_pretrain(tiny_pretrain_config(tmp_path, epochs=1, seed=5))
     assert {name: (tmp_path / name).read_bytes() for name in before} == before  # not a byte changed
     run_pretrain(tiny_pretrain_config(tmp_path, epochs=1, seed=5, overwrite=True))
@@ -94,12 +96,18 @@ def test_a_fresh_run_refuses_a_folder_with_a_run_and_overwrite_moves_it_aside(tm
 def test_two_runs_cannot_both_write_a_folder_and_a_killed_holder_leaves_a_stale_lock(tmp_path):
     """Another process holds the folder (and has forked a child, as a DataLoader does): a run is refused with
     the holder's pid; once the holder is SIGKILLed its lock is stale, though the child lives on."""
-    code = (f"import os, sys, time; from pathlib import Path; from deepmim.tasks.run_folder import RunLock; "
-            f"RunLock.acquire(Path({str(tmp_path)!r})); child = os.fork()\n"
-            f"if child == 0: time.sleep(60); os._exit(0)\n"
-            f"print('locked', child, flush=True); time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        f"import os, sys, time; from pathlib import Path; from deepmim.tasks.run_folder import RunLock; "
+        f"RunLock.acquire(Path({str(tmp_path)!r})); child = os.fork()\n"
+        f"if child == 0: time.sleep(60); os._exit(0)\n"
+        f"print('locked', child, flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     child = None
     try:
         word, child = holder.stdout.readline().split()

@@ -1,5 +1,6 @@
 """`deepmim segment`: layer decay, sliding-window inference, the ADE20K recipe, exact resume, the CLI's
 scores and colour predictions, strict JSON summaries, a tiny model that overfits, and two processes."""
+
 from __future__ import annotations
 
 import json
@@ -23,20 +24,39 @@ from deepmim.tasks.segment import (
     run_segment_train,
     slide_logits,
 )
-
 from tests.helpers.models import TINY_ENCODER_CONFIG, save_tiny_pretrained
 from tests.helpers.runs import strict_load
 
 
 def tiny_segment(pretrained, out, *extra):
     """The demo recipe shrunk: 16px embedded shapes, the tiny pre-trained encoder, no augmentation noise."""
-    return load_segment_config("upernet_demo", [
-        f"model.checkpoint={pretrained}", "model.channels=16", "model.aux_channels=8", "data.img_size=16",
-        "data.scale=[16,16]", "data.crop_size=16", "data.num_samples=8", "data.val_samples=8",
-        "data.num_workers=0", "eval.crop_size=16", "eval.stride=11", "train.batch_size=4",
-        "train.iterations=4", "train.eval_every=2", "optim.warmup_iters=1", f"train.output_dir={out}",
-        "train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32",
-        "train.log_every_steps=1", *extra])
+    return load_segment_config(
+        "upernet_demo",
+        [
+            f"model.checkpoint={pretrained}",
+            "model.channels=16",
+            "model.aux_channels=8",
+            "data.img_size=16",
+            "data.scale=[16,16]",
+            "data.crop_size=16",
+            "data.num_samples=8",
+            "data.val_samples=8",
+            "data.num_workers=0",
+            "eval.crop_size=16",
+            "eval.stride=11",
+            "train.batch_size=4",
+            "train.iterations=4",
+            "train.eval_every=2",
+            "optim.warmup_iters=1",
+            f"train.output_dir={out}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "train.device=cpu",
+            "train.precision=fp32",
+            "train.log_every_steps=1",
+            *extra,
+        ],
+    )
 
 
 def test_layer_decay_puts_heads_last_and_embeddings_first(pretrained):
@@ -47,13 +67,15 @@ def test_layer_decay_puts_heads_last_and_embeddings_first(pretrained):
     d = cfg.optim.layer_decay
     assert scale["decode_head.classifier.weight"] == scale["neck.up4.0.weight"] == pytest.approx(1.0)
     assert scale["backbone.vit.blocks.3.attn.qkv.weight"] == pytest.approx(d)
-    assert scale["backbone.vit.blocks.0.attn.qkv.weight"] == pytest.approx(d ** 4)
-    assert scale["backbone.vit.pos_embed"] == pytest.approx(d ** 5)
+    assert scale["backbone.vit.blocks.0.attn.qkv.weight"] == pytest.approx(d**4)
+    assert scale["backbone.vit.pos_embed"] == pytest.approx(d**5)
 
 
 @pytest.mark.parametrize("rel_pos_bias", [True, False])
 def test_sliding_window_equals_whole_image_when_the_crop_covers_it(rel_pos_bias):
-    model = UperNetViT(TINY_ENCODER_CONFIG, 5, 16, [0, 1, 2, 3], channels=16, aux_channels=8, rel_pos_bias=rel_pos_bias).eval()
+    model = UperNetViT(
+        TINY_ENCODER_CONFIG, 5, 16, [0, 1, 2, 3], channels=16, aux_channels=8, rel_pos_bias=rel_pos_bias
+    ).eval()
     image = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         whole = model(image)
@@ -119,17 +141,49 @@ def test_training_resumes_exactly_and_eval_reproduces_its_scores(pretrained, tmp
 
 def test_cli_segment_eval_prints_scores_and_saves_colour_predictions(pretrained, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["segment", "train", "--config", "upernet_demo", f"model.checkpoint={pretrained}", "model.channels=16",
-            "model.aux_channels=8", "data.img_size=16", "data.scale=[16,16]", "data.crop_size=16",
-            "data.num_samples=8", "data.val_samples=3", "data.num_workers=0", "eval.crop_size=16",
-            "train.batch_size=4", "train.iterations=2", "train.eval_every=2", "optim.warmup_iters=1",
-            f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-            "train.precision=fp32"]
+    args = [
+        "segment",
+        "train",
+        "--config",
+        "upernet_demo",
+        f"model.checkpoint={pretrained}",
+        "model.channels=16",
+        "model.aux_channels=8",
+        "data.img_size=16",
+        "data.scale=[16,16]",
+        "data.crop_size=16",
+        "data.num_samples=8",
+        "data.val_samples=3",
+        "data.num_workers=0",
+        "eval.crop_size=16",
+        "train.batch_size=4",
+        "train.iterations=2",
+        "train.eval_every=2",
+        "optim.warmup_iters=1",
+        f"train.output_dir={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.device=cpu",
+        "train.precision=fp32",
+    ]
     assert main(args) == 0
     assert "mIoU" in capsys.readouterr().out
     preds, scores = tmp_path / "preds", tmp_path / "scores.json"
-    assert main(["segment", "eval", str(out / "checkpoint-last.pt"), "eval.flip=true",
-                 "--save-predictions", str(preds), "--out", str(scores)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "eval",
+                str(out / "checkpoint-last.pt"),
+                "eval.flip=true",
+                "--save-predictions",
+                str(preds),
+                "--out",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "background" in printed and "aAcc" in printed
     assert sorted(p.name for p in preds.iterdir()) == ["val_00000.png", "val_00001.png", "val_00002.png"]
@@ -141,10 +195,23 @@ def test_cli_segment_eval_prints_scores_and_saves_colour_predictions(pretrained,
 def test_tiny_model_overfits_a_few_embedded_images(pretrained, tmp_path):
     """4 images, no augmentation noise, validation on the training images themselves (~7 s;
     it reached 98.3 mIoU when written)."""
-    cfg = tiny_segment(pretrained, tmp_path, "data.num_samples=4", "data.val_split=train", "train.iterations=80",
-                       "train.eval_every=80", "data.ratio_range=[1.0,1.0]", "data.photometric=false",
-                       "data.hflip=false", "model.drop_path=0", "model.dropout=0", "optim.lr=2e-3",
-                       "optim.warmup_iters=10", "optim.layer_decay=1.0", "model.channels=32")
+    cfg = tiny_segment(
+        pretrained,
+        tmp_path,
+        "data.num_samples=4",
+        "data.val_split=train",
+        "train.iterations=80",
+        "train.eval_every=80",
+        "data.ratio_range=[1.0,1.0]",
+        "data.photometric=false",
+        "data.hflip=false",
+        "model.drop_path=0",
+        "model.dropout=0",
+        "optim.lr=2e-3",
+        "optim.warmup_iters=10",
+        "optim.layer_decay=1.0",
+        "model.channels=32",
+    )
     _, scores = run_segment_train(cfg)
     assert scores["mIoU"] > 90 and scores["aAcc"] > 95, scores
 
@@ -159,18 +226,42 @@ def test_two_processes_train_and_count_every_validation_pixel_once(pretrained, t
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    common = ["segment", "train", "--config", "upernet_demo", f"model.checkpoint={pretrained}", "model.channels=16",
-              "model.aux_channels=8", "data.img_size=16", "data.scale=[16,16]", "data.crop_size=16",
-              "data.num_samples=8", "data.val_samples=5", "data.num_workers=0", "eval.crop_size=16",
-              "train.batch_size=2", "train.iterations=2", "train.eval_every=2", "optim.warmup_iters=1",
-              f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-              "train.precision=fp32"]
+    common = [
+        "segment",
+        "train",
+        "--config",
+        "upernet_demo",
+        f"model.checkpoint={pretrained}",
+        "model.channels=16",
+        "model.aux_channels=8",
+        "data.img_size=16",
+        "data.scale=[16,16]",
+        "data.crop_size=16",
+        "data.num_samples=8",
+        "data.val_samples=5",
+        "data.num_workers=0",
+        "eval.crop_size=16",
+        "train.batch_size=2",
+        "train.iterations=2",
+        "train.eval_every=2",
+        "optim.warmup_iters=1",
+        f"train.output_dir={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.device=cpu",
+        "train.precision=fp32",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deepmim"]
     done = subprocess.run(torchrun + common, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     trained = json.loads((out / "eval.json").read_text())
-    done = subprocess.run(torchrun + ["segment", "eval", str(out / "checkpoint-last.pt"), "--out",
-                                      str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        torchrun + ["segment", "eval", str(out / "checkpoint-last.pt"), "--out", str(tmp_path / "two.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["segment", "eval", str(out / "checkpoint-last.pt"), "--out", str(tmp_path / "one.json")]) == 0
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
@@ -182,12 +273,36 @@ def test_two_processes_train_and_count_every_validation_pixel_once(pretrained, t
 def test_segmentation_summary_tables_and_json(tmp_path, capsys):
     pretrained = save_tiny_pretrained(tmp_path / "pre.pt")
     out = tmp_path / "run"
-    assert main(["segment", "train", "--config", "upernet_demo", f"model.checkpoint={pretrained}", "model.channels=16",
-                 "model.aux_channels=8", "data.img_size=16", "data.scale=[16,16]", "data.crop_size=16",
-                 "data.num_samples=8", "data.val_samples=2", "data.num_workers=0", "eval.crop_size=16",
-                 "train.batch_size=4", "train.iterations=4", "train.eval_every=2", "optim.warmup_iters=50",
-                 f"train.output_dir={out}", "train.progress=false", "train.tensorboard=false", "train.device=cpu",
-                 "train.precision=fp32"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "train",
+                "--config",
+                "upernet_demo",
+                f"model.checkpoint={pretrained}",
+                "model.channels=16",
+                "model.aux_channels=8",
+                "data.img_size=16",
+                "data.scale=[16,16]",
+                "data.crop_size=16",
+                "data.num_samples=8",
+                "data.val_samples=2",
+                "data.num_workers=0",
+                "eval.crop_size=16",
+                "train.batch_size=4",
+                "train.iterations=4",
+                "train.eval_every=2",
+                "optim.warmup_iters=50",
+                f"train.output_dir={out}",
+                "train.progress=false",
+                "train.tensorboard=false",
+                "train.device=cpu",
+                "train.precision=fp32",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "  steps   4 iterations, validation every 2; batch 4 per process" in captured.err
     assert "50 warm-up iteration(s)" in captured.err

@@ -6,7 +6,6 @@ import torch
 from deepmim.models import DeepMIM
 from deepmim.training.compile import COMPILE_MIN_STEPS, compile_blocks, should_compile
 from deepmim.training.parallel import transformer_blocks
-
 from tests.helpers.models import tiny_model_config
 
 
@@ -15,7 +14,7 @@ def test_compile_rule(monkeypatch):
 
     real = compile_mod.has_cpp_compiler
     monkeypatch.setattr(compile_mod, "has_cpp_compiler", lambda: True)
-    assert should_compile(True, 1) and not should_compile(False, 10 ** 6)
+    assert should_compile(True, 1) and not should_compile(False, 10**6)
     for device, steps in COMPILE_MIN_STEPS.items():
         assert not should_compile("auto", steps - 1, device) and should_compile("auto", steps, device)
     assert COMPILE_MIN_STEPS["cpu"] > 640 * 10  # the demo (640 steps) stays eager, by a wide margin
@@ -27,7 +26,7 @@ def test_compile_rule(monkeypatch):
     monkeypatch.setattr(compile_mod, "has_cpp_compiler", real)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build
-    assert not real() and not should_compile("auto", 10 ** 6, "cuda")
+    assert not real() and not should_compile("auto", 10**6, "cuda")
 
 
 @pytest.mark.slow

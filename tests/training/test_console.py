@@ -1,10 +1,10 @@
 """--quiet and --verbose set the level of deepmim's loggers."""
+
 from __future__ import annotations
 
 import logging
 
 from deepmim.cli.main import main
-
 from tests.helpers.export import save_pretrained
 
 

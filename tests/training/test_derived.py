@@ -1,5 +1,6 @@
 """Values derived from the config (target normalisation, effective batch and lr, warm-up in steps, the
 image size trained) come from one place: the Python API, the CLI and --print-config agree."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,7 @@ from deepmim.config.loader import dump_yaml
 from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, PretrainTrainConfig
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.derived import derive
-
 from tests.helpers.models import tiny_model_config
-
 
 GREY_ISH = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}  # not ImageNet's
 
@@ -26,10 +25,21 @@ def recipe(output_dir: Path) -> PretrainConfig:
     model = tiny_model_config()
     model.target = {"name": "hog", "cell_size": 4}
     return PretrainConfig(
-        model=model, data=DataConfig(name="embedded", num_samples=32, img_size=16, num_workers=0, **GREY_ISH),
+        model=model,
+        data=DataConfig(name="embedded", num_samples=32, img_size=16, num_workers=0, **GREY_ISH),
         optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-        train=PretrainTrainConfig(epochs=2, batch_size=8, device="cpu", precision="fp32", output_dir=str(output_dir),
-                                  progress=False, loggers=["jsonl"], plots=False, log_every_steps=2))
+        train=PretrainTrainConfig(
+            epochs=2,
+            batch_size=8,
+            device="cpu",
+            precision="fp32",
+            output_dir=str(output_dir),
+            progress=False,
+            loggers=["jsonl"],
+            plots=False,
+            log_every_steps=2,
+        ),
+    )
 
 
 def last_loss(run: Path) -> float:
@@ -85,7 +95,12 @@ def test_the_trainer_runs_on_the_derived_values(tmp_path):
             return 10
 
     import torch
-    trainer = Trainer(TrainModel(torch.nn.Linear(2, 2)), TrainData(Loader()),
-                      TaskSpec("pretrain", train, cfg.optim, None), Env(torch.device("cpu"), "fp32", world_size=1))
+
+    trainer = Trainer(
+        TrainModel(torch.nn.Linear(2, 2)),
+        TrainData(Loader()),
+        TaskSpec("pretrain", train, cfg.optim, None),
+        Env(torch.device("cpu"), "fp32", world_size=1),
+    )
     assert trainer.derived == derive(train, cfg.optim, 1, steps_per_epoch=5)
     assert (trainer.total_steps, trainer.warmup_steps, trainer.peak_lr) == (10, 5, 1e-3 * 16 / 256)

@@ -8,9 +8,7 @@ import torch
 
 from deepmim.config.schema import TrainConfig
 from deepmim.tasks.pretrain import run_pretrain
-
 from tests.helpers.runs import tiny_pretrain_config
-
 
 FROZEN_RANK = """
 import os, sys, time, torch
@@ -37,10 +35,23 @@ def test_a_frozen_rank_ends_the_others_after_train_dist_timeout(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, "-c", FROZEN_RANK], env={**env, "RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FROZEN_RANK],
+            env={**env, "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     try:
         out, err = procs[0].communicate(timeout=60)
         seconds, timed_out, message = out.split(" ", 2)

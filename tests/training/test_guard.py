@@ -12,7 +12,6 @@ from deepmim.config.loader import ConfigError
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.training.guard import DivergenceError
 from deepmim.training.loop import Trainer
-
 from tests.helpers.runs import tiny_pretrain_config
 
 
@@ -26,8 +25,11 @@ def test_the_last_step_of_a_run_is_checked_before_its_checkpoint_is_written(tmp_
     run_pretrain(tiny_pretrain_config(tmp_path, epochs=3, max_steps=4, log_every_steps=2))
     before = (tmp_path / LAST).read_bytes()
     wrecked = with_lr(tiny_pretrain_config(tmp_path, epochs=3, max_steps=5, resume="auto", log_every_steps=2), 20.0)
-    with pytest.raises(DivergenceError, match=r"times its running average.*from the final weights of step 5.*"
-                                              rf"last good checkpoint is {re.escape(str(tmp_path / LAST))} \(step 4\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"times its running average.*from the final weights of step 5.*"
+        rf"last good checkpoint is {re.escape(str(tmp_path / LAST))} \(step 4\)",
+    ):
         run_pretrain(wrecked)
     assert (tmp_path / LAST).read_bytes() == before  # step 5's weights never reached the disk
     result = run_pretrain(tiny_pretrain_config(tmp_path, epochs=3, max_steps=5, resume="auto", log_every_steps=2))
@@ -52,8 +54,11 @@ def _explode_after_step(monkeypatch, step: int, scale: float = 1e5):
 def test_a_finite_loss_step_that_explodes_the_weights_never_reaches_checkpoint_last(tmp_path, monkeypatch):
     _explode_after_step(monkeypatch, 6)
     cfg = tiny_pretrain_config(tmp_path, epochs=3, save_every_steps=1, log_every_steps=100)
-    with pytest.raises(DivergenceError, match=r"weights' norm grew .* between step 5 and step 6.*the last good "
-                                              rf"checkpoint is {re.escape(str(tmp_path / LAST))} \(step 5\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"weights' norm grew .* between step 5 and step 6.*the last good "
+        rf"checkpoint is {re.escape(str(tmp_path / LAST))} \(step 5\)",
+    ):
         run_pretrain(cfg)
     last, prev = (torch.load(tmp_path / name, weights_only=True) for name in (LAST, PREV))
     assert (last["step"], prev["step"]) == (5, 4)
@@ -75,8 +80,11 @@ def test_a_loss_spike_keeps_the_state_it_came_from_off_the_disk(tmp_path, monkey
 
     monkeypatch.setattr(pretrain_task, "pretrain_loss", spiking_loss)
     cfg = tiny_pretrain_config(tmp_path, epochs=3, save_every_steps=2)
-    with pytest.raises(DivergenceError, match=r"times its running average.*at step 5.*last good checkpoint is "
-                                              r".*checkpoint-last\.pt \(step 2\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"times its running average.*at step 5.*last good checkpoint is "
+        r".*checkpoint-last\.pt \(step 2\)",
+    ):
         run_pretrain(cfg)
     assert torch.load(tmp_path / LAST, weights_only=True)["step"] == 2  # the state of step 4 was never written
 

@@ -9,10 +9,8 @@ import pytest
 
 from deepmim.config.schema import DataConfig, FeatureConfig
 from deepmim.tasks.pretrain import run_pretrain
-
 from tests.helpers.models import save_tiny_pretrained
 from tests.helpers.runs import tiny_pretrain_config
-
 
 FAULTS_SCRIPT = """
 import resource, sys, torch
@@ -43,8 +41,7 @@ def test_freed_host_memory_is_reused_so_steps_stop_page_faulting():
     threshold settles); tuned, warm steps fault >10x less."""
     faults = {}
     for mode in ("default", "reuse"):
-        run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         lines = run.stdout.split("\n")
         faults[mode] = ([int(n) for n in lines[1:9]], lines[0])

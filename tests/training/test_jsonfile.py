@@ -1,4 +1,5 @@
 """Results files are strict JSON: undefined numbers are written as null."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import torch
 
 from deepmim.analysis.segmentation_metrics import confusion_matrix, segmentation_scores
 from deepmim.training.jsonfile import dumps
-
 from tests.helpers.runs import strict_load
 
 

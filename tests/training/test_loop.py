@@ -1,5 +1,6 @@
 """The Trainer: seeds, exact resume (mid-epoch, after a kill, across epochs), outputs, logs and plots,
 broken images counted, epochs numbered from 1, and resumes that refuse or explain."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,8 @@ from deepmim.config.schema import DataConfig, OptimConfig
 from deepmim.models import DeepMIM, load_checkpoint
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.env import Env
-from deepmim.training.loop import TaskSpec, TrainData, TrainModel, Trainer, describe_position
+from deepmim.training.loop import TaskSpec, TrainData, Trainer, TrainModel, describe_position
 from deepmim.training.optim import build_adamw
-
 from tests.helpers.cli import cli_error
 from tests.helpers.models import tiny_model_config
 from tests.helpers.runs import TINY, assert_same_weights, copy_run, final_weights, rows, tiny_pretrain_config
@@ -32,8 +32,10 @@ from tests.helpers.runs import TINY, assert_same_weights, copy_run, final_weight
 def test_files_rows_and_messages_count_epochs_from_one(tmp_path, capsys):
     cfg = tiny_pretrain_config(tmp_path, epochs=2, save_every_epochs=1)  # 4 steps an epoch
     run_pretrain(cfg)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-epoch*")) == ["checkpoint-epoch0001.pt",
-                                                                           "checkpoint-epoch0002.pt"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-epoch*")) == [
+        "checkpoint-epoch0001.pt",
+        "checkpoint-epoch0002.pt",
+    ]
     assert read_checkpoint(tmp_path / "checkpoint-epoch0001.pt").raw["step"] == 4  # after the first epoch
     assert sorted(epoch_checkpoints(tmp_path)) == [1, 2]
     assert [r["epoch"] for r in rows(tmp_path, "epoch")] == [1, 2]
@@ -70,10 +72,23 @@ def test_a_loader_that_runs_dry_mid_epoch_stops_instead_of_repeating_the_epoch(t
         out = model(batch[0]).pow(2).mean()
         return out, {}
 
-    train = TrainConfig(epochs=2, batch_size=2, output_dir=str(tmp_path), progress=False, tensorboard=False,
-                        plots=False, log_every_steps=1, device="cpu", precision="fp32")
-    trainer = Trainer(TrainModel(torch.nn.Linear(3, 3)), TrainData(ShortLoader()),
-                      TaskSpec("pretrain", train, OptimConfig(warmup_epochs=0), loss), Env(torch.device("cpu"), "fp32"))
+    train = TrainConfig(
+        epochs=2,
+        batch_size=2,
+        output_dir=str(tmp_path),
+        progress=False,
+        tensorboard=False,
+        plots=False,
+        log_every_steps=1,
+        device="cpu",
+        precision="fp32",
+    )
+    trainer = Trainer(
+        TrainModel(torch.nn.Linear(3, 3)),
+        TrainData(ShortLoader()),
+        TaskSpec("pretrain", train, OptimConfig(warmup_epochs=0), loss),
+        Env(torch.device("cpu"), "fp32"),
+    )
     with pytest.raises(ValueError, match=r"the data ran out after 2 of the 4 steps of epoch 0"):
         trainer.fit()
     assert trainer.step == 2
@@ -90,8 +105,10 @@ def test_final_line_and_plots_written_on_resume(tmp_path, capsys):
     epoch_mean = [r for r in rows if r["type"] == "epoch"][-1]["loss"]
     logged = [r for r in rows if r["type"] == "train"][-1]
     assert logged["step"] == 8 and logged["loss"] != epoch_mean
-    assert (f"pretrain finished: 8 steps, mean loss of the last epoch {epoch_mean:.4f}, last logged loss "
-            f"{logged['loss']:.4f} (step 8), checkpoint ") in last
+    assert (
+        f"pretrain finished: 8 steps, mean loss of the last epoch {epoch_mean:.4f}, last logged loss "
+        f"{logged['loss']:.4f} (step 8), checkpoint "
+    ) in last
     for name in ("loss.png", "reconstruction.png"):  # as if killed before the plots were drawn
         (tmp_path / "run" / name).unlink()
     assert main(["pretrain", "--config", str(recipe), "train.resume=auto"]) == 0
@@ -106,8 +123,15 @@ def test_final_line_and_plots_written_on_resume(tmp_path, capsys):
 
 def test_resuming_another_architecture_names_the_config_keys_that_differ(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
-    err = cli_error(capsys, "pretrain", *TINY, f"train.output_dir={run}", "train.resume=auto",
-                    "model.encoder.embed_dim=64", "model.encoder.num_heads=4")
+    err = cli_error(
+        capsys,
+        "pretrain",
+        *TINY,
+        f"train.output_dir={run}",
+        "train.resume=auto",
+        "model.encoder.embed_dim=64",
+        "model.encoder.num_heads=4",
+    )
     assert "holds another model than this run builds" in err and "model.encoder.embed_dim: 128 -> 64" in err
     assert len(err) < 700  # not a wall of shape mismatches
 
@@ -129,8 +153,9 @@ def test_epoch_means_after_a_mid_epoch_resume_are_those_of_the_uninterrupted_run
     assert torch.load(tmp_path / "part" / LAST, weights_only=True)["step"] == 2
     run_pretrain(tiny_pretrain_config(tmp_path / "part", resume="auto", **common))
     for kind in ("epoch", "train"):  # the log window open at the kill is carried too
-        assert [{k: v for k, v in r.items() if k != "img_per_s"} for r in rows(tmp_path / "part", kind)] == \
-            [{k: v for k, v in r.items() if k != "img_per_s"} for r in rows(tmp_path / "full", kind)]
+        assert [{k: v for k, v in r.items() if k != "img_per_s"} for r in rows(tmp_path / "part", kind)] == [
+            {k: v for k, v in r.items() if k != "img_per_s"} for r in rows(tmp_path / "full", kind)
+        ]
 
 
 def test_resuming_a_finished_run_says_so_honestly(finished_run, tmp_path, capsys):
@@ -139,8 +164,9 @@ def test_resuming_a_finished_run_says_so_honestly(finished_run, tmp_path, capsys
     assert main(["pretrain", *TINY, f"train.output_dir={run}", "train.resume=auto"]) == 0
     captured = capsys.readouterr()
     last = captured.out.strip().splitlines()[-1]
-    assert last.startswith("pretrain: nothing trained, the run had already reached step 8, mean loss of the last "
-                           "epoch ")
+    assert last.startswith(
+        "pretrain: nothing trained, the run had already reached step 8, mean loss of the last epoch "
+    )
     assert "nan" not in last and "None" not in last and str(run / LAST) in last
     assert "holds the finished run (8 steps, all 2 epochs)" in captured.err
     assert (run / "metrics.jsonl").read_text() == metrics_before
@@ -160,33 +186,52 @@ def test_stop_and_resume_mid_epoch_equals_uninterrupted(tmp_path, precision):
     full = tmp_path / "full"
     run_pretrain(tiny_pretrain_config(full, epochs=3, accum_steps=2, batch_size=8, precision=precision))
     part = tmp_path / "part"
-    first = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, max_steps=5,
-                                              precision=precision))
+    first = run_pretrain(
+        tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, max_steps=5, precision=precision)
+    )
     assert first.step == 5 and not first.finished
-    second = run_pretrain(tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, resume="auto",
-                                               precision=precision))
+    second = run_pretrain(
+        tiny_pretrain_config(part, epochs=3, accum_steps=2, batch_size=8, resume="auto", precision=precision)
+    )
     assert second.finished and second.step == 12
     assert_same_weights(final_weights(full), final_weights(part))
     # the log of the resumed run reads like the uninterrupted one
-    rows = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
-                      if r["type"] == "train"]
+    rows = lambda d: [
+        (r["step"], r["loss"])
+        for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "train"
+    ]
     assert rows(full) == rows(part)
 
 
 @pytest.mark.slow
 def test_killed_process_resumes_to_identical_weights(tmp_path):
     """SIGKILL a real `deepmim pretrain` process mid-run, resume it, compare with an uninterrupted run."""
-    common = ["model.preset=mae_vit_micro_p4_32", "model.encoder.img_size=16", "model.encoder.depth=2", "model.heads.0.block=2",
-              "data.img_size=16", "data.num_samples=256", "data.num_workers=0", "train.batch_size=16",
-              "train.epochs=3", "train.save_every_steps=3", "train.precision=fp32", "train.device=cpu",
-              "train.progress=false", "train.plots=false", "train.tensorboard=false", "optim.warmup_epochs=1"]
+    common = [
+        "model.preset=mae_vit_micro_p4_32",
+        "model.encoder.img_size=16",
+        "model.encoder.depth=2",
+        "model.heads.0.block=2",
+        "data.img_size=16",
+        "data.num_samples=256",
+        "data.num_workers=0",
+        "train.batch_size=16",
+        "train.epochs=3",
+        "train.save_every_steps=3",
+        "train.precision=fp32",
+        "train.device=cpu",
+        "train.progress=false",
+        "train.plots=false",
+        "train.tensorboard=false",
+        "optim.warmup_epochs=1",
+    ]
     cmd = [sys.executable, "-m", "deepmim", "pretrain"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + common + [f"train.output_dir={tmp_path / 'full'}"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(cmd + common + [f"train.output_dir={tmp_path / 'full'}"], check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + common + [f"train.output_dir={killed}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + common + [f"train.output_dir={killed}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not _checkpoint_step_at_least(killed / "checkpoint-last.pt", 9):
         time.sleep(0.05)
@@ -194,8 +239,9 @@ def test_killed_process_resumes_to_identical_weights(tmp_path):
     proc.wait()
     step_at_kill = torch.load(killed / "checkpoint-last.pt", weights_only=True)["step"]
     assert 9 <= step_at_kill < 48, "the kill must land mid-run"
-    subprocess.run(cmd + common + [f"train.output_dir={killed}", "train.resume=auto"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        cmd + common + [f"train.output_dir={killed}", "train.resume=auto"], check=True, env=env, capture_output=True
+    )
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(killed))
 
 
@@ -228,8 +274,8 @@ def test_outputs_logs_plots_and_falling_loss(tmp_path):
 
 def _image_folder(root: Path, n_per_class: int = 10):
     """An ImageNet-style folder of 16px PNGs in odd modes (RGB, L, P, RGBA) plus one broken file."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     modes = ["RGB", "L", "P", "RGBA"]
@@ -248,8 +294,11 @@ def test_imagefolder_run_skips_broken_files_and_counts_them(tmp_path):
     cfg.data = DataConfig(name="imagefolder", path=str(tmp_path / "data"), img_size=16, num_workers=0)
     result = run_pretrain(cfg)
     assert result.finished and result.step == 3  # 21 files / batch 7
-    epoch = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(l)["type"] == "epoch"]
+    epoch = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "epoch"
+    ]
     assert epoch[0]["skipped_images"] == 1
     cfg.data.strict = True
     cfg.train.output_dir = str(tmp_path / "strict")

@@ -9,7 +9,6 @@ from deepmim.config.loader import ConfigError
 from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, PretrainTrainConfig
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.training.online_probe import resolve_probe_blocks
-
 from tests.helpers.data import separable_idx
 from tests.helpers.models import tiny_model_config
 from tests.helpers.runs import rows
@@ -17,13 +16,28 @@ from tests.helpers.runs import rows
 
 def probe_config(out: Path, online_probe: bool = True, num_samples: int = 64, **train) -> PretrainConfig:
     """The 16px tiny run of test_training (4 blocks, heads on 2 and 4), with or without the probe."""
-    defaults = dict(epochs=2, batch_size=16, output_dir=str(out), log_every_steps=1, progress=False,
-                    tensorboard=False, plots=False, precision="fp32", device="cpu", seed=3,
-                    online_probe=online_probe, online_probe_blocks="all", online_probe_val_images=32)
+    defaults = dict(
+        epochs=2,
+        batch_size=16,
+        output_dir=str(out),
+        log_every_steps=1,
+        progress=False,
+        tensorboard=False,
+        plots=False,
+        precision="fp32",
+        device="cpu",
+        seed=3,
+        online_probe=online_probe,
+        online_probe_blocks="all",
+        online_probe_val_images=32,
+    )
     defaults.update(train)
-    return PretrainConfig(model=tiny_model_config(),
-                          data=DataConfig(name="embedded", img_size=16, num_samples=num_samples, num_workers=0),
-                          optim=OptimConfig(base_lr=1e-3, warmup_epochs=1), train=PretrainTrainConfig(**defaults))
+    return PretrainConfig(
+        model=tiny_model_config(),
+        data=DataConfig(name="embedded", img_size=16, num_samples=num_samples, num_workers=0),
+        optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
+        train=PretrainTrainConfig(**defaults),
+    )
 
 
 def checkpoint(out: Path):
@@ -67,8 +81,11 @@ def test_online_probe_logs_train_epoch_and_val_rows(tmp_path):
     run_pretrain(probe_config(tmp_path, online_probe_blocks="supervised", tensorboard=True))
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     tags = events.Tags()["scalars"]
-    assert {"epoch/online_probe_top1_block4", "eval/online_probe_val_top1_block2", "train/online_probe_top1_block2"} \
-        <= set(tags)
+    assert {
+        "epoch/online_probe_top1_block4",
+        "eval/online_probe_val_top1_block2",
+        "train/online_probe_top1_block2",
+    } <= set(tags)
     assert [e.step for e in events.Scalars("eval/online_probe_val_top1_block4")] == [4, 8]
     train, epochs, evals = rows(tmp_path, "train"), rows(tmp_path, "epoch"), rows(tmp_path, "eval")
     keys = ["online_probe_top1_block2", "online_probe_top1_block4"]

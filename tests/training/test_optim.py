@@ -7,7 +7,6 @@ import torch
 from deepmim.config.schema import OptimConfig
 from deepmim.models import DeepMIM
 from deepmim.training.optim import build_adamw, scaled_lr
-
 from tests.helpers.models import tiny_model_config
 
 

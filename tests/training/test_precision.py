@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from deepmim.tasks.pretrain import run_pretrain
-
 from tests.helpers.runs import tiny_pretrain_config
 
 
@@ -18,11 +17,10 @@ def test_forced_bf16_on_cpu_trains_close_to_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         cfg = tiny_pretrain_config(tmp_path / precision, epochs=1, precision=precision, max_steps=1)
         run_pretrain(cfg)
-        rows = [json.loads(l) for l in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
         losses[precision] = rows[0]["loss"]
     assert math.isfinite(losses["bf16"])
     assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 2e-2
-
 
 
 @pytest.mark.parametrize("slow_kernel", ["fused", "math"])

@@ -1,5 +1,6 @@
 """What a run prints: a bar on a terminal, whole lines in files (no control codes), bars that name a
 checkpoint by its run folder, a short start-up summary."""
+
 from __future__ import annotations
 
 import io
@@ -20,10 +21,8 @@ from deepmim.training.progress import (
     resolve_style,
     task_bar,
 )
-
 from tests.helpers.data import save_checkpoint_with_data, write_folder
 from tests.helpers.runs import tiny_pretrain_config
-
 
 CONTROL = re.compile(r"[\r\x1b]")
 
@@ -45,8 +44,11 @@ def test_a_bar_on_a_terminal_whole_lines_in_a_file():
     for _ in range(3):
         bar.update(1)
     bar.close()
-    assert [line.split(" |")[0] for line in every.getvalue().splitlines()] == ["x: 1/3 (33.3%)", "x: 2/3 (66.7%)",
-                                                                               "x: 3/3 (100.0%)"]
+    assert [line.split(" |")[0] for line in every.getvalue().splitlines()] == [
+        "x: 1/3 (33.3%)",
+        "x: 2/3 (66.7%)",
+        "x: 3/3 (100.0%)",
+    ]
     off = io.StringIO()
     list(task_bar(range(3), desc="x", enabled=False, stream=off))
     assert off.getvalue() == ""
@@ -63,8 +65,9 @@ def test_checkpoint_label_names_the_run_folder():
 
 def test_feature_extraction_writes_lines_without_control_codes(tmp_path, capsys):
     folder = write_folder(tmp_path / "photos")
-    ckpt = save_checkpoint_with_data(tmp_path / "pre" / "checkpoint-last.pt",
-                                     DataConfig(name="imagefolder", path=str(folder), img_size=16))
+    ckpt = save_checkpoint_with_data(
+        tmp_path / "pre" / "checkpoint-last.pt", DataConfig(name="imagefolder", path=str(folder), img_size=16)
+    )
     assert main(["knn", str(ckpt), "knn.k=3", "features.cache_dir=", "features.progress=true"]) == 0
     err = capsys.readouterr().err
     assert not CONTROL.search(err)
@@ -86,11 +89,18 @@ def test_style_is_a_bar_on_a_terminal_and_lines_elsewhere():
 
 
 def test_line_holds_step_epoch_losses_per_head_lr_speed_and_eta():
-    values = {"epoch": 1, "lr": 1.2e-3, "loss": 1.45234, "loss_block3": 0.36412, "loss_block6": 0.35981,
-              "img_per_s": 1432.4}
+    values = {
+        "epoch": 1,
+        "lr": 1.2e-3,
+        "loss": 1.45234,
+        "loss_block3": 0.36412,
+        "loss_block6": 0.35981,
+        "img_per_s": 1432.4,
+    }
     assert format_line(1200, 18720, 2, 40, values, 3731.0) == (
         "step 1200/18720 (6.4%) | epoch 3/40 | loss 1.4523 (block3 0.3641 block6 0.3598) | lr 1.20e-03 | "
-        "1432 img/s | ETA 1:02:11")
+        "1432 img/s | ETA 1:02:11"
+    )
     assert format_duration(2 * 86400 + 3 * 3600 + 14 * 60 + 10) == "2d 03:14:10"
 
 
@@ -98,8 +108,9 @@ def test_lines_come_every_n_steps_or_t_seconds(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(progress_mod.time, "perf_counter", lambda: clock[0])
     out = io.StringIO()
-    p = Progress(total=100, initial=0, stop_at=100, steps_per_epoch=10, style="lines", every_s=60, every_steps=25,
-                 stream=out)
+    p = Progress(
+        total=100, initial=0, stop_at=100, steps_per_epoch=10, style="lines", every_s=60, every_steps=25, stream=out
+    )
     for step in range(5, 101, 5):  # a logging step every 5 steps, 1 s apart
         clock[0] += 1.0
         p.update(5)

@@ -15,9 +15,7 @@ from deepmim.config.loader import ConfigError
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.loop import Trainer, requested_resume
 from deepmim.training.signals import Stopped, exit_code, parse_signal
-
 from tests.helpers.runs import assert_same_weights, final_weights, tiny_pretrain_config
-
 
 TOTAL = 12  # tiny_pretrain_config with epochs=3: 4 steps an epoch
 
@@ -42,10 +40,19 @@ def signal_after_step(monkeypatch, at_step: int, signum: int, repeats: int = 1):
     monkeypatch.setattr(Trainer, "optimizer_step", step_then_signal)
 
 
-@pytest.mark.parametrize("signum,at_step", [(signal.SIGTERM, 3), (signal.SIGINT, 5), (signal.SIGUSR1, 1),
-                                            (signal.SIGTERM, 8), (signal.SIGUSR1, random.Random(29).randint(1, 10))])
-def test_signal_saves_the_step_and_the_resumed_run_ends_with_the_same_weights(tmp_path, monkeypatch, uninterrupted,
-                                                                             signum, at_step):
+@pytest.mark.parametrize(
+    "signum,at_step",
+    [
+        (signal.SIGTERM, 3),
+        (signal.SIGINT, 5),
+        (signal.SIGUSR1, 1),
+        (signal.SIGTERM, 8),
+        (signal.SIGUSR1, random.Random(29).randint(1, 10)),
+    ],
+)
+def test_signal_saves_the_step_and_the_resumed_run_ends_with_the_same_weights(
+    tmp_path, monkeypatch, uninterrupted, signum, at_step
+):
     out = tmp_path / "run"
     signal_after_step(monkeypatch, at_step, signum, repeats=2)  # the repeat is ignored
     with pytest.raises(Stopped) as stop:
@@ -86,13 +93,14 @@ def fake_scontrol(folder: Path) -> Path:
     """An `scontrol` that records its arguments in folder/scontrol.log."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "scontrol"
-    script.write_text(f"#!/bin/sh\necho \"$@\" >> {folder / 'scontrol.log'}\n")
+    script.write_text(f'#!/bin/sh\necho "$@" >> {folder / "scontrol.log"}\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return folder / "scontrol.log"
 
 
-def test_requeue_under_slurm_runs_scontrol_after_the_save_and_the_requeued_job_resumes(tmp_path, monkeypatch,
-                                                                                     uninterrupted):
+def test_requeue_under_slurm_runs_scontrol_after_the_save_and_the_requeued_job_resumes(
+    tmp_path, monkeypatch, uninterrupted
+):
     log = fake_scontrol(tmp_path / "bin")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")

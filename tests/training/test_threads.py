@@ -11,7 +11,6 @@ import torch
 from deepmim.config.schema import DataConfig
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.threads import ThreadAdapter, apply_thread_plan, plan_threads, planned_threads
-
 from tests.helpers.runs import tiny_pretrain_config
 
 
@@ -89,8 +88,10 @@ def test_others_are_the_busy_time_of_the_cores_minus_this_process(monkeypatch):
         torch.set_num_threads(2)
         adapter.last = (0.0, 0, 0)
         monkeypatch.setattr(adapter, "sample", lambda: (4.0, 800, 400))  # others 1.0 core again
-        assert adapter.adjust() == ("threads: 2 -> 1 torch thread(s): other processes keep 1.0 of this process's "
-                                    "2 core(s) busy (train.adapt_threads)")
+        assert adapter.adjust() == (
+            "threads: 2 -> 1 torch thread(s): other processes keep 1.0 of this process's "
+            "2 core(s) busy (train.adapt_threads)"
+        )
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
@@ -101,8 +102,14 @@ def test_a_busy_loop_on_the_core_is_seen_as_others(tmp_path):
     cpu = sorted(os.sched_getaffinity(0))[0]
     ready = tmp_path / "ready"
     code = f"import os; os.sched_setaffinity(0, {{{cpu}}}); open({str(ready)!r}, 'w').close()\nwhile True: pass"
-    pid = int(subprocess.run(["sh", "-c", f'{sys.executable} -c "{code}" >/dev/null 2>&1 & echo $!'],
-                             capture_output=True, text=True, check=True).stdout)
+    pid = int(
+        subprocess.run(
+            ["sh", "-c", f'{sys.executable} -c "{code}" >/dev/null 2>&1 & echo $!'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     try:
         deadline = time.time() + 30
         while not ready.exists() and time.time() < deadline:

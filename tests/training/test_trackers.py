@@ -1,5 +1,6 @@
 """Experiment trackers: logger names checked, W&B (offline) and MLflow (file store) get the numbers of
 metrics.jsonl, the config and artifacts, and resumed runs continue without a step twice."""
+
 from __future__ import annotations
 
 import glob
@@ -15,7 +16,6 @@ from deepmim.config.loader import ConfigError
 from deepmim.tasks.pretrain import run_pretrain
 from deepmim.training.metrics_log import MetricsLogger, read_metrics
 from deepmim.training.trackers import RUNS_FILE, flat_config, resolve_loggers, scalars
-
 from tests.helpers.runs import tiny_pretrain_config
 
 
@@ -95,7 +95,9 @@ def test_a_resumed_wandb_run_gets_no_step_twice(tmp_path, monkeypatch):
     assert json.loads((tmp_path / RUNS_FILE).read_text())["wandb"] == first_id
     first, second = wandb_steps(tmp_path).values()
     assert sorted(set(first)) == [1, 2, 3, 4, 5, 6] and sorted(set(second)) == [7, 8]
-    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl") if row["type"] == "train"] == list(range(1, 9))
+    assert [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl") if row["type"] == "train"] == list(
+        range(1, 9)
+    )
 
 
 def test_logger_names_are_checked_and_the_tensorboard_switch_still_works():
@@ -108,6 +110,7 @@ def test_logger_names_are_checked_and_the_tensorboard_switch_still_works():
 def test_only_the_main_process_builds_trackers(tmp_path):
     def boom():
         raise AssertionError("trackers built on a non-main rank")
+
     MetricsLogger(tmp_path, enabled=False, trackers=boom).log("train", 1, {"loss": 1.0})
     assert not (tmp_path / "metrics.jsonl").exists()
 
@@ -128,8 +131,8 @@ def wandb_file_rows(path):
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0:
             break
         pending = chunk if kind in (1, 2) else pending + chunk
@@ -137,8 +140,9 @@ def wandb_file_rows(path):
             record = pb.Record()
             record.ParseFromString(pending)
             if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+                )
     return rows
 
 
@@ -177,11 +181,15 @@ def test_wandb_offline_and_mlflow_file_store_read_back_the_json_lines(tmp_path, 
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
     run = client.get_run(ids["mlflow"])
     assert run.info.run_name == tmp_path.name and run.data.params["train.batch_size"] == "16"
-    from_mlflow = {(m.step, key): m.value for key in {k for _, k in expected}
-                   for m in client.get_metric_history(ids["mlflow"], key)}
+    from_mlflow = {
+        (m.step, key): m.value
+        for key in {k for _, k in expected}
+        for m in client.get_metric_history(ids["mlflow"], key)
+    }
     assert from_mlflow == pytest.approx(expected, rel=1e-12)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     from_tb = {(e.step, tag): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
     assert from_tb == pytest.approx(expected, rel=1e-6)  # TensorBoard stores float32

@@ -13,6 +13,7 @@ patch keys are renormalised to sum to 1 (the attention a query gives to the cls 
 position). Uniform attention therefore gives the mean pairwise distance of the grid and attention on
 the query itself gives 0. The spread of the per-head distances within a block is the diversity figure.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -37,8 +38,7 @@ def uniform_attention_distance(grid_size: int, patch_size: int) -> float:
     return float(patch_distances(grid_size, patch_size).mean())
 
 
-def attention_distance(attn: torch.Tensor, grid_size: int, patch_size: int, num_prefix_tokens: int = 1
-                       ) -> torch.Tensor:
+def attention_distance(attn: torch.Tensor, grid_size: int, patch_size: int, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Per-head mean attention distance (pixels) of maps `attn` (B, H, N, N), N = prefix + grid_size**2.
 
     Returns (H,) float64: per query, sum_k w_qk * d_qk with w renormalised over the patch keys, then the
@@ -47,8 +47,9 @@ def attention_distance(attn: torch.Tensor, grid_size: int, patch_size: int, num_
         raise ValueError(f"attention maps must be (B, H, N, N), got {tuple(attn.shape)}")
     n_patches = grid_size * grid_size
     if attn.shape[-1] != num_prefix_tokens + n_patches:
-        raise ValueError(f"{attn.shape[-1]} tokens do not make {num_prefix_tokens} prefix tokens + a "
-                         f"{grid_size}x{grid_size} grid")
+        raise ValueError(
+            f"{attn.shape[-1]} tokens do not make {num_prefix_tokens} prefix tokens + a {grid_size}x{grid_size} grid"
+        )
     w = attn[..., num_prefix_tokens:, num_prefix_tokens:].double()
     w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     dist = patch_distances(grid_size, patch_size).to(w.device)
@@ -65,8 +66,9 @@ def attention_probs(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def record_attention(encoder: nn.Module, blocks: Optional[Sequence[int]] = None
-                     ) -> Iterator[Dict[int, List[torch.Tensor]]]:
+def record_attention(
+    encoder: nn.Module, blocks: Optional[Sequence[int]] = None
+) -> Iterator[Dict[int, List[torch.Tensor]]]:
     """Within the context every forward of `encoder` appends each tapped block's (B, H, N, N) maps to
     `maps[block]` (1-based). Hooks are removed on exit."""
     blocks = list(blocks) if blocks else list(range(1, len(encoder.blocks) + 1))
@@ -87,8 +89,14 @@ def record_attention(encoder: nn.Module, blocks: Optional[Sequence[int]] = None
 
 
 @torch.no_grad()
-def attention_distances(encoder: nn.Module, loader: DataLoader, device: torch.device, max_images: int,
-                        progress: bool = False, desc: str = "attention") -> torch.Tensor:
+def attention_distances(
+    encoder: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    max_images: int,
+    progress: bool = False,
+    desc: str = "attention",
+) -> torch.Tensor:
     """(depth, heads) mean attention distance in pixels of every head of every block, over the first
     `max_images` images of `loader` (full images, no masking)."""
     from ..training.progress import task_bar

@@ -6,6 +6,7 @@ transforms and isotropic scaling of either side, and in [0, 1]. The biased estim
 independent features: about sqrt(p q) / n for n examples of widths p and q, so compare numbers
 computed on the same n.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -15,8 +16,9 @@ import torch
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs (n, p) and (n, q) features of the same n examples, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"CKA needs (n, p) and (n, q) features of the same n examples, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x = x.double() - x.double().mean(dim=0, keepdim=True)
     y = y.double() - y.double().mean(dim=0, keepdim=True)
     cross = (y.T @ x).pow(2).sum()

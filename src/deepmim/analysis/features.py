@@ -11,6 +11,7 @@ identity (name, path, num_samples, max_samples, source img_size), split, the enc
 crop ratio and preset; it stores one tensor per block, so asking for blocks already cached
 runs no encoder, and asking for new ones extracts only those (still one pass) and merges them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,15 +74,32 @@ def _checkpoint_identity(path: Path) -> Dict[str, object]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def cache_key(checkpoint: str | Path, data: DataConfig, split: str, img_size: int, pool: str,
-              crop_ratio: float, preset: Optional[str], precision: str = "fp32") -> str:
+def cache_key(
+    checkpoint: str | Path,
+    data: DataConfig,
+    split: str,
+    img_size: int,
+    pool: str,
+    crop_ratio: float,
+    preset: Optional[str],
+    precision: str = "fp32",
+) -> str:
     ident = {
         "checkpoint": _checkpoint_identity(Path(checkpoint)),
-        "dataset": {"name": data.name, "path": os.path.abspath(os.path.expanduser(data.path)) if data.path else None,
-                    "num_samples": data.num_samples if data.name == "embedded" else None,
-                    "source_img_size": data.img_size if data.name == "embedded" else None},
-        "split": split, "img_size": img_size, "pool": pool, "mean": list(data.mean), "std": list(data.std),
-        "crop_ratio": crop_ratio, "preset": preset, "version": 1,
+        "dataset": {
+            "name": data.name,
+            "path": os.path.abspath(os.path.expanduser(data.path)) if data.path else None,
+            "num_samples": data.num_samples if data.name == "embedded" else None,
+            "source_img_size": data.img_size if data.name == "embedded" else None,
+        },
+        "split": split,
+        "img_size": img_size,
+        "pool": pool,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "crop_ratio": crop_ratio,
+        "preset": preset,
+        "version": 1,
     }
     if data.max_samples is not None:  # only when set, so caches written before the option stay valid
         ident["dataset"]["max_samples"] = data.max_samples
@@ -123,9 +141,16 @@ def prepare_inference(encoder: torch.nn.Module, device: torch.device, precision:
 
 
 @torch.no_grad()
-def run_encoder(encoder: torch.nn.Module, loader: DataLoader, blocks: List[int], pool: str,
-                device: torch.device, progress: bool = False, desc: str = "features",
-                precision: str = "fp32") -> Features:
+def run_encoder(
+    encoder: torch.nn.Module,
+    loader: DataLoader,
+    blocks: List[int],
+    pool: str,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "features",
+    precision: str = "fp32",
+) -> Features:
     """One pass over `loader`, tapping every block in `blocks`, under `precision`'s autocast (as training)."""
     from ..training.precision import autocast
     from ..training.progress import task_bar
@@ -162,14 +187,21 @@ def fit_normalisation(data: DataConfig, in_chans: int, checkpoint=None) -> DataC
     if len(trained.get("mean") or []) == in_chans and len(trained.get("std") or []) == in_chans:
         logger.info("data.mean/std of %s (%s channel(s)) used for its encoder", checkpoint, in_chans)
         return dataclasses.replace(data, mean=list(trained["mean"]), std=list(trained["std"]))
-    raise ConfigError(f"the encoder of {checkpoint} takes {in_chans} input channel(s) but data.mean has "
-                      f"{len(data.mean)} values; set data.mean and data.std to the {in_chans} value(s) it was "
-                      f"trained with (e.g. data.mean=[0.286] data.std=[0.353] for Fashion-MNIST)")
+    raise ConfigError(
+        f"the encoder of {checkpoint} takes {in_chans} input channel(s) but data.mean has "
+        f"{len(data.mean)} values; set data.mean and data.std to the {in_chans} value(s) it was "
+        f"trained with (e.g. data.mean=[0.286] data.std=[0.353] for Fashion-MNIST)"
+    )
 
 
-def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat: FeatureConfig,
-                     blocks: Optional[Sequence[int]] = None, encoder: Optional[torch.nn.Module] = None,
-                     ) -> Features:
+def extract_features(
+    checkpoint: str | Path,
+    data: DataConfig,
+    split: str,
+    feat: FeatureConfig,
+    blocks: Optional[Sequence[int]] = None,
+    encoder: Optional[torch.nn.Module] = None,
+) -> Features:
     """Features of `split` for `blocks` (default: feat.blocks, None = all), from the cache when possible."""
     if feat.pool not in POOLS:
         raise ValueError(f"features.pool must be one of {POOLS}, got {feat.pool!r}")
@@ -196,12 +228,22 @@ def extract_features(checkpoint: str | Path, data: DataConfig, split: str, feat:
     labels = cached["labels"] if cached else None
     if missing:
         reuse_freed_host_memory(feat.reuse_host_memory)
-        dataset = TransformedDataset(build_dataset(data, split),
-                               build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio))
-        loader = DataLoader(dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0,
-                            collate_fn=collate_skip_broken)
-        new = run_encoder(encoder, loader, missing, feat.pool, device, feat.progress,
-                          desc=f"{checkpoint_label(checkpoint)} {split} blocks {missing}", precision=precision)
+        dataset = TransformedDataset(
+            build_dataset(data, split), build_eval_transform(img_size, data.mean, data.std, feat.crop_ratio)
+        )
+        loader = DataLoader(
+            dataset, batch_size=feat.batch_size, shuffle=False, num_workers=0, collate_fn=collate_skip_broken
+        )
+        new = run_encoder(
+            encoder,
+            loader,
+            missing,
+            feat.pool,
+            device,
+            feat.progress,
+            desc=f"{checkpoint_label(checkpoint)} {split} blocks {missing}",
+            precision=precision,
+        )
         if labels is not None and not torch.equal(labels, new.labels):
             have = {}  # the data changed under the same key: drop the stale entries
         have.update(new.blocks)
@@ -218,11 +260,15 @@ def check_classes(train: Features, val: Features, num_classes: Optional[int]) ->
     """The number of classes; a clear error when train/val/--num-classes disagree."""
     n_train, n_val = train.num_classes, val.num_classes
     if num_classes is not None and n_train != num_classes:
-        raise ValueError(f"class-count mismatch: num_classes={num_classes} but the training data has "
-                         f"{n_train} classes (labels 0..{n_train - 1})")
+        raise ValueError(
+            f"class-count mismatch: num_classes={num_classes} but the training data has "
+            f"{n_train} classes (labels 0..{n_train - 1})"
+        )
     if n_val > n_train:
-        raise ValueError(f"class-count mismatch: the validation data has labels up to {n_val - 1} but the "
-                         f"training data only {n_train} classes")
+        raise ValueError(
+            f"class-count mismatch: the validation data has labels up to {n_val - 1} but the "
+            f"training data only {n_train} classes"
+        )
     if n_train < 2:
         raise ValueError(f"probing needs at least 2 classes, the training data has {n_train}")
     return n_train

@@ -1,4 +1,5 @@
 """Pictures of a pre-training run: loss curves per head and reconstructions per head."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,13 +29,22 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> List[str]:
         label = "total (weighted sum)" if key == "loss" else f"head @ block {loss_block(key)}"
         style = {"linewidth": 2.4, "color": "black"} if key == "loss" else {"linewidth": 1.4}
         ax.plot(steps, [float(r[key]) for r in rows], label=label, **style)
-    _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
-            "DeepMIM pre-training loss per supervised head", legend_size=8, log_y=True)
+    _finish(
+        fig,
+        ax,
+        out_path,
+        "optimizer step",
+        "loss (masked patches)",
+        "DeepMIM pre-training loss per supervised head",
+        legend_size=8,
+        log_y=True,
+    )
     return keys
 
 
-def _finish(fig, ax, out_path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 7,
-            log_y: bool = False) -> None:
+def _finish(
+    fig, ax, out_path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 7, log_y: bool = False
+) -> None:
     """The plots' shared look: labels, grid, legend; saved and closed."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -49,8 +59,9 @@ def _finish(fig, ax, out_path: Path, xlabel: str, ylabel: str, title: str, legen
 
 
 @torch.no_grad()
-def reconstruction_grid(model, images: torch.Tensor, noise: torch.Tensor, mean: Sequence[float],
-                        std: Sequence[float]) -> Dict[str, torch.Tensor]:
+def reconstruction_grid(
+    model, images: torch.Tensor, noise: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> Dict[str, torch.Tensor]:
     """Rows of (N, C, H, W) images in [0, 1] (the data's own colours: C = 1 for grey data): original, masked input, then each head's
     reconstruction (predicted masked patches pasted into the visible ones, as MAE shows it)."""
     model.eval()
@@ -94,26 +105,33 @@ def plot_reconstructions(rows: Dict[str, torch.Tensor], out_path: Path) -> None:
 
 # ---- `deepmim analyze` ----------------------------------------------------------------------------
 
+
 def _colors(n: int):
     cmap = plt.get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
-def plot_layer_accuracy(linear: Dict[str, Dict[int, float]], knn: Dict[str, Dict[int, float]],
-                        out_path: Path) -> None:
+def plot_layer_accuracy(linear: Dict[str, Dict[int, float]], knn: Dict[str, Dict[int, float]], out_path: Path) -> None:
     """Top-1 (%) against the block: solid = linear probe, dashed = k-NN, one colour per checkpoint."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for color, name in zip(_colors(len(linear) or len(knn)), list(linear or knn)):
         for series, style, kind in ((linear, "-o", "linear"), (knn, "--s", "k-NN")):
             if name in series and series[name]:
                 blocks = sorted(series[name])
-                ax.plot(blocks, [100 * series[name][b] for b in blocks], style, color=color, markersize=4,
-                        label=f"{name} ({kind})")
+                ax.plot(
+                    blocks,
+                    [100 * series[name][b] for b in blocks],
+                    style,
+                    color=color,
+                    markersize=4,
+                    label=f"{name} ({kind})",
+                )
     _finish(fig, ax, out_path, "encoder block", "top-1 (%)", "Per-layer accuracy of frozen features")
 
 
-def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path,
-                            uniform: Dict[str, float] = None) -> None:
+def plot_attention_distance(
+    distances: Dict[str, "torch.Tensor"], out_path: Path, uniform: Dict[str, float] = None
+) -> None:
     """Blocks on x, one dot per head (mean attention distance in pixels), checkpoints side by side;
     `uniform`: {label: distance of uniform attention} drawn as dashed reference lines."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -125,12 +143,25 @@ def plot_attention_distance(distances: Dict[str, "torch.Tensor"], out_path: Path
         depth, heads = d.shape
         xs = [b + 1 + offset for b in range(depth) for _ in range(heads)]
         ax.scatter(xs, d.flatten().tolist(), s=14, color=color, alpha=0.8, label=name)
-    _finish(fig, ax, out_path, "encoder block", "mean attention distance (pixels)",
-            "Attention distance of every head (one dot per head)")
+    _finish(
+        fig,
+        ax,
+        out_path,
+        "encoder block",
+        "mean attention distance (pixels)",
+        "Attention distance of every head (one dot per head)",
+    )
 
 
-def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title: str, out_path: Path,
-             row_label: str = "block", col_label: str = "block") -> None:
+def plot_cka(
+    matrix,
+    row_blocks: Sequence[int],
+    col_blocks: Sequence[int],
+    title: str,
+    out_path: Path,
+    row_label: str = "block",
+    col_label: str = "block",
+) -> None:
     """Heat map of linear CKA (0..1) with the values written in the cells."""
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(col_blocks) + 1.2, 1.0 + 0.45 * len(row_blocks)), dpi=110)
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", origin="lower")
@@ -140,8 +171,7 @@ def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title
         for i in range(len(row_blocks)):
             for j in range(len(col_blocks)):
                 v = matrix[i][j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if v > 0.6 else "white")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black" if v > 0.6 else "white")
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.set_title(title, fontsize=8, wrap=True)
@@ -151,16 +181,23 @@ def plot_cka(matrix, row_blocks: Sequence[int], col_blocks: Sequence[int], title
     plt.close(fig)
 
 
-def plot_convergence(series: Dict[int, Dict[int, float]], title: str, out_path: Path,
-                     ylabel: str = "linear-probe top-1 (%)") -> None:
+def plot_convergence(
+    series: Dict[int, Dict[int, float]], title: str, out_path: Path, ylabel: str = "linear-probe top-1 (%)"
+) -> None:
     """Accuracy against the number of finished epochs, one line per block: {block: {epoch: acc}}."""
     fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=110)
     cmap = plt.get_cmap("viridis")
     blocks = sorted(series)
     for i, b in enumerate(blocks):
         epochs = sorted(series[b])
-        ax.plot(epochs, [100 * series[b][e] for e in epochs], "-o", markersize=3,
-                color=cmap(i / max(1, len(blocks) - 1)), label=f"block {b}")
+        ax.plot(
+            epochs,
+            [100 * series[b][e] for e in epochs],
+            "-o",
+            markersize=3,
+            color=cmap(i / max(1, len(blocks) - 1)),
+            label=f"block {b}",
+        )
     ax.set_xlabel("epochs trained")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
@@ -183,11 +220,22 @@ def plot_last_head_losses(metrics: Dict[str, Path], out_path: Path) -> Dict[str,
         if not keys:
             continue
         key = keys[-1]
-        ax.plot([r["step"] for r in rows], [float(r[key]) for r in rows], color=color,
-                label=f"{name}: head @ block {loss_block(key)}")
+        ax.plot(
+            [r["step"] for r in rows],
+            [float(r[key]) for r in rows],
+            color=color,
+            label=f"{name}: head @ block {loss_block(key)}",
+        )
         plotted[name] = key
-    _finish(fig, ax, out_path, "optimizer step", "loss (masked patches)",
-            "Loss of the last block's head, runs side by side", log_y=True)
+    _finish(
+        fig,
+        ax,
+        out_path,
+        "optimizer step",
+        "loss (masked patches)",
+        "Loss of the last block's head, runs side by side",
+        log_y=True,
+    )
     return plotted
 
 

@@ -1,4 +1,5 @@
 """Classifiers on frozen features: DINO's weighted k-NN and MAE's linear probe."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,12 @@ def warn_long_warmup(cfg: LinearProbeConfig) -> None:
     key = (cfg.epochs, cfg.warmup_epochs)
     if cfg.warmup_epochs > cfg.epochs and key not in _WARNED:
         _WARNED.add(key)
-        logger.warning("warning: probe.warmup_epochs=%g is longer than probe.epochs=%d: the probe's lr never "
-                       "reaches its peak; set probe.warmup_epochs below probe.epochs", cfg.warmup_epochs, cfg.epochs)
+        logger.warning(
+            "warning: probe.warmup_epochs=%g is longer than probe.epochs=%d: the probe's lr never "
+            "reaches its peak; set probe.warmup_epochs below probe.epochs",
+            cfg.warmup_epochs,
+            cfg.epochs,
+        )
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict[str, float]:
@@ -36,8 +41,15 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> Dict
 
 
 @torch.no_grad()
-def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 num_classes: int, cfg: Optional[KnnConfig] = None, chunk: int = 1024) -> Dict[str, float]:
+def knn_classify(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    cfg: Optional[KnnConfig] = None,
+    chunk: int = 1024,
+) -> Dict[str, float]:
     """Weighted k-NN (DINO): cosine similarity of L2-normalised features; each of the top-k neighbours
     votes for its class with weight exp(sim / T). Returns top-1 (and top-5 with >= 5 classes)."""
     cfg = cfg or KnnConfig()
@@ -48,7 +60,7 @@ def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     k = min(cfg.k, train_x.shape[0])
     scores = []
     for start in range(0, test_x.shape[0], chunk):
-        sim = test_x[start:start + chunk] @ train_x.T
+        sim = test_x[start : start + chunk] @ train_x.T
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / cfg.temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes)
@@ -79,8 +91,10 @@ def build_probe_optimizer(head: LinearProbeHead, cfg: LinearProbeConfig, lr: flo
     if cfg.optimizer == "lars":
         from timm.optim import Lars
 
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay, "always_adapt": True},
-                  {"params": no_decay, "weight_decay": 0.0, "always_adapt": False}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay, "always_adapt": True},
+            {"params": no_decay, "weight_decay": 0.0, "always_adapt": False},
+        ]
         return Lars(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "sgd":
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -88,8 +102,15 @@ def build_probe_optimizer(head: LinearProbeHead, cfg: LinearProbeConfig, lr: flo
     raise ValueError(f"probe.optimizer must be lars or sgd, got {cfg.optimizer!r}")
 
 
-def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                       num_classes: int, cfg: Optional[LinearProbeConfig] = None, return_head: bool = False):
+def train_linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    cfg: Optional[LinearProbeConfig] = None,
+    return_head: bool = False,
+):
     """Train the probe on cached features (per-step warm-up + cosine lr); return val top-1/top-5 and the
     final training loss (and the trained head with return_head=True)."""
     cfg = cfg or LinearProbeConfig()
@@ -112,7 +133,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine_lr(step, total, warmup, lr, cfg.min_lr)
             loss = F.cross_entropy(head(train_x[idx].float()), train_y[idx])

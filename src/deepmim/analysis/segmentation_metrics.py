@@ -4,6 +4,7 @@ mIoU is the mean over classes of TP / (TP + FP + FN) of the whole data set, not 
 per-image scores; classes that never occur in the labels or the predictions have no IoU
 (NaN) and are left out of the mean, as mmseg does. Ignored pixels are never counted.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
-                     ) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """int64 (num_classes, num_classes): rows = true class, columns = predicted class.
     Pixels labelled `ignore_index` (or anything outside [0, num_classes)) are dropped."""
     if pred.shape != target.shape:
@@ -34,10 +36,14 @@ def segmentation_scores(conf: torch.Tensor) -> Dict[str, object]:
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
     acc = torch.where(label_area > 0, tp / label_area.clamp(min=1), torch.full_like(tp, math.nan))
     total = label_area.sum()
-    return {"aAcc": 100 * float(tp.sum() / total) if total > 0 else math.nan,
-            "mIoU": 100 * float(iou.nanmean()), "mAcc": 100 * float(acc.nanmean()),
-            "IoU": [100 * float(v) for v in iou], "Acc": [100 * float(v) for v in acc],
-            "present": [bool(v > 0) for v in label_area]}
+    return {
+        "aAcc": 100 * float(tp.sum() / total) if total > 0 else math.nan,
+        "mIoU": 100 * float(iou.nanmean()),
+        "mAcc": 100 * float(acc.nanmean()),
+        "IoU": [100 * float(v) for v in iou],
+        "Acc": [100 * float(v) for v in acc],
+        "present": [bool(v > 0) for v in label_area],
+    }
 
 
 def per_class_table(scores: Dict[str, object], class_names: Optional[Sequence[str]] = None) -> str:

@@ -1,4 +1,5 @@
 """`deepmim analyze CKPT [CKPT ...] --data ... --out DIR`: the paper's claims measured, report.html."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,18 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("analyze", help="measure the paper's claims on checkpoints; report.html",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
-    p.add_argument("--data", default=None, metavar="SHORTHAND",
-                   help="embedded | embedded:N | FOLDER (IDX files or an image folder); see above")
+    p = subparsers.add_parser(
+        "analyze",
+        help="measure the paper's claims on checkpoints; report.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP,
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="SHORTHAND",
+        help="embedded | embedded:N | FOLDER (IDX files or an image folder); see above",
+    )
     add_probe_arguments(p, "checkpoints", "checkpoints to analyse, then key=value overrides", command="analyze")
     p.set_defaults(handler=run)
     return p
@@ -67,7 +76,7 @@ def run(args) -> int:
             if i + 1 >= len(rest):
                 raise ValueError("--data needs a value: embedded, embedded:N or a folder")
             data = rest[i + 1]
-            del rest[i:i + 2]
+            del rest[i : i + 2]
             break
     args.checkpoints = rest
     parse_probe_args(args, "checkpoints")
@@ -75,8 +84,9 @@ def run(args) -> int:
     cfg = load_analyze_config(args.config, shorthand + args.overrides)
     source = "given"
     if args.checkpoints:
-        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "analyze",
-                                          extra=shorthand)
+        cfg, source = resolve_scored_data(
+            cfg, args.checkpoints, args.config, args.overrides, "analyze", extra=shorthand
+        )
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
@@ -89,11 +99,15 @@ def run(args) -> int:
         line = " ".join(f"{b}:{100 * r['top1']:.1f}" for b, r in per_block.items())
         print(f"{name}: linear-probe top-1 (%) per block  {line}")
     for name, per_block in result.get("knn", {}).items():
-        print(f"{name}: k-NN top-1 (%) per block          " +
-              " ".join(f"{b}:{100 * r['top1']:.1f}" for b, r in per_block.items()))
+        print(
+            f"{name}: k-NN top-1 (%) per block          "
+            + " ".join(f"{b}:{100 * r['top1']:.1f}" for b, r in per_block.items())
+        )
     for name, a in result.get("attention", {}).items():
-        print(f"{name}: attention distance std over heads (px) per block  " +
-              " ".join(f"{i + 1}:{v:.2f}" for i, v in enumerate(a["std"])))
+        print(
+            f"{name}: attention distance std over heads (px) per block  "
+            + " ".join(f"{i + 1}:{v:.2f}" for i, v in enumerate(a["std"]))
+        )
     for note in result.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.html, analysis.json, metrics.csv and {len(result['figures'])} figures")

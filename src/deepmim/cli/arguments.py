@@ -1,4 +1,5 @@
 """Arguments shared by the commands that read checkpoints (knn, probe-layers, linprobe, analyze)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,22 +21,33 @@ OUT_HELP = {  # what --out defaults to, per command: the output_dir default of i
 }
 
 
-def add_probe_arguments(parser: argparse.ArgumentParser, positional: str, help_text: str,
-                         remainder: bool = True, vs_random: bool = False, command: str = "probe-layers") -> None:
+def add_probe_arguments(
+    parser: argparse.ArgumentParser,
+    positional: str,
+    help_text: str,
+    remainder: bool = True,
+    vs_random: bool = False,
+    command: str = "probe-layers",
+) -> None:
     """Options of knn / probe-layers / linprobe / analyze (`command`: whose --out default the help names).
     The positional takes the rest of the line (checkpoints and key=value overrides, options anywhere),
     re-parsed intermixed by parse_probe_args."""
     if vs_random:
-        parser.add_argument("--vs-random", action="store_true",
-                            help="also probe the untrained encoder the first checkpoint's run started from (same "
-                                 "architecture and seed) and print best block against best block")
+        parser.add_argument(
+            "--vs-random",
+            action="store_true",
+            help="also probe the untrained encoder the first checkpoint's run started from (same "
+            "architecture and seed) and print best block against best block",
+        )
     parser.add_argument("--out", default=None, help=OUT_HELP[command])
-    parser.add_argument("--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 "
-                                                       "(default: probe-layers all, knn the last)")
+    parser.add_argument(
+        "--blocks", default=None, help="comma-separated blocks, e.g. 4,8,12 (default: probe-layers all, knn the last)"
+    )
     parser.add_argument("--config", "-c", metavar="RECIPE", help="YAML recipe mapped onto ProbeConfig")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument(positional, nargs=argparse.REMAINDER if remainder else "*",
-                        metavar="CKPT ... [key=value ...]", help=help_text)
+    parser.add_argument(
+        positional, nargs=argparse.REMAINDER if remainder else "*", metavar="CKPT ... [key=value ...]", help=help_text
+    )
 
 
 def parse_probe_args(args, positional: str):

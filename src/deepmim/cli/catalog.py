@@ -1,5 +1,6 @@
 """`deepmim recipes` and `deepmim presets`: what the package ships, one line each. Both read YAML and
 dataclasses only, so they answer without loading torch or timm (tests/test_lazy_imports.py)."""
+
 from __future__ import annotations
 
 # Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
@@ -32,6 +33,8 @@ def presets(args) -> int:
         cfg = preset_config(name)
         e = cfg.encoder
         heads = ", ".join(f"{h.block}:{h.decoder_depth}x{h.decoder_dim}" for h in cfg.heads)
-        print(f"{name:<32} ViT {e.embed_dim}w x {e.depth} blocks, {e.img_size}px/p{e.patch_size}; "
-              f"decoders (block:depth x width) {heads}")
+        print(
+            f"{name:<32} ViT {e.embed_dim}w x {e.depth} blocks, {e.img_size}px/p{e.patch_size}; "
+            f"decoders (block:depth x width) {heads}"
+        )
     return 0

@@ -1,4 +1,5 @@
 """`deepmim data pack|index|bench`: streaming shards for many nodes (tasks/data.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> None:
-    data = subparsers.add_parser("data", help="write, index and time WebDataset shards", description=HELP,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = subparsers.add_parser(
+        "data",
+        help="write, index and time WebDataset shards",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     data.set_defaults(handler=run)
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = sub.add_parser("pack", help="an ImageFolder as tar shards + index")
@@ -49,9 +54,13 @@ def run(args) -> int:
         print(f"read them with: data.name=wds data.path={args.out}")
     elif args.data_command == "index":
         n = index_shards(args.pattern, args.out)
-        print(f"{n['samples']} samples in {n['shards']} shard(s); wrote {args.out} (data.name=wds data.path={args.out})")
+        print(
+            f"{n['samples']} samples in {n['shards']} shard(s); wrote {args.out} (data.name=wds data.path={args.out})"
+        )
     else:
         r = bench_loader(args.overrides, args.batches, args.warmup)
-        print(f"{r['images']} images in {r['seconds']:.2f} s: {r['images_per_s']:.1f} images/s "
-              f"({r['batches']} batches after {args.warmup} warm-up)")
+        print(
+            f"{r['images']} images in {r['seconds']:.2f} s: {r['images_per_s']:.1f} images/s "
+            f"({r['batches']} batches after {args.warmup} warm-up)"
+        )
     return 0

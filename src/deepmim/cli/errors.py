@@ -1,6 +1,7 @@
 """How a command's failure reaches the user: one message on stderr, no traceback, and an exit code a script
 can act on (2: bad input or a path that cannot be used, 3: training diverged, a stop signal's own code,
 130: interrupted). Errors that are bugs keep their traceback."""
+
 from __future__ import annotations
 
 import sys
@@ -22,6 +23,7 @@ def run_command(args) -> int:
     from ..config.loader import ConfigError
     from ..training.guard import DivergenceError
     from ..training.signals import Stopped
+
     try:
         return args.handler(args)
     except BrokenPipeError:  # e.g. `deepmim presets | head`
@@ -35,8 +37,9 @@ def run_command(args) -> int:
         if is_rank_zero():
             text = str(err)
             if args.command == "study":  # a study resumes its runs by itself
-                text = text.replace("continue with the same command and train.resume=auto",
-                                    "run the same command again to continue")
+                text = text.replace(
+                    "continue with the same command and train.resume=auto", "run the same command again to continue"
+                )
             print(f"deepmim {args.command}: {text}", file=sys.stderr)
         return err.exit_code
     except DivergenceError as err:
@@ -67,10 +70,12 @@ def is_collective_timeout(err: BaseException) -> bool:
 
 def collective_timeout_message(err: BaseException) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (f"this process waited longer than train.dist_timeout for the other processes of the job ({first[:200]}): "
-            f"one of them is frozen, hung or much slower than the rest. Its last checkpoint is intact: resume with "
-            f"train.resume=auto once every process runs (raise train.dist_timeout if a healthy step or checkpoint "
-            f"write takes that long)")
+    return (
+        f"this process waited longer than train.dist_timeout for the other processes of the job ({first[:200]}): "
+        f"one of them is frozen, hung or much slower than the rest. Its last checkpoint is intact: resume with "
+        f"train.resume=auto once every process runs (raise train.dist_timeout if a healthy step or checkpoint "
+        f"write takes that long)"
+    )
 
 
 def error_text(err: BaseException) -> str:
@@ -90,11 +95,17 @@ def os_error_message(err: OSError) -> str:
 
     where = f" '{err.filename}'" if err.filename else ""
     if err.errno == errno.ENOSPC:
-        return (f"no space left on the disk while writing{where or ' a file'}: free space on it (or choose a folder "
-                f"on another disk), then run the command again; a training run continues from its last checkpoint "
-                f"with train.resume=auto (a checkpoint is replaced only once its successor is written in full)")
+        return (
+            f"no space left on the disk while writing{where or ' a file'}: free space on it (or choose a folder "
+            f"on another disk), then run the command again; a training run continues from its last checkpoint "
+            f"with train.resume=auto (a checkpoint is replaced only once its successor is written in full)"
+        )
     if err.errno == errno.ENOENT and err.filename and not Path(err.filename).parent.exists():
-        return (f"cannot use{where}: its folder '{Path(err.filename).parent}' no longer exists (deleted or moved "
-                f"while the command ran?); restore the folder, or choose another one, and run the command again")
-    return (f"cannot use{where}: {err.strerror or err} ({type(err).__name__}); check that the path exists, is "
-            f"of the right kind (a file or a folder) and that you may read or write it, or choose another path")
+        return (
+            f"cannot use{where}: its folder '{Path(err.filename).parent}' no longer exists (deleted or moved "
+            f"while the command ran?); restore the folder, or choose another one, and run the command again"
+        )
+    return (
+        f"cannot use{where}: {err.strerror or err} ({type(err).__name__}); check that the path exists, is "
+        f"of the right kind (a file or a folder) and that you may read or write it, or choose another path"
+    )

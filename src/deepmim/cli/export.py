@@ -1,4 +1,5 @@
 """`deepmim export CHECKPOINT --out PATH`: a checkpoint's weights as safetensors, a timm or a transformers folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,21 +33,35 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    e = subparsers.add_parser("export", help="export a checkpoint's weights as safetensors (encoder for timm, "
-                                             "classifier, segmentation model)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
-    e.add_argument("checkpoint", help="a checkpoint of deepmim pretrain, finetune or segment train, or bare weights "
-                                      "(MAE's, the authors', timm's, a Hugging Face ViTMAE folder)")
-    e.add_argument("--out", required=True, help="output .safetensors path (a folder for --format timm / hf / "
-                                                "hf-encoder)")
+    e = subparsers.add_parser(
+        "export",
+        help="export a checkpoint's weights as safetensors (encoder for timm, classifier, segmentation model)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP,
+    )
+    e.add_argument(
+        "checkpoint",
+        help="a checkpoint of deepmim pretrain, finetune or segment train, or bare weights "
+        "(MAE's, the authors', timm's, a Hugging Face ViTMAE folder)",
+    )
+    e.add_argument(
+        "--out", required=True, help="output .safetensors path (a folder for --format timm / hf / hf-encoder)"
+    )
     e.add_argument("--img-size", type=int, default=None, help="resample the position embedding to this size")
-    e.add_argument("--preset", default=None, help="the architecture of weights without a deepmim config, e.g. "
-                                                  "mae_vit_base (deepmim presets lists them)")
-    e.add_argument("--format", default="safetensors", choices=("safetensors", "timm", "hf", "hf-encoder"),
-                   help="safetensors (timm layout, default) | timm: a folder for timm.create_model('local-dir:OUT', "
-                        "pretrained=True) | hf: a transformers folder (ViTMAEForPreTraining for MAE-layout models, "
-                        "ViTForImageClassification for cls-token classifiers) | hf-encoder: a transformers ViTModel "
-                        "folder")
+    e.add_argument(
+        "--preset",
+        default=None,
+        help="the architecture of weights without a deepmim config, e.g. mae_vit_base (deepmim presets lists them)",
+    )
+    e.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "timm", "hf", "hf-encoder"),
+        help="safetensors (timm layout, default) | timm: a folder for timm.create_model('local-dir:OUT', "
+        "pretrained=True) | hf: a transformers folder (ViTMAEForPreTraining for MAE-layout models, "
+        "ViTForImageClassification for cls-token classifiers) | hf-encoder: a transformers ViTModel "
+        "folder",
+    )
     e.set_defaults(handler=run)
     return e
 

@@ -1,4 +1,5 @@
 """`deepmim finetune` (classification from a pre-trained encoder) and `deepmim evaluate` (its checkpoints)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,14 @@ import argparse
 from .arguments import is_rank_zero
 from .pretrain import training_result_line
 
-FINETUNE_HELP = ("The authors' ImageNet recipe (finetune_vit_base_in1k) or your own:\n\n"
-                 "  deepmim finetune --config finetune_demo model.checkpoint=runs/demo/checkpoint-last.pt\n"
-                 "  deepmim finetune --config finetune_vit_base_in1k model.checkpoint=deepmim_clip.pth "
-                 "data.path=/data/imagenet\n\n"
-                 "model.checkpoint takes our checkpoints, the authors', MAE's or timm weights "
-                 "(with model.preset naming the architecture when the file has no deepmim config).")
+FINETUNE_HELP = (
+    "The authors' ImageNet recipe (finetune_vit_base_in1k) or your own:\n\n"
+    "  deepmim finetune --config finetune_demo model.checkpoint=runs/demo/checkpoint-last.pt\n"
+    "  deepmim finetune --config finetune_vit_base_in1k model.checkpoint=deepmim_clip.pth "
+    "data.path=/data/imagenet\n\n"
+    "model.checkpoint takes our checkpoints, the authors', MAE's or timm weights "
+    "(with model.preset naming the architecture when the file has no deepmim config)."
+)
 
 
 # Its place and lines in the command list of `deepmim --help` (cli/main.py gathers them from every module)
@@ -23,8 +26,12 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> None:
-    f = subparsers.add_parser("finetune", help="fine-tune a pre-trained encoder for classification",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=FINETUNE_HELP)
+    f = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained encoder for classification",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=FINETUNE_HELP,
+    )
     f.add_argument("--config", "-c", metavar="RECIPE", help="bundled finetune recipe or YAML path")
     f.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     f.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=10")
@@ -61,6 +68,7 @@ def evaluate(args) -> int:
         from pathlib import Path
 
         from ..training.jsonfile import dumps
+
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(dumps({"checkpoint": args.checkpoint, "data": data, **metrics}))
         print(f"wrote {args.out}")

@@ -1,5 +1,6 @@
 """The `deepmim` command: the top-level parser, whose commands the command modules of this package add, and the
 console's verbosity; errors.py turns what a command raises into a message and an exit code."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,13 +56,22 @@ def epilog(modules: List[ModuleType]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     modules = command_modules()
-    parser = argparse.ArgumentParser(prog="deepmim", description=DESCRIPTION, epilog=epilog(modules),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="deepmim",
+        description=DESCRIPTION,
+        epilog=epilog(modules),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from .. import __version__
+
     parser.add_argument("--version", action="version", version=f"deepmim {__version__}")
     verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console "
-                                                                      "(the messages of the deepmim logger; results still print)")
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors on the console (the messages of the deepmim logger; results still print)",
+    )
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in modules:
@@ -96,6 +106,7 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     import logging
 
     from ..training.console import configure_console
+
     configure_console(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")

@@ -1,4 +1,5 @@
 """`deepmim pretrain --config RECIPE [key=value ...]`: MAE / DeepMIM pre-training."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("pretrain", help="pre-train a model (MAE or DeepMIM)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pre-train a model (MAE or DeepMIM)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP,
+    )
     p.add_argument("--config", "-c", metavar="RECIPE", help="bundled recipe name or path to a YAML recipe")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=10")
@@ -54,7 +59,9 @@ def training_result_line(command: str, result) -> str:
     if logged.get("loss") is not None:
         loss_text += f", last logged loss {logged['loss']:.4f} (step {logged['step']})"
     if result.step == result.start_step:
-        return (f"{command}: nothing trained, the run had already reached step {result.step}{loss_text}; "
-                f"checkpoint {result.checkpoint}")
+        return (
+            f"{command}: nothing trained, the run had already reached step {result.step}{loss_text}; "
+            f"checkpoint {result.checkpoint}"
+        )
     state = "finished" if result.finished else f"stopped at step {result.step} (train.max_steps)"
     return f"{command} {state}: {result.step} steps{loss_text}, checkpoint {result.checkpoint}"

@@ -1,4 +1,5 @@
 """`deepmim knn|probe-layers|linprobe CKPT ... [key=value ...]`: frozen-encoder probes of checkpoints."""
+
 from __future__ import annotations
 
 import argparse
@@ -50,17 +51,30 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> None:
-    k = subparsers.add_parser("knn", help="weighted k-NN accuracy on frozen features",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=KNN_HELP)
-    add_probe_arguments(k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)",
-                        command="knn")
+    k = subparsers.add_parser(
+        "knn",
+        help="weighted k-NN accuracy on frozen features",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=KNN_HELP,
+    )
+    add_probe_arguments(
+        k, "checkpoint", "a deepmim checkpoint (or other weights with features.preset=NAME)", command="knn"
+    )
     k.set_defaults(handler=knn)
-    pl = subparsers.add_parser("probe-layers", help="a linear probe on every block's features, several checkpoints",
-                               formatter_class=argparse.RawDescriptionHelpFormatter, description=PROBE_LAYERS_HELP)
+    pl = subparsers.add_parser(
+        "probe-layers",
+        help="a linear probe on every block's features, several checkpoints",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=PROBE_LAYERS_HELP,
+    )
     add_probe_arguments(pl, "checkpoints", "checkpoints to compare, then key=value overrides", vs_random=True)
     pl.set_defaults(handler=probe_layers)
-    lp = subparsers.add_parser("linprobe", help="MAE's linear probe on the last block (frozen encoder, LARS)",
-                               formatter_class=argparse.RawDescriptionHelpFormatter, description=LINPROBE_HELP)
+    lp = subparsers.add_parser(
+        "linprobe",
+        help="MAE's linear probe on the last block (frozen encoder, LARS)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=LINPROBE_HELP,
+    )
     add_probe_arguments(lp, "checkpoint", "a checkpoint, then key=value overrides", command="linprobe")
     lp.set_defaults(handler=linprobe)
 
@@ -85,16 +99,28 @@ def knn(args) -> int:
     print(data_line(scored))
     for block, r in results.items():
         top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
-        print(f"knn (k={cfg.knn.k}, T={cfg.knn.temperature}, {cfg.features.pool}) block {block}: "
-              f"top-1 {100 * r['top1']:.2f}%{top5}")
+        print(
+            f"knn (k={cfg.knn.k}, T={cfg.knn.temperature}, {cfg.features.pool}) block {block}: "
+            f"top-1 {100 * r['top1']:.2f}%{top5}"
+        )
     if args.out:
         from pathlib import Path
 
         from ..training.jsonfile import dumps
+
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "knn.json").write_text(dumps(
-            {"checkpoint": args.checkpoints[0], "data": scored, "k": cfg.knn.k, "temperature": cfg.knn.temperature,
-             "pool": cfg.features.pool, "results": {str(b): r for b, r in results.items()}}))
+        (Path(args.out) / "knn.json").write_text(
+            dumps(
+                {
+                    "checkpoint": args.checkpoints[0],
+                    "data": scored,
+                    "k": cfg.knn.k,
+                    "temperature": cfg.knn.temperature,
+                    "pool": cfg.features.pool,
+                    "results": {str(b): r for b, r in results.items()},
+                }
+            )
+        )
         print(f"wrote {args.out}/knn.json")
     return 0
 
@@ -147,6 +173,8 @@ def linprobe(args) -> int:
     print(data_line(r["data"]))
     top5 = f", top-5 {100 * r['top5']:.2f}%" if "top5" in r else ""
     mode = "augmented, end to end" if cfg.augment else "cached features"
-    print(f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
-          f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json")
+    print(
+        f"linprobe ({mode}, {cfg.features.pool}): top-1 {100 * r['top1']:.2f}%{top5}, "
+        f"val loss {r['val_loss']:.4f} in {r['seconds']:.1f}s; wrote {args.out or cfg.output_dir}/linprobe.json"
+    )
     return 0

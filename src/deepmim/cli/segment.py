@@ -1,4 +1,5 @@
 """`deepmim segment train|eval`: UperNet semantic segmentation on a pre-trained ViT."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,21 +36,36 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> None:
-    segment = subparsers.add_parser("segment", help="semantic segmentation: UperNet on a pre-trained ViT",
-                                    description="UperNet on a pre-trained ViT, the ADE20K protocol of the paper.")
+    segment = subparsers.add_parser(
+        "segment",
+        help="semantic segmentation: UperNet on a pre-trained ViT",
+        description="UperNet on a pre-trained ViT, the ADE20K protocol of the paper.",
+    )
     segment.set_defaults(handler=run)
     sub = segment.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
-    t = sub.add_parser("train", help="train a segmentation model", description=TRAIN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a segmentation model",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("--config", "-c", metavar="RECIPE", help="bundled segment recipe or YAML path")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.iterations=400")
-    e = sub.add_parser("eval", help="score a segmentation checkpoint", description=EVAL_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = sub.add_parser(
+        "eval",
+        help="score a segmentation checkpoint",
+        description=EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("checkpoint", help="a checkpoint written by deepmim segment train")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=... eval.mode=whole")
-    e.add_argument("--save-predictions", metavar="DIR", default=None,
-                   help="write image | prediction | label PNGs (colourised) into DIR")
+    e.add_argument(
+        "--save-predictions",
+        metavar="DIR",
+        default=None,
+        help="write image | prediction | label PNGs (colourised) into DIR",
+    )
     e.add_argument("--out", metavar="FILE", default=None, help="write the scores as JSON")
 
 

@@ -1,4 +1,5 @@
 """`deepmim study --config RECIPE [key=value ...]`: a declared comparison, end to end, resumable."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ SUMMARY = """\
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("study", help="a declared comparison of arms over seeds: results.md, report.html",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, description=HELP)
+    p = subparsers.add_parser(
+        "study",
+        help="a declared comparison of arms over seeds: results.md, report.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP,
+    )
     p.add_argument("--config", "-c", metavar="RECIPE", help="bundled study recipe name or YAML path (task: study)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. seeds=[0,1]")
@@ -56,8 +61,11 @@ def run(args) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    command = " ".join(["deepmim", "study"] + (["--config", args.config] if args.config else [])
-                       + [shlex.quote(o) for o in args.overrides])
+    command = " ".join(
+        ["deepmim", "study"]
+        + (["--config", args.config] if args.config else [])
+        + [shlex.quote(o) for o in args.overrides]
+    )
     results = run_study(cfg, command=command)
     print(markdown_table(headline(results)), end="")
     print(f"wrote {results['out_dir']}/results.md, results.json, report.html")

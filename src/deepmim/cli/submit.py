@@ -15,6 +15,7 @@ job. A requeued job resumes from the newest checkpoint in train.output_dir.
 
 `--dry-run` prints the sbatch script and the command every task runs, and submits nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,12 +37,16 @@ SUMMARY = """\
 
 
 def add_parser(sub) -> None:
-    s = sub.add_parser("submit", help="run a training command as a SLURM job (submitit), requeued on timeout "
-                                      "and preemption", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=__doc__.split("\n", 1)[1])
+    s = sub.add_parser(
+        "submit",
+        help="run a training command as a SLURM job (submitit), requeued on timeout and preemption",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n", 1)[1],
+    )
     s.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node, one task each (0: one CPU task "
-                                                                "per node)")
+    s.add_argument(
+        "--gpus-per-node", type=int, default=1, help="GPUs per node, one task each (0: one CPU task per node)"
+    )
     s.add_argument("--tasks-per-node", type=int, default=None, help="default: --gpus-per-node (or 1 without GPUs)")
     s.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per task (default 10)")
     s.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (default: the partition's)")
@@ -50,18 +55,35 @@ def add_parser(sub) -> None:
     s.add_argument("--account", default=None, help="SLURM account")
     s.add_argument("--qos", default=None, help="SLURM quality of service")
     s.add_argument("--constraint", default=None, help="SLURM constraint (e.g. a GPU kind)")
-    s.add_argument("--signal-delay", type=int, default=120, help="seconds before the time limit at which the "
-                                                                 "job is asked to save and requeue (default 120)")
+    s.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        help="seconds before the time limit at which the job is asked to save and requeue (default 120)",
+    )
     s.add_argument("--max-requeues", type=int, default=100, help="times the job may time out and be requeued")
-    s.add_argument("--job-dir", default=None, help="submitit's folder (scripts, logs, job state); default: "
-                                                   "train.output_dir/submitit")
+    s.add_argument(
+        "--job-dir",
+        default=None,
+        help="submitit's folder (scripts, logs, job state); default: train.output_dir/submitit",
+    )
     s.add_argument("--name", default=None, help="job name (default: deepmim-COMMAND)")
-    s.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
-                   help="slurm (default) | local: the tasks as processes on this machine | debug: in this process "
-                        "(both submitit's executors, for trying a job before sending it to the cluster)")
-    s.add_argument("--dry-run", action="store_true", help="print the sbatch script and the task command; submit nothing")
-    s.add_argument("job_command", metavar="COMMAND", choices=TRAINING_COMMANDS,
-                   help=f"the training command to run: {' | '.join(TRAINING_COMMANDS)}")
+    s.add_argument(
+        "--cluster",
+        default="slurm",
+        choices=("slurm", "local", "debug"),
+        help="slurm (default) | local: the tasks as processes on this machine | debug: in this process "
+        "(both submitit's executors, for trying a job before sending it to the cluster)",
+    )
+    s.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script and the task command; submit nothing"
+    )
+    s.add_argument(
+        "job_command",
+        metavar="COMMAND",
+        choices=TRAINING_COMMANDS,
+        help=f"the training command to run: {' | '.join(TRAINING_COMMANDS)}",
+    )
     s.add_argument("arguments", nargs=argparse.REMAINDER, help="--config RECIPE and key=value overrides")
     s.set_defaults(handler=run)
 
@@ -94,8 +116,10 @@ def split_arguments(arguments: List[str]) -> tuple:
         elif item.startswith("--config="):
             recipe = item.split("=", 1)[1]
         elif item.startswith("-"):
-            raise ValueError(f"deepmim submit passes --config and key=value overrides to the command; {item!r} "
-                             f"is neither (options of submit itself go before the command)")
+            raise ValueError(
+                f"deepmim submit passes --config and key=value overrides to the command; {item!r} "
+                f"is neither (options of submit itself go before the command)"
+            )
         else:
             overrides.append(item)
     return recipe, overrides
@@ -105,8 +129,10 @@ def load_config(command: str, recipe: Optional[str], overrides: List[str]):
     """The command's config, checked as the command checks it (nothing is submitted for a config it refuses)."""
     if command == "pretrain":
         from ..tasks.pretrain import load_pretrain_config
+
         return load_pretrain_config(recipe, overrides)
     from ..tasks.finetune import load_finetune_config
+
     return load_finetune_config(recipe, overrides)
 
 
@@ -114,8 +140,10 @@ def run_command(command: str, cfg):
     """Train: what `deepmim pretrain` / `deepmim finetune` run after loading their config."""
     if command == "pretrain":
         from ..tasks.pretrain import run_pretrain
+
         return run_pretrain(cfg)
     from ..tasks.finetune import run_finetune
+
     return run_finetune(cfg)
 
 
@@ -168,15 +196,25 @@ class TrainingJob:
 def job_parameters(args, cfg) -> Dict[str, Any]:
     """submitit's parameters for the job (the sbatch options)."""
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
-    params: Dict[str, Any] = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
-                                  timeout_min=parse_time(args.time), name=args.name or f"deepmim-{args.job_command}")
+    params: Dict[str, Any] = dict(
+        nodes=args.nodes,
+        tasks_per_node=tasks,
+        cpus_per_task=args.cpus_per_task,
+        timeout_min=parse_time(args.time),
+        name=args.name or f"deepmim-{args.job_command}",
+    )
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     if args.mem_gb:
         params["mem_gb"] = args.mem_gb
-    slurm = dict(slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
-                 slurm_constraint=args.constraint, slurm_signal_delay_s=args.signal_delay,
-                 slurm_additional_parameters={"requeue": True})
+    slurm = dict(
+        slurm_partition=args.partition,
+        slurm_account=args.account,
+        slurm_qos=args.qos,
+        slurm_constraint=args.constraint,
+        slurm_signal_delay_s=args.signal_delay,
+        slurm_additional_parameters={"requeue": True},
+    )
     params.update({k: v for k, v in slurm.items() if v is not None})
     return params
 
@@ -187,7 +225,7 @@ def sbatch_text(params: Dict[str, Any], folder: Path) -> str:
 
     names = SlurmExecutor._equivalence_dict()
     options = {names.get(k, k): v for k, v in params.items() if not k.startswith("slurm_")}
-    options.update({k[len("slurm_"):]: v for k, v in params.items() if k.startswith("slurm_")})
+    options.update({k[len("slurm_") :]: v for k, v in params.items() if k.startswith("slurm_")})
     if "mem" in options:
         options["mem"] = _convert_mem(options["mem"])
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
@@ -206,20 +244,27 @@ def run(args) -> int:
     folder = Path(args.job_dir or Path(cfg.train.output_dir) / "submitit") / "%j"
     params = job_parameters(args, cfg)
     if args.dry_run:
-        print(f"# deepmim submit --dry-run: nothing submitted. Every task runs:\n#   deepmim {shlex.join(argv)} "
-              f"train.save_signal={preempt_signal()}\n# ({params['nodes']} node(s) x {params['tasks_per_node']} "
-              f"task(s); requeued on timeout/preemption, resuming from {cfg.train.output_dir})")
+        print(
+            f"# deepmim submit --dry-run: nothing submitted. Every task runs:\n#   deepmim {shlex.join(argv)} "
+            f"train.save_signal={preempt_signal()}\n# ({params['nodes']} node(s) x {params['tasks_per_node']} "
+            f"task(s); requeued on timeout/preemption, resuming from {cfg.train.output_dir})"
+        )
         print(sbatch_text(params, folder))
         return 0
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=None if args.cluster == "slurm" else args.cluster,
-                                     slurm_max_num_timeout=args.max_requeues)
+    executor = submitit.AutoExecutor(
+        folder=str(folder),
+        cluster=None if args.cluster == "slurm" else args.cluster,
+        slurm_max_num_timeout=args.max_requeues,
+    )
     if args.cluster != "slurm":
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         params.pop("cpus_per_task", None)
     executor.update_parameters(**params)
     job = executor.submit(TrainingJob(argv))
-    print(f"submitted job {job.job_id}: deepmim {shlex.join(argv)} on {params['nodes']} node(s) x "
-          f"{params['tasks_per_node']} task(s); logs in {str(folder).replace('%j', str(job.job_id))}")
+    print(
+        f"submitted job {job.job_id}: deepmim {shlex.join(argv)} on {params['nodes']} node(s) x "
+        f"{params['tasks_per_node']} task(s); logs in {str(folder).replace('%j', str(job.job_id))}"
+    )
     if args.cluster != "slurm":  # a local job runs as long as this command does
         job.wait()
         state = job.state

@@ -4,6 +4,7 @@ Every key is checked against the dataclass it lands in, and every value against 
 annotation, so a typo or a wrong type stops the run with a message naming the key,
 before any model is built or any data is read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,7 +100,7 @@ def _coerce_scalar(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            if abs(value) >= 2 ** 63:  # torch and numpy take 64-bit integers: a larger one fails deep inside
+            if abs(value) >= 2**63:  # torch and numpy take 64-bit integers: a larger one fails deep inside
                 raise ConfigError(f"{path}: {value} is out of range (a whole number below 2**63 in size)")
             return value
         if isinstance(value, float) and value.is_integer():
@@ -197,8 +198,10 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     names = [p.stem for p in list_recipes()]
     close = difflib.get_close_matches(path.stem, names, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(f"recipe '{name_or_path}' is neither a YAML file nor a bundled recipe.{hint} "
-                      f"Run 'deepmim recipes' to list the bundled ones.")
+    raise ConfigError(
+        f"recipe '{name_or_path}' is neither a YAML file nor a bundled recipe.{hint} "
+        f"Run 'deepmim recipes' to list the bundled ones."
+    )
 
 
 def recipe_description(path: Path) -> str:
@@ -217,8 +220,10 @@ def safe_yaml(text: str, where: str) -> Any:
     themselves): an "alias bomb" of a few lines would otherwise fill the memory once anything walks it."""
     data = yaml.safe_load(text)
     if _expanded_size(data, {}) > MAX_YAML_VALUES:
-        raise ConfigError(f"{where}: its YAML aliases (&name / *name) expand to more than {MAX_YAML_VALUES:,} "
-                          f"values, or into themselves; write the values out instead of nesting aliases")
+        raise ConfigError(
+            f"{where}: its YAML aliases (&name / *name) expand to more than {MAX_YAML_VALUES:,} "
+            f"values, or into themselves; write the values out instead of nesting aliases"
+        )
     return data
 
 
@@ -258,16 +263,22 @@ def recipe_task(path: Path) -> str:
     return str(read_yaml(path).get("task", "pretrain"))
 
 
-def load_config(cls: Type[T], recipe: Optional[str] = None, overrides: Iterable[str] = (),
-                expand: Optional[typing.Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
-                task: str = "pretrain") -> T:
+def load_config(
+    cls: Type[T],
+    recipe: Optional[str] = None,
+    overrides: Iterable[str] = (),
+    expand: Optional[typing.Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
+    task: str = "pretrain",
+) -> T:
     """Recipe (optional) + overrides -> validated dataclass. `expand` resolves presets; `task`
     refuses a recipe written for another command."""
     data: Dict[str, Any] = read_yaml(resolve_recipe_path(recipe)) if recipe else {}
     recipe_for = data.pop("task", "pretrain" if recipe else task)  # no recipe: nothing to refuse
     if recipe_for != task:
-        raise ConfigError(f"recipe '{recipe}' is for 'deepmim {recipe_for}', not 'deepmim {task}'; "
-                          f"run: deepmim {recipe_for} --config {recipe}")
+        raise ConfigError(
+            f"recipe '{recipe}' is for 'deepmim {recipe_for}', not 'deepmim {task}'; "
+            f"run: deepmim {recipe_for} --config {recipe}"
+        )
     data = deep_merge(data, parse_overrides(overrides)) if overrides else data
     if expand is not None:
         data = expand(data)

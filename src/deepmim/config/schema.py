@@ -5,6 +5,7 @@ Recipes (YAML) and command-line overrides are mapped onto these dataclasses by
 `deepmim.config.loader`, which rejects unknown keys and wrong types before any
 work starts. What a task checks beyond types (ranges, combinations) is its `validate`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -296,8 +297,9 @@ class LinprobeConfig:
 class AnalysisConfig:
     """What `deepmim analyze` measures besides the probes, and on how many images."""
 
-    measures: List[str] = field(default_factory=lambda: ["probe", "knn", "attention", "cka", "reconstruction",
-                                                         "loss", "convergence"])
+    measures: List[str] = field(
+        default_factory=lambda: ["probe", "knn", "attention", "cka", "reconstruction", "loss", "convergence"]
+    )
     attention_images: int = 256  # val images for the attention distances (full images, no masking)
     cka_samples: int = 2000  # val examples (pooled features, as the probes read them) for linear CKA
     reconstruction_images: int = 8  # first val images, under one fixed mask (seed below)

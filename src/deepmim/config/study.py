@@ -1,4 +1,5 @@
 """Typed configuration of `deepmim study`: a declared comparison of arms over seeds (tasks/study/)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ class StudyConfig:
 
     title: str = "deepmim study"
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    data: DataConfig = field(default_factory=DataConfig)  # every stage's data: data.split trains, evaluate.val_split scores
+    data: DataConfig = field(
+        default_factory=DataConfig
+    )  # every stage's data: data.split trains, evaluate.val_split scores
     pretrain: Dict[str, Any] = field(default_factory=dict)  # PretrainConfig keys (optim, train) for every pretrain arm
     # DataConfig keys over `data` for pre-training only, e.g. {max_samples: null}: pre-train on every (unlabelled)
     # train image while the probes and fine-tuning learn from the labelled subset (the low-label setting).

@@ -3,6 +3,7 @@
 Every dataset yields (uint8 image (C, H, W), int label; C = 1 for IDX files), or None for an unreadable file;
 `build_pretrain_loader` turns one into reproducible, resumable `Batch`es.
 """
+
 from deepmim.data.embedded import CLASSES as EMBEDDED_CLASSES
 from deepmim.data.embedded import EmbeddedShapes
 from deepmim.data.errors import DataError

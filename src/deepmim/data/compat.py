@@ -4,6 +4,7 @@ timm's RandAugment ('inc1' spec, as in the MAE/DeepMIM fine-tuning recipe) can a
 posterize that keeps 0 bits; Pillow >= 12 rejects that (older Pillow returned a black image).
 We restore the old result so the authors' augmentation runs on current Pillow.
 """
+
 from __future__ import annotations
 
 from PIL import Image, ImageOps

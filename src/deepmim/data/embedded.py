@@ -12,6 +12,7 @@ rotation (full for rotation-free classes, +-15 degrees where orientation defines
 class), a background shading gradient and per-pixel noise. Edges are anti-aliased by
 using f as an approximate distance: alpha = clip(0.5 - f_in_pixels, 0, 1).
 """
+
 from __future__ import annotations
 
 import math
@@ -156,7 +157,7 @@ class EmbeddedShapes(Dataset):
         centres = ((np.arange(img_size, dtype=np.float32) + 0.5) / img_size * 2.0 - 1.0).astype(np.float32)
         self._x = centres[None, :]
         self._y = centres[:, None]
-        fits = self.num_samples * 3 * self.img_size ** 2 <= self.CACHE_BYTES
+        fits = self.num_samples * 3 * self.img_size**2 <= self.CACHE_BYTES
         self._images: Optional[List[Optional[torch.Tensor]]] = [None] * self.num_samples if fits else None
 
     def __len__(self) -> int:

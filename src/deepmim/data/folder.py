@@ -11,6 +11,7 @@ transparent pixel is arbitrary (often black or leftover junk), white is what a v
 Truncated files are detected because PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` stays False;
 code elsewhere in the process must not set it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,9 @@ def resolve_split_dir(root: str, split: Optional[str]) -> str:
         if os.path.isdir(candidate):
             return candidate
         if split != "train":
-            logger.warning("no '%s' folder in data.path '%s'; using its class folders for split '%s'", split, root, split)
+            logger.warning(
+                "no '%s' folder in data.path '%s'; using its class folders for split '%s'", split, root, split
+            )
     return root
 
 
@@ -62,8 +65,9 @@ def walk_once(top: str, seen: Dict[Tuple[int, int], str]) -> Iterator[Tuple[str,
             continue
         key = (info.st_dev, info.st_ino)
         if key in seen:
-            logger.warning("'%s' is the folder '%s' again (a symbolic link): its images are listed once", folder,
-                           seen[key])
+            logger.warning(
+                "'%s' is the folder '%s' again (a symbolic link): its images are listed once", folder, seen[key]
+            )
             subfolders[:] = []
             continue
         seen[key] = folder
@@ -159,9 +163,13 @@ class ImageFolder(Dataset):
                 ) from exc
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("unreadable image '%s' (%s: %s): training takes another image in its place, "
-                               "evaluation leaves it out (data.strict=true stops instead)", path,
-                               type(exc).__name__, exc)
+                logger.warning(
+                    "unreadable image '%s' (%s: %s): training takes another image in its place, "
+                    "evaluation leaves it out (data.strict=true stops instead)",
+                    path,
+                    type(exc).__name__,
+                    exc,
+                )
             return None
 
 
@@ -170,8 +178,7 @@ class FlatImageFolder(ImageFolder):
     in sorted path order, without labels: items are (uint8 image, UNLABELLED). For pre-training on
     unlabelled collections; a command that needs labels stops with `labels`, the reason."""
 
-    def __init__(self, root: str, split: Optional[str] = "train", strict: bool = False,
-                 labels: Optional[str] = None):
+    def __init__(self, root: str, split: Optional[str] = "train", strict: bool = False, labels: Optional[str] = None):
         from deepmim.data.labels import UNLABELLED, missing_labels
 
         self.root = os.fspath(root)
@@ -182,9 +189,11 @@ class FlatImageFolder(ImageFolder):
         self.classes: List[str] = []
         self.samples = [(path, UNLABELLED) for path in list_images(self.directory)]
         if not self.samples:
-            raise DataError(f"data.path '{self.directory}' holds no images (extensions "
-                            f"{', '.join(IMAGE_EXTENSIONS)}, searched in every sub-folder); set data.path to a folder "
-                            f"of images")
+            raise DataError(
+                f"data.path '{self.directory}' holds no images (extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)}, searched in every sub-folder); set data.path to a folder "
+                f"of images"
+            )
         self.class_to_idx = {}
         self.targets = [label for _, label in self.samples]
         self._warned: Set[str] = set()

@@ -11,6 +11,7 @@ over ranks, the DataLoader over workers (no sample twice), resume is exact and a
 from (seed, epoch, index) as for ImageFolder. Columns: data.image_key (default `image`: an Image feature,
 encoded bytes or a path) and data.label_key (default `label`; its ClassLabel names become the classes).
 """
+
 from __future__ import annotations
 
 import glob
@@ -56,8 +57,10 @@ def load_split(path: str, split: str):
     """A `datasets.Dataset` for the split: a save_to_disk folder, or parquet files."""
     datasets = datasets_module()
     path = os.path.expanduser(path)
-    if os.path.isdir(path) and (os.path.isfile(os.path.join(path, "dataset_info.json")) or
-                                os.path.isfile(os.path.join(path, "dataset_dict.json"))):
+    if os.path.isdir(path) and (
+        os.path.isfile(os.path.join(path, "dataset_info.json"))
+        or os.path.isfile(os.path.join(path, "dataset_dict.json"))
+    ):
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.DatasetDict):
             for name in SPLIT_ALIASES.get(split, (split,)):
@@ -67,28 +70,40 @@ def load_split(path: str, split: str):
         return loaded
     files = parquet_files(path, split)
     if not files:
-        raise DataError(f"data.path '{path}' is neither a save_to_disk folder nor has parquet files for split "
-                        f"'{split}' ({split}-*.parquet, data/{split}-*.parquet, {split}/*.parquet, or a glob)")
+        raise DataError(
+            f"data.path '{path}' is neither a save_to_disk folder nor has parquet files for split "
+            f"'{split}' ({split}-*.parquet, data/{split}-*.parquet, {split}/*.parquet, or a glob)"
+        )
     return datasets.load_dataset("parquet", data_files={split: files}, split=split)
 
 
 class HFImageDataset(Dataset):
     """Items (uint8 (3, H, W), label) of a `datasets.Dataset`; None for an unreadable image (unless strict)."""
 
-    def __init__(self, path: str, split: str, image_key: Optional[str] = None, label_key: Optional[str] = None,
-                 strict: bool = False, labels: Optional[str] = CLASSES):
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        image_key: Optional[str] = None,
+        label_key: Optional[str] = None,
+        strict: bool = False,
+        labels: Optional[str] = CLASSES,
+    ):
         """`labels`: why labels are needed, or None when they are optional (pre-training): a dataset with only
         an image column then gives every image UNLABELLED."""
         datasets = datasets_module()
         table = load_split(path, split)
         self.image_key, self.label_key, self.strict = image_key or IMAGE_COLUMN, label_key or LABEL_COLUMN, strict
         if self.image_key not in table.column_names:
-            raise DataError(f"data.image_key='{self.image_key}' is not a column of '{path}' ({split}): it has "
-                            f"{table.column_names}")
+            raise DataError(
+                f"data.image_key='{self.image_key}' is not a column of '{path}' ({split}): it has {table.column_names}"
+            )
         has_labels = self.label_key in table.column_names
         if not has_labels and (labels is not None or label_key is not None):  # a label_key asked for must exist
-            raise missing_labels(f"data.label_key='{self.label_key}' is not a column of '{path}' ({split}): it has "
-                                 f"{table.column_names}", labels or "data.label_key names a column")
+            raise missing_labels(
+                f"data.label_key='{self.label_key}' is not a column of '{path}' ({split}): it has {table.column_names}",
+                labels or "data.label_key names a column",
+            )
         if isinstance(table.features[self.image_key], datasets.Image):  # decode ourselves: bytes in, uint8 out
             table = table.cast_column(self.image_key, datasets.Image(decode=False))
         self.table = table
@@ -110,8 +125,10 @@ class HFImageDataset(Dataset):
             return self.decode(value), self.targets[index]
         except Exception as exc:  # corrupt bytes, a missing file
             if self.strict:
-                raise DataError(f"cannot read image {index} of the data ({type(exc).__name__}: {exc}); set "
-                                f"data.strict=false to skip unreadable images") from exc
+                raise DataError(
+                    f"cannot read image {index} of the data ({type(exc).__name__}: {exc}); set "
+                    f"data.strict=false to skip unreadable images"
+                ) from exc
             return None
 
     @staticmethod
@@ -125,9 +142,12 @@ class HFImageDataset(Dataset):
         if isinstance(value, str):
             return load_rgb(value)
         from PIL import Image
+
         if isinstance(value, Image.Image):
             buffer = io.BytesIO()
             value.save(buffer, format="PNG")
             return decode_image(buffer.getvalue())
-        raise DataError(f"cannot read an image from a {type(value).__name__} value; data.image_key must name an "
-                        f"Image, bytes or path column")
+        raise DataError(
+            f"cannot read an image from a {type(value).__name__} value; data.image_key must name an "
+            f"Image, bytes or path column"
+        )

@@ -4,6 +4,7 @@ Debian's `dataset-fashion-mnist` package puts them in /usr/share/datasets/fashio
 `train-images-idx3-ubyte.gz` etc.; Kaggle copies use `train-images.idx3-ubyte`; both work.
 split "train" reads `train-*`, "val"/"test" read `t10k-*`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,7 +23,16 @@ _SPLIT_PREFIX = {"train": "train", "val": "t10k", "test": "t10k"}
 
 # Label names of Fashion-MNIST (pass as `classes=`; the files themselves carry no names).
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -88,7 +98,9 @@ class IdxDataset(Dataset):
         self.images = read_idx(images_path)
         self.labels = read_idx(labels_path)
         if self.images.ndim != 3 or self.images.dtype != np.uint8:
-            raise DataError(f"'{images_path}' must hold uint8 images (N, H, W), got {self.images.dtype} {self.images.shape}")
+            raise DataError(
+                f"'{images_path}' must hold uint8 images (N, H, W), got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.ndim != 1 or len(self.labels) != len(self.images):
             raise DataError(
                 f"'{labels_path}' must hold one label per image ({len(self.images)}), got shape {self.labels.shape}"

@@ -13,6 +13,7 @@ Three properties make a run restartable bit-for-bit and independent of worker co
   index), so batches stay full (Mixup/CutMix need even ones) and a resumed run sees the same
   replacement; `Batch.num_skipped` counts them. Evaluation loaders leave such files out instead.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,13 +104,16 @@ class SeededAugmentation(Dataset):
                 return (*out, replaced)
             # an unreadable file: a deterministic other sample takes its place (augmented as `index`)
             if replaced == MAX_STAND_INS:
-                raise DataError(f"{MAX_STAND_INS} unreadable images in a row (the last at index {index}): most of "
-                                f"the data cannot be read; check data.path and the warnings above")
+                raise DataError(
+                    f"{MAX_STAND_INS} unreadable images in a row (the last at index {index}): most of "
+                    f"the data cannot be read; check data.path and the warnings above"
+                )
             replaced += 1
             source = mix_seed(self.seed, self.epoch, index, STAND_IN_STREAM, replaced) % len(self.dataset)
 
-    def augment(self, item: Optional[tuple], index: int, epoch: Optional[int] = None,
-                source: Optional[int] = None) -> Optional[Tuple[torch.Tensor, int, int]]:
+    def augment(
+        self, item: Optional[tuple], index: int, epoch: Optional[int] = None, source: Optional[int] = None
+    ) -> Optional[Tuple[torch.Tensor, int, int]]:
         """(image, label) of sample `index` -> (augmented image, label, mask seed), from (seed, epoch, index)
         alone (epoch: the shared one unless given; streamed data passes its own). Reading files straight
         into their crop (`from_files`), the file of sample `source` (default `index`) is read. None (an
@@ -264,9 +268,11 @@ def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
     if cfg.name not in DATASET_NAMES:
         raise DataError(f"unknown data.name '{cfg.name}'; choose one of: {', '.join(DATASET_NAMES)}")
     if cfg.name == "embedded" and cfg.path:
-        raise DataError(f"data.path='{cfg.path}' is set, but data.name=embedded (the built-in shapes) reads no "
-                        f"files: set data.name=imagefolder (an ImageNet-style folder), data.name=idx (MNIST / "
-                        f"Fashion-MNIST IDX files), data.name=wds or data.name=hf to train on it, or remove data.path")
+        raise DataError(
+            f"data.path='{cfg.path}' is set, but data.name=embedded (the built-in shapes) reads no "
+            f"files: set data.name=imagefolder (an ImageNet-style folder), data.name=idx (MNIST / "
+            f"Fashion-MNIST IDX files), data.name=wds or data.name=hf to train on it, or remove data.path"
+        )
     if cfg.name != "embedded" and not cfg.path and require_path:
         hint = {
             "imagefolder": "an ImageNet-style folder (root/train/<class>/*.jpg)",
@@ -277,8 +283,10 @@ def validate_data_config(cfg: DataConfig, require_path: bool = True) -> None:
         }[cfg.name]
         raise DataError(f"data.path is required for data.name='{cfg.name}'; set data.path to {hint}")
     if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean) or any(s <= 0 for s in cfg.std):
-        raise DataError(f"data.mean and data.std need 3 values (colour) or 1 (grey) with std > 0, got mean={cfg.mean}, "
-                        f"std={cfg.std}")
+        raise DataError(
+            f"data.mean and data.std need 3 values (colour) or 1 (grey) with std > 0, got mean={cfg.mean}, "
+            f"std={cfg.std}"
+        )
     if not 0.0 < cfg.crop_scale_min <= 1.0:
         raise DataError(f"data.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
     if cfg.num_workers < 0:
@@ -298,6 +306,7 @@ def build_dataset(cfg: DataConfig, split: Optional[str] = None, labels: Optional
     dataset = _full_dataset(cfg, split or cfg.split, labels)
     if cfg.max_samples is not None and cfg.max_samples < len(dataset):
         from deepmim.data.subset import ClassBalancedSubset
+
         return ClassBalancedSubset(dataset, cfg.max_samples)
     return dataset
 
@@ -312,9 +321,11 @@ def _full_dataset(cfg: DataConfig, split: str, labels: Optional[str] = CLASSES) 
         return FlatImageFolder(path, split=split, strict=cfg.strict, labels=labels)
     if cfg.name == "wds":
         from deepmim.data.wds import TarShardDataset, resolve_shards
+
         return TarShardDataset(resolve_shards(path, split), cfg.image_key, cfg.label_key, cfg.strict, labels)
     if cfg.name == "hf":
         from deepmim.data.hf import HFImageDataset
+
         return HFImageDataset(path, split, cfg.image_key, cfg.label_key, cfg.strict, labels)
     return IdxDataset(path, split=split)
 
@@ -374,8 +385,18 @@ def build_pretrain_loader(
         transform = build_pretrain_transform(cfg.img_size, cfg.mean, cfg.std, cfg.crop_scale_min, cfg.hflip)
     if cfg.name == "wds":  # streamed shards (data/wds.py): same per-sample seeds, shard-dealt over ranks and workers
         from deepmim.data.wds import build_wds_loader
-        return build_wds_loader(cfg, batch_size, seed, rank, world_size, SeededAugmentation(None, transform, seed),
-                                functools.partial(collate_skip_broken, num_patches=mask_patches), split, labels)
+
+        return build_wds_loader(
+            cfg,
+            batch_size,
+            seed,
+            rank,
+            world_size,
+            SeededAugmentation(None, transform, seed),
+            functools.partial(collate_skip_broken, num_patches=mask_patches),
+            split,
+            labels,
+        )
     raw = build_dataset(cfg, split, labels)
     dataset = SeededAugmentation(raw, transform, seed)
     sampler = ResumableSampler(len(raw), seed, shuffle=True, rank=rank, world_size=world_size, drop_last=drop_last)

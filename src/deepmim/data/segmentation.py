@@ -5,6 +5,7 @@ Every dataset yields (uint8 image (3, H, W), int64 label map (H, W), name) with 
 sample's position in the training stream, so the same run resumed mid-way sees the very same
 crops, flips and colours (see `IterationSampler`).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,9 @@ from deepmim.data.loader import mix_seed
 
 ADE20K_NUM_CLASSES = 150
 # The 150 SceneParsing classes in label order (mask value k + 1 -> class k), for the per-class table.
-ADE20K_CLASSES = [name.replace("_", " ") for name in """
+ADE20K_CLASSES = [
+    name.replace("_", " ")
+    for name in """
 wall building sky floor tree ceiling road bed windowpane grass cabinet sidewalk person earth door
 table mountain plant curtain chair car water painting sofa shelf house sea mirror rug field
 armchair seat fence desk rock wardrobe lamp bathtub railing cushion base box column signboard
@@ -38,7 +41,8 @@ fountain conveyer_belt canopy washer plaything swimming_pool stool barrel basket
 minibike cradle oven ball food step tank trade_name microwave pot animal bicycle lake dishwasher
 screen blanket sculpture hood sconce vase traffic_light tray ashcan fan pier crt_screen plate
 monitor bulletin_board shower radiator glass clock flag
-""".split()]
+""".split()
+]
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
 SEG_DATASETS = ("embedded", "ade20k", "maskfolder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -53,8 +57,9 @@ class SegSample(NamedTuple):
 # ----------------------------------------------------------------------------- datasets
 
 
-def map_labels(raw: np.ndarray, num_classes: int, reduce_zero_label: bool, ignore_index: int, path: str
-               ) -> torch.Tensor:
+def map_labels(
+    raw: np.ndarray, num_classes: int, reduce_zero_label: bool, ignore_index: int, path: str
+) -> torch.Tensor:
     """Raw mask values -> training labels; refuses values that are no class, naming the file."""
     label = raw.astype(np.int64)
     if reduce_zero_label:  # ADE20K: 0 is 'other', classes 1..150 become 0..149
@@ -63,9 +68,11 @@ def map_labels(raw: np.ndarray, num_classes: int, reduce_zero_label: bool, ignor
     bad = np.unique(label[(label != ignore_index) & ((label < 0) | (label >= num_classes))])
     if bad.size:
         shown = ", ".join(str(int(v) + (1 if reduce_zero_label else 0)) for v in bad[:8])
-        raise DataError(f"mask '{path}' has values {shown} outside the {num_classes} classes"
-                        f"{' (after reduce_zero_label)' if reduce_zero_label else ''}; check data.num_classes "
-                        f"and data.reduce_zero_label")
+        raise DataError(
+            f"mask '{path}' has values {shown} outside the {num_classes} classes"
+            f"{' (after reduce_zero_label)' if reduce_zero_label else ''}; check data.num_classes "
+            f"and data.reduce_zero_label"
+        )
     return torch.from_numpy(label)
 
 
@@ -75,14 +82,23 @@ class MaskFolder(Dataset):
     Pairs are checked when listing (a missing mask is an error naming it); masks are single
     channel (palette PNGs keep their indices) and must match their image's size."""
 
-    def __init__(self, root: str, split: str, num_classes: int, mask_dir: str = "annotations",
-                 reduce_zero_label: bool = False, ignore_index: int = 255, classes: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        num_classes: int,
+        mask_dir: str = "annotations",
+        reduce_zero_label: bool = False,
+        ignore_index: int = 255,
+        classes: Optional[Sequence[str]] = None,
+    ):
         image_dir = os.path.join(root, "images", split)
         label_dir = os.path.join(root, mask_dir, split)
         for folder in (image_dir, label_dir):
             if not os.path.isdir(folder):
-                raise DataError(f"missing folder '{folder}'; data.path must hold images/{split}/ and "
-                                f"{mask_dir}/{split}/")
+                raise DataError(
+                    f"missing folder '{folder}'; data.path must hold images/{split}/ and {mask_dir}/{split}/"
+                )
         stems = sorted(f for f in os.listdir(image_dir) if f.lower().endswith(IMAGE_SUFFIXES) and f[0] != ".")
         if not stems:
             raise DataError(f"no images in '{image_dir}'")
@@ -107,11 +123,15 @@ class MaskFolder(Dataset):
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read '{image_path}' / '{mask_path}': {err}") from err
         if raw.ndim != 2:
-            raise DataError(f"mask '{mask_path}' has {raw.shape[-1]} channels; a mask is one channel of class "
-                            f"indices (a grey or palette PNG)")
+            raise DataError(
+                f"mask '{mask_path}' has {raw.shape[-1]} channels; a mask is one channel of class "
+                f"indices (a grey or palette PNG)"
+            )
         if raw.shape != tuple(image.shape[1:]):
-            raise DataError(f"mask '{mask_path}' is {raw.shape[1]}x{raw.shape[0]} but image '{image_path}' is "
-                            f"{image.shape[2]}x{image.shape[1]}")
+            raise DataError(
+                f"mask '{mask_path}' is {raw.shape[1]}x{raw.shape[0]} but image '{image_path}' is "
+                f"{image.shape[2]}x{image.shape[1]}"
+            )
         label = map_labels(raw, self.num_classes, self.reduce_zero_label, self.ignore_index, mask_path)
         return SegSample(image, label, os.path.splitext(os.path.basename(image_path))[0])
 
@@ -141,13 +161,21 @@ def build_seg_dataset(cfg: SegDataConfig, split: str) -> Dataset:
         n = cfg.num_samples if split == cfg.train_split else cfg.val_samples
         return EmbeddedSegmentation(n, cfg.img_size, split)
     if not cfg.path:
-        raise DataError(f"data.path is required for data.name={cfg.name}: the folder holding images/ and "
-                        f"{cfg.mask_dir}/ (ADE20K: ADEChallengeData2016)")
+        raise DataError(
+            f"data.path is required for data.name={cfg.name}: the folder holding images/ and "
+            f"{cfg.mask_dir}/ (ADE20K: ADEChallengeData2016)"
+        )
     root = os.path.expanduser(cfg.path)
     if cfg.name == "ade20k":
-        return MaskFolder(root, ADE20K_SPLITS.get(split, split), ADE20K_NUM_CLASSES, "annotations",
-                          reduce_zero_label=True if cfg.reduce_zero_label is None else cfg.reduce_zero_label,
-                          ignore_index=cfg.ignore_index, classes=ADE20K_CLASSES)
+        return MaskFolder(
+            root,
+            ADE20K_SPLITS.get(split, split),
+            ADE20K_NUM_CLASSES,
+            "annotations",
+            reduce_zero_label=True if cfg.reduce_zero_label is None else cfg.reduce_zero_label,
+            ignore_index=cfg.ignore_index,
+            classes=ADE20K_CLASSES,
+        )
     if not cfg.num_classes:
         raise DataError("data.num_classes is required for data.name=maskfolder")
     return MaskFolder(root, split, cfg.num_classes, cfg.mask_dir, bool(cfg.reduce_zero_label), cfg.ignore_index)
@@ -170,8 +198,9 @@ def resize_pair(image: torch.Tensor, label: Optional[torch.Tensor], size: Tuple[
     return image, label
 
 
-def random_crop_box(label: torch.Tensor, crop: int, rng: np.random.Generator, cat_max_ratio: float,
-                    ignore_index: int) -> Tuple[int, int, int, int]:
+def random_crop_box(
+    label: torch.Tensor, crop: int, rng: np.random.Generator, cat_max_ratio: float, ignore_index: int
+) -> Tuple[int, int, int, int]:
     """(top, left, height, width): up to 10 draws until no class covers more than cat_max_ratio
     of the crop's labelled pixels (and at least two classes are present), else the last draw."""
     h, w = label.shape
@@ -180,7 +209,7 @@ def random_crop_box(label: torch.Tensor, crop: int, rng: np.random.Generator, ca
         box = (top, left, min(crop, h), min(crop, w))
         if cat_max_ratio >= 1.0:
             break
-        patch = label[top:top + box[2], left:left + box[3]]
+        patch = label[top : top + box[2], left : left + box[3]]
         counts = torch.bincount(patch[patch != ignore_index].flatten())
         counts = counts[counts > 0]
         if len(counts) > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio:
@@ -230,7 +259,7 @@ class SegTransform:
         ratio = rng.uniform(c.ratio_range[0], c.ratio_range[1])
         image, label = resize_pair(image, label, rescale_size(h, w, c.scale[0] * ratio, c.scale[1] * ratio))
         top, left, ch, cw = random_crop_box(label, c.crop_size, rng, c.cat_max_ratio, c.ignore_index)
-        image, label = image[:, top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+        image, label = image[:, top : top + ch, left : left + cw], label[top : top + ch, left : left + cw]
         if c.hflip and rng.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
         if c.photometric:
@@ -318,13 +347,20 @@ class IterationLoader(torch.utils.data.DataLoader):
             self.sampler.set_start(start_batch, self.batch_size)
 
 
-def build_iteration_loader(cfg: SegDataConfig, batch_size: int, batches_per_epoch: int, seed: int,
-                           rank: int = 0, world_size: int = 1) -> IterationLoader:
+def build_iteration_loader(
+    cfg: SegDataConfig, batch_size: int, batches_per_epoch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> IterationLoader:
     dataset = StreamDataset(build_seg_dataset(cfg, cfg.train_split), SegTransform(cfg, train=True), seed)
     sampler = IterationSampler(batches_per_epoch, batch_size, rank, world_size)
-    return IterationLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                           collate_fn=collate_seg, pin_memory=torch.cuda.is_available(),
-                           persistent_workers=cfg.num_workers > 0)
+    return IterationLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_seg,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+    )
 
 
 # ----------------------------------------------------------------------------- colours

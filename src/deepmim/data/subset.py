@@ -8,6 +8,7 @@ Classes get equal shares (the smallest ones give what they have, the rest is sha
 class the images are a fixed pseudo-random draw, so a folder sorted by file name is not cut at a
 name boundary. The chosen indices keep the dataset's own order.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -24,8 +25,10 @@ def balanced_indices(targets: Sequence[int], n: int, seed: int = SUBSET_SEED) ->
     for index, label in enumerate(targets):
         by_class.setdefault(int(label), []).append(index)
     generator = torch.Generator().manual_seed(seed)
-    pools = {c: [idx[i] for i in torch.randperm(len(idx), generator=generator).tolist()]
-             for c, idx in sorted(by_class.items())}
+    pools = {
+        c: [idx[i] for i in torch.randperm(len(idx), generator=generator).tolist()]
+        for c, idx in sorted(by_class.items())
+    }
     quota = {c: 0 for c in pools}
     left = min(n, len(targets))
     while left > 0:  # water-filling: equal shares, classes that run out pass theirs on
@@ -35,7 +38,7 @@ def balanced_indices(targets: Sequence[int], n: int, seed: int = SUBSET_SEED) ->
             take = min(share + (rank < extra), len(pools[c]) - quota[c])
             quota[c] += take
             left -= take
-    return sorted(i for c, pool in pools.items() for i in pool[:quota[c]])
+    return sorted(i for c, pool in pools.items() for i in pool[: quota[c]])
 
 
 class ClassBalancedSubset(Dataset):

@@ -16,6 +16,7 @@ antialiased resize needs (half the resize time of a channel-first one). Same ran
 and flip as the tensor path; the same pixels when no reduction applies
 (benchmarks/data_throughput.py measures both against the plain PIL + torchvision pipeline).
 """
+
 from __future__ import annotations
 
 import functools
@@ -71,7 +72,7 @@ def resized_crop_bicubic(image: torch.Tensor, top: int, left: int, h: int, w: in
     inside = top >= 0 and left >= 0 and top + h <= height and left + w <= width
     if not inside or image.ndim != 3 or image.device.type != "cpu" or image.dtype not in (torch.uint8, torch.float32):
         return F.resized_crop(image, top, left, h, w, size, InterpolationMode.BICUBIC, antialias=True)
-    crop = image[:, top:top + h, left:left + w]
+    crop = image[:, top : top + h, left : left + w]
     if [h, w] == list(size):
         return crop
     batch = crop.unsqueeze(0)
@@ -79,8 +80,9 @@ def resized_crop_bicubic(image: torch.Tensor, top: int, left: int, h: int, w: in
         # as torchvision does: a 1CHW channels-last view whose batch stride is ambiguous would get a
         # channel-first output (pytorch#68430); restriding keeps the layout (and the vectorised kernel)
         batch = batch.as_strided(batch.shape, (batch.numel(), *batch.stride()[1:]))
-    return torch.nn.functional.interpolate(batch, size=list(size), mode="bicubic", align_corners=False,
-                                           antialias=True)[0]
+    return torch.nn.functional.interpolate(batch, size=list(size), mode="bicubic", align_corners=False, antialias=True)[
+        0
+    ]
 
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, PIL's convert("L")
@@ -124,6 +126,7 @@ def _torchvision_decoder():
             warnings.simplefilter("ignore", DeprecationWarning)
             buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             return decode_jpeg(buffer, mode=ImageReadMode.RGB)
+
     return decode
 
 

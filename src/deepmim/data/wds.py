@@ -19,6 +19,7 @@ augmenting them (I/O of the part of the epoch already done; none at an epoch bou
 
 Evaluation, probes and pictures index local shards directly (`TarShardDataset`, from the tar headers).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,8 +104,9 @@ def read_index(path: Path) -> ShardList:
     return ShardList(urls, counts, data.get("classes"))
 
 
-def write_index(path: Path, urls: Sequence[str], counts: Sequence[int], classes: Optional[List[str]] = None,
-                name: str = "") -> Path:
+def write_index(
+    path: Path, urls: Sequence[str], counts: Sequence[int], classes: Optional[List[str]] = None, name: str = ""
+) -> Path:
     """A wids-style index; urls next to the index file are written relative to it."""
     base = Path(path).parent.resolve()
     entries = []
@@ -127,8 +129,10 @@ def resolve_shards(path: str, split: str) -> ShardList:
             index = Path(path) / f"{name}.json"
             if index.is_file():
                 return read_index(index)
-        raise DataError(f"data.path '{path}' has no '{split}.json' shard index; write one with 'deepmim data pack' "
-                        f"or 'deepmim data index', or give a brace pattern of the shards")
+        raise DataError(
+            f"data.path '{path}' has no '{split}.json' shard index; write one with 'deepmim data pack' "
+            f"or 'deepmim data index', or give a brace pattern of the shards"
+        )
     path = path.replace("{split}", split)
     if path.endswith(".json"):
         if not os.path.isfile(path):
@@ -137,11 +141,15 @@ def resolve_shards(path: str, split: str) -> ShardList:
     urls = expand_pattern(path)
     remote = [u for u in urls if not is_local(u)]
     if remote:
-        raise DataError(f"'{remote[0]}' is not a local file: give data.path an index (.json) that lists the shards "
-                        f"with their sample counts (deepmim data index PATTERN --out index.json)")
+        raise DataError(
+            f"'{remote[0]}' is not a local file: give data.path an index (.json) that lists the shards "
+            f"with their sample counts (deepmim data index PATTERN --out index.json)"
+        )
     missing = [u for u in urls if not os.path.isfile(u)]
     if missing:
-        raise DataError(f"data.path '{path}': shard '{missing[0]}' does not exist ({len(missing)} of {len(urls)} missing)")
+        raise DataError(
+            f"data.path '{path}': shard '{missing[0]}' does not exist ({len(missing)} of {len(urls)} missing)"
+        )
     return ShardList(urls, [len(tar_samples(u)) for u in urls])
 
 
@@ -157,8 +165,10 @@ def sample_image(sample: Dict[str, bytes], image_key: str) -> bytes:
     for key in image_key.split(";"):
         if key in sample:
             return sample[key]
-    raise DataError(f"sample '{sample.get('__key__')}' in {sample.get('__url__')} has no {image_key!r} entry "
-                    f"(it has {sorted(k for k in sample if not k.startswith('__'))}); set data.image_key")
+    raise DataError(
+        f"sample '{sample.get('__key__')}' in {sample.get('__url__')} has no {image_key!r} entry "
+        f"(it has {sorted(k for k in sample if not k.startswith('__'))}); set data.image_key"
+    )
 
 
 def decode_image(data: bytes) -> torch.Tensor:
@@ -178,8 +188,10 @@ def decode_label(value, sample: Optional[Dict[str, bytes]] = None) -> int:
         return int(value.decode() if isinstance(value, bytes) else value)
     except (ValueError, TypeError, UnicodeDecodeError):
         where = f"sample '{sample.get('__key__')}' of {sample.get('__url__')}" if sample else "a sample"
-        raise DataError(f"{where} has the label {bytes(value)[:40]!r}, not a class number; fix or re-pack the "
-                        f"shard, or set data.label_key to the entry that holds the class numbers") from None
+        raise DataError(
+            f"{where} has the label {bytes(value)[:40]!r}, not a class number; fix or re-pack the "
+            f"shard, or set data.label_key to the entry that holds the class numbers"
+        ) from None
 
 
 class Decoder:
@@ -187,8 +199,9 @@ class Decoder:
     Entries other than the image and the label (img2dataset's json and txt) are ignored. A sample without the
     label entry gets UNLABELLED when `labels` is None (pre-training), else stops with `labels`, the reason."""
 
-    def __init__(self, image_key: Optional[str], label_key: Optional[str], strict: bool,
-                 labels: Optional[str] = CLASSES):
+    def __init__(
+        self, image_key: Optional[str], label_key: Optional[str], strict: bool, labels: Optional[str] = CLASSES
+    ):
         self.image_key, self.label_key, self.strict = image_key or IMAGE_KEYS, label_key or LABEL_KEY, strict
         self.labels = labels
 
@@ -199,8 +212,10 @@ class Decoder:
             raise
         except Exception as exc:  # corrupt or truncated bytes
             if self.strict:
-                raise DataError(f"cannot decode sample '{sample.get('__key__')}' of {sample.get('__url__')}: {exc}; "
-                                f"set data.strict=false to skip unreadable images") from exc
+                raise DataError(
+                    f"cannot decode sample '{sample.get('__key__')}' of {sample.get('__url__')}: {exc}; "
+                    f"set data.strict=false to skip unreadable images"
+                ) from exc
             return None
         return image, self.label(sample)
 
@@ -209,9 +224,11 @@ class Decoder:
             return decode_label(sample[self.label_key], sample)
         if self.labels is None:
             return UNLABELLED
-        raise missing_labels(f"sample '{sample.get('__key__')}' of {sample.get('__url__')} has no "
-                             f"'{self.label_key}' entry (it has {sorted(k for k in sample if not k.startswith('__'))})",
-                             self.labels)
+        raise missing_labels(
+            f"sample '{sample.get('__key__')}' of {sample.get('__url__')} has no "
+            f"'{self.label_key}' entry (it has {sorted(k for k in sample if not k.startswith('__'))})",
+            self.labels,
+        )
 
 
 # ----------------------------------------------------------------------------- map-style: local shards
@@ -239,12 +256,20 @@ def tar_samples(path: str) -> List[Dict[str, Tuple[int, int]]]:
 class TarShardDataset(Dataset):
     """Random access to local shards (index i = the i-th sample of the shard list): evaluation and probes."""
 
-    def __init__(self, shards: ShardList, image_key: Optional[str] = None, label_key: Optional[str] = None,
-                 strict: bool = False, labels: Optional[str] = CLASSES):
+    def __init__(
+        self,
+        shards: ShardList,
+        image_key: Optional[str] = None,
+        label_key: Optional[str] = None,
+        strict: bool = False,
+        labels: Optional[str] = CLASSES,
+    ):
         local = [u for u in shards.urls if not is_local(u) or not os.path.isfile(u)]
         if local:
-            raise DataError(f"'{local[0]}' is not a local file: evaluation, probes and pictures read shards by index; "
-                            f"copy the split's shards to a local folder (or use data.name=hf / imagefolder for it)")
+            raise DataError(
+                f"'{local[0]}' is not a local file: evaluation, probes and pictures read shards by index; "
+                f"copy the split's shards to a local folder (or use data.name=hf / imagefolder for it)"
+            )
         self.shards = shards
         self.entries = [(url, entry) for url in shards.urls for entry in tar_samples(url)]
         if len(self.entries) != shards.total:
@@ -321,22 +346,36 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
 class WdsStream(IterableDataset):
     """The epoch's stream of one DataLoader worker of one rank: (augmented image, label, mask seed) items."""
 
-    def __init__(self, shards: ShardList, augment, decoder: Decoder, seed: int, rank: int, world_size: int,
-                 workers: int, batch_size: int, shuffle_buffer: int):
+    def __init__(
+        self,
+        shards: ShardList,
+        augment,
+        decoder: Decoder,
+        seed: int,
+        rank: int,
+        world_size: int,
+        workers: int,
+        batch_size: int,
+        shuffle_buffer: int,
+    ):
         self.shards, self.augment, self.decoder = shards, augment, decoder
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.workers, self.batch_size, self.shuffle_buffer = max(workers, 1), batch_size, shuffle_buffer
         slots = self.world_size * self.workers
         if len(shards.urls) < slots:
-            raise DataError(f"{len(shards.urls)} shards cannot be dealt to {world_size} process(es) x {self.workers} "
-                            f"loader worker(s) without repeating one: write more, smaller shards (deepmim data pack "
-                            f"--shard-size) or lower data.num_workers")
+            raise DataError(
+                f"{len(shards.urls)} shards cannot be dealt to {world_size} process(es) x {self.workers} "
+                f"loader worker(s) without repeating one: write more, smaller shards (deepmim data pack "
+                f"--shard-size) or lower data.num_workers"
+            )
         per_slot = len(shards.urls) // slots
         smallest = sum(sorted(shards.counts)[:per_slot])  # what every slot reads at least, in any epoch
         self.batches_per_slot = smallest // batch_size
         if self.batches_per_slot == 0:
-            raise DataError(f"each loader worker reads {per_slot} shard(s) of at least {smallest} samples per epoch, "
-                            f"fewer than a batch of {batch_size}: lower the batch size or data.num_workers")
+            raise DataError(
+                f"each loader worker reads {per_slot} shard(s) of at least {smallest} samples per epoch, "
+                f"fewer than a batch of {batch_size}: lower the batch size or data.num_workers"
+            )
         self.epoch, self.start_batch = 0, 0
 
     def __len__(self) -> int:
@@ -379,22 +418,30 @@ def checked_samples(url: str, expected: int) -> Iterator[Dict[str, bytes]]:
     try:
         for sample in wds.tariterators.tarfile_samples([{"url": url}]):
             if count == expected:
-                raise DataError(f"shard '{url}' holds more samples than the {expected} its index says; rewrite the "
-                                f"index (deepmim data index)")
+                raise DataError(
+                    f"shard '{url}' holds more samples than the {expected} its index says; rewrite the "
+                    f"index (deepmim data index)"
+                )
             count += 1
             yield sample
     except DataError:
         raise
     except FileNotFoundError as err:
-        raise DataError(f"shard '{url}' does not exist ({err.strerror}); restore it, or rewrite the index without "
-                        f"it (deepmim data index)") from None
+        raise DataError(
+            f"shard '{url}' does not exist ({err.strerror}); restore it, or rewrite the index without "
+            f"it (deepmim data index)"
+        ) from None
     except (tarfile.TarError, OSError, EOFError, ValueError) as err:
         reason = str(err.args[0] if err.args else err).split(" @ ")[0]
-        raise DataError(f"shard '{url}' is damaged after its sample {count} ({type(err).__name__}: {reason}); re-pack "
-                        f"it (deepmim data pack), or rewrite the index without it (deepmim data index)") from None
+        raise DataError(
+            f"shard '{url}' is damaged after its sample {count} ({type(err).__name__}: {reason}); re-pack "
+            f"it (deepmim data pack), or rewrite the index without it (deepmim data index)"
+        ) from None
     if count != expected:
-        raise DataError(f"shard '{url}' holds {count} samples, its index says {expected}; rewrite the index "
-                        f"(deepmim data index) or restore the shard")
+        raise DataError(
+            f"shard '{url}' holds {count} samples, its index says {expected}; rewrite the index "
+            f"(deepmim data index) or restore the shard"
+        )
 
 
 class _ShardInfo:
@@ -428,24 +475,44 @@ class WdsLoader:
         # Fresh workers each epoch: they take the epoch and start batch with the stream.
         from deepmim.data.workers import ignore_stop_signals
 
-        loader = DataLoader(self.stream, batch_size=self.batch_size, drop_last=True, num_workers=self.workers,
-                            worker_init_fn=ignore_stop_signals if self.workers else None,
-                            collate_fn=self.collate, pin_memory=torch.cuda.is_available())
+        loader = DataLoader(
+            self.stream,
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=self.workers,
+            worker_init_fn=ignore_stop_signals if self.workers else None,
+            collate_fn=self.collate,
+            pin_memory=torch.cuda.is_available(),
+        )
         return iter(loader)
 
 
-def build_wds_loader(cfg, batch_size: int, seed: int, rank: int, world_size: int, augment, collate: Callable,
-                     split: Optional[str] = None, labels: Optional[str] = CLASSES) -> WdsLoader:
+def build_wds_loader(
+    cfg,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    augment,
+    collate: Callable,
+    split: Optional[str] = None,
+    labels: Optional[str] = CLASSES,
+) -> WdsLoader:
     """The streamed training loader; `augment` (a SeededAugmentation) and `collate` come from data/loader.py."""
     if cfg.max_samples is not None:
-        raise DataError("data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
-                        "you want (deepmim data pack) or list fewer shards")
+        raise DataError(
+            "data.max_samples is not offered for streamed shards (data.name=wds): pack the subset "
+            "you want (deepmim data pack) or list fewer shards"
+        )
     shards = resolve_shards(cfg.path, split or cfg.split)
     missing = [u for u in shards.urls if is_local(u) and not os.path.isfile(u)]
     if missing:
-        raise DataError(f"data.path '{cfg.path}' lists shard '{missing[0]}', which does not exist ({len(missing)} of "
-                        f"{len(shards.urls)} missing); restore the shards, or rewrite the index (deepmim data index)")
+        raise DataError(
+            f"data.path '{cfg.path}' lists shard '{missing[0]}', which does not exist ({len(missing)} of "
+            f"{len(shards.urls)} missing); restore the shards, or rewrite the index (deepmim data index)"
+        )
     decoder = Decoder(cfg.image_key, cfg.label_key, cfg.strict, labels)
-    stream = WdsStream(shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size,
-                       cfg.shuffle_buffer)
+    stream = WdsStream(
+        shards, augment, decoder, seed, rank, world_size, cfg.num_workers, batch_size, cfg.shuffle_buffer
+    )
     return WdsLoader(stream, collate, cfg.num_workers, shards.classes)

@@ -1,4 +1,5 @@
 """What every training loader worker does first, and how the main process ends the ones left at exit."""
+
 from __future__ import annotations
 
 import atexit

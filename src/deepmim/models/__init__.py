@@ -3,13 +3,26 @@
 
 The names below are imported on first use (PEP 562), so reading the presets (presets.py, config only)
 does not load torch."""
+
 import importlib
 
-_WHERE = {"MaskedDecoder": "decoder", "DeepMIM": "deepmim", "PretrainOutput": "deepmim",
-          "validate_model_config": "deepmim", "MaskedViTEncoder": "encoder", "create_model": "factory",
-          "expand_model_dict": "factory", "resolve_model_config": "factory", "CheckpointError": "loading",
-          "load_checkpoint": "loading", "load_weights": "loading", "Masking": "masking",
-          "random_masking": "masking", "list_presets": "presets", "preset_config": "presets"}
+_WHERE = {
+    "MaskedDecoder": "decoder",
+    "DeepMIM": "deepmim",
+    "PretrainOutput": "deepmim",
+    "validate_model_config": "deepmim",
+    "MaskedViTEncoder": "encoder",
+    "create_model": "factory",
+    "expand_model_dict": "factory",
+    "resolve_model_config": "factory",
+    "CheckpointError": "loading",
+    "load_checkpoint": "loading",
+    "load_weights": "loading",
+    "Masking": "masking",
+    "random_masking": "masking",
+    "list_presets": "presets",
+    "preset_config": "presets",
+}
 __all__ = list(_WHERE)
 
 

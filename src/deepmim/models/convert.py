@@ -11,6 +11,7 @@ Supported layouts (detected from the keys):
 - Hugging Face transformers: `ViTMAEForPreTraining` (`vit.*`, `decoder.*`) and `ViTModel` folders, in
   transformers 4's names (the released ViTMAE models) or 5's (models/hf.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,13 @@ from .hf import from_hf_state, is_hf_state
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.", "head_drop.")
-_DECODER_PARTS = {"decoder_embed": "embed", "mask_token": "mask_token", "decoder_blocks": "blocks",
-                  "decoder_norm": "norm", "decoder_pred": "pred"}
+_DECODER_PARTS = {
+    "decoder_embed": "embed",
+    "mask_token": "mask_token",
+    "decoder_blocks": "blocks",
+    "decoder_norm": "norm",
+    "decoder_pred": "pred",
+}
 _NUMBERED = re.compile(r"^(decoder_embed|mask_token|decoder_blocks|decoder_norm|decoder_pred)(\d*)(.*)$")
 
 
@@ -80,6 +86,7 @@ def _block_for(number: str, blocks: List[int], key: str) -> int:
         return blocks[-1]
     k = int(number)
     if not 1 <= k <= len(blocks):
-        raise KeyError(f"checkpoint key '{key}' names decoder {k}, but the model has {len(blocks)} decoders "
-                       f"(blocks {blocks})")
+        raise KeyError(
+            f"checkpoint key '{key}' names decoder {k}, but the model has {len(blocks)} decoders (blocks {blocks})"
+        )
     return blocks[k - 1]

@@ -1,4 +1,5 @@
 """The one decoder class; DeepMIM instantiates it once per supervised depth."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -17,10 +18,19 @@ class MaskedDecoder(nn.Module):
     sin-cos position embedding, run `depth` Transformer blocks, norm, predict `out_dim`
     values per patch. Returns predictions for all patches (cls dropped)."""
 
-    def __init__(self, in_dim: int, num_patches: int, dim: int = 512, depth: int = 8, num_heads: int = 16,
-                 out_dim: int = 768, mlp_ratio: float = 4.0, norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        in_dim: int,
+        num_patches: int,
+        dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        out_dim: int = 768,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+    ):
         super().__init__()
-        grid = int(round(num_patches ** 0.5))
+        grid = int(round(num_patches**0.5))
         if grid * grid != num_patches:
             raise ValueError(f"decoder needs a square patch grid, got {num_patches} patches")
         if dim % num_heads:
@@ -29,9 +39,9 @@ class MaskedDecoder(nn.Module):
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed(dim, grid), requires_grad=False)
-        self.blocks = nn.Sequential(*[
-            Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
+        )
         self.norm = norm_layer(dim)
         self.pred = nn.Linear(dim, out_dim)
         init_linear_and_norm(self)

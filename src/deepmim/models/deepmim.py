@@ -1,4 +1,5 @@
 """The DeepMIM wrapper: one encoder, one decoder per supervised depth, losses summed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,12 +63,20 @@ class DeepMIM(nn.Module, HubWeights, tags=["masked-image-modeling"]):
                 targets[key] = build_target(spec, patch, chans, path=f"model.heads.{i}.target")
             self.head_target_key[head.block] = key
         object.__setattr__(self, "targets", targets)
-        self.decoders = nn.ModuleDict({
-            decoder_key(h.block): MaskedDecoder(
-                cfg.encoder.embed_dim, self.encoder.num_patches, h.decoder_dim, h.decoder_depth, h.decoder_heads,
-                out_dim=targets[self.head_target_key[h.block]].dim, norm_eps=cfg.encoder.norm_eps)
-            for h in self.heads
-        })
+        self.decoders = nn.ModuleDict(
+            {
+                decoder_key(h.block): MaskedDecoder(
+                    cfg.encoder.embed_dim,
+                    self.encoder.num_patches,
+                    h.decoder_dim,
+                    h.decoder_depth,
+                    h.decoder_heads,
+                    out_dim=targets[self.head_target_key[h.block]].dim,
+                    norm_eps=cfg.encoder.norm_eps,
+                )
+                for h in self.heads
+            }
+        )
 
     @classmethod
     def _from_config(cls, cfg, **overrides) -> "DeepMIM":
@@ -119,15 +128,21 @@ class DeepMIM(nn.Module, HubWeights, tags=["masked-image-modeling"]):
             names += [f"decoders.{key}.mask_token", f"decoders.{key}.pos_embed"]
         return names
 
-    def forward(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, taps: Iterable[int] = ()) -> PretrainOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        taps: Iterable[int] = (),
+    ) -> PretrainOutput:
         """Mask, encode, decode at every supervised depth, score each head on the masked patches.
 
         noise: optional (N, L) tensor replacing the uniform draw (smallest noise = kept).
         taps: extra encoder blocks whose tokens to return in `.taps` (the loss is the same either way).
         """
-        taps, masking = self.encoder(images, self.cfg.mask_ratio, noise, taps=sorted(set(self.blocks) | set(taps)),
-                                     generator=generator)
+        taps, masking = self.encoder(
+            images, self.cfg.mask_ratio, noise, taps=sorted(set(self.blocks) | set(taps)), generator=generator
+        )
         with torch.no_grad():
             target_values = {key: target(images, masking) for key, target in self.targets.items()}
         losses: Dict[int, torch.Tensor] = {}
@@ -155,8 +170,10 @@ def check_sizes(cfg: ModelConfig) -> None:
     """Every size of the model a positive whole number (or a positive finite ratio), and the model no
     larger than MAX_PARAMETERS: the first problem, naming its key."""
     enc = cfg.encoder
-    sizes = {f"model.encoder.{k}": getattr(enc, k) for k in ("img_size", "patch_size", "in_chans", "embed_dim",
-                                                             "depth", "num_heads")}
+    sizes = {
+        f"model.encoder.{k}": getattr(enc, k)
+        for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
+    }
     for i, head in enumerate(cfg.heads):
         sizes.update({f"model.heads.{i}.{k}": getattr(head, k) for k in ("decoder_dim", "decoder_heads")})
         sizes[f"model.heads.{i}.decoder_depth"] = head.decoder_depth + 1  # 0 decoder blocks is a valid choice
@@ -169,16 +186,20 @@ def check_sizes(cfg: ModelConfig) -> None:
             raise ConfigError(f"{key} must be a positive number, got {value}")
     for i, head in enumerate(cfg.heads):
         if not (math.isfinite(head.weight) and head.weight >= 0):
-            raise ConfigError(f"model.heads.{i}.weight must be 0 or more (the head's share of the loss), got "
-                              f"{head.weight}; a negative weight would train the model to reconstruct worse")
+            raise ConfigError(
+                f"model.heads.{i}.weight must be 0 or more (the head's share of the loss), got "
+                f"{head.weight}; a negative weight would train the model to reconstruct worse"
+            )
     if cfg.heads and not any(head.weight > 0 for head in cfg.heads):
         raise ConfigError("every model.heads.N.weight is 0: no loss would train the model; give a head a weight")
-    blocks = enc.depth * enc.embed_dim ** 2 * (4 + 2 * enc.mlp_ratio)
-    blocks += sum(h.decoder_depth * h.decoder_dim ** 2 * (4 + 2 * enc.mlp_ratio) for h in cfg.heads)
+    blocks = enc.depth * enc.embed_dim**2 * (4 + 2 * enc.mlp_ratio)
+    blocks += sum(h.decoder_depth * h.decoder_dim**2 * (4 + 2 * enc.mlp_ratio) for h in cfg.heads)
     if blocks > MAX_PARAMETERS:
-        raise ConfigError(f"model.encoder / model.heads describe a model of about {blocks:.3g} parameters, more "
-                          f"than {MAX_PARAMETERS:.0e}: check the sizes (embed_dim {enc.embed_dim}, depth {enc.depth}, "
-                          f"decoder_dim {[h.decoder_dim for h in cfg.heads]})")
+        raise ConfigError(
+            f"model.encoder / model.heads describe a model of about {blocks:.3g} parameters, more "
+            f"than {MAX_PARAMETERS:.0e}: check the sizes (embed_dim {enc.embed_dim}, depth {enc.depth}, "
+            f"decoder_dim {[h.decoder_dim for h in cfg.heads]})"
+        )
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
@@ -203,8 +224,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
         if not 1 <= head.block <= enc.depth:
             raise ConfigError(f"model.heads.{i}.block = {head.block} is outside 1..{enc.depth} (encoder depth)")
         if head.decoder_dim % head.decoder_heads:
-            raise ConfigError(f"model.heads.{i}: decoder_dim {head.decoder_dim} is not divisible by "
-                              f"decoder_heads {head.decoder_heads}")
+            raise ConfigError(
+                f"model.heads.{i}: decoder_dim {head.decoder_dim} is not divisible by "
+                f"decoder_heads {head.decoder_heads}"
+            )
     if cfg.attn_impl not in ("auto", "fused", "math", "measure"):
         raise ConfigError(f"model.attn_impl must be auto, fused, math or measure, got {cfg.attn_impl!r}")
 
@@ -226,6 +249,8 @@ def override_model_config(cfg: ModelConfig, **overrides: Any) -> ModelConfig:
         elif key in ENCODER_KEYS:
             update.setdefault("encoder", {})[key] = value
         else:
-            raise ConfigError(f"create_model got an unknown keyword {key}={value!r}: the overrides are the fields of "
-                              f"ModelConfig ({', '.join(MODEL_KEYS)}) and of its encoder ({', '.join(ENCODER_KEYS)})")
+            raise ConfigError(
+                f"create_model got an unknown keyword {key}={value!r}: the overrides are the fields of "
+                f"ModelConfig ({', '.join(MODEL_KEYS)}) and of its encoder ({', '.join(ENCODER_KEYS)})"
+            )
     return from_dict(ModelConfig, deep_merge(dataclasses.asdict(cfg), update), "model.")

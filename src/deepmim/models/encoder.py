@@ -1,4 +1,5 @@
 """The ViT encoder: timm's VisionTransformer names, MAE masking, taps after any blocks."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -33,10 +34,12 @@ class MaskedViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed(cfg.embed_dim, self.grid_size), requires_grad=False)
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
-        self.blocks = nn.Sequential(*[
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_layer=norm_layer)
-            for _ in range(cfg.depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, norm_layer=norm_layer)
+                for _ in range(cfg.depth)
+            ]
+        )
         self.norm = norm_layer(cfg.embed_dim)
         # a masked forward projects only the kept patches (`embed_visible`); False: MAE's order, every
         # patch projected by the conv and then dropped (what benchmarks time as the authors' code)
@@ -79,18 +82,25 @@ class MaskedViTEncoder(nn.Module):
         n, chans, height, width = images.shape
         p = self.cfg.patch_size
         if (height, width) != (self.cfg.img_size, self.cfg.img_size) or chans != self.cfg.in_chans:
-            raise ValueError(f"images of shape {tuple(images.shape[1:])} for an encoder of "
-                             f"{(self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)}: pre-training needs the "
-                             f"model's image size and channels (data.img_size, model.encoder.in_chans)")
+            raise ValueError(
+                f"images of shape {tuple(images.shape[1:])} for an encoder of "
+                f"{(self.cfg.in_chans, self.cfg.img_size, self.cfg.img_size)}: pre-training needs the "
+                f"model's image size and channels (data.img_size, model.encoder.in_chans)"
+            )
         patches = images.reshape(n, chans, height // p, p, width // p, p).permute(0, 2, 4, 1, 3, 5)
         patches = take_tokens(patches.reshape(n, self.num_patches, chans * p * p), ids_keep)
         proj = self.patch_embed.proj
         x = F.linear(patches, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)
         return x + self.pos_embed[0, 1:, :].index_select(0, ids_keep.reshape(-1)).view_as(x)
 
-    def forward(self, images: torch.Tensor, mask_ratio: float = 0.0, noise: Optional[torch.Tensor] = None,
-                taps: Iterable[int] = (), generator: Optional[torch.Generator] = None,
-                ) -> Tuple[Dict[int, torch.Tensor], Optional[Masking]]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.0,
+        noise: Optional[torch.Tensor] = None,
+        taps: Iterable[int] = (),
+        generator: Optional[torch.Generator] = None,
+    ) -> Tuple[Dict[int, torch.Tensor], Optional[Masking]]:
         """Encode the visible patches; return {block: tokens after that block (1-based)} and the masking.
 
         mask_ratio 0 and no noise: no masking (all patches, as for downstream tasks).
@@ -115,10 +125,19 @@ class MaskedViTEncoder(nn.Module):
         outputs, _ = self.forward(images, taps=[self.depth])
         return self.norm(outputs[self.depth])
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False, output_dict: bool = False,
-                              attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+        is_causal: bool = False,
+    ):
         """timm VisionTransformer's `forward_intermediates`, same signature and outputs, without masking: what
         dense-prediction code (UperNet necks, detection backbones) calls. indices: the last n blocks (int), all
         (None) or these 0-based blocks (negative from the end); NCHW maps the patch tokens to the grid."""
@@ -130,7 +149,7 @@ class MaskedViTEncoder(nn.Module):
         n, _, height, width = x.shape
         x = self.embed(x, None)
         intermediates = []
-        for i, block in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+        for i, block in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
             x = block(x, attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else block(x)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)

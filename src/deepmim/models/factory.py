@@ -1,4 +1,5 @@
 """create_model: a preset name, a ModelConfig or a plain dict -> a DeepMIM model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,12 @@ def resolve_model_config(spec: Union[str, ModelConfig, Dict[str, Any]]) -> Model
     return from_dict(ModelConfig, expand_model_dict(dict(spec)), "model.")
 
 
-def create_model(spec: Union[str, ModelConfig, Dict[str, Any]], pretrained: Union[str, Path, bool, None] = None,
-                 checkpoint_path: str | None = None, **overrides: Any) -> DeepMIM:
+def create_model(
+    spec: Union[str, ModelConfig, Dict[str, Any]],
+    pretrained: Union[str, Path, bool, None] = None,
+    checkpoint_path: str | None = None,
+    **overrides: Any,
+) -> DeepMIM:
     """Build a DeepMIM (or MAE) model from a preset name, a ModelConfig or a mapping, as timm does:
     `pretrained` a checkpoint of any layout deepmim reads (a .pt / .safetensors file, a save_pretrained or
     Hugging Face folder; `checkpoint_path` is the same), keyword overrides on the config.
@@ -43,9 +48,11 @@ def create_model(spec: Union[str, ModelConfig, Dict[str, Any]], pretrained: Unio
     >>> out = model(images)            # out.loss, out.losses[block], out.mask
     """
     if pretrained is True:
-        raise ConfigError("create_model(..., pretrained=True): deepmim downloads no default weights; give the path "
-                          "of a checkpoint or folder (pretrained='runs/x/checkpoint-last.pt'), or load a Hub repo "
-                          "with DeepMIM.from_pretrained('user/name')")
+        raise ConfigError(
+            "create_model(..., pretrained=True): deepmim downloads no default weights; give the path "
+            "of a checkpoint or folder (pretrained='runs/x/checkpoint-last.pt'), or load a Hub repo "
+            "with DeepMIM.from_pretrained('user/name')"
+        )
     model = DeepMIM(override_model_config(resolve_model_config(spec), **overrides))
     path = pretrained or checkpoint_path
     if path:

@@ -2,6 +2,7 @@
 it come its decoder's key in `DeepMIM.decoders`, the name of its loss in metrics.jsonl and its row
 in the reconstruction pictures. What writes or reads one of these names goes through here.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List, Mapping, Optional
@@ -27,7 +28,7 @@ def loss_key(block: int) -> str:
 
 def loss_block(key: str) -> Optional[int]:
     """The block of a head's loss key; None for any other key (the total `loss`, `lr`, ...)."""
-    rest = key[len(LOSS_PREFIX):] if key.startswith(LOSS_PREFIX) else ""
+    rest = key[len(LOSS_PREFIX) :] if key.startswith(LOSS_PREFIX) else ""
     return int(rest) if rest.isdigit() else None
 
 
@@ -42,5 +43,5 @@ def row_name(block: int) -> str:
 
 def row_block(name: str) -> Optional[int]:
     """The block of a head's picture row; None for the 'original' and 'masked' rows."""
-    rest = name[len(ROW_PREFIX):] if name.startswith(ROW_PREFIX) else ""
+    rest = name[len(ROW_PREFIX) :] if name.startswith(ROW_PREFIX) else ""
     return int(rest) if rest.isdigit() else None

@@ -10,6 +10,7 @@ huggingface_hub does the config, the model card, the download cache and the uplo
 (safetensors, atomically) and reads them back strictly: a missing, unknown or misshapen key is an error, never
 silently skipped (PyTorchModelHubMixin's default loads with strict=False, and its pickle fallback is not needed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,12 @@ from ..checkpoint import load_strict, read_state_file, save_weights
 
 logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
-HUB_CARD = {"library_name": "deepmim", "license": "apache-2.0", "tags": ["vision", "deepmim"],
-            "paper_url": "https://arxiv.org/abs/2303.08817"}
+HUB_CARD = {
+    "library_name": "deepmim",
+    "license": "apache-2.0",
+    "tags": ["vision", "deepmim"],
+    "paper_url": "https://arxiv.org/abs/2303.08817",
+}
 
 
 class HubWeights(ModelHubMixin, **HUB_CARD):
@@ -39,15 +44,34 @@ class HubWeights(ModelHubMixin, **HUB_CARD):
         return cls(**kwargs)
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir, force_download: bool,
-                         local_files_only: bool, token, **model_kwargs: Any):
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: Optional[str],
+        cache_dir,
+        force_download: bool,
+        local_files_only: bool,
+        token,
+        **model_kwargs: Any,
+    ):
         if os.path.isdir(model_id):
             weights = Path(model_id) / WEIGHTS_NAME
         else:
-            weights = Path(hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, revision=revision,
-                                           cache_dir=cache_dir, force_download=force_download, token=token,
-                                           local_files_only=local_files_only))
+            weights = Path(
+                hf_hub_download(
+                    repo_id=model_id,
+                    filename=WEIGHTS_NAME,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    token=token,
+                    local_files_only=local_files_only,
+                )
+            )
         logger.debug("%s.from_pretrained: weights %s, config %s", cls.__name__, weights, model_kwargs)
         model = cls._from_config(**model_kwargs)
-        load_strict(model, read_state_file(weights), context=f"'{weights}' does not fit the model its config.json describes")
+        load_strict(
+            model, read_state_file(weights), context=f"'{weights}' does not fit the model its config.json describes"
+        )
         return model

@@ -4,6 +4,7 @@
 Every key is accounted for (deepmim.checkpoint.load_strict): a key the model does not have, a
 weight the file lacks or a shape that differs is reported by name, never silently dropped.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -47,18 +48,34 @@ def load_weights(model: torch.nn.Module, path_or_state, strict: bool = True) -> 
     if not any(k.startswith("decoders.") for k in state):
         decoder_keys = [k for k in model.state_dict() if k.startswith("decoders.")]
         if decoder_keys:
-            notes.append(f"the file holds no decoder weights: {len(decoder_keys)} decoder tensors keep their "
-                         f"initialisation")
+            notes.append(
+                f"the file holds no decoder weights: {len(decoder_keys)} decoder tensors keep their initialisation"
+            )
             allow_missing = ("decoders.*",)
-    load_strict(model, state, context=f"{ckpt.name} does not fit the model",
-                allow_missing=allow_missing if strict else ("*",), allow_unexpected=() if strict else ("*",))
+    load_strict(
+        model,
+        state,
+        context=f"{ckpt.name} does not fit the model",
+        allow_missing=allow_missing if strict else ("*",),
+        allow_unexpected=() if strict else ("*",),
+    )
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return notes
 
 
-HF_SIZES = ("hidden_size", "num_attention_heads", "num_hidden_layers", "image_size", "patch_size", "num_channels",
-            "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads")
+HF_SIZES = (
+    "hidden_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+)
 
 
 def hf_model_config(path) -> ModelConfig:
@@ -69,15 +86,19 @@ def hf_model_config(path) -> ModelConfig:
     for key in HF_SIZES:
         value = config.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if "decoder_num_hidden" in key else 1):
-            raise CheckpointError(f"{where}: {key} must be a positive whole number, got {value!r}; fix the file "
-                                  f"(or write it again with deepmim export --format hf)")
+            raise CheckpointError(
+                f"{where}: {key} must be a positive whole number, got {value!r}; fix the file "
+                f"(or write it again with deepmim export --format hf)"
+            )
     try:
         cfg = model_config_from_hf(config)
         validate_model_config(cfg)
     except (ConfigError, KeyError, TypeError, ValueError, ZeroDivisionError) as err:
         given = ", ".join(f"{k}={config[k]!r}" for k in HF_SIZES if k in config)
-        raise CheckpointError(f"{where} does not describe a model deepmim can build ({given}: {err}); fix the "
-                              f"file (or write it again with deepmim export --format hf)") from None
+        raise CheckpointError(
+            f"{where} does not describe a model deepmim can build ({given}: {err}); fix the "
+            f"file (or write it again with deepmim export --format hf)"
+        ) from None
     return cfg
 
 
@@ -95,8 +116,10 @@ def load_checkpoint(path: Union[str, Path], model: Optional[torch.nn.Module] = N
     if model is None:
         cfg = saved_model_config(path, ckpt)
         if cfg is None:
-            raise CheckpointError(f"'{path}' holds no deepmim config; build the model first and pass it: "
-                                  f"load_checkpoint(path, create_model('preset_name'))")
+            raise CheckpointError(
+                f"'{path}' holds no deepmim config; build the model first and pass it: "
+                f"load_checkpoint(path, create_model('preset_name'))"
+            )
         model = DeepMIM(cfg)
     load_weights(model, ckpt)
     return model
@@ -110,17 +133,19 @@ def load_encoder(path: Union[str, Path], model: Union[ModelConfig, str, None] = 
     ckpt = read_checkpoint(path)
     cfg = (preset_config(model) if isinstance(model, str) else model) or saved_model_config(path, ckpt)
     if cfg is None:
-        raise CheckpointError(f"'{path}' holds no deepmim config; name the architecture with a preset "
-                              f"(deepmim presets lists them)")
+        raise CheckpointError(
+            f"'{path}' holds no deepmim config; name the architecture with a preset (deepmim presets lists them)"
+        )
     state, _ = _converted(ckpt.model_state, sorted(h.block for h in cfg.heads))
     encoder = MaskedViTEncoder(cfg.encoder)
-    enc_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    enc_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     load_strict(encoder, enc_state, context=f"'{path}' does not fit the encoder")
     return encoder
 
 
-def pretrained_encoder(checkpoint: Optional[str], preset: Optional[str]
-                       ) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
+def pretrained_encoder(
+    checkpoint: Optional[str], preset: Optional[str]
+) -> Tuple[EncoderConfig, Optional[Dict[str, torch.Tensor]]]:
     """What a downstream model (classifier, segmentor) starts from: the architecture and weights of
     the encoder in `checkpoint` (`preset` naming the architecture of files without a deepmim config),
     or with no checkpoint the preset's architecture and no weights (random initialisation)."""

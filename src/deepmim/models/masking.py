@@ -1,4 +1,5 @@
 """MAE's per-sample random masking: argsort of noise, keep the patches with the smallest noise."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -43,13 +44,20 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1 - mask_ratio))
 
 
-def random_masking(batch: int, num_patches: int, mask_ratio: float, device: torch.device,
-                   noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> Masking:
+def random_masking(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    device: torch.device,
+    noise: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Masking:
     """Draw (or take) noise of shape (N, L) and keep the int(L * (1 - mask_ratio)) smallest."""
     if noise is None:
         # Drawn where the generator lives (a CPU generator keeps masks identical across devices).
-        noise = torch.rand(batch, num_patches, generator=generator,
-                           device=generator.device if generator is not None else device)
+        noise = torch.rand(
+            batch, num_patches, generator=generator, device=generator.device if generator is not None else device
+        )
     elif noise.shape != (batch, num_patches):
         raise ValueError(f"noise must have shape (N, L) = ({batch}, {num_patches}), got {tuple(noise.shape)}")
     noise = noise.to(device)

@@ -1,4 +1,5 @@
 """Fixed 2-D sin-cos position embeddings in MAE's layout (so released checkpoints match)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,7 @@ def sincos_pos_embed(dim: int, grid_size: int, cls_token: bool = True) -> torch.
     timm's builder (interleave_sin_cos) gives [sin(y), cos(y), sin(x), cos(x)], so swap halves.
     """
     emb = build_sincos2d_pos_embed([grid_size, grid_size], dim=dim, interleave_sin_cos=True)
-    emb = torch.cat([emb[:, dim // 2:], emb[:, :dim // 2]], dim=1)
+    emb = torch.cat([emb[:, dim // 2 :], emb[:, : dim // 2]], dim=1)
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim), emb], dim=0)
     return emb.unsqueeze(0)

@@ -1,4 +1,5 @@
 """Named model presets. Each is a ModelConfig; recipes start from one with `model.preset`."""
+
 from __future__ import annotations
 
 import copy

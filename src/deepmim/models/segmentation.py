@@ -9,6 +9,7 @@
 
 Written from the papers and the authors' mmseg config, not from mmseg's code.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -33,8 +34,9 @@ def default_out_indices(depth: int) -> List[int]:
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
     """mmseg's ConvModule default: conv without bias, BatchNorm, ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class ViTBackbone(nn.Module):
@@ -44,21 +46,41 @@ class ViTBackbone(nn.Module):
     `img_size` (whole-image inference); a relative position bias exists for one grid only, so
     with it inputs must be `img_size` (sliding-window inference pads windows to that size)."""
 
-    def __init__(self, enc: EncoderConfig, img_size: int, out_indices: Sequence[int], drop_path: float = 0.1,
-                 rel_pos_bias: bool = True, layer_scale: Optional[float] = 1.0):
+    def __init__(
+        self,
+        enc: EncoderConfig,
+        img_size: int,
+        out_indices: Sequence[int],
+        drop_path: float = 0.1,
+        rel_pos_bias: bool = True,
+        layer_scale: Optional[float] = 1.0,
+    ):
         super().__init__()
         from timm.models.beit import Beit
 
         if sorted(set(out_indices)) != list(out_indices) or not 0 <= out_indices[0] <= out_indices[-1] < enc.depth:
-            raise ConfigError(f"model.out_indices must be increasing block indices in [0, {enc.depth - 1}], "
-                              f"got {list(out_indices)}")
+            raise ConfigError(
+                f"model.out_indices must be increasing block indices in [0, {enc.depth - 1}], got {list(out_indices)}"
+            )
         if img_size % enc.patch_size:
             raise ConfigError(f"the crop size {img_size} must be a multiple of the patch size {enc.patch_size}")
-        self.vit = Beit(img_size=img_size, patch_size=enc.patch_size, in_chans=enc.in_chans, num_classes=0,
-                        global_pool="", embed_dim=enc.embed_dim, depth=enc.depth, num_heads=enc.num_heads,
-                        mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias, drop_path_rate=drop_path,
-                        norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps), init_values=layer_scale or None,
-                        use_abs_pos_emb=True, use_rel_pos_bias=rel_pos_bias)
+        self.vit = Beit(
+            img_size=img_size,
+            patch_size=enc.patch_size,
+            in_chans=enc.in_chans,
+            num_classes=0,
+            global_pool="",
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=enc.mlp_ratio,
+            qkv_bias=enc.qkv_bias,
+            drop_path_rate=drop_path,
+            norm_layer=partial(nn.LayerNorm, eps=enc.norm_eps),
+            init_values=layer_scale or None,
+            use_abs_pos_emb=True,
+            use_rel_pos_bias=rel_pos_bias,
+        )
         self.vit.norm = nn.Identity()  # the maps are taken raw, as the authors do
         self.out_indices = list(out_indices)
         self.patch_size = enc.patch_size
@@ -84,8 +106,12 @@ class ViTBackbone(nn.Module):
                 mapped[key] = value
         mapped["pos_embed"] = resample_abs_pos_embed(mapped["pos_embed"], [self.grid, self.grid], num_prefix_tokens=1)
         # BEiT's parts our encoder lacks start fresh: a zero relative position bias, layer scale 1.
-        load_strict(self.vit, mapped, context="pre-trained weights do not fit the backbone",
-                    allow_missing=("*relative_position_bias_table", "*gamma_1", "*gamma_2"))
+        load_strict(
+            self.vit,
+            mapped,
+            context="pre-trained weights do not fit the backbone",
+            allow_missing=("*relative_position_bias_table", "*gamma_1", "*gamma_2"),
+        )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         from timm.layers import resample_abs_pos_embed
@@ -94,8 +120,10 @@ class ViTBackbone(nn.Module):
         tokens = vit.patch_embed.proj(x)  # the conv directly: any size that divides by the patch
         batch, _, h, w = tokens.shape
         if self.rel_pos_bias and (h, w) != (self.grid, self.grid):
-            raise ConfigError(f"with a relative position bias the backbone takes {self.grid * self.patch_size}px "
-                              f"inputs only, got {x.shape[-2]}x{x.shape[-1]}: use eval.mode=slide")
+            raise ConfigError(
+                f"with a relative position bias the backbone takes {self.grid * self.patch_size}px "
+                f"inputs only, got {x.shape[-2]}x{x.shape[-1]}: use eval.mode=slide"
+            )
         tokens = tokens.flatten(2).transpose(1, 2)
         pos = vit.pos_embed
         if (h, w) != (self.grid, self.grid):
@@ -103,7 +131,7 @@ class ViTBackbone(nn.Module):
         tokens = torch.cat([vit.cls_token.expand(batch, -1, -1), tokens], dim=1) + pos
         tokens = vit.pos_drop(tokens)
         maps = []
-        for i, block in enumerate(vit.blocks[:self.out_indices[-1] + 1]):
+        for i, block in enumerate(vit.blocks[: self.out_indices[-1] + 1]):
             tokens = block(tokens)
             if i in self.out_indices:
                 maps.append(tokens[:, 1:].transpose(1, 2).reshape(batch, -1, h, w))
@@ -115,8 +143,12 @@ class FeaturePyramid(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
-                                 nn.ConvTranspose2d(dim, dim, 2, stride=2))
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim, 2, stride=2),
+            nn.BatchNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, 2, stride=2),
+        )
         self.up2 = nn.ConvTranspose2d(dim, dim, 2, stride=2)
         self.same = nn.Identity()
         self.down2 = nn.MaxPool2d(2, stride=2)
@@ -130,20 +162,23 @@ class PyramidPooling(nn.Module):
 
     def __init__(self, dim: int, channels: int, scales: Sequence[int]):
         super().__init__()
-        self.branches = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(dim, channels, 1))
-                                      for s in scales)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(dim, channels, 1)) for s in scales
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        return torch.cat([x] + [F.interpolate(b(x), size, mode="bilinear", align_corners=False)
-                                for b in self.branches], dim=1)
+        return torch.cat(
+            [x] + [F.interpolate(b(x), size, mode="bilinear", align_corners=False) for b in self.branches], dim=1
+        )
 
 
 class UperHead(nn.Module):
     """UperNet: PPM on the coarsest level, top-down FPN, all levels fused at the finest stride."""
 
-    def __init__(self, in_dims: Sequence[int], channels: int, num_classes: int, pool_scales=(1, 2, 3, 6),
-                 dropout: float = 0.1):
+    def __init__(
+        self, in_dims: Sequence[int], channels: int, num_classes: int, pool_scales=(1, 2, 3, 6), dropout: float = 0.1
+    ):
         super().__init__()
         self.ppm = PyramidPooling(in_dims[-1], channels, pool_scales)
         self.ppm_bottleneck = conv_bn_relu(in_dims[-1] + len(pool_scales) * channels, channels, 3)
@@ -156,8 +191,9 @@ class UperHead(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         levels = [lat(f) for lat, f in zip(self.laterals, feats)] + [self.ppm_bottleneck(self.ppm(feats[-1]))]
         for i in range(len(levels) - 1, 0, -1):  # top-down: each level gets the coarser one added
-            levels[i - 1] = levels[i - 1] + F.interpolate(levels[i], levels[i - 1].shape[-2:], mode="bilinear",
-                                                          align_corners=False)
+            levels[i - 1] = levels[i - 1] + F.interpolate(
+                levels[i], levels[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
         outs = [conv(level) for conv, level in zip(self.fpn_convs, levels)] + [levels[-1]]
         size = outs[0].shape[-2:]
         outs = [outs[0]] + [F.interpolate(o, size, mode="bilinear", align_corners=False) for o in outs[1:]]
@@ -183,10 +219,21 @@ class UperNetViT(nn.Module):
     `forward` returns logits at the input resolution; `forward_train` returns (main, aux)
     logits at strides 4 and 16 for the loss (upsampled there, as mmseg does)."""
 
-    def __init__(self, enc: EncoderConfig, num_classes: int, img_size: int, out_indices: Sequence[int],
-                 channels: int = 768, aux_channels: int = 256, pool_scales=(1, 2, 3, 6), drop_path: float = 0.1,
-                 rel_pos_bias: bool = True, layer_scale: Optional[float] = 1.0, aux_level: int = 2,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        enc: EncoderConfig,
+        num_classes: int,
+        img_size: int,
+        out_indices: Sequence[int],
+        channels: int = 768,
+        aux_channels: int = 256,
+        pool_scales=(1, 2, 3, 6),
+        drop_path: float = 0.1,
+        rel_pos_bias: bool = True,
+        layer_scale: Optional[float] = 1.0,
+        aux_level: int = 2,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if len(out_indices) != 4:
             raise ConfigError(f"model.out_indices needs 4 blocks (one per pyramid level), got {list(out_indices)}")
@@ -223,8 +270,10 @@ class UperNetViT(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict:
         """Embeddings = layer 0, block i = layer i + 1, neck and heads = the last layer (lr scale 1),
         as BEiT's LayerDecayOptimizerConstructor."""
-        return dict(stem=r"^backbone\.vit\.(?:cls_token|pos_embed|patch_embed|rel_pos_bias)",
-                    blocks=[(r"^backbone\.vit\.blocks\.(\d+)", None)])
+        return dict(
+            stem=r"^backbone\.vit\.(?:cls_token|pos_embed|patch_embed|rel_pos_bias)",
+            blocks=[(r"^backbone\.vit\.blocks\.(\d+)", None)],
+        )
 
     def no_weight_decay(self) -> List[str]:
         return ["backbone.vit." + n for n in self.backbone.vit.no_weight_decay()]

@@ -7,6 +7,7 @@ model registry is filled by importing `timm.models`. So the dependency points on
 imports this interface (and the models a target may need, e.g. the hybrid target's frozen model);
 models/ never imports targets/.
 """
+
 from __future__ import annotations
 
 import sys
@@ -66,6 +67,7 @@ def register_target(name: str) -> Callable[[Type[Target]], Type[Target]]:
     def add(cls: Type[Target]) -> Type[Target]:
         TARGETS[name] = cls
         return cls
+
     return add
 
 

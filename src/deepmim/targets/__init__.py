@@ -1,5 +1,6 @@
 """Reconstruction targets. Add one: a small module with a Target subclass decorated by
 `@register_target("name")`, and an import line below."""
+
 from . import (
     hog,  # noqa: F401  (registers "hog")
     hybrid,  # noqa: F401  (registers "hybrid")

@@ -1,5 +1,6 @@
 """Helpers every target shares. What a target is (the `Target` interface DeepMIM consumes) and the
 registry that names them live in models/target.py; they are re-exported here for target authors."""
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, in_chans: int = 3) -> torch.Tensor:
     """(N, L, p*p*C) -> (N, C, H, W), the inverse of `patchify` for a square grid."""
     n, num, _ = patches.shape
-    g = int(round(num ** 0.5))
+    g = int(round(num**0.5))
     x = patches.reshape(n, g, g, patch_size, patch_size, in_chans)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(n, in_chans, g * patch_size, g * patch_size)

@@ -11,6 +11,7 @@ blocks; MaskFeat also normalises per cell and channel), v / sqrt(|v|^2 + eps^2).
 
 Gradients are taken on the whole image, so cells see across patch borders (as MaskFeat).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,8 +46,9 @@ def image_gradients(images: torch.Tensor):
     return d_row, d_col
 
 
-def cell_histograms(images: torch.Tensor, orientations: int = 9, cell_size: int = 8,
-                    interpolate: bool = False) -> torch.Tensor:
+def cell_histograms(
+    images: torch.Tensor, orientations: int = 9, cell_size: int = 8, interpolate: bool = False
+) -> torch.Tensor:
     """(N, C, H, W) pixels -> (N, C, H // cell, W // cell, orientations), not normalised."""
     n, c, h, w = images.shape
     d_row, d_col = image_gradients(images)
@@ -63,7 +65,7 @@ def cell_histograms(images: torch.Tensor, orientations: int = 9, cell_size: int 
         index = torch.floor(position).long() % orientations
         votes.scatter_add_(2, index.unsqueeze(2), magnitude.unsqueeze(2))
     gh, gw = h // cell_size, w // cell_size
-    votes = votes[..., :gh * cell_size, :gw * cell_size].reshape(n, c, orientations, gh, cell_size, gw, cell_size)
+    votes = votes[..., : gh * cell_size, : gw * cell_size].reshape(n, c, orientations, gh, cell_size, gw, cell_size)
     hist = votes.sum(dim=(4, 6)) / (cell_size * cell_size)
     return hist.permute(0, 1, 3, 4, 2)
 
@@ -82,8 +84,9 @@ class HogTarget(Target):
         if patch_size % cfg.cell_size:
             raise ConfigError(f"hog target: cell_size {cfg.cell_size} must divide the patch size {patch_size}")
         if len(cfg.mean) != in_chans or len(cfg.std) != in_chans:
-            raise ConfigError(f"hog target: mean/std need {in_chans} values (one per channel), "
-                              f"got {len(cfg.mean)} and {len(cfg.std)}")
+            raise ConfigError(
+                f"hog target: mean/std need {in_chans} values (one per channel), got {len(cfg.mean)} and {len(cfg.std)}"
+            )
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
 
@@ -93,14 +96,14 @@ class HogTarget(Target):
 
     @property
     def dim(self) -> int:
-        return self.cells_per_patch ** 2 * self.in_chans * self.cfg.orientations
+        return self.cells_per_patch**2 * self.in_chans * self.cfg.orientations
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
         with torch.autocast(device_type=images.device.type, enabled=False):
             pixels = images.float() * self.std.float() + self.mean.float()
             hist = cell_histograms(pixels, self.cfg.orientations, self.cfg.cell_size, self.cfg.interpolate)
-            hist = hist / torch.sqrt((hist ** 2).sum(dim=-1, keepdim=True) + self.cfg.eps ** 2)
+            hist = hist / torch.sqrt((hist**2).sum(dim=-1, keepdim=True) + self.cfg.eps**2)
         n, c, gh, gw, bins = hist.shape
         k = self.cells_per_patch
         hist = hist.reshape(n, c, gh // k, k, gw // k, k, bins)

@@ -6,6 +6,7 @@ be pixels with the same norm_pix, so both parts live in one space. Heads of one 
 name the same file share one frozen copy and one frozen forward per batch (the paper's three
 extra heads differ only in alpha).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,10 @@ class FrozenReconstructor(nn.Module):
         ckpt = read_checkpoint(path)
         cfg = ckpt.model_config() or (preset_config(preset) if preset else None)
         if cfg is None:
-            raise CheckpointError(f"hybrid target: '{path}' holds no deepmim config; name the model it holds "
-                                  f"with `preset` (e.g. mae_vit_base for MAE's released *_full.pth)")
+            raise CheckpointError(
+                f"hybrid target: '{path}' holds no deepmim config; name the model it holds "
+                f"with `preset` (e.g. mae_vit_base for MAE's released *_full.pth)"
+            )
         final = max(cfg.heads, key=lambda h: h.block)
         spec = dict(final.target if final.target is not None else cfg.target)
         if spec.get("name") != "pixel":
@@ -56,8 +59,10 @@ class FrozenReconstructor(nn.Module):
         self.spec, self.block = spec, final.block
         self.model = DeepMIM(cfg)
         if not any(k.startswith(f"decoders.{decoder_key(final.block)}.") for k in state):
-            raise CheckpointError(f"hybrid target: '{path}' holds no weights for the final decoder (block "
-                                  f"{final.block}); an encoder-only file cannot reconstruct")
+            raise CheckpointError(
+                f"hybrid target: '{path}' holds no weights for the final decoder (block "
+                f"{final.block}); an encoder-only file cannot reconstruct"
+            )
         own = self.model.state_dict()
         load_weights(self.model, {k: v for k, v in state.items() if k in own})
         self.requires_grad_(False)
@@ -71,12 +76,11 @@ class FrozenReconstructor(nn.Module):
     def forward(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
         """(N, L, p*p*C) predictions for every patch, computed once per (images, masking)."""
         last = self._last
-        if (last is not None and last[0]() is images and last[1]() is masking.ids_keep
-                and last[2] == images._version):
+        if last is not None and last[0]() is images and last[1]() is masking.ids_keep and last[2] == images._version:
             return last[3]
         enc = self.model.encoder
         x = enc.embed(images, masking)
-        for block in enc.blocks[:self.block]:
+        for block in enc.blocks[: self.block]:
             x = block(x)
         if self.model._uses_final_norm(self.model.heads[0]):
             x = enc.norm(x)
@@ -112,11 +116,15 @@ class HybridTarget(PixelTarget):
         self.frozen = shared_reconstructor(cfg.path, cfg.preset)
         spec, enc = self.frozen.spec, self.frozen.model.encoder.cfg
         if bool(spec.get("norm_pix", True)) != cfg.norm_pix:
-            raise ConfigError(f"hybrid target: the frozen model's final head predicts {spec}; it must be "
-                              f"{{'name': 'pixel', 'norm_pix': {cfg.norm_pix}}} to mix with this target's pixels")
+            raise ConfigError(
+                f"hybrid target: the frozen model's final head predicts {spec}; it must be "
+                f"{{'name': 'pixel', 'norm_pix': {cfg.norm_pix}}} to mix with this target's pixels"
+            )
         if (enc.patch_size, enc.in_chans) != (patch_size, in_chans):
-            raise ConfigError(f"hybrid target: the frozen model has patch {enc.patch_size} and {enc.in_chans} "
-                              f"channels, the student patch {patch_size} and {in_chans} channels; they must match")
+            raise ConfigError(
+                f"hybrid target: the frozen model has patch {enc.patch_size} and {enc.in_chans} "
+                f"channels, the student patch {patch_size} and {in_chans} channels; they must match"
+            )
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masking: Masking) -> torch.Tensor:
@@ -125,6 +133,7 @@ class HybridTarget(PixelTarget):
             return raw
         size = self.frozen.model.encoder.cfg.img_size
         if tuple(images.shape[-2:]) != (size, size):
-            raise ConfigError(f"hybrid target: the frozen model takes {size}x{size} images, "
-                              f"got {tuple(images.shape[-2:])}")
+            raise ConfigError(
+                f"hybrid target: the frozen model takes {size}x{size} images, got {tuple(images.shape[-2:])}"
+            )
         return self.cfg.alpha * raw + (1.0 - self.cfg.alpha) * self.frozen(images, masking)

@@ -1,4 +1,5 @@
 """Pixel target (MAE): the masked patches' pixels, optionally normalised per patch."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

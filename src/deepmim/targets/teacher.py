@@ -2,6 +2,7 @@
 unmasked image. The student's input is un-normalised, resized so the teacher's token grid is the
 student's patch grid, and normalised the teacher's way. Runs without grad, in the caller's autocast.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,15 +57,20 @@ class TeacherTarget(Target):
             return
         self.net, default_mean, default_std = load_teacher(cfg)
         if cfg.dim is not None and cfg.dim != self.net.out_dim:
-            raise ConfigError(f"teacher target: dim={cfg.dim} but the teacher in {cfg.path} gives "
-                              f"{self.net.out_dim}-d features")
+            raise ConfigError(
+                f"teacher target: dim={cfg.dim} but the teacher in {cfg.path} gives {self.net.out_dim}-d features"
+            )
         teacher_mean = cfg.teacher_mean or default_mean
         teacher_std = cfg.teacher_std or default_std
         teacher_chans = self.net.in_chans
         if in_chans not in (teacher_chans, 1):
             raise ConfigError(f"teacher target: the student has {in_chans} input channels, the teacher {teacher_chans}")
-        for name, values, n in (("mean", cfg.mean, in_chans), ("std", cfg.std, in_chans),
-                                ("teacher_mean", teacher_mean, teacher_chans), ("teacher_std", teacher_std, teacher_chans)):
+        for name, values, n in (
+            ("mean", cfg.mean, in_chans),
+            ("std", cfg.std, in_chans),
+            ("teacher_mean", teacher_mean, teacher_chans),
+            ("teacher_std", teacher_std, teacher_chans),
+        ):
             if len(values) != n:
                 raise ConfigError(f"teacher target: {name} needs {n} values, got {list(values)}")
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -86,8 +92,10 @@ class TeacherTarget(Target):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masking: Optional[Masking] = None) -> torch.Tensor:
         if self.net is None:
-            raise ConfigError("teacher target: no teacher weights loaded; set the target's path to the teacher's "
-                              "weights file (e.g. model.target.path=/weights/clip_vit_b16.pt)")
+            raise ConfigError(
+                "teacher target: no teacher weights loaded; set the target's path to the teacher's "
+                "weights file (e.g. model.target.path=/weights/clip_vit_b16.pt)"
+            )
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         size = self.net.input_size_for(grid)
         pixels = images.float() * self.std.float() + self.mean.float()
@@ -98,8 +106,10 @@ class TeacherTarget(Target):
         x = (pixels - self.teacher_mean.float()) / self.teacher_std.float()
         tokens = self.net(x.to(self.net.vit.patch_embed.proj.weight.dtype))
         if tokens.shape[1] != grid[0] * grid[1]:
-            raise ConfigError(f"teacher target: the teacher gave {tokens.shape[1]} tokens for a {grid[0]}x{grid[1]} "
-                              f"student patch grid; use a teacher whose tokens form a plain patch grid")
+            raise ConfigError(
+                f"teacher target: the teacher gave {tokens.shape[1]} tokens for a {grid[0]}x{grid[1]} "
+                f"student patch grid; use a teacher whose tokens form a plain patch grid"
+            )
         return tokens.float()
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ equal depth), reconstructions by every head under one fixed mask, the run's loss
 run kept `checkpoint-epochNNNN.pt` files, probe and k-NN per block along training (convergence).
 Writes analysis.json and metrics.csv (every number), one PNG per figure and report.html.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,15 +79,24 @@ def _slug(name: str) -> str:
 
 
 def _eval_loader(data: DataConfig, split: str, img_size: int, crop_ratio: float, batch_size: int) -> DataLoader:
-    dataset = TransformedDataset(build_dataset(data, split), build_eval_transform(img_size, data.mean, data.std,
-                                                                                  crop_ratio))
+    dataset = TransformedDataset(
+        build_dataset(data, split), build_eval_transform(img_size, data.mean, data.std, crop_ratio)
+    )
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_skip_broken)
 
 
 def _describe(ckpt: str, encoder) -> Dict[str, object]:
     e = encoder.cfg
-    info = {"path": str(ckpt), "depth": encoder.depth, "embed_dim": e.embed_dim, "num_heads": e.num_heads,
-            "patch_size": e.patch_size, "img_size": e.img_size, "supervised_blocks": None, "epoch": None}
+    info = {
+        "path": str(ckpt),
+        "depth": encoder.depth,
+        "embed_dim": e.embed_dim,
+        "num_heads": e.num_heads,
+        "patch_size": e.patch_size,
+        "img_size": e.img_size,
+        "supervised_blocks": None,
+        "epoch": None,
+    }
     try:
         checkpoint = read_checkpoint(ckpt)
         info["epoch"] = checkpoint.epoch
@@ -109,10 +119,14 @@ def _reconstruct(ckpt: str, cfg: AnalyzeConfig, out_png: Path) -> Dict[str, floa
     rows = plots.reconstruction_grid(model, images, noise, data.mean, data.std)
     plots.plot_reconstructions(rows, out_png)
     mask = random_masking(n, num_patches, model.cfg.mask_ratio, torch.device("cpu"), noise).mask
-    pixel_mask = unpatchify(mask.unsqueeze(-1).expand(-1, -1, enc.patch_size ** 2 * images.shape[1]),
-                            enc.patch_size, images.shape[1])
-    return {name: float(((x - rows["original"]) ** 2 * pixel_mask).sum() / pixel_mask.sum().clamp_min(1))
-            for name, x in rows.items() if row_block(name) is not None}
+    pixel_mask = unpatchify(
+        mask.unsqueeze(-1).expand(-1, -1, enc.patch_size**2 * images.shape[1]), enc.patch_size, images.shape[1]
+    )
+    return {
+        name: float(((x - rows["original"]) ** 2 * pixel_mask).sum() / pixel_mask.sum().clamp_min(1))
+        for name, x in rows.items()
+        if row_block(name) is not None
+    }
 
 
 def _loss_summary(metrics: Path) -> Dict[str, Dict[str, float]]:
@@ -120,10 +134,16 @@ def _loss_summary(metrics: Path) -> Dict[str, Dict[str, float]]:
     if not rows:
         return {}
     keys = [k for k in rows[0] if k == "loss" or loss_block(k) is not None]
-    tail = rows[-max(1, len(rows) // 10):]
-    return {k: {"first": float(rows[0][k]), "last": float(rows[-1][k]),
-                "last_10pct_mean": sum(float(r[k]) for r in tail) / len(tail), "steps": int(rows[-1]["step"])}
-            for k in keys}
+    tail = rows[-max(1, len(rows) // 10) :]
+    return {
+        k: {
+            "first": float(rows[0][k]),
+            "last": float(rows[-1][k]),
+            "last_10pct_mean": sum(float(r[k]) for r in tail) / len(tail),
+            "steps": int(rows[-1]["step"]),
+        }
+        for k in keys
+    }
 
 
 @dataclass
@@ -188,10 +208,16 @@ def measure_attention(a: Analysis) -> None:
     dists = {}
     for c in a.checkpoints:
         enc = a.encoders[c]
-        loader = _eval_loader(fit_normalisation(cfg.data, enc.cfg.in_chans, c), cfg.features.val_split,
-                              enc.cfg.img_size, cfg.features.crop_ratio, cfg.features.batch_size)
-        d = attention_distances(enc, loader, a.device, cfg.analysis.attention_images, a.progress,
-                                desc=f"attention {a.names[c]}")
+        loader = _eval_loader(
+            fit_normalisation(cfg.data, enc.cfg.in_chans, c),
+            cfg.features.val_split,
+            enc.cfg.img_size,
+            cfg.features.crop_ratio,
+            cfg.features.batch_size,
+        )
+        d = attention_distances(
+            enc, loader, a.device, cfg.analysis.attention_images, a.progress, desc=f"attention {a.names[c]}"
+        )
         dists[a.names[c]] = d
         a.result["attention"][a.names[c]] = {
             "per_head": d.tolist(),
@@ -200,7 +226,7 @@ def measure_attention(a: Analysis) -> None:
             "min": d.min(dim=1).values.tolist(),
             "max": d.max(dim=1).values.tolist(),
             "images": min(cfg.analysis.attention_images, len(loader.dataset)),
-            "max_possible_px": float(enc.cfg.patch_size * (enc.grid_size - 1) * 2 ** 0.5),
+            "max_possible_px": float(enc.cfg.patch_size * (enc.grid_size - 1) * 2**0.5),
             "uniform_px": uniform_attention_distance(enc.grid_size, enc.cfg.patch_size),
         }
     refs = {f"uniform attention ({r['uniform_px']:.1f} px)": r["uniform_px"] for r in a.result["attention"].values()}
@@ -215,8 +241,11 @@ def measure_cka(a: Analysis) -> None:
     for c in a.checkpoints:
         f = extract_features(c, a.cfg.data, a.cfg.features.val_split, a.cfg.features, blocks[c], encoders[c])
         feats[c] = {b: v[: a.cfg.analysis.cka_samples] for b, v in f.blocks.items()}
-    cka = a.result["cka"] = {"within": {}, "between": {},
-                             "samples": min(v.shape[0] for f in feats.values() for v in f.values())}
+    cka = a.result["cka"] = {
+        "within": {},
+        "between": {},
+        "samples": min(v.shape[0] for f in feats.values() for v in f.values()),
+    }
     for c in task_bar(a.checkpoints, desc="CKA", enabled=a.progress):
         m = cka_matrix(feats[c], feats[c])
         cka["within"][names[c]] = {"blocks": blocks[c], "matrix": m}
@@ -224,19 +253,28 @@ def measure_cka(a: Analysis) -> None:
         plots.plot_cka(m, blocks[c], blocks[c], f"linear CKA between blocks\n{names[c]}", a.out / file)
         a.figure("cka", file, f"{names[c]}: CKA between every pair of blocks")
     for i, x in enumerate(a.checkpoints):
-        for y in a.checkpoints[i + 1:]:
+        for y in a.checkpoints[i + 1 :]:
             m = cka_matrix(feats[x], feats[y])
             entry = {"a": names[x], "b": names[y], "blocks_a": blocks[x], "blocks_b": blocks[y], "matrix": m}
             if encoders[x].depth == encoders[y].depth and blocks[x] == blocks[y]:
                 entry["same_block"] = {str(blk): m[k][k] for k, blk in enumerate(blocks[x])}
             else:
-                a.note(f"CKA of the same block is not reported for {names[x]} vs {names[y]}: depths "
-                       f"{encoders[x].depth} and {encoders[y].depth} (or the analysed blocks) differ; the full "
-                       f"cross-block matrix is")
+                a.note(
+                    f"CKA of the same block is not reported for {names[x]} vs {names[y]}: depths "
+                    f"{encoders[x].depth} and {encoders[y].depth} (or the analysed blocks) differ; the full "
+                    f"cross-block matrix is"
+                )
             cka["between"][f"{names[x]} vs {names[y]}"] = entry
             file = f"cka-{a.slugs[x]}-vs-{a.slugs[y]}.png"
-            plots.plot_cka(m, blocks[x], blocks[y], f"linear CKA\n{names[x]} (rows) vs\n{names[y]} (columns)",
-                           a.out / file, row_label=f"block of {names[x]}", col_label=f"block of {names[y]}")
+            plots.plot_cka(
+                m,
+                blocks[x],
+                blocks[y],
+                f"linear CKA\n{names[x]} (rows) vs\n{names[y]} (columns)",
+                a.out / file,
+                row_label=f"block of {names[x]}",
+                col_label=f"block of {names[y]}",
+            )
             a.figure("cka", file, f"CKA between the blocks of {names[x]} and those of {names[y]}")
 
 
@@ -287,13 +325,17 @@ def measure_convergence(a: Analysis) -> None:
     for run_dir, c in runs.items():
         epochs = epoch_checkpoints(run_dir)
         if not epochs:
-            a.note(f"no convergence curve for {a.names[c]}: no checkpoint-epochNNNN.pt in {run_dir} (pre-train "
-                   f"with train.save_every_epochs=N to keep them)")
+            a.note(
+                f"no convergence curve for {a.names[c]}: no checkpoint-epochNNNN.pt in {run_dir} (pre-train "
+                f"with train.save_every_epochs=N to keep them)"
+            )
             continue
         per_epoch = _probes_along(a, c, epochs)
         conv = a.result["convergence"][a.names[c]] = {
             kind: {str(e): {str(b): v for b, v in r.items()} for e, r in series.items()}
-            for kind, series in per_epoch.items() if series}
+            for kind, series in per_epoch.items()
+            if series
+        }
         conv["checkpoints"] = {str(e): str(p) for e, p in epochs.items()}
         for kind, label in (("linear", "linear-probe top-1 (%)"), ("knn", "k-NN top-1 (%)")):
             if not per_epoch[kind]:
@@ -303,8 +345,9 @@ def measure_convergence(a: Analysis) -> None:
                 for b, v in r.items():
                     by_block.setdefault(b, {})[e] = v
             file = f"convergence-{kind}-{a.slugs[c]}.png"
-            plots.plot_convergence(by_block, f"{a.names[c]}: {label} per block along pre-training", a.out / file,
-                                   ylabel=label)
+            plots.plot_convergence(
+                by_block, f"{a.names[c]}: {label} per block along pre-training", a.out / file, ylabel=label
+            )
             a.figure("convergence", file, f"{a.names[c]}: {label} of every block after each saved epoch")
 
 
@@ -318,20 +361,31 @@ def _probes_along(a: Analysis, c: str, epochs: Dict[int, Path]) -> Dict[str, Dic
     if a.cfg.analysis.convergence_knn:
         for epoch, path in task_bar(list(epochs.items()), desc=f"k-NN along {a.names[c]}", enabled=a.progress):
             depth = max(per_epoch["linear"][epoch])
-            k_cfg = dataclasses.replace(a.cfg, features=dataclasses.replace(
-                a.cfg.features, blocks=resolve_blocks(a.cfg.features.blocks, depth), progress=False))
+            k_cfg = dataclasses.replace(
+                a.cfg,
+                features=dataclasses.replace(
+                    a.cfg.features, blocks=resolve_blocks(a.cfg.features.blocks, depth), progress=False
+                ),
+            )
             per_epoch["knn"][epoch] = {b: v["top1"] for b, v in run_knn(str(path), k_cfg).items()}
     return per_epoch
 
 
 MEASURE_STEPS: Dict[str, Callable[[Analysis], None]] = {
-    "probe": measure_probe, "knn": measure_knn, "attention": measure_attention, "cka": measure_cka,
-    "reconstruction": measure_reconstruction, "loss": measure_loss, "convergence": measure_convergence}
+    "probe": measure_probe,
+    "knn": measure_knn,
+    "attention": measure_attention,
+    "cka": measure_cka,
+    "reconstruction": measure_reconstruction,
+    "loss": measure_loss,
+    "convergence": measure_convergence,
+}
 UNTIMED = ("loss",)  # reads a log: no time worth reporting
 
 
-def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[str] = None,
-                data_source: str = "given") -> Dict:
+def run_analyze(
+    checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[str] = None, data_source: str = "given"
+) -> Dict:
     """Every measure in cfg.analysis.measures for every checkpoint; returns the analysis dict (also in
     analysis.json) with "figures" naming the PNGs that report.html embeds, and "data" the dataset,
     `data_source` and the images per split the probes read."""
@@ -345,12 +399,25 @@ def run_analyze(checkpoints: List[str], cfg: AnalyzeConfig, out_dir: Optional[st
     out.mkdir(parents=True, exist_ok=True)
     names = short_names(checkpoints)
     encoders = {c: frozen_encoder(c, cfg.features.preset) for c in checkpoints}
-    a = Analysis(checkpoints, cfg, out, resolve_device(cfg.features.device), names,
-                 {c: _slug(names[c]) for c in checkpoints}, encoders,
-                 {c: resolve_blocks(cfg.features.blocks, encoders[c].depth) for c in checkpoints},
-                 {"checkpoints": {names[c]: _describe(c, encoders[c]) for c in checkpoints}, "measures": measures,
-                  "data": data_record(cfg.data, data_source, {}),
-                  "config": to_dict(cfg), "notes": [], "figures": [], "timings": {}})
+    a = Analysis(
+        checkpoints,
+        cfg,
+        out,
+        resolve_device(cfg.features.device),
+        names,
+        {c: _slug(names[c]) for c in checkpoints},
+        encoders,
+        {c: resolve_blocks(cfg.features.blocks, encoders[c].depth) for c in checkpoints},
+        {
+            "checkpoints": {names[c]: _describe(c, encoders[c]) for c in checkpoints},
+            "measures": measures,
+            "data": data_record(cfg.data, data_source, {}),
+            "config": to_dict(cfg),
+            "notes": [],
+            "figures": [],
+            "timings": {},
+        },
+    )
     last_layer_measure = [m for m in measures if m in ("probe", "knn")][-1:]
     for measure in measures:
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ lets go of it at the end. `check_config` is every check on values alone; the `lo
 functions run it too, so --print-config refuses what the run would. `load_trained` reads back what a
 training task wrote.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -124,15 +125,23 @@ def check_strategy(task: TrainingTask) -> None:
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy not in task.strategies:
-        raise ConfigError(f"{task.title} supports train.strategy={' or '.join(task.strategies)} (with "
-                          f"train.activation_checkpointing=true for large models); fsdp is available for pretrain")
+        raise ConfigError(
+            f"{task.title} supports train.strategy={' or '.join(task.strategies)} (with "
+            f"train.activation_checkpointing=true for large models); fsdp is available for pretrain"
+        )
 
 
 def check_values(train, optim) -> None:
     """The ranges every training task shares (values a run would only refuse after writing, or deep
     inside torch): the first problem found, naming its key."""
-    at_least = {"batch_size": 1, "accum_steps": 1, "epochs": 1, "log_every_steps": 1, "save_every_steps": 0,
-                "save_every_epochs": 0}
+    at_least = {
+        "batch_size": 1,
+        "accum_steps": 1,
+        "epochs": 1,
+        "log_every_steps": 1,
+        "save_every_steps": 0,
+        "save_every_epochs": 0,
+    }
     for key, low in at_least.items():
         if getattr(train, key) < low:
             raise ConfigError(f"train.{key} must be at least {low}, got {getattr(train, key)}")
@@ -141,11 +150,13 @@ def check_values(train, optim) -> None:
             raise ConfigError(f"train.{key} must be 0 or more, got {getattr(train, key)}")
     if hasattr(train, "online_probe_lr") and not train.online_probe_lr > 0:
         raise ConfigError(f"train.online_probe_lr must be a positive learning rate, got {train.online_probe_lr}")
-    if not 0 <= train.seed < 2 ** 63:
+    if not 0 <= train.seed < 2**63:
         raise ConfigError(f"train.seed must be a whole number in [0, 2**63), got {train.seed}")
     if not train.output_dir.strip():
-        raise ConfigError("train.output_dir is empty (the run would write into the current folder); set it to the "
-                          "run's folder, e.g. train.output_dir=runs/my-run")
+        raise ConfigError(
+            "train.output_dir is empty (the run would write into the current folder); set it to the "
+            "run's folder, e.g. train.output_dir=runs/my-run"
+        )
     if train.max_steps is not None and train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be at least 1 (or null: the whole schedule), got {train.max_steps}")
     if train.precision not in PRECISIONS:
@@ -164,8 +175,9 @@ def check_values(train, optim) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if train.overwrite and train.resume:
-        raise ConfigError(f"train.overwrite=true starts afresh and train.resume={train.resume} continues a run: "
-                          f"choose one")
+        raise ConfigError(
+            f"train.overwrite=true starts afresh and train.resume={train.resume} continues a run: choose one"
+        )
     lr_key, lr = ("optim.lr", optim.lr) if optim.lr is not None else ("optim.base_lr", optim.base_lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"{lr_key} must be a positive learning rate, got {lr}")
@@ -196,12 +208,15 @@ def check_config(task: TrainingTask, require_paths: bool = True) -> None:
 
 def check_precision(task: TrainingTask, env: Env) -> None:
     if task.cfg.train.strategy == "fsdp" and env.precision == "fp16":
-        raise ConfigError("train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
-                          "use train.precision=bf16 or fp32, or train.strategy=ddp")
+        raise ConfigError(
+            "train.strategy=fsdp with fp16 is not supported (the loss scaler is not shard-aware); "
+            "use train.precision=bf16 or fp32, or train.strategy=ddp"
+        )
 
 
-def prepare_output_dir(task: TrainingTask, model: nn.Module, loader, env: Env,
-                       before_config: Optional[Callable[[], Any]] = None) -> Optional[RunLock]:
+def prepare_output_dir(
+    task: TrainingTask, model: nn.Module, loader, env: Env, before_config: Optional[Callable[[], Any]] = None
+) -> Optional[RunLock]:
     """The first write of a run (rank 0): the output folder taken for this run (its lock; no fresh run on
     another run's checkpoints; train.overwrite=true moves those aside; stale temp files removed),
     config.yaml, the start-up line. `before_config` runs under the lock before config.yaml is written
@@ -217,8 +232,10 @@ def prepare_output_dir(task: TrainingTask, model: nn.Module, loader, env: Env,
             try:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise OutputDirError(f"cannot create train.output_dir '{out}': {err.strerror}; set "
-                                     f"train.output_dir to a folder you can write in") from err
+                raise OutputDirError(
+                    f"cannot create train.output_dir '{out}': {err.strerror}; set "
+                    f"train.output_dir to a folder you can write in"
+                ) from err
             lock = RunLock.acquire(out)
             for note in claim_output_dir(out, requested_resume(train), train.overwrite):
                 say(note)
@@ -262,11 +279,18 @@ def run_training(task: TrainingTask) -> Any:
     """The skeleton: config checks, set-up, data, model, strategy, output folder, Trainer, run, cleanup."""
     check_config(task)
     train = task.cfg.train
-    check_output_dir(Path(train.output_dir), requested_resume(train), train.overwrite,  # before anything is built
-                     check_lock=is_rank_zero())
+    check_output_dir(
+        Path(train.output_dir),
+        requested_resume(train),
+        train.overwrite,  # before anything is built
+        check_lock=is_rank_zero(),
+    )
     streamed = getattr(task.cfg.data, "name", None) == "wds"  # its worker count deals the shards: kept
-    with session(train.device, train.precision, train.dist_timeout) as env, \
-            planned_threads(task.cfg.data.num_workers, fixed_workers=streamed) as threads, contextlib.ExitStack() as stack:
+    with (
+        session(train.device, train.precision, train.dist_timeout) as env,
+        planned_threads(task.cfg.data.num_workers, fixed_workers=streamed) as threads,
+        contextlib.ExitStack() as stack,
+    ):
         check_precision(task, env)  # threads: workers + torch threads <= cores, restored at the end
         env = dataclasses.replace(env, loader_workers=threads.workers)
         host_memory = reuse_freed_host_memory(train.reuse_host_memory)  # before loader workers fork
@@ -276,13 +300,27 @@ def run_training(task: TrainingTask) -> Any:
         hooks = task.hooks(model, env)
         groups = task.param_groups(model)
         schedule = task.train_config()  # compile=auto: by the schedule's length (the same on resume)
-        compiled = should_compile(train.compile, schedule.epochs * (len(loader) // schedule.accum_steps),
-                                  env.device.type, env.precision)
-        model, forward_model = prepare_model(model, env.device, train.strategy, train.activation_checkpointing,
-                                             compiled, find_unused_parameters=task.find_unused_parameters(model))
-        spec = TaskSpec(kind=task.kind, compute_loss=task.loss(), train=task.train_config(), optim=task.optim_config(),
-                        config=to_dict(task.cfg), architecture=task.architecture(), check_loss=task.check_loss(),
-                        hooks=hooks)
+        compiled = should_compile(
+            train.compile, schedule.epochs * (len(loader) // schedule.accum_steps), env.device.type, env.precision
+        )
+        model, forward_model = prepare_model(
+            model,
+            env.device,
+            train.strategy,
+            train.activation_checkpointing,
+            compiled,
+            find_unused_parameters=task.find_unused_parameters(model),
+        )
+        spec = TaskSpec(
+            kind=task.kind,
+            compute_loss=task.loss(),
+            train=task.train_config(),
+            optim=task.optim_config(),
+            config=to_dict(task.cfg),
+            architecture=task.architecture(),
+            check_loss=task.check_loss(),
+            hooks=hooks,
+        )
         data = TrainData(loader, batch_size_of=lambda b: b.images.shape[0])
         trainer = Trainer(TrainModel(model, forward_model, groups), data, spec, env)
         lock = prepare_output_dir(task, model, loader, env, before_config=trainer.resume)

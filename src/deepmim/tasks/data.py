@@ -7,6 +7,7 @@ holding `<key>.<ext>` (the file's own bytes, not re-encoded) and `<key>.cls` (th
 `<split>.json`, the index with every shard's sample count and the class names. `data.name=wds
 data.path=OUT` then reads it.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def _splits_of(root: Path, splits: Optional[List[str]]) -> Dict[str, Path]:
     return found or {"train": root}
 
 
-def pack_imagefolder(root: str, out: str, shard_size: int = 1000, splits: Optional[List[str]] = None,
-                     seed: int = 0) -> Dict[str, Dict[str, int]]:
+def pack_imagefolder(
+    root: str, out: str, shard_size: int = 1000, splits: Optional[List[str]] = None, seed: int = 0
+) -> Dict[str, Dict[str, int]]:
     """Write the shards and indices; returns {split: {"samples": n, "shards": k}}."""
     wds = webdataset()
     if shard_size < 1:
@@ -46,7 +48,7 @@ def pack_imagefolder(root: str, out: str, shard_size: int = 1000, splits: Option
         urls, counts = [], []
         for start in range(0, len(order), shard_size):
             url = out_path / f"{split}-{len(urls):06d}.tar"
-            chunk = order[start:start + shard_size]
+            chunk = order[start : start + shard_size]
             with wds.TarWriter(str(url)) as sink:
                 for i in chunk:
                     path, label = samples[i]
@@ -75,8 +77,13 @@ def bench_loader(overrides: Iterable[str], batches: int = 50, warmup: int = 5) -
 
     cfg = load_config(PretrainConfig, None, list(overrides))
     enc = cfg.model.encoder
-    loader = build_pretrain_loader(cfg.data, cfg.train.batch_size, cfg.train.seed,
-                                   mask_patches=(cfg.data.img_size // enc.patch_size) ** 2, labels=None)
+    loader = build_pretrain_loader(
+        cfg.data,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        mask_patches=(cfg.data.img_size // enc.patch_size) ** 2,
+        labels=None,
+    )
     loader.set_epoch(0)
     images, start, seen = 0, None, 0
     for batch in loader:

@@ -23,6 +23,7 @@ architecture in the metadata (deepmim.checkpoint.checkpoint_metadata), so they r
 checkpoint they came from: `deepmim evaluate` and `deepmim segment eval` take them as they take the
 .pt files.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ FORMATS = ("safetensors", "timm", "hf", "hf-encoder")
 logger = logging.getLogger(__name__)
 
 
-def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None, preset: Optional[str] = None,
-                      fmt: str = "safetensors") -> str:
+def export_checkpoint(
+    checkpoint: str, out: str, img_size: Optional[int] = None, preset: Optional[str] = None, fmt: str = "safetensors"
+) -> str:
     """Write the weights of `checkpoint` to `out` (a .safetensors file, or a folder for the timm and hf formats);
     returns what was written and how to load it (the timm formats: the exact call, on a line of its own)."""
     from .export_hf import export_vit, export_vitmae
@@ -65,12 +67,15 @@ def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None,
     ckpt = read_checkpoint(checkpoint)
     kind = ckpt.task_kind  # None: bare weights
     if preset and ckpt.task is not None:
-        raise ConfigError(f"--preset names the architecture of bare weights; {ckpt.name} is {ckpt.kind} and "
-                          f"records its own")
+        raise ConfigError(
+            f"--preset names the architecture of bare weights; {ckpt.name} is {ckpt.kind} and records its own"
+        )
     if kind is None and ckpt.task is not None:
-        raise CheckpointError(f"{ckpt.name} is {ckpt.kind}, a kind this installation of deepmim does not know "
-                              f"(it knows {', '.join(task_kinds())}); export it where the task that wrote it is "
-                              f"installed")
+        raise CheckpointError(
+            f"{ckpt.name} is {ckpt.kind}, a kind this installation of deepmim does not know "
+            f"(it knows {', '.join(task_kinds())}); export it where the task that wrote it is "
+            f"installed"
+        )
     if fmt == "hf-encoder":
         return export_vit(ckpt, Path(out), img_size, preset)
     if fmt == "hf":
@@ -84,14 +89,17 @@ def export_checkpoint(checkpoint: str, out: str, img_size: Optional[int] = None,
     return exporter(ckpt, Path(out), img_size, preset, folder=fmt == "timm")
 
 
-def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str] = None,
-                      folder: bool = False) -> str:
+def export_pretrained(
+    ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str] = None, folder: bool = False
+) -> str:
     """The encoder alone (no decoders, no teacher file needed), position embedding resampled to img_size;
     `preset` names the architecture of bare weights. The file stays bare weights (no task): deepmim reads
     it back with a preset, as MAE's releases."""
     if ckpt.task is None and preset is None and not is_hf_folder(ckpt.path):
-        raise CheckpointError(f"{ckpt.name} holds no deepmim config: name its architecture with --preset NAME "
-                              f"(e.g. --preset mae_vit_base; deepmim presets lists them)")
+        raise CheckpointError(
+            f"{ckpt.name} holds no deepmim config: name its architecture with --preset NAME "
+            f"(e.g. --preset mae_vit_base; deepmim presets lists them)"
+        )
     encoder = load_encoder(ckpt.path, preset)
     enc = encoder.cfg
     pre = preprocessing_of(ckpt.config, img_size or enc.img_size, enc.in_chans)
@@ -99,36 +107,51 @@ def export_pretrained(ckpt: Checkpoint, out: Path, img_size: Optional[int], pres
     if folder:
         call = timm_folder_call(out)
         config = timm_folder_config(enc, pre, 0, extra={"timm_call": call, "exported_from": str(ckpt.path)})
-        write_timm_folder(encoder_state_dict(encoder, img_size), config, out,
-                          {**encoder_metadata(encoder, img_size), "timm_call": call})
+        write_timm_folder(
+            encoder_state_dict(encoder, img_size),
+            config,
+            out,
+            {**encoder_metadata(encoder, img_size), "timm_call": call},
+        )
     else:
         call = timm_file_call(enc, out, pre, 0, img_size)
         export_encoder(encoder, out, img_size, {"timm_call": call, "preprocessing": json.dumps(pre.to_dict())})
-    return f"wrote {out} (the encoder at {pre.img_size}px, with its preprocessing){_eps_note(enc)}; load it with\n  {call}"
+    return (
+        f"wrote {out} (the encoder at {pre.img_size}px, with its preprocessing){_eps_note(enc)}; load it with\n  {call}"
+    )
 
 
 def export_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
     """A fine-tuned checkpoint is a timm VisionTransformer already: its weights as they are, with the
     evaluation preprocessing of its run (data.mean/std, data.img_size, augment.eval_crop_pct, bicubic)."""
-    _no_resampling(ckpt, img_size, "timm resamples a classifier's position embedding itself when created "
-                                   "with another img_size")
+    _no_resampling(
+        ckpt, img_size, "timm resamples a classifier's position embedding itself when created with another img_size"
+    )
     model, cfg = load_classifier(ckpt.path)
     enc = EncoderConfig(**ckpt.architecture["encoder"])
     pre = preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans)
     pool, classes = cfg.model.global_pool, ckpt.architecture.get("classes")
     logger.debug("export of %s: classifier %s, preprocessing %s", ckpt.name, enc, pre)
-    meta = {"format": "pt", "num_classes": str(model.num_classes), "global_pool": pool,
-            "img_size": str(cfg.data.img_size), **checkpoint_metadata(ckpt)}
+    meta = {
+        "format": "pt",
+        "num_classes": str(model.num_classes),
+        "global_pool": pool,
+        "img_size": str(cfg.data.img_size),
+        **checkpoint_metadata(ckpt),
+    }
     if folder:
         call = timm_folder_call(out)
-        config = timm_folder_config(enc, pre, model.num_classes, pool, classes,
-                                    extra={"timm_call": call, "exported_from": str(ckpt.path)})
+        config = timm_folder_config(
+            enc, pre, model.num_classes, pool, classes, extra={"timm_call": call, "exported_from": str(ckpt.path)}
+        )
         write_timm_folder(model.state_dict(), config, out, {**meta, "timm_call": call})
     else:
         call = timm_file_call(enc, out, pre, model.num_classes, cfg.data.img_size, pool)
         save_weights(model.state_dict(), out, {**meta, "timm_call": call})
-    return (f"wrote {out} ({model.num_classes} classes, with the evaluation preprocessing){_eps_note(enc)}; score it "
-            f"with deepmim evaluate {out}, load it with\n  {call}")
+    return (
+        f"wrote {out} ({model.num_classes} classes, with the evaluation preprocessing){_eps_note(enc)}; score it "
+        f"with deepmim evaluate {out}, load it with\n  {call}"
+    )
 
 
 def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
@@ -136,40 +159,55 @@ def export_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int], prese
     included) in the metadata."""
     _no_resampling(ckpt, img_size, "a segmentation model keeps the crop size it was trained at")
     if folder:
-        raise ConfigError(f"{ckpt.name} is {ckpt.kind}: timm has no UperNet model to load it into; write a "
-                          f"transformers UperNetForSemanticSegmentation folder with --format hf, or the weights "
-                          f"file with --format safetensors")
+        raise ConfigError(
+            f"{ckpt.name} is {ckpt.kind}: timm has no UperNet model to load it into; write a "
+            f"transformers UperNetForSemanticSegmentation folder with --format hf, or the weights "
+            f"file with --format safetensors"
+        )
     model, cfg, _ = load_segmentor(ckpt.path)
-    meta = {"format": "pt", "num_classes": str(model.num_classes), "crop_size": str(cfg.data.crop_size),
-            **checkpoint_metadata(ckpt)}
+    meta = {
+        "format": "pt",
+        "num_classes": str(model.num_classes),
+        "crop_size": str(cfg.data.crop_size),
+        **checkpoint_metadata(ckpt),
+    }
     save_weights(model.state_dict(), out, meta)
-    return (f"wrote {out}: the UperNet weights (timm Beit backbone, neck, heads) with the config they were "
-            f"trained with; score them: deepmim segment eval {out}")
+    return (
+        f"wrote {out}: the UperNet weights (timm Beit backbone, neck, heads) with the config they were "
+        f"trained with; score them: deepmim segment eval {out}"
+    )
 
 
-def export_trained_model(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None,
-                         folder: bool = False) -> str:
+def export_trained_model(
+    ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False
+) -> str:
     """A checkpoint of a kind without an exporter of its own: the model its record rebuilds, weights as they are,
     the checkpoint's task, config and architecture in the metadata (it reads back as that checkpoint)."""
     _no_resampling(ckpt, img_size, "the model keeps the size it was trained at")
     if folder:
-        raise ConfigError(f"{ckpt.name} is {ckpt.kind}: timm has no model to load it into; write the weights file "
-                          f"with --format safetensors")
+        raise ConfigError(
+            f"{ckpt.name} is {ckpt.kind}: timm has no model to load it into; write the weights file "
+            f"with --format safetensors"
+        )
     model, _, _ = load_trained(ckpt, ckpt.task)
     save_weights(model.state_dict(), out, {"format": "pt", **checkpoint_metadata(ckpt)})
     return f"wrote {out}: the weights of {ckpt.kind}, with the config they were trained with"
 
 
 def refuse_probe_head(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset=None, folder: bool = False) -> str:
-    raise CheckpointError(f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
-                          f"none. Export the checkpoint it probed (linprobe.json names it) instead")
+    raise CheckpointError(
+        f"{ckpt.name} is {ckpt.kind}: export writes models, and a probe head alone is "
+        f"none. Export the checkpoint it probed (linprobe.json names it) instead"
+    )
 
 
 def _eps_note(enc: EncoderConfig) -> str:
     if enc.norm_eps == TIMM_LAYER_NORM_EPS:
         return ""
-    return (f" (note: timm's ViT builds its LayerNorms with eps {TIMM_LAYER_NORM_EPS}, this model was trained with "
-            f"{enc.norm_eps}: outputs differ by that epsilon's effect)")
+    return (
+        f" (note: timm's ViT builds its LayerNorms with eps {TIMM_LAYER_NORM_EPS}, this model was trained with "
+        f"{enc.norm_eps}: outputs differ by that epsilon's effect)"
+    )
 
 
 def _no_resampling(ckpt: Checkpoint, img_size: Optional[int], why: str) -> None:

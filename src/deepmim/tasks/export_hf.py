@@ -15,6 +15,7 @@ preprocessing), written without importing transformers:
 the short side, centre-crop, normalise with the run's mean/std), so `pipeline("image-feature-extraction")`
 (hf-encoder) and `pipeline("image-classification")` run on the folders as they are.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ from ..models.presets import preset_config
 WEIGHTS_FILE = "model.safetensors"
 
 
-def write_hf_folder(state: Dict[str, Any], config: Dict[str, Any], out: Path,
-                    preprocessing: Optional[Preprocessing] = None) -> Path:
+def write_hf_folder(
+    state: Dict[str, Any], config: Dict[str, Any], out: Path, preprocessing: Optional[Preprocessing] = None
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_weights(state, out / WEIGHTS_FILE, {"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -60,12 +62,16 @@ def _pretrained(ckpt: Checkpoint, what: str) -> None:
 def export_vitmae(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str]) -> str:
     _pretrained(ckpt, "a ViTMAEForPreTraining folder")
     if img_size:
-        raise ConfigError("--img-size is not offered for --format hf: ViTMAE's decoder keeps the grid it was trained "
-                          "on (transformers resizes at run time with interpolate_pos_encoding=True)")
+        raise ConfigError(
+            "--img-size is not offered for --format hf: ViTMAE's decoder keeps the grid it was trained "
+            "on (transformers resizes at run time with interpolate_pos_encoding=True)"
+        )
     cfg = preset_config(preset) if preset else saved_model_config(ckpt.path, ckpt)
     if cfg is None:
-        raise CheckpointError(f"{ckpt.name} holds no deepmim config: name its architecture with --preset NAME "
-                              f"(e.g. --preset mae_vit_base; deepmim presets lists them)")
+        raise CheckpointError(
+            f"{ckpt.name} holds no deepmim config: name its architecture with --preset NAME "
+            f"(e.g. --preset mae_vit_base; deepmim presets lists them)"
+        )
     head = check_mae_layout(cfg)  # before building: a teacher target on another head needs no file here
     model = DeepMIM(cfg)
     load_weights(model, ckpt.raw if ckpt.path is None else ckpt.path)
@@ -73,8 +79,10 @@ def export_vitmae(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: 
     write_hf_folder(vitmae_state(model), vitmae_config(cfg), out, pre)
     extra = [h.block for h in cfg.heads if h.block != head.block]
     left_out = f"; the decoders at blocks {', '.join(map(str, extra))} are left out (ViTMAE has one)" if extra else ""
-    return (f"wrote {out} (ViTMAE: encoder + the decoder of block {head.block}{left_out}); load it with "
-            f"transformers.ViTMAEForPreTraining.from_pretrained('{out}')")
+    return (
+        f"wrote {out} (ViTMAE: encoder + the decoder of block {head.block}{left_out}); load it with "
+        f"transformers.ViTMAEForPreTraining.from_pretrained('{out}')"
+    )
 
 
 def export_vit(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Optional[str]) -> str:
@@ -85,9 +93,11 @@ def export_vit(ckpt: Checkpoint, out: Path, img_size: Optional[int], preset: Opt
     state = encoder_to_hf(encoder_state_dict(encoder, img_size), enc.depth)
     config = vit_config(type(enc)(**{**enc.__dict__, "img_size": size}))
     write_hf_folder(state, config, out, preprocessing_of(ckpt.config, size, enc.in_chans))
-    return (f"wrote {out} (the encoder at {size}px); load it with "
-            f"transformers.ViTModel.from_pretrained('{out}', add_pooling_layer=False), its images with "
-            f"transformers.AutoImageProcessor.from_pretrained('{out}')")
+    return (
+        f"wrote {out} (the encoder at {size}px); load it with "
+        f"transformers.ViTModel.from_pretrained('{out}', add_pooling_layer=False), its images with "
+        f"transformers.AutoImageProcessor.from_pretrained('{out}')"
+    )
 
 
 def export_hf_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
@@ -101,24 +111,35 @@ def export_hf_classifier(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -
         raise ConfigError(f"--img-size applies to pre-trained encoders; {ckpt.name} is {ckpt.kind}")
     model, cfg = load_classifier(ckpt.path)
     if cfg.model.global_pool != "token":
-        raise ConfigError(f"{ckpt.name} pools with global_pool={cfg.model.global_pool!r} (the mean of the patch "
-                          f"tokens, then fc_norm); transformers' ViTForImageClassification classifies the normed "
-                          f"cls token and has no such pooling. Export it for timm (--format timm or safetensors), or "
-                          f"fine-tune with model.global_pool=token for a transformers classifier")
+        raise ConfigError(
+            f"{ckpt.name} pools with global_pool={cfg.model.global_pool!r} (the mean of the patch "
+            f"tokens, then fc_norm); transformers' ViTForImageClassification classifies the normed "
+            f"cls token and has no such pooling. Export it for timm (--format timm or safetensors), or "
+            f"fine-tune with model.global_pool=token for a transformers classifier"
+        )
     enc = EncoderConfig(**ckpt.architecture["encoder"])
     enc = type(enc)(**{**enc.__dict__, "img_size": cfg.data.img_size})
     state = {k: v.detach() for k, v in model.state_dict().items()}
     hf_state = encoder_to_hf(state, enc.depth, prefix="vit.")
     hf_state.update({"classifier.weight": state["head.weight"], "classifier.bias": state["head.bias"]})
     classes = ckpt.architecture.get("classes") or [f"LABEL_{i}" for i in range(model.num_classes)]
-    config = {**vit_config(enc), "architectures": ["ViTForImageClassification"],
-              "id2label": {str(i): str(name) for i, name in enumerate(classes)},
-              "label2id": {str(name): i for i, name in enumerate(classes)}}
-    write_hf_folder({k: v.contiguous() for k, v in hf_state.items()}, config, out,
-                    preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans))
-    return (f"wrote {out} ({model.num_classes} classes); load it with "
-            f"transformers.ViTForImageClassification.from_pretrained('{out}') or "
-            f"transformers.pipeline('image-classification', model='{out}')")
+    config = {
+        **vit_config(enc),
+        "architectures": ["ViTForImageClassification"],
+        "id2label": {str(i): str(name) for i, name in enumerate(classes)},
+        "label2id": {str(name): i for i, name in enumerate(classes)},
+    }
+    write_hf_folder(
+        {k: v.contiguous() for k, v in hf_state.items()},
+        config,
+        out,
+        preprocessing_of(ckpt.config, cfg.data.img_size, enc.in_chans),
+    )
+    return (
+        f"wrote {out} ({model.num_classes} classes); load it with "
+        f"transformers.ViTForImageClassification.from_pretrained('{out}') or "
+        f"transformers.pipeline('image-classification', model='{out}')"
+    )
 
 
 def export_hf_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) -> str:
@@ -136,11 +157,23 @@ def export_hf_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) ->
     backbone = model.backbone
     enc = EncoderConfig(**ckpt.architecture["encoder"])
     if model.aux_level != 2:
-        raise ConfigError(f"{ckpt.name}: transformers' UperNet reads its auxiliary head from pyramid level 2, this "
-                          f"model from level {model.aux_level}")
+        raise ConfigError(
+            f"{ckpt.name}: transformers' UperNet reads its auxiliary head from pyramid level 2, this "
+            f"model from level {model.aux_level}"
+        )
     crop = cfg.data.crop_size
-    config = upernet_config(enc, model.num_classes, crop, backbone.out_indices, m.channels, m.aux_channels,
-                            list(m.pool_scales), m.rel_pos_bias, m.layer_scale, classes)
+    config = upernet_config(
+        enc,
+        model.num_classes,
+        crop,
+        backbone.out_indices,
+        m.channels,
+        m.aux_channels,
+        list(m.pool_scales),
+        m.rel_pos_bias,
+        m.layer_scale,
+        classes,
+    )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     try:
         hf_state = upernet_state(state)
@@ -150,11 +183,21 @@ def export_hf_segmentor(ckpt: Checkpoint, out: Path, img_size: Optional[int]) ->
     out.mkdir(parents=True, exist_ok=True)
     save_weights(hf_state, out / WEIGHTS_FILE, {"format": "pt"})
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    processor = {"image_processor_type": "SegformerImageProcessor", "do_resize": True,
-                 "size": {"height": crop, "width": crop}, "resample": 2, "do_rescale": True,
-                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre.mean),
-                 "image_std": list(pre.std), "do_reduce_labels": False}
+    processor = {
+        "image_processor_type": "SegformerImageProcessor",
+        "do_resize": True,
+        "size": {"height": crop, "width": crop},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
+        "do_reduce_labels": False,
+    }
     (out / HF_PROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
-    return (f"wrote {out} (UperNet, {model.num_classes} classes, {crop}px crops); load it with "
-            f"transformers.UperNetForSemanticSegmentation.from_pretrained('{out}'); its processor resizes to "
-            f"{crop}x{crop} (deepmim segment eval slides {crop}px windows instead: docs/interop.md)")
+    return (
+        f"wrote {out} (UperNet, {model.num_classes} classes, {crop}px crops); load it with "
+        f"transformers.UperNetForSemanticSegmentation.from_pretrained('{out}'); its processor resizes to "
+        f"{crop}x{crop} (deepmim segment eval slides {crop}px windows instead: docs/interop.md)"
+    )

@@ -6,6 +6,7 @@ layer-wise lr decay, RandAugment, random erasing, Mixup/CutMix, soft-target cros
 all come from timm.
 Training runs in the shared loop, so AMP, accumulation, exact resume and logging are the same.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,10 +39,26 @@ from ..training.precision import autocast, resolve_precision, use_fused_attentio
 from .base import TrainingTask, check_config, load_trained, run_training
 from .summary import count_parameters, describe_data, resize_note, run_summary
 
-__all__ = ["AugmentConfig", "ClassifierConfig", "DataConfig", "FinetuneConfig", "FinetuneOptimConfig",
-           "FinetuneTrainConfig", "FinetuneHooks", "FinetuneTask", "build_eval_loader", "build_transforms",
-           "evaluate", "layer_decay_groups", "load_classifier", "load_finetune_config", "make_loss", "run_evaluate",
-           "evaluate_checkpoint", "run_finetune"]
+__all__ = [
+    "AugmentConfig",
+    "ClassifierConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "FinetuneOptimConfig",
+    "FinetuneTrainConfig",
+    "FinetuneHooks",
+    "FinetuneTask",
+    "build_eval_loader",
+    "build_transforms",
+    "evaluate",
+    "layer_decay_groups",
+    "load_classifier",
+    "load_finetune_config",
+    "make_loss",
+    "run_evaluate",
+    "evaluate_checkpoint",
+    "run_finetune",
+]
 
 
 def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
@@ -56,8 +73,10 @@ def load_finetune_config(recipe: Optional[str], overrides=()) -> FinetuneConfig:
 def check_channels(enc: EncoderConfig, data: DataConfig) -> None:
     """The data's normalisation (one value per channel) must fit the encoder's input channels."""
     if len(data.mean) != enc.in_chans or len(data.std) != enc.in_chans:
-        raise ConfigError(f"the pre-trained encoder takes {enc.in_chans} input channel(s) but data.mean has "
-                          f"{len(data.mean)} values: set data.mean and data.std to {enc.in_chans} value(s) each")
+        raise ConfigError(
+            f"the pre-trained encoder takes {enc.in_chans} input channel(s) but data.mean has "
+            f"{len(data.mean)} values: set data.mean and data.std to {enc.in_chans} value(s) each"
+        )
 
 
 # ----------------------------------------------------------------------------- data
@@ -75,9 +94,11 @@ def check_several_classes(dataset, data: DataConfig) -> None:
     classes = getattr(dataset, "classes", None) or []
     if len(classes) < 2:
         names = f" ({', '.join(map(str, classes))})" if classes else ""
-        raise ConfigError(f"the training data has {len(classes)} class{names}: a classifier of one class scores "
-                          f"100% top-1 on anything and learns nothing. Give data.path ('{data.path}') at least two "
-                          f"class folders (root/train/<class>/*.jpg)")
+        raise ConfigError(
+            f"the training data has {len(classes)} class{names}: a classifier of one class scores "
+            f"100% top-1 on anything and learns nothing. Give data.path ('{data.path}') at least two "
+            f"class folders (root/train/<class>/*.jpg)"
+        )
 
 
 def check_auto_augment(spec: str) -> None:
@@ -85,15 +106,22 @@ def check_auto_augment(spec: str) -> None:
     from inside the first loader worker."""
     from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
-    build = (rand_augment_transform if spec.startswith("rand") else
-             augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform)
+    build = (
+        rand_augment_transform
+        if spec.startswith("rand")
+        else augment_and_mix_transform
+        if spec.startswith("augmix")
+        else auto_augment_transform
+    )
     try:
         build(spec, {"translate_const": 100, "img_mean": (124, 116, 104)})
     except (AssertionError, ValueError, KeyError, IndexError) as error:
         detail = f" ({error})" if str(error) else ""
-        raise ConfigError(f"augment.auto_augment={spec!r} is not a timm augmentation spec{detail}: use e.g. "
-                          f"rand-m9-mstd0.5-inc1 (RandAugment, the MAE recipe), augmix-m5-w4-d2, v0 or original "
-                          f"(AutoAugment), or none") from None
+        raise ConfigError(
+            f"augment.auto_augment={spec!r} is not a timm augmentation spec{detail}: use e.g. "
+            f"rand-m9-mstd0.5-inc1 (RandAugment, the MAE recipe), augmix-m5-w4-d2, v0 or original "
+            f"(AutoAugment), or none"
+        ) from None
 
 
 def build_transforms(cfg: FinetuneConfig):
@@ -109,11 +137,28 @@ def build_transforms(cfg: FinetuneConfig):
     auto_augment = None if str(a.auto_augment).lower() in ("none", "off", "false", "") else a.auto_augment
     if auto_augment is not None:
         check_auto_augment(auto_augment)
-    train = create_transform(d.img_size, is_training=True, scale=(a.crop_scale_min, 1.0), hflip=0.5 if d.hflip else 0.,
-                             color_jitter=a.color_jitter, auto_augment=auto_augment, interpolation="bicubic",
-                             re_prob=a.reprob, re_mode="pixel", re_count=1, mean=tuple(d.mean), std=tuple(d.std))
-    evaluate = create_transform(d.img_size, is_training=False, interpolation="bicubic", crop_pct=a.eval_crop_pct,
-                                mean=tuple(d.mean), std=tuple(d.std))
+    train = create_transform(
+        d.img_size,
+        is_training=True,
+        scale=(a.crop_scale_min, 1.0),
+        hflip=0.5 if d.hflip else 0.0,
+        color_jitter=a.color_jitter,
+        auto_augment=auto_augment,
+        interpolation="bicubic",
+        re_prob=a.reprob,
+        re_mode="pixel",
+        re_count=1,
+        mean=tuple(d.mean),
+        std=tuple(d.std),
+    )
+    evaluate = create_transform(
+        d.img_size,
+        is_training=False,
+        interpolation="bicubic",
+        crop_pct=a.eval_crop_pct,
+        mean=tuple(d.mean),
+        std=tuple(d.std),
+    )
     mode = "L" if len(d.mean) == 1 else "RGB"  # one channel per value of data.mean: grey stays grey
     return OnPIL(train, mode, v2.ToPILImage()), OnPIL(evaluate, mode, v2.ToPILImage())
 
@@ -136,8 +181,9 @@ def build_eval_loader(cfg: DataConfig, split: str, transform, batch_size: int, r
     mapped = TransformedDataset(dataset, transform)
     if world_size > 1:
         mapped = torch.utils.data.Subset(mapped, shard_indices(len(mapped), rank, world_size))
-    loader = torch.utils.data.DataLoader(mapped, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers,
-                                         collate_fn=collate_skip_broken)
+    loader = torch.utils.data.DataLoader(
+        mapped, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_skip_broken
+    )
     return dataset, loader
 
 
@@ -158,10 +204,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str) -> 
         with autocast(device, precision):
             logits = model(images).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        counts += torch.stack([(top[:, 0] == labels).sum().double(),
-                               (top == labels[:, None]).any(dim=1).sum().double(),
-                               nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
-                               torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+        counts += torch.stack(
+            [
+                (top[:, 0] == labels).sum().double(),
+                (top == labels[:, None]).any(dim=1).sum().double(),
+                nn.functional.cross_entropy(logits, labels, reduction="sum").double(),
+                torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
+            ]
+        )
         num_classes = logits.shape[1]
     correct1, correct5, loss_sum, total = all_reduce_sum(counts).tolist()
     if total == 0:
@@ -219,8 +269,9 @@ def make_loss(cfg: FinetuneConfig, num_classes: int):
     a = cfg.augment
     mixup = None
     if a.mixup > 0 or a.cutmix > 0:  # an even train.batch_size: FinetuneTask.validate
-        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.label_smoothing,
-                      num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.label_smoothing, num_classes=num_classes
+        )
         criterion = SoftTargetCrossEntropy()
     elif a.label_smoothing > 0:
         criterion = LabelSmoothingCrossEntropy(smoothing=a.label_smoothing)
@@ -257,19 +308,23 @@ class FinetuneTask(TrainingTask):
         cfg = self.cfg
         train_tf, eval_tf = build_transforms(cfg)
         data = env.data(cfg.data)  # the thread plan's loader workers
-        loader = build_pretrain_loader(data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size,
-                                       transform=train_tf)
+        loader = build_pretrain_loader(
+            data, cfg.train.batch_size, cfg.train.seed, env.rank, env.world_size, transform=train_tf
+        )
         data_classes = num_classes_of(loader.raw_dataset)
         self.class_names = [str(c) for c in loader.raw_dataset.classes]  # label names for exports (timm, transformers)
         check_several_classes(loader.raw_dataset, cfg.data)
         self.num_classes = cfg.model.num_classes or data_classes
         if self.num_classes != data_classes:
             raise ConfigError(f"model.num_classes={self.num_classes} but the data has {data_classes} classes")
-        self.val_dataset, self.val_loader = build_eval_loader(data, cfg.val_split, eval_tf, cfg.train.batch_size,
-                                                              env.rank, env.world_size)
+        self.val_dataset, self.val_loader = build_eval_loader(
+            data, cfg.val_split, eval_tf, cfg.train.batch_size, env.rank, env.world_size
+        )
         if num_classes_of(self.val_dataset) != self.num_classes:
-            raise ConfigError(f"the {cfg.val_split} split has {num_classes_of(self.val_dataset)} classes, training "
-                              f"has {self.num_classes}")
+            raise ConfigError(
+                f"the {cfg.val_split} split has {num_classes_of(self.val_dataset)} classes, training "
+                f"has {self.num_classes}"
+            )
         return loader
 
     def build_model(self, env: Env) -> nn.Module:
@@ -288,18 +343,27 @@ class FinetuneTask(TrainingTask):
         return make_loss(self.cfg, self.num_classes)
 
     def architecture(self) -> Dict[str, Any]:
-        return {"encoder": dataclasses.asdict(self.encoder_cfg), "num_classes": self.num_classes,
-                "classes": getattr(self, "class_names", None)}
+        return {
+            "encoder": dataclasses.asdict(self.encoder_cfg),
+            "num_classes": self.num_classes,
+            "classes": getattr(self, "class_names", None),
+        }
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
         cfg, enc = self.cfg, self.encoder_cfg
         start = cfg.model.checkpoint or f"random init ({cfg.model.preset})"
-        model_line = (f"ViT classifier {enc.embed_dim} wide x {enc.depth} blocks, {cfg.data.img_size}px / patch "
-                      f"{enc.patch_size}, {enc.in_chans} channel(s), {self.num_classes} classes, from {start}; "
-                      f"{count_parameters(model)}")
-        data_line = (f"{describe_data(cfg.data, len(loader.dataset))}; {len(self.val_dataset)} {cfg.val_split} "
-                     f"images scored every epoch")
-        notes = [note for note in [resize_note(getattr(loader, "raw_dataset", loader.dataset), cfg.data.img_size)] if note]
+        model_line = (
+            f"ViT classifier {enc.embed_dim} wide x {enc.depth} blocks, {cfg.data.img_size}px / patch "
+            f"{enc.patch_size}, {enc.in_chans} channel(s), {self.num_classes} classes, from {start}; "
+            f"{count_parameters(model)}"
+        )
+        data_line = (
+            f"{describe_data(cfg.data, len(loader.dataset))}; {len(self.val_dataset)} {cfg.val_split} "
+            f"images scored every epoch"
+        )
+        notes = [
+            note for note in [resize_note(getattr(loader, "raw_dataset", loader.dataset), cfg.data.img_size)] if note
+        ]
         return run_summary("deepmim finetune", model_line, data_line, cfg, loader, env, notes=notes)
 
 
@@ -329,14 +393,16 @@ def evaluate_checkpoint(path: str, overrides=()) -> Tuple[Dict[str, float], Dict
     if overrides:
         cfg = from_dict(FinetuneConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
     source = "given" if data_keys else f"recorded in {path}"
-    check_available(cfg.data, "the data given to deepmim evaluate" if data_keys else f"the data {path} was "
-                                                                                      f"fine-tuned on")
+    check_available(
+        cfg.data, "the data given to deepmim evaluate" if data_keys else f"the data {path} was fine-tuned on"
+    )
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     _, eval_tf = build_transforms(cfg)
     dataset, loader = build_eval_loader(cfg.data, cfg.val_split, eval_tf, cfg.train.batch_size)
     if num_classes_of(dataset) != model.num_classes:
-        raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.val_split} split "
-                          f"{num_classes_of(dataset)}")
+        raise ConfigError(
+            f"the checkpoint has {model.num_classes} classes, the {cfg.val_split} split {num_classes_of(dataset)}"
+        )
     metrics = evaluate(model.to(device), loader, device, precision)
     return metrics, data_record(cfg.data, source, {cfg.val_split: int(metrics["images"])})

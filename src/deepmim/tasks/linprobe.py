@@ -4,6 +4,7 @@ warm-up + cosine) on the last block's cls token (after the final norm) or averag
 augment=True (default) runs the frozen encoder on freshly augmented images every epoch (MAE's
 RandomResizedCrop + flip); augment=False trains on cached eval-transform features instead.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,8 +47,9 @@ def load_linprobe_config(recipe: Optional[str] = None, overrides: Iterable[str] 
     return load_config(LinprobeConfig, recipe, overrides)
 
 
-def run_linprobe(checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None,
-                 data_source: str = "given") -> Dict[str, float]:
+def run_linprobe(
+    checkpoint: str, cfg: LinprobeConfig, out_dir: Optional[str] = None, data_source: str = "given"
+) -> Dict[str, float]:
     """Train the probe; write linprobe.json and probe-head.pt (bn + head state, pool, block) to out_dir.
     The result's "data" (and linprobe.json's) names the dataset, `data_source` and the images per split.
 
@@ -74,8 +76,9 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_sourc
     if not cfg.augment:
         train = extract_features(checkpoint, cfg.data, cfg.features.train_split, cfg.features, [last], encoder)
         num_classes = check_classes(train, val, cfg.num_classes)
-        result, head = train_linear_probe(train.blocks[last], train.labels, val.blocks[last], val.labels,
-                                          num_classes, cfg.probe, return_head=True)
+        result, head = train_linear_probe(
+            train.blocks[last], train.labels, val.blocks[last], val.labels, num_classes, cfg.probe, return_head=True
+        )
         train_images = int(train.labels.numel())
         barrier()  # releases the other ranks (a no-op on one process)
     else:
@@ -83,14 +86,26 @@ def _run_linprobe(checkpoint, cfg, out_dir, device, rank, world_size, data_sourc
         if rank != 0:
             return result
     result["seconds"] = round(time.perf_counter() - t0, 3)
-    data = data_record(cfg.data, data_source, {cfg.features.train_split: train_images,
-                                               cfg.features.val_split: int(val.labels.numel())})
+    data = data_record(
+        cfg.data, data_source, {cfg.features.train_split: train_images, cfg.features.val_split: int(val.labels.numel())}
+    )
     out = Path(out_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "linprobe.json", {"checkpoint": str(checkpoint), "block": last, "data": data,
-                                       "config": to_dict(cfg), "results": result})
-    atomic_save(make_checkpoint("linprobe", head.state_dict(), to_dict(cfg), pool=cfg.features.pool, block=last,
-                                num_classes=head.head.out_features), out / "probe-head.pt")
+    write_json(
+        out / "linprobe.json",
+        {"checkpoint": str(checkpoint), "block": last, "data": data, "config": to_dict(cfg), "results": result},
+    )
+    atomic_save(
+        make_checkpoint(
+            "linprobe",
+            head.state_dict(),
+            to_dict(cfg),
+            pool=cfg.features.pool,
+            block=last,
+            num_classes=head.head.out_features,
+        ),
+        out / "probe-head.pt",
+    )
     return {**result, "data": data}
 
 
@@ -110,11 +125,22 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
     n = len(dataset) // world_size
     batch_size = min(p.batch_size, n)  # per process
     mapped = TransformedDataset(dataset, transform)
-    sampler = DistributedSampler(mapped, world_size, rank, shuffle=True, seed=p.seed, drop_last=True) \
-        if world_size > 1 else None
+    sampler = (
+        DistributedSampler(mapped, world_size, rank, shuffle=True, seed=p.seed, drop_last=True)
+        if world_size > 1
+        else None
+    )
     gen = torch.Generator().manual_seed(p.seed)
-    loader = DataLoader(mapped, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                        num_workers=0, collate_fn=collate_skip_broken, generator=gen)
+    loader = DataLoader(
+        mapped,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=0,
+        collate_fn=collate_skip_broken,
+        generator=gen,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(p.seed)
         head = LinearProbeHead(encoder.cfg.embed_dim, num_classes)
@@ -126,8 +152,9 @@ def _train_augmented(encoder, checkpoint, cfg: LinprobeConfig, val, device, rank
         precision = resolve_precision(cfg.features.precision, device)
         encoder = prepare_inference(encoder, device, precision)  # as feature extraction: autocast + SDPA
         step, loss = 0, torch.tensor(float("nan"))
-        bar = task_bar(total=total, desc=f"linprobe {checkpoint_label(checkpoint)}",
-                       enabled=cfg.features.progress and rank == 0)
+        bar = task_bar(
+            total=total, desc=f"linprobe {checkpoint_label(checkpoint)}", enabled=cfg.features.progress and rank == 0
+        )
         for epoch in range(p.epochs):
             if sampler is not None:
                 sampler.set_epoch(epoch)

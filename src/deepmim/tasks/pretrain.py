@@ -1,4 +1,5 @@
 """`deepmim pretrain`: masked image modeling with deep supervision, end to end."""
+
 from __future__ import annotations
 
 import functools
@@ -85,20 +86,25 @@ def check_compatible(cfg: PretrainConfig, require_paths: bool = True) -> None:
     the frozen model's weights a target needs, `Target.needs_weights`; --print-config shows a recipe before
     they are given)."""
     if cfg.data.img_size != cfg.model.encoder.img_size:
-        raise ConfigError(f"data.img_size={cfg.data.img_size} but model.encoder.img_size="
-                          f"{cfg.model.encoder.img_size}; set both to the same value")
+        raise ConfigError(
+            f"data.img_size={cfg.data.img_size} but model.encoder.img_size="
+            f"{cfg.model.encoder.img_size}; set both to the same value"
+        )
     if len(cfg.data.mean) != cfg.model.encoder.in_chans or len(cfg.data.std) != cfg.model.encoder.in_chans:
         raise ConfigError("data.mean and data.std need one value per input channel")
     for i, spec in enumerate([cfg.model.target] + [h.target for h in cfg.model.heads]):
         target = TARGETS.get(spec.get("name")) if spec else None
         if require_paths and target is not None and target.needs_weights and not spec.get("path"):
             where = "model.target" if i == 0 else f"model.heads.{i - 1}.target"
-            raise ConfigError(f"{where}.path is not set: the {spec['name']} target needs the weights of its frozen "
-                              f"model (e.g. {where}.path=/weights/clip_vit_b16.pt)")
+            raise ConfigError(
+                f"{where}.path is not set: the {spec['name']} target needs the weights of its frozen "
+                f"model (e.g. {where}.path=/weights/clip_vit_b16.pt)"
+            )
 
 
-def pretrain_loss(model, batch, generator: torch.Generator, online_probe=None
-                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def pretrain_loss(
+    model, batch, generator: torch.Generator, online_probe=None
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """The loss the loop minimises. Masks come from one source only, the noise the loader drew from
     per-sample seeds (Batch.noise), so they do not depend on how samples are split into micro-batches
     or processes. (The step's `generator` serves losses that draw, e.g. fine-tuning's Mixup.)
@@ -131,9 +137,15 @@ class PretrainTask(TrainingTask):
         enc = self.cfg.model.encoder
         # labels only for the online probe: pre-training itself reads unlabelled images (data/labels.py)
         labels = ONLINE_PROBE if getattr(self.cfg.train, "online_probe", False) else None
-        self.loader = build_pretrain_loader(env.data(self.cfg.data), self.cfg.train.batch_size, self.cfg.train.seed,
-                                            env.rank, env.world_size, mask_patches=(enc.img_size // enc.patch_size) ** 2,
-                                            labels=labels)
+        self.loader = build_pretrain_loader(
+            env.data(self.cfg.data),
+            self.cfg.train.batch_size,
+            self.cfg.train.seed,
+            env.rank,
+            env.world_size,
+            mask_patches=(enc.img_size // enc.patch_size) ** 2,
+            labels=labels,
+        )
         return self.loader
 
     def build_model(self, env: Env) -> DeepMIM:
@@ -143,8 +155,9 @@ class PretrainTask(TrainingTask):
         return model
 
     def hooks(self, model: DeepMIM, env: Env):
-        self.online_probe = build_online_probe(self.cfg, model, self.loader, env.device, env.precision, env.rank,
-                                               env.world_size)
+        self.online_probe = build_online_probe(
+            self.cfg, model, self.loader, env.device, env.precision, env.rank, env.world_size
+        )
         return self.online_probe
 
     def check_loss(self):
@@ -162,20 +175,32 @@ class PretrainTask(TrainingTask):
         enc, cfg = self.cfg.model.encoder, self.cfg.model
         kind = "MAE" if len(model.blocks) == 1 else "DeepMIM"
         targets = sorted({(h.target or cfg.target).get("name", "?") for h in cfg.heads})
-        model_line = (f"{kind} ViT {enc.embed_dim} wide x {enc.depth} blocks, {enc.img_size}px / patch {enc.patch_size}, "
-                      f"{enc.in_chans} channel(s); decoders at blocks {', '.join(map(str, model.blocks))}, target "
-                      f"{'+'.join(targets)}, mask ratio {cfg.mask_ratio}; {count_parameters(model)} "
-                      f"({count_parameters(model.encoder).split()[0]} encoder)")
+        model_line = (
+            f"{kind} ViT {enc.embed_dim} wide x {enc.depth} blocks, {enc.img_size}px / patch {enc.patch_size}, "
+            f"{enc.in_chans} channel(s); decoders at blocks {', '.join(map(str, model.blocks))}, target "
+            f"{'+'.join(targets)}, mask ratio {cfg.mask_ratio}; {count_parameters(model)} "
+            f"({count_parameters(model.encoder).split()[0]} encoder)"
+        )
         notes = [note for note in [resize_note(getattr(loader, "raw_dataset", loader.dataset), enc.img_size)] if note]
-        return run_summary("deepmim pretrain", model_line, describe_data(self.cfg.data, len(loader.dataset)), self.cfg,
-                           loader, env, notes=notes)
+        return run_summary(
+            "deepmim pretrain",
+            model_line,
+            describe_data(self.cfg.data, len(loader.dataset)),
+            self.cfg,
+            loader,
+            env,
+            notes=notes,
+        )
 
     def finish(self, result: TrainResult, model: DeepMIM, env: Env) -> TrainResult:
         """The plots, after training or, when a kill came between the last checkpoint and the plots, on the
         resume that finds nothing left to train (missing or older than the checkpoint: drawn again)."""
         out = Path(self.cfg.train.output_dir)
-        if env.is_main and self.cfg.train.plots and (result.step > result.start_step or
-                                                      plots_missing(out, result.checkpoint)):
+        if (
+            env.is_main
+            and self.cfg.train.plots
+            and (result.step > result.start_step or plots_missing(out, result.checkpoint))
+        ):
             write_plots(plain_model(model, self.cfg, result.checkpoint), self.cfg, out)
         return result
 
@@ -185,36 +210,62 @@ def run_pretrain(cfg: PretrainConfig) -> TrainResult:
     return run_training(PretrainTask(cfg))
 
 
-def build_online_probe(cfg: PretrainConfig, model: DeepMIM, loader, device: torch.device, precision: str, rank: int = 0,
-                       world_size: int = 1) -> Optional[OnlineProbe]:
+def build_online_probe(
+    cfg: PretrainConfig,
+    model: DeepMIM,
+    loader,
+    device: torch.device,
+    precision: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Optional[OnlineProbe]:
     """The online probe a PretrainConfig asks for (train.online_probe*), or None when it is off."""
     train = cfg.train
     if not getattr(train, "online_probe", False):
         return None
     classes = getattr(loader.raw_dataset, "classes", None)
     if not classes or len(classes) < 2:
-        raise ConfigError("train.online_probe=true needs labelled data with at least 2 classes; this data has "
-                          f"{len(classes) if classes else 'no'} classes (set train.online_probe=false)")
+        raise ConfigError(
+            "train.online_probe=true needs labelled data with at least 2 classes; this data has "
+            f"{len(classes) if classes else 'no'} classes (set train.online_probe=false)"
+        )
     encoder = model.encoder
     blocks = resolve_probe_blocks(train.online_probe_blocks, model.blocks, encoder.depth)
     val_loader = None
     if train.online_probe_val_images > 0:
         if train.strategy == "fsdp" and is_distributed():
-            raise ConfigError("the online probe's val top-1 runs the encoder outside the sharded forward; under "
-                              "train.strategy=fsdp set train.online_probe_val_images=0")
+            raise ConfigError(
+                "the online probe's val top-1 runs the encoder outside the sharded forward; under "
+                "train.strategy=fsdp set train.online_probe_val_images=0"
+            )
         data = cfg.data
         val = build_dataset(data, "val", labels=ONLINE_PROBE)
         n = min(train.online_probe_val_images, len(val))
         mine = shard_indices(n, rank, world_size)
-        dataset = TransformedDataset(torch.utils.data.Subset(val, mine),
-                                     build_eval_transform(data.img_size, data.mean, data.std))
+        dataset = TransformedDataset(
+            torch.utils.data.Subset(val, mine), build_eval_transform(data.img_size, data.mean, data.std)
+        )
         # Own generator: creating the iterator must not draw from the global RNG.
-        val_loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, shuffle=False, num_workers=0,
-                                                 collate_fn=collate_skip_broken,
-                                                 generator=torch.Generator().manual_seed(0))
-    return OnlineProbe(encoder.cfg.embed_dim, blocks, len(classes), device, pool=train.online_probe_pool,
-                       lr=train.online_probe_lr, seed=mix_seed(train.seed, PROBE_SEED_STREAM), encoder=encoder,
-                       val_loader=val_loader, precision=precision)
+        val_loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=train.batch_size,
+            shuffle=False,
+            num_workers=0,
+            collate_fn=collate_skip_broken,
+            generator=torch.Generator().manual_seed(0),
+        )
+    return OnlineProbe(
+        encoder.cfg.embed_dim,
+        blocks,
+        len(classes),
+        device,
+        pool=train.online_probe_pool,
+        lr=train.online_probe_lr,
+        seed=mix_seed(train.seed, PROBE_SEED_STREAM),
+        encoder=encoder,
+        val_loader=val_loader,
+        precision=precision,
+    )
 
 
 def choose_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device, precision: str, rank: int) -> None:
@@ -246,8 +297,10 @@ def measure_attention(model: DeepMIM, cfg: PretrainConfig, device: torch.device,
 
     fused, best = fastest_attention(step, model.set_fused_attn, device)
     if rank == 0:
-        say(f"attention kernel by measurement: SDPA {1e3 * best['fused']:.1f} ms, plain {1e3 * best['math']:.1f} ms "
-            f"per forward+backward of a batch -> {'fused (SDPA)' if fused else 'math'}")
+        say(
+            f"attention kernel by measurement: SDPA {1e3 * best['fused']:.1f} ms, plain {1e3 * best['math']:.1f} ms "
+            f"per forward+backward of a batch -> {'fused (SDPA)' if fused else 'math'}"
+        )
     return "fused" if fused else "math"
 
 
@@ -281,4 +334,3 @@ def write_plots(model: DeepMIM, cfg: PretrainConfig, output_dir: Path, n_images:
     rows = reconstruction_grid(model.float(), images, noise, cfg.data.mean, cfg.data.std)
     plot_reconstructions(rows, output_dir / "reconstruction.png")
     say(f"wrote {output_dir / 'loss.png'} and {output_dir / 'reconstruction.png'}")
-

@@ -1,4 +1,5 @@
 """`deepmim knn` and `deepmim probe-layers`: classifiers on cached frozen-encoder features."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,9 @@ def scored_images(cfg: ProbeConfig, train, val) -> Dict[str, int]:
     return {cfg.features.train_split: int(train.labels.numel()), cfg.features.val_split: int(val.labels.numel())}
 
 
-def run_knn(checkpoint: str, cfg: ProbeConfig, data_source: str = "given",
-            scored: Optional[Dict] = None) -> Dict[int, Dict[str, float]]:
+def run_knn(
+    checkpoint: str, cfg: ProbeConfig, data_source: str = "given", scored: Optional[Dict] = None
+) -> Dict[int, Dict[str, float]]:
     """k-NN accuracy per block (default: the last block only). `scored`, when given, receives the data
     record (tasks/scored_data.py: dataset, `data_source`, images per split)."""
     encoder = frozen_encoder(checkpoint, cfg.features.preset)
@@ -47,8 +49,9 @@ def run_knn(checkpoint: str, cfg: ProbeConfig, data_source: str = "given",
     blocks, train, val, num_classes = _features(checkpoint, cfg, blocks, encoder)
     if scored is not None:
         scored.update(data_record(cfg.data, data_source, scored_images(cfg, train, val)))
-    return {b: knn_classify(train.blocks[b], train.labels, val.blocks[b], val.labels, num_classes, cfg.knn)
-            for b in blocks}
+    return {
+        b: knn_classify(train.blocks[b], train.labels, val.blocks[b], val.labels, num_classes, cfg.knn) for b in blocks
+    }
 
 
 def write_initial_checkpoint(model: ModelConfig, seed: int, path: Path) -> Path:
@@ -67,8 +70,10 @@ def random_init_of(checkpoint: str, out: Path) -> str:
     ckpt = read_checkpoint(checkpoint)
     model = ckpt.model_config()
     if model is None:
-        raise CheckpointError(f"--vs-random needs a deepmim pre-training checkpoint (it rebuilds the untrained "
-                              f"encoder from the config inside); {checkpoint} is {ckpt.kind}")
+        raise CheckpointError(
+            f"--vs-random needs a deepmim pre-training checkpoint (it rebuilds the untrained "
+            f"encoder from the config inside); {checkpoint} is {ckpt.kind}"
+        )
     seed = int(ckpt.config.get("train", {}).get("seed", 0))
     return str(write_initial_checkpoint(model, seed, out / "random-init.pt"))
 
@@ -79,17 +84,25 @@ def best_block(result: Dict[int, Dict[str, float]]):
     return block, result[block]["top1"]
 
 
-def compare_with_random(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str], trained: str,
-                        random_init: str) -> str:
+def compare_with_random(
+    results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str], trained: str, random_init: str
+) -> str:
     """One line: the trained checkpoint's best block against the untrained encoder's best block."""
     (tb, tacc), (rb, racc) = best_block(results[trained]), best_block(results[random_init])
     verdict = "better than" if tacc > racc else "not better than"
-    return (f"best block against best block: {names[trained]} {100 * tacc:.1f}% (block {tb}) vs random init "
-            f"{100 * racc:.1f}% (block {rb}): {100 * (tacc - racc):+.1f} points, {verdict} the untrained encoder")
+    return (
+        f"best block against best block: {names[trained]} {100 * tacc:.1f}% (block {tb}) vs random init "
+        f"{100 * racc:.1f}% (block {rb}): {100 * (tacc - racc):+.1f} points, {verdict} the untrained encoder"
+    )
 
 
-def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional[str] = None,
-                     vs_random: bool = False, data_source: str = "given") -> Dict:
+def run_probe_layers(
+    checkpoints: List[str],
+    cfg: ProbeConfig,
+    out_dir: Optional[str] = None,
+    vs_random: bool = False,
+    data_source: str = "given",
+) -> Dict:
     """A linear probe per block per checkpoint. Writes layers.json, layers.csv, layers.png to out_dir.
     vs_random: the untrained encoder the first checkpoint's run started from is probed too, and
     the result carries `comparison`, best block against best block."""
@@ -106,15 +119,22 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
         blocks, train, val, num_classes = _features(ckpt, cfg, cfg.features.blocks)
         images = scored_images(cfg, train, val)
         t1 = time.perf_counter()
-        results[ckpt] = {b: train_linear_probe(train.blocks[b], train.labels, val.blocks[b], val.labels,
-                                               num_classes, cfg.probe) for b in blocks}
+        results[ckpt] = {
+            b: train_linear_probe(train.blocks[b], train.labels, val.blocks[b], val.labels, num_classes, cfg.probe)
+            for b in blocks
+        }
         timings[ckpt] = {"features_s": round(t1 - t0, 3), "probes_s": round(time.perf_counter() - t1, 3)}
     names = short_names(checkpoints)
     from ..config.loader import to_dict
+
     data = data_record(cfg.data, data_source, images)
-    report = {"checkpoints": {names[c]: c for c in checkpoints}, "data": data, "config": to_dict(cfg),
-              "timings": timings,
-              "results": {names[c]: {str(b): r for b, r in res.items()} for c, res in results.items()}}
+    report = {
+        "checkpoints": {names[c]: c for c in checkpoints},
+        "data": data,
+        "config": to_dict(cfg),
+        "timings": timings,
+        "results": {names[c]: {str(b): r for b, r in res.items()} for c, res in results.items()},
+    }
     comparison = compare_with_random(results, names, checkpoints[0], checkpoints[-1]) if vs_random else None
     if comparison:
         report["comparison"] = comparison
@@ -126,10 +146,15 @@ def run_probe_layers(checkpoints: List[str], cfg: ProbeConfig, out_dir: Optional
         for c, res in results.items():
             for b, r in res.items():
                 w.writerow([names[c], b, r["top1"], r.get("top5", ""), r["val_loss"], r["train_loss"]])
-    plot_layers({names[c]: {b: r["top1"] for b, r in res.items()} for c, res in results.items()},
-                out / "layers.png")
-    return {"results": results, "names": names, "blocks": all_blocks, "out_dir": out, "comparison": comparison,
-            "data": data}
+    plot_layers({names[c]: {b: r["top1"] for b, r in res.items()} for c, res in results.items()}, out / "layers.png")
+    return {
+        "results": results,
+        "names": names,
+        "blocks": all_blocks,
+        "out_dir": out,
+        "comparison": comparison,
+        "data": data,
+    }
 
 
 def format_table(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[str, str]) -> str:
@@ -139,7 +164,8 @@ def format_table(results: Dict[str, Dict[int, Dict[str, float]]], names: Dict[st
     width = max(8, *(len(c) for c in cols))
     lines = ["block  " + "  ".join(f"{c:>{width}}" for c in cols)]
     for b in blocks:
-        cells = [f"{100 * results[c][b]['top1']:>{width}.2f}" if b in results[c] else f"{'-':>{width}}"
-                 for c in results]
+        cells = [
+            f"{100 * results[c][b]['top1']:>{width}.2f}" if b in results[c] else f"{'-':>{width}}" for c in results
+        ]
         lines.append(f"{b:>5}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -11,6 +11,7 @@
   run's files are moved to output_dir/replaced-N/ (nothing is deleted), and the temp files of an
   interrupted checkpoint write are removed.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,8 +30,16 @@ from ..config.loader import ConfigError
 
 LOCK_FILE = ".deepmim.lock"
 # What a training run writes in its folder: what train.overwrite=true moves aside (anything else stays).
-RUN_FILES = ("checkpoint-*.pt", "config.yaml", "metrics.jsonl", "tensorboard", "loss.png", "reconstruction.png",
-             "eval.json", TEMP_FILES)
+RUN_FILES = (
+    "checkpoint-*.pt",
+    "config.yaml",
+    "metrics.jsonl",
+    "tensorboard",
+    "loss.png",
+    "reconstruction.png",
+    "eval.json",
+    TEMP_FILES,
+)
 
 
 class OutputDirError(ConfigError):
@@ -46,16 +55,24 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable(out: Path) -> None:
     """A folder (or a path where one can be made) that this process may write in."""
     if out.exists() and not out.is_dir():
-        raise OutputDirError(f"train.output_dir '{out}' is a file, not a folder: set train.output_dir to a folder "
-                             f"(it is created when missing)")
+        raise OutputDirError(
+            f"train.output_dir '{out}' is a file, not a folder: set train.output_dir to a folder "
+            f"(it is created when missing)"
+        )
     existing = _nearest_existing(out.absolute())
     if not existing.is_dir():
-        raise OutputDirError(f"train.output_dir '{out}' cannot be created: '{existing}' is a file, not a folder; "
-                             f"set train.output_dir to a path under a folder")
+        raise OutputDirError(
+            f"train.output_dir '{out}' cannot be created: '{existing}' is a file, not a folder; "
+            f"set train.output_dir to a path under a folder"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "train.output_dir" if existing == out.absolute() else f"'{existing}', where train.output_dir would be made,"
-        raise OutputDirError(f"cannot write in train.output_dir '{out}': {what} is read-only for this user; set "
-                             f"train.output_dir to a folder you can write in")
+        what = (
+            "train.output_dir" if existing == out.absolute() else f"'{existing}', where train.output_dir would be made,"
+        )
+        raise OutputDirError(
+            f"cannot write in train.output_dir '{out}': {what} is read-only for this user; set "
+            f"train.output_dir to a folder you can write in"
+        )
 
 
 def run_files(out: Path) -> List[Path]:
@@ -81,12 +98,14 @@ def refuse_other_run(out: Path, resume: Optional[str], overwrite: bool) -> None:
         raise OutputDirError(
             f"train.output_dir '{out}' already holds a run ({names}); a fresh run would write over it. Continue "
             f"that run with train.resume=auto, start afresh with train.overwrite=true (the old files are moved "
-            f"to {out}/replaced-N/, not deleted), or set train.output_dir to another folder")
+            f"to {out}/replaced-N/, not deleted), or set train.output_dir to another folder"
+        )
     if resume != "auto" and Path(resume).absolute().parent != out.absolute():
         raise OutputDirError(
             f"train.output_dir '{out}' holds another run ({names}) than train.resume={resume}; resuming here would "
             f"write over it. Set train.output_dir to the resumed run's folder or to a new one, or pass "
-            f"train.overwrite=true to move this folder's run aside first")
+            f"train.overwrite=true to move this folder's run aside first"
+        )
 
 
 def check_output_dir(out: Path, resume: Optional[str], overwrite: bool, check_lock: bool = True) -> None:
@@ -104,7 +123,8 @@ def busy(out: Path, holder: str) -> OutputDirError:
     return OutputDirError(
         f"train.output_dir '{out}' is in use by another run ({holder}); two runs in one folder would write over "
         f"each other's checkpoints and logs. Wait for it to end (or stop it), or set train.output_dir to another "
-        f"folder")
+        f"folder"
+    )
 
 
 _HELD: set = set()  # descriptors of the locks this process holds: closed in forked children
@@ -186,8 +206,10 @@ class RunLock:
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise busy(out, cls.holder(out) or "a process that holds its lock") from None
-                raise OutputDirError(f"cannot lock train.output_dir '{out}' ({err.strerror}): this file system "
-                                     f"does not support locks; use a local or lock-capable folder") from err
+                raise OutputDirError(
+                    f"cannot lock train.output_dir '{out}' ({err.strerror}): this file system "
+                    f"does not support locks; use a local or lock-capable folder"
+                ) from err
             try:  # the holder before us may have removed the file between our open and our lock: retry
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
@@ -217,8 +239,10 @@ class RunLock:
             return f"a process whose {LOCK_FILE} was deleted; 'fuser -v {out}' or 'lsof +D {out}' shows it"
         except (OSError, ValueError):
             record = {}
-        return (f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}: "
-                f"{record.get('command', '?')}")
+        return (
+            f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}: "
+            f"{record.get('command', '?')}"
+        )
 
     def release(self) -> None:
         """Remove the file while still holding it (a waiting run then retries on a fresh file), unlock."""
@@ -241,9 +265,12 @@ def _holder_record() -> dict:
     if program in ("__main__.py", "-m", "-c"):  # python -m deepmim ...
         program = "deepmim"
     command = " ".join([program] + sys.argv[1:])
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": command if len(command) <= 160 else command[:157] + "..."}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command if len(command) <= 160 else command[:157] + "...",
+    }
 
 
 def move_aside(out: Path) -> Optional[Path]:
@@ -272,6 +299,8 @@ def claim_output_dir(out: Path, resume: Optional[str], overwrite: bool) -> List[
             notes.append(f"train.overwrite=true: moved the previous run's files to {moved}/")
     removed = remove_temp_files(out)
     if removed:
-        notes.append(f"removed {len(removed)} temp file(s) an interrupted checkpoint write left in {out}: "
-                     + ", ".join(p.name for p in removed))
+        notes.append(
+            f"removed {len(removed)} temp file(s) an interrupted checkpoint write left in {out}: "
+            + ", ".join(p.name for p in removed)
+        )
     return notes

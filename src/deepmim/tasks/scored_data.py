@@ -13,6 +13,7 @@ the same way.
 Every scoring command prints `data_line(record)` and writes `record` into its JSON: the dataset, where
 the choice came from, and the images of each split it read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,9 +27,11 @@ from ..config.schema import DataConfig
 C = TypeVar("C")
 CLASSIFICATION_DATA = ("embedded", "imagefolder", "idx", "wds", "hf")
 LOCAL_FOLDERS = ("imagefolder", "idx", "ade20k", "maskfolder")  # data.name values whose data.path must exist
-HOW_TO_NAME = ("name the data with data.name=imagefolder data.path=/data/photos (a folder with train/ and val/), "
-               "data.name=idx data.path=FOLDER (MNIST-style IDX files), or data.name=embedded for the built-in "
-               "shapes")
+HOW_TO_NAME = (
+    "name the data with data.name=imagefolder data.path=/data/photos (a folder with train/ and val/), "
+    "data.name=idx data.path=FOLDER (MNIST-style IDX files), or data.name=embedded for the built-in "
+    "shapes"
+)
 
 
 def recorded_data(checkpoint: str) -> Optional[Dict[str, Any]]:
@@ -65,8 +68,14 @@ def _identity(data: Dict[str, Any]) -> Tuple[Any, ...]:
     return data.get("name"), data.get("path"), data.get("max_samples")
 
 
-def resolve_scored_data(cfg: C, checkpoints: Sequence[str], recipe: Optional[str], overrides: Iterable[str],
-                        command: str, extra: Iterable[str] = ()) -> Tuple[C, str]:
+def resolve_scored_data(
+    cfg: C,
+    checkpoints: Sequence[str],
+    recipe: Optional[str],
+    overrides: Iterable[str],
+    command: str,
+    extra: Iterable[str] = (),
+) -> Tuple[C, str]:
     """`cfg` with the data to score `checkpoints` on, and where that choice came from (for the record).
     See the module docstring for the rule."""
     given = given_data(recipe, overrides, extra)
@@ -79,15 +88,19 @@ def resolve_scored_data(cfg: C, checkpoints: Sequence[str], recipe: Optional[str
         raise FileNotFoundError(f"checkpoint '{first}' does not exist")
     if recorded is None:
         what = "asks for data.* keys but not which data" if given else "was given no data"
-        raise ConfigError(f"deepmim {command} scores a checkpoint on the data it was trained on, but {first} records "
-                          f"no training data (weights without a deepmim config, or a run's initial encoder) and the "
-                          f"command {what}: {HOW_TO_NAME}")
+        raise ConfigError(
+            f"deepmim {command} scores a checkpoint on the data it was trained on, but {first} records "
+            f"no training data (weights without a deepmim config, or a run's initial encoder) and the "
+            f"command {what}: {HOW_TO_NAME}"
+        )
     for other in checkpoints[1:]:
         theirs = recorded_data(other)
         if theirs is not None and _identity(theirs) != _identity(recorded) and "name" not in given:
-            raise ConfigError(f"{first} was trained on {_where(recorded)} and {other} on {_where(theirs)}; "
-                              f"deepmim {command} scores every checkpoint on the same data: choose it with "
-                              f"data.name=... data.path=... (or analyze's --data)")
+            raise ConfigError(
+                f"{first} was trained on {_where(recorded)} and {other} on {_where(theirs)}; "
+                f"deepmim {command} scores every checkpoint on the same data: choose it with "
+                f"data.name=... data.path=... (or analyze's --data)"
+            )
     data = from_dict(DataConfig, deep_merge(recorded, given))
     check_available(data, f"the data {first} was trained on")
     return dataclasses.replace(cfg, data=data), f"recorded in {first}"
@@ -100,8 +113,10 @@ def _where(data: Dict[str, Any]) -> str:
 def check_available(data: Any, what: str) -> None:
     """Refuse, in one paragraph, data whose folder is not there."""
     if data.name in LOCAL_FOLDERS and data.path and not Path(data.path).expanduser().exists():
-        raise ConfigError(f"{what}, data.name={data.name} data.path={data.path}, is not there: give "
-                          f"data.path=WHERE_IT_IS_NOW, or score on other data ({HOW_TO_NAME})")
+        raise ConfigError(
+            f"{what}, data.name={data.name} data.path={data.path}, is not there: give "
+            f"data.path=WHERE_IT_IS_NOW, or score on other data ({HOW_TO_NAME})"
+        )
 
 
 def data_record(data: Any, source: str, images: Dict[str, int]) -> Dict[str, Any]:

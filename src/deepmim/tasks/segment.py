@@ -6,6 +6,7 @@ stream of shuffled passes through the data. The shared Trainer counts epochs, so
 derived, never set): the validation set is scored after each, checkpoints are written there,
 and resume is exact because every crop is seeded by its position in the stream.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +41,28 @@ from ..training.precision import autocast
 from .base import TrainingTask, check_config, load_trained, run_training, session
 from .summary import count_parameters, run_summary
 
-__all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig", "SegmentConfig", "SegmentOptimConfig",
-           "SegmentTrainConfig", "SegmentHooks", "SegmentTask", "build_segmentor", "evaluate_segmentation",
-           "format_scores", "layer_decay_groups", "load_segment_config", "load_segmentor", "make_seg_loss",
-           "predict_probs", "run_segment_eval", "run_segment_train", "slide_logits", "validate_segment_config"]
+__all__ = [
+    "SegDataConfig",
+    "SegEvalConfig",
+    "SegModelConfig",
+    "SegmentConfig",
+    "SegmentOptimConfig",
+    "SegmentTrainConfig",
+    "SegmentHooks",
+    "SegmentTask",
+    "build_segmentor",
+    "evaluate_segmentation",
+    "format_scores",
+    "layer_decay_groups",
+    "load_segment_config",
+    "load_segmentor",
+    "make_seg_loss",
+    "predict_probs",
+    "run_segment_eval",
+    "run_segment_train",
+    "slide_logits",
+    "validate_segment_config",
+]
 
 
 def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
@@ -57,14 +76,19 @@ def load_segment_config(recipe: Optional[str], overrides=()) -> SegmentConfig:
 def validate_segment_config(cfg: SegmentConfig) -> None:
     t, o, e = cfg.train, cfg.optim, cfg.eval
     if t.epochs or o.warmup_epochs:
-        raise ConfigError("segmentation counts iterations: set train.iterations, train.eval_every and "
-                          "optim.warmup_iters, not train.epochs or optim.warmup_epochs")
+        raise ConfigError(
+            "segmentation counts iterations: set train.iterations, train.eval_every and "
+            "optim.warmup_iters, not train.epochs or optim.warmup_epochs"
+        )
     if t.iterations < 1 or t.eval_every < 1 or t.iterations % t.eval_every:
-        raise ConfigError(f"train.iterations ({t.iterations}) must be a positive multiple of train.eval_every "
-                          f"({t.eval_every})")
+        raise ConfigError(
+            f"train.iterations ({t.iterations}) must be a positive multiple of train.eval_every ({t.eval_every})"
+        )
     if t.batch_size < 2:
-        raise ConfigError("train.batch_size must be at least 2 per process: BatchNorm in the head needs two "
-                          "samples for its 1x1 pooled branch")
+        raise ConfigError(
+            "train.batch_size must be at least 2 per process: BatchNorm in the head needs two "
+            "samples for its 1x1 pooled branch"
+        )
     if e.mode not in ("slide", "whole"):
         raise ConfigError(f"eval.mode must be slide or whole, got {e.mode!r}")
     if o.schedule not in ("poly", "cosine"):
@@ -74,16 +98,28 @@ def validate_segment_config(cfg: SegmentConfig) -> None:
 # ----------------------------------------------------------------------------- the model
 
 
-def build_segmentor(cfg: SegModelConfig, num_classes: int, crop_size: int,
-                    enc: Optional[EncoderConfig] = None) -> Tuple[nn.Module, EncoderConfig]:
+def build_segmentor(
+    cfg: SegModelConfig, num_classes: int, crop_size: int, enc: Optional[EncoderConfig] = None
+) -> Tuple[nn.Module, EncoderConfig]:
     """UperNet on the encoder named by cfg (pre-trained weights loaded, position embedding
     resampled to the crop); `enc` given: that architecture, random weights (loading a checkpoint)."""
     state = None
     if enc is None:
         enc, state = pretrained_encoder(cfg.checkpoint, cfg.preset)
     out_indices = cfg.out_indices or default_out_indices(enc.depth)
-    model = UperNetViT(enc, num_classes, crop_size, out_indices, cfg.channels, cfg.aux_channels,
-                       tuple(cfg.pool_scales), cfg.drop_path, cfg.rel_pos_bias, cfg.layer_scale, dropout=cfg.dropout)
+    model = UperNetViT(
+        enc,
+        num_classes,
+        crop_size,
+        out_indices,
+        cfg.channels,
+        cfg.aux_channels,
+        tuple(cfg.pool_scales),
+        cfg.drop_path,
+        cfg.rel_pos_bias,
+        cfg.layer_scale,
+        dropout=cfg.dropout,
+    )
     if state is not None:
         model.backbone.load_encoder_state(state)
     return model, enc
@@ -98,13 +134,17 @@ def make_seg_loss(aux_weight: float, ignore_index: int):
         labels = batch.labels.to(device, non_blocking=True)
         main, aux = model(images, train_outputs=True)
         size = labels.shape[-2:]
-        loss_main = F.cross_entropy(F.interpolate(main.float(), size, mode="bilinear", align_corners=False), labels,
-                                    ignore_index=ignore_index)
+        loss_main = F.cross_entropy(
+            F.interpolate(main.float(), size, mode="bilinear", align_corners=False), labels, ignore_index=ignore_index
+        )
         metrics = {"loss_main": loss_main.detach()}
         loss = loss_main
         if aux is not None and aux_weight:
-            loss_aux = F.cross_entropy(F.interpolate(aux.float(), size, mode="bilinear", align_corners=False),
-                                       labels, ignore_index=ignore_index)
+            loss_aux = F.cross_entropy(
+                F.interpolate(aux.float(), size, mode="bilinear", align_corners=False),
+                labels,
+                ignore_index=ignore_index,
+            )
             loss = loss + aux_weight * loss_aux
             metrics["loss_aux"] = loss_aux.detach()
         return loss, metrics
@@ -138,8 +178,9 @@ def slide_logits(model: nn.Module, image: torch.Tensor, num_classes: int, crop: 
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, image: torch.Tensor, cfg: SegEvalConfig, crop: int, num_classes: int
-                  ) -> torch.Tensor:
+def predict_probs(
+    model: nn.Module, image: torch.Tensor, cfg: SegEvalConfig, crop: int, num_classes: int
+) -> torch.Tensor:
     """Class probabilities (N, C, H, W) of normalised images: whole or sliding, optionally
     averaged with the mirrored prediction."""
 
@@ -169,8 +210,15 @@ class EvalItems(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, dataset, cfg: SegmentConfig, device: torch.device, precision: str,
-                          rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+def evaluate_segmentation(
+    model: nn.Module,
+    dataset,
+    cfg: SegmentConfig,
+    device: torch.device,
+    precision: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Dict[str, Any]:
     """Scores of `model` on `dataset`: each process predicts its shard, the confusion matrices
     are summed over processes, so every rank returns the same numbers."""
     num_classes = model.num_classes
@@ -221,11 +269,17 @@ class SegmentHooks(TrainHooks):
 
     def after_epoch(self, trainer, epoch: int) -> Dict[str, float]:
         broadcast_buffers(self.model)
-        self.scores = evaluate_segmentation(self.model, self.val_dataset, self.cfg, self.device, self.precision,
-                                            self.rank, self.world_size)
+        self.scores = evaluate_segmentation(
+            self.model, self.val_dataset, self.cfg, self.device, self.precision, self.rank, self.world_size
+        )
         self.best_miou = max(self.best_miou, self.scores["mIoU"])
-        return {"iteration": float(trainer.step), "mIoU": self.scores["mIoU"], "mAcc": self.scores["mAcc"],
-                "aAcc": self.scores["aAcc"], "best_mIoU": self.best_miou}
+        return {
+            "iteration": float(trainer.step),
+            "mIoU": self.scores["mIoU"],
+            "mAcc": self.scores["mAcc"],
+            "aAcc": self.scores["aAcc"],
+            "best_mIoU": self.best_miou,
+        }
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best_miou": self.best_miou}
@@ -253,14 +307,16 @@ class SegmentTask(TrainingTask):
 
     def build_data(self, env: Env):
         cfg, t = self.cfg, self.cfg.train
-        loader = build_iteration_loader(env.data(cfg.data), t.batch_size, t.eval_every * t.accum_steps, t.seed,
-                                        env.rank, env.world_size)
+        loader = build_iteration_loader(
+            env.data(cfg.data), t.batch_size, t.eval_every * t.accum_steps, t.seed, env.rank, env.world_size
+        )
         self.train_set = loader.dataset.dataset
         self.val_set = build_seg_dataset(cfg.data, cfg.data.val_split)
         self.num_classes = cfg.model.num_classes or len(self.train_set.classes)
         if self.num_classes != len(self.train_set.classes):
-            raise ConfigError(f"model.num_classes={self.num_classes} but the data has {len(self.train_set.classes)} "
-                              f"classes")
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but the data has {len(self.train_set.classes)} classes"
+            )
         return loader
 
     def build_model(self, env: Env) -> nn.Module:
@@ -270,8 +326,7 @@ class SegmentTask(TrainingTask):
         return model.to(env.device)
 
     def hooks(self, model: nn.Module, env: Env) -> SegmentHooks:
-        self.scoring = SegmentHooks(model, self.val_set, self.cfg, env.device, env.precision, env.rank,
-                                    env.world_size)
+        self.scoring = SegmentHooks(model, self.val_set, self.cfg, env.device, env.precision, env.rank, env.world_size)
         return self.scoring
 
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
@@ -293,17 +348,33 @@ class SegmentTask(TrainingTask):
         return make_seg_loss(self.cfg.model.aux_weight, self.cfg.data.ignore_index)
 
     def architecture(self) -> Dict[str, Any]:
-        return {"encoder": dataclasses.asdict(self.enc), "num_classes": self.num_classes,
-                "classes": class_names(self.train_set, self.num_classes)}
+        return {
+            "encoder": dataclasses.asdict(self.enc),
+            "num_classes": self.num_classes,
+            "classes": class_names(self.train_set, self.num_classes),
+        }
 
     def describe(self, model: nn.Module, loader, env: Env) -> str:
         t = self.cfg.train
-        model_line = (f"UperNet on a ViT, {self.num_classes} classes, {t.iterations} iterations (validation every "
-                      f"{t.eval_every}); {count_parameters(model)}")
-        data_line = f"{self.cfg.data.name}: {len(self.train_set)} train / {len(self.val_set)} val images, " \
-                    f"crop {self.cfg.data.crop_size}"
-        return run_summary("deepmim segment", model_line, data_line, self.cfg, loader, env,
-                           train=self.train_config(), optim=self.optim_config(), iterations=True)
+        model_line = (
+            f"UperNet on a ViT, {self.num_classes} classes, {t.iterations} iterations (validation every "
+            f"{t.eval_every}); {count_parameters(model)}"
+        )
+        data_line = (
+            f"{self.cfg.data.name}: {len(self.train_set)} train / {len(self.val_set)} val images, "
+            f"crop {self.cfg.data.crop_size}"
+        )
+        return run_summary(
+            "deepmim segment",
+            model_line,
+            data_line,
+            self.cfg,
+            loader,
+            env,
+            train=self.train_config(),
+            optim=self.optim_config(),
+            iterations=True,
+        )
 
     def finish(self, result: TrainResult, model: nn.Module, env: Env) -> Tuple[TrainResult, Dict[str, Any]]:
         scores = self.scoring.scores
@@ -328,8 +399,9 @@ def load_segmentor(path: str | Path) -> Tuple[nn.Module, SegmentConfig, List[str
 
 def trained_segmentor(cfg: SegmentConfig, arch: Dict[str, Any]) -> nn.Module:
     """The model a segmentation checkpoint holds, before its weights load (the record of its kind names this)."""
-    return build_segmentor(cfg.model, arch["num_classes"], cfg.data.crop_size,
-                           enc=from_dict(EncoderConfig, arch["encoder"]))[0]
+    return build_segmentor(
+        cfg.model, arch["num_classes"], cfg.data.crop_size, enc=from_dict(EncoderConfig, arch["encoder"])
+    )[0]
 
 
 def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]]:
@@ -344,15 +416,18 @@ def run_segment_eval(path: str, overrides=()) -> Tuple[Dict[str, Any], List[str]
     if overrides:
         cfg = from_dict(SegmentConfig, deep_merge(to_dict(cfg), parse_overrides(overrides)))
         validate_segment_config(cfg)
-    check_available(cfg.data, "the data given to deepmim segment eval" if data_keys else f"the data {path} was "
-                                                                                          f"trained on")
+    check_available(
+        cfg.data, "the data given to deepmim segment eval" if data_keys else f"the data {path} was trained on"
+    )
     with session(cfg.train.device, cfg.train.precision) as env:
         dataset = build_seg_dataset(cfg.data, cfg.data.val_split)
         if len(dataset.classes) != model.num_classes:
-            raise ConfigError(f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split "
-                              f"{len(dataset.classes)}")
-        scores = evaluate_segmentation(model.to(env.device), dataset, cfg, env.device, env.precision, env.rank,
-                                       env.world_size)
+            raise ConfigError(
+                f"the checkpoint has {model.num_classes} classes, the {cfg.data.val_split} split {len(dataset.classes)}"
+            )
+        scores = evaluate_segmentation(
+            model.to(env.device), dataset, cfg, env.device, env.precision, env.rank, env.world_size
+        )
     scores["data"] = data_record(cfg.data, source, {cfg.data.val_split: len(dataset)})
     return scores, names
 

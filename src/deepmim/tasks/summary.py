@@ -8,6 +8,7 @@ output_dir/config.yaml, and to the console as well with train.print_config=true)
       device  cpu, precision fp32
       output  runs/demo (full config: runs/demo/config.yaml)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,12 +43,24 @@ def resize_note(dataset: Any, img_size: int) -> Optional[str]:
     shape = getattr(image, "shape", None)
     if shape is None or len(shape) < 2 or tuple(shape[-2:]) == (img_size, img_size):
         return None
-    return (f"the data's images are {shape[-1]}x{shape[-2]} px (the first one); they are resized to the "
-            f"{img_size} px the model is trained at (data.img_size)")
+    return (
+        f"the data's images are {shape[-1]}x{shape[-2]} px (the first one); they are resized to the "
+        f"{img_size} px the model is trained at (data.img_size)"
+    )
 
 
-def run_summary(title: str, model_line: str, data_line: str, cfg: Any, loader, env, train: Any = None,
-                optim: Any = None, iterations: bool = False, notes: Sequence[str] = ()) -> str:
+def run_summary(
+    title: str,
+    model_line: str,
+    data_line: str,
+    cfg: Any,
+    loader,
+    env,
+    train: Any = None,
+    optim: Any = None,
+    iterations: bool = False,
+    notes: Sequence[str] = (),
+) -> str:
     """The start-up lines: model, data, steps and batch, lr, device and precision, output folder, then
     `notes` and a warning when the warm-up is longer than the run. `train` / `optim`: the sections the
     Trainer runs on (segmentation's, with epochs and warm-up derived from iterations; `iterations=True`
@@ -56,8 +69,10 @@ def run_summary(title: str, model_line: str, data_line: str, cfg: Any, loader, e
     steps = len(loader) // max(train.accum_steps, 1)
     d = derive(train, optim, env.world_size, steps)
     how = f"lr {optim.lr}" if optim.lr is not None else f"base_lr {optim.base_lr} x {d.effective_batch} / 256"
-    batch = (f"batch {train.batch_size} per process x {train.accum_steps} accumulation x {env.world_size} "
-             f"process(es) = {d.effective_batch}")
+    batch = (
+        f"batch {train.batch_size} per process x {train.accum_steps} accumulation x {env.world_size} "
+        f"process(es) = {d.effective_batch}"
+    )
     schedule = getattr(optim, "schedule", "cosine")
     if iterations:
         step_line = f"{d.total_steps} iterations, validation every {steps}; {batch}"
@@ -77,8 +92,10 @@ def run_summary(title: str, model_line: str, data_line: str, cfg: Any, loader, e
     lines += [f"  note    {note}" for note in notes]
     if d.warmup_longer_than_run:
         key = "optim.warmup_iters" if iterations else "optim.warmup_epochs"
-        lines.append(f"  warning the warm-up ({d.warmup_steps:g} steps) is longer than the run ({d.total_steps} steps): "
-                     f"the lr never reaches its peak of {d.peak_lr:.2e}; shorten it with {key}=N")
+        lines.append(
+            f"  warning the warm-up ({d.warmup_steps:g} steps) is longer than the run ({d.total_steps} steps): "
+            f"the lr never reaches its peak of {d.peak_lr:.2e}; shorten it with {key}=N"
+        )
     if getattr(train, "print_config", False):
         lines += ["--- resolved config ---", dump_yaml(cfg).rstrip("\n"), "-----------------------"]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ benchmark, 2 threads) regional compile gained nothing (micro 1.04x vs 1.09x unco
 within 2000 steps of ~0.1 s. The demo (640 steps)
 and every test stay eager.
 """
+
 from __future__ import annotations
 
 import os

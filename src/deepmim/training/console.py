@@ -1,5 +1,6 @@
 """The console of a run: the `deepmim` logger's messages as plain lines on stderr (standard library only,
 so the package root sets it up without loading torch)."""
+
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,7 @@ class ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm.auto import tqdm
+
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging's own convention: report, never raise from a handler
             self.handleError(record)

@@ -3,6 +3,7 @@ the peak lr (MAE's scaling rule), the schedule's length and warm-up in optimizer
 size the model is trained at. The Trainer runs on them, the start-up summary prints them, and
 `--print-config` shows the ones known before the data is read, so all three always agree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,18 +33,26 @@ class Derived:
         if self.img_size is not None:
             out.append(f"image size trained {self.img_size}px")
         if self.total_steps is not None:
-            out.append(f"{self.steps_per_epoch} steps per epoch, {self.total_steps} steps, warm-up "
-                       f"{self.warmup_steps:g} steps")
+            out.append(
+                f"{self.steps_per_epoch} steps per epoch, {self.total_steps} steps, warm-up {self.warmup_steps:g} steps"
+            )
         return out
 
 
-def derive(train, optim, world_size: int = 1, steps_per_epoch: Optional[int] = None,
-           img_size: Optional[int] = None) -> Derived:
+def derive(
+    train, optim, world_size: int = 1, steps_per_epoch: Optional[int] = None, img_size: Optional[int] = None
+) -> Derived:
     """The derived values of a TrainConfig (epochs, batch_size, accum_steps) and OptimConfig (base_lr / lr,
     warmup_epochs) on `world_size` processes, with `steps_per_epoch` optimizer steps once the data is known."""
     effective = train.batch_size * train.accum_steps * world_size
     peak = scaled_lr(optim, effective)
     if steps_per_epoch is None:
         return Derived(effective, peak, img_size)
-    return Derived(effective, peak, img_size, steps_per_epoch, train.epochs * steps_per_epoch,
-                   optim.warmup_epochs * steps_per_epoch)
+    return Derived(
+        effective,
+        peak,
+        img_size,
+        steps_per_epoch,
+        train.epochs * steps_per_epoch,
+        optim.warmup_epochs * steps_per_epoch,
+    )

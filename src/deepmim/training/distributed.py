@@ -4,6 +4,7 @@ Every training command calls `setup_distributed` first and `wrap_ddp` on its mod
 code shards its data with `shard_indices` and sums its counts with `all_reduce_sum`, so numbers
 are the same on 1 or N processes and no sample is counted twice.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -22,6 +23,7 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from ..config.loader import ConfigError
+
         raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
     return device
 
@@ -47,9 +49,13 @@ def init_distributed(device: torch.device, timeout: Optional[float] = None) -> T
         # replaces a lost one starts its count at 0 while the others are at 1.
         store, rank, world_size = next(dist.rendezvous("env://"))
         attempt = (store.add("deepmim/processes", 1) - 1) // world_size
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                store=dist.PrefixStore(f"deepmim/attempt{attempt}", store),
-                                rank=rank, world_size=world_size, timeout=_TIMEOUT)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            store=dist.PrefixStore(f"deepmim/attempt{attempt}", store),
+            rank=rank,
+            world_size=world_size,
+            timeout=_TIMEOUT,
+        )
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -83,8 +89,11 @@ def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: boo
     """DistributedDataParallel around `model` when running on several processes, else None."""
     if not is_distributed():
         return None
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                               find_unused_parameters=find_unused_parameters)
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> List[int]:

@@ -1,5 +1,6 @@
 """Where a process runs: what every task's set-up produces (tasks/base.py's `session`) and the Trainer
 runs on."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -14,6 +14,7 @@ checkpoints), so it costs no extra host-device sync per step:
 non-finite ones stay). Normal runs change their weight norm by a few percent between logging steps
 and their loss by far less than 10x its average; a blown-up run moves both by orders of magnitude.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,9 +83,15 @@ class DivergenceGuard:
         sq = squared_norm(parameters)
         device = sq.device if sq is not None else torch.device("cpu")
         bad_grad = (self.bad_grad_step if self.bad_grad_step is not None else torch.full((), -1)).to(device)
-        packed = all_reduce_sum(torch.stack([
-            sq if sq is not None else torch.zeros((), dtype=torch.float64, device=device),
-            (bad_grad >= 0).double(), bad_grad.clamp(min=0).double()]))
+        packed = all_reduce_sum(
+            torch.stack(
+                [
+                    sq if sq is not None else torch.zeros((), dtype=torch.float64, device=device),
+                    (bad_grad >= 0).double(),
+                    bad_grad.clamp(min=0).double(),
+                ]
+            )
+        )
         total, grads_bad, grad_steps = packed.tolist()
         norm = math.sqrt(total) if math.isfinite(total) else float("nan")
         previous, since = self.weight_norm, self.weight_step
@@ -93,8 +100,10 @@ class DivergenceGuard:
         if not math.isfinite(norm):
             return f"the weights became non-finite (NaN or inf) between step {since} and step {step}"
         if self.factor and previous and norm > self.factor * previous:
-            return (f"the weights' norm grew {norm / previous:.3g}-fold between step {since} and step {step} "
-                    f"(from {previous:.4g} to {norm:.4g}; more than train.divergence_factor={self.factor:g})")
+            return (
+                f"the weights' norm grew {norm / previous:.3g}-fold between step {since} and step {step} "
+                f"(from {previous:.4g} to {norm:.4g}; more than train.divergence_factor={self.factor:g})"
+            )
         self.weight_norm, self.weight_step = norm, step
         return None
 
@@ -102,10 +111,17 @@ class DivergenceGuard:
         """What is wrong with a loss (a window's mean or one batch's), compared with the run so far."""
         if not math.isfinite(loss):
             return None  # non-finite values are reported by the caller, with every metric named
-        if self.factor and self.loss_avg is not None and self.loss_max is not None \
-                and loss > self.factor * self.loss_avg and loss > self.loss_max:
-            return (f"loss {loss:.4g} is {loss / self.loss_avg:.3g} times its running average {self.loss_avg:.4g} "
-                    f"and above every earlier loss of the run (train.divergence_factor={self.factor:g})")
+        if (
+            self.factor
+            and self.loss_avg is not None
+            and self.loss_max is not None
+            and loss > self.factor * self.loss_avg
+            and loss > self.loss_max
+        ):
+            return (
+                f"loss {loss:.4g} is {loss / self.loss_avg:.3g} times its running average {self.loss_avg:.4g} "
+                f"and above every earlier loss of the run (train.divergence_factor={self.factor:g})"
+            )
         return None
 
     def observe_loss(self, loss: float, step: int) -> None:

@@ -13,6 +13,7 @@ mallopt is process-wide and has no getter: once tuned, the process stays tuned (
 `train.reuse_host_memory=false` leaves malloc alone; where another allocator is preloaded (jemalloc,
 tcmalloc) or the C library is not glibc, nothing is changed either.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,6 +1,7 @@
 """Results files as strict JSON: a number that is not finite (a class absent from the data has no IoU, an
 undefined mean) is written as null, never as the bare NaN / Infinity that Python's json module emits by
 default and strict parsers (JavaScript's JSON.parse, jq, Go, Rust's serde) refuse."""
+
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ once the next step's loss, computed from those very weights, has been checked as
 of a run is checked on the loss its weights give on the last batch. A run that diverges therefore
 stops with its last checkpoint intact, and the message names it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -175,9 +176,11 @@ class Trainer:
         self.output_dir = Path(train.output_dir)
         self.steps_per_epoch = len(data.loader) // train.accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"an epoch has {len(data.loader)} batches, fewer than train.accum_steps="
-                             f"{train.accum_steps}: use more data, a smaller train.batch_size or fewer accumulation "
-                             f"steps")
+            raise ValueError(
+                f"an epoch has {len(data.loader)} batches, fewer than train.accum_steps="
+                f"{train.accum_steps}: use more data, a smaller train.batch_size or fewer accumulation "
+                f"steps"
+            )
         self.derived = derive(train, task.optim, env.world_size, self.steps_per_epoch)  # one place: training/derived.py
         self.total_steps, self.warmup_steps = self.derived.total_steps, self.derived.warmup_steps
         self.peak_lr = self.derived.peak_lr
@@ -206,14 +209,26 @@ class Trainer:
         checkpoint loads on any number of processes, with DDP, FSDP or none. Collective under FSDP.
         `partial`: the metric sums of the epoch so far (exact epoch means after a mid-epoch resume)."""
         model_state, optimizer_state = full_state_dict(self.model, self.optimizer)
-        return make_checkpoint(self.task.kind, model_state, self.task.config, self.task.architecture,
-                               optimizer=optimizer_state, scaler=self.scaler.state_dict(), step=self.step,
-                               epoch=self.step // self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch,
-                               rng=rng_state(), hooks=self.task.hooks.state_dict(), guard=self.guard.state_dict(),
-                               partial=partial or {}, metrics=dict(self.last_metrics))
+        return make_checkpoint(
+            self.task.kind,
+            model_state,
+            self.task.config,
+            self.task.architecture,
+            optimizer=optimizer_state,
+            scaler=self.scaler.state_dict(),
+            step=self.step,
+            epoch=self.step // self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            rng=rng_state(),
+            hooks=self.task.hooks.state_dict(),
+            guard=self.guard.state_dict(),
+            partial=partial or {},
+            metrics=dict(self.last_metrics),
+        )
 
-    def save_point(self, stop_at: int, numbered_epoch: Optional[int] = None,
-                   partial: Optional[Dict[str, Any]] = None) -> None:
+    def save_point(
+        self, stop_at: int, numbered_epoch: Optional[int] = None, partial: Optional[Dict[str, Any]] = None
+    ) -> None:
         """Keep the current state: checked now (weights, gradients), then held until the next step's loss
         (from these weights) has passed the guard too; when no step follows, written once the loss its
         weights give on the last batch has passed (confirm_final)."""
@@ -254,8 +269,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(step_seed(self.task.train.seed, self.env.rank, epoch, -1))
         was_training = self.model.training
         try:
-            with torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []), \
-                    autocast(self.env.device, self.env.precision):
+            with (
+                torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []),
+                autocast(self.env.device, self.env.precision),
+            ):
                 loss, _ = self.task.check_loss(self.model, batch, generator)
                 loss = loss.detach()
         finally:
@@ -271,8 +288,10 @@ class Trainer:
             set_aside = self.resumed_from_prev and (self.output_dir / LAST).exists()
             path = save_checkpoint(state, self.output_dir, numbered_epoch, keep_prev=self.resumed_from_prev)
             if set_aside:
-                say(f"kept {self.output_dir / PREV}, which this run resumed from; the {LAST} it did not resume "
-                    f"from is now {self.output_dir / SET_ASIDE}")
+                say(
+                    f"kept {self.output_dir / PREV}, which this run resumed from; the {LAST} it did not resume "
+                    f"from is now {self.output_dir / SET_ASIDE}"
+                )
             self.resumed_from_prev = False
         else:
             path = self.output_dir / LAST
@@ -293,8 +312,10 @@ class Trainer:
         state = ckpt.raw
         self.check_architecture(path, ckpt)
         if state.get("steps_per_epoch") != self.steps_per_epoch:
-            raise ValueError(f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
-                             f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation")
+            raise ValueError(
+                f"{path} was written with {state.get('steps_per_epoch')} steps per epoch, this run has "
+                f"{self.steps_per_epoch}: resume with the same data, batch size and accumulation"
+            )
         try:
             load_full_state_dict(self.model, self.optimizer, ckpt.model_state, state["optimizer"])
         except CheckpointError as err:  # e.g. weights of the wrong dtype, or NaN: name the file and the way out
@@ -315,8 +336,9 @@ class Trainer:
         options = []
         if prev.is_file() and Path(path).resolve() != prev.resolve():
             options.append(f"continue from the checkpoint before it with train.resume={prev}")
-        options.append("start afresh with train.overwrite=true (moves the folder's files aside) or in another "
-                       "train.output_dir")
+        options.append(
+            "start afresh with train.overwrite=true (moves the folder's files aside) or in another train.output_dir"
+        )
         return "; or ".join(options)
 
     def check_architecture(self, path: Path, ckpt) -> None:
@@ -325,14 +347,16 @@ class Trainer:
         missing, unexpected, mismatched = compare_state_dicts(self.model.state_dict(), ckpt.model_state)
         if not (missing or unexpected or mismatched):
             return
-        first = (mismatched or [f"{k} missing in the file" for k in missing] or
-                 [f"{k} not in the model" for k in unexpected])[0]
+        first = (
+            mismatched or [f"{k} missing in the file" for k in missing] or [f"{k} not in the model" for k in unexpected]
+        )[0]
         changed = config_changes(ckpt.config, self.task.config, ckpt.architecture, self.task.architecture)
         raise CheckpointError(
             f"{path} holds another model than this run builds ({len(missing) + len(unexpected) + len(mismatched)} "
             f"tensors differ, e.g. {first}); the config it was written with differs in: {changed}. Resume it with "
             f"its own config ({Path(path).parent / 'config.yaml'}), or train the new model in another "
-            f"train.output_dir")
+            f"train.output_dir"
+        )
 
     # ------------------------------------------------------------------ the guard
 
@@ -352,7 +376,8 @@ class Trainer:
             kept = "no checkpoint was written yet"
         raise DivergenceError(
             f"{problem}: training diverged, stopped without saving; {kept}. Try a lower optim.base_lr, "
-            f"optim.clip_grad=1.0, more warm-up (optim.warmup_epochs), or train.precision=fp32.")
+            f"optim.clip_grad=1.0, more warm-up (optim.warmup_epochs), or train.precision=fp32."
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -373,26 +398,42 @@ class Trainer:
         if resumed and self.step >= stop_at:
             return self.nothing_to_train(resumed, stop_at)
         if resumed and self.env.is_main:
-            say(f"resumed from {resumed} at step {self.step}: {describe_position(self.step, self.steps_per_epoch, t.epochs)}")
+            say(
+                f"resumed from {resumed} at step {self.step}: {describe_position(self.step, self.steps_per_epoch, t.epochs)}"
+            )
         resume_step = self.step if resumed else None
-        trackers = lambda: build_trackers(resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t,  # noqa: E731
-                                          self.task.config, resume_step)
+
+        def trackers():
+            return build_trackers(
+                resolve_loggers(t.loggers, t.tensorboard), self.output_dir, t, self.task.config, resume_step
+            )
+
         logger = MetricsLogger(self.output_dir, enabled=self.env.is_main, resume_step=resume_step, trackers=trackers)
-        bar = Progress(self.total_steps, self.step, stop_at, self.steps_per_epoch, t.progress and self.env.is_main,
-                       t.progress_style, t.progress_seconds, t.progress_steps)
+        bar = Progress(
+            self.total_steps,
+            self.step,
+            stop_at,
+            self.steps_per_epoch,
+            t.progress and self.env.is_main,
+            t.progress_style,
+            t.progress_seconds,
+            t.progress_steps,
+        )
         self.check_weights()  # the norm the first check compares with
         try:
             with StopSignals(stop_signals(getattr(t, "save_signal", None))) as self.signals:
                 while self.step < stop_at:
                     epoch = self.step // self.steps_per_epoch
                     self.last_metrics, partial = self.run_epoch(epoch, stop_at, logger, bar)
-                    if self.step < stop_at and self.step // self.steps_per_epoch == epoch \
-                            and not self.stop_signal:
+                    if self.step < stop_at and self.step // self.steps_per_epoch == epoch and not self.stop_signal:
                         raise ValueError(self.short_epoch_message(epoch))
                     epoch_done = self.step % self.steps_per_epoch == 0
                     keep = t.save_every_epochs
-                    numbered = epoch + 1 if epoch_done and keep and ((epoch + 1) % keep == 0 or
-                                                                     self.step == self.total_steps) else None
+                    numbered = (
+                        epoch + 1
+                        if epoch_done and keep and ((epoch + 1) % keep == 0 or self.step == self.total_steps)
+                        else None
+                    )
                     # a stop writes at once (no step follows to vouch for the state: the guard's final check)
                     self.save_point(self.step if self.stop_signal else stop_at, numbered, partial)
                     if self.stop_signal:
@@ -407,9 +448,15 @@ class Trainer:
             logger.close()
         if self.stop_signal and self.step < stop_at:
             self.stopped()
-        return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
-                           self.last_metrics, self.last_good[0] if self.last_good else None, start_step,
-                           self.last_logged)
+        return TrainResult(
+            self.step,
+            self.step // self.steps_per_epoch,
+            self.step >= self.total_steps,
+            self.last_metrics,
+            self.last_good[0] if self.last_good else None,
+            start_step,
+            self.last_logged,
+        )
 
     def stop_requested(self) -> bool:
         """At a step's end: whether any process received a stop signal. Under torch.distributed every
@@ -431,24 +478,35 @@ class Trainer:
         counts more samples than its shards hold): without this stop the loop would start the same epoch
         again and again."""
         done = self.step - epoch * self.steps_per_epoch
-        return (f"the data ran out after {done} of the {self.steps_per_epoch} steps of epoch {epoch}: the data "
-                f"set holds fewer samples than when the run counted them (for WebDataset shards: fewer than their "
-                f"index says); rewrite the index or restore the files, then resume with train.resume=auto")
+        return (
+            f"the data ran out after {done} of the {self.steps_per_epoch} steps of epoch {epoch}: the data "
+            f"set holds fewer samples than when the run counted them (for WebDataset shards: fewer than their "
+            f"index says); rewrite the index or restore the files, then resume with train.resume=auto"
+        )
 
     def nothing_to_train(self, resumed: Path, stop_at: int) -> TrainResult:
         """Resuming a run that is already where this one would stop: say so, train nothing, write nothing."""
         if self.env.is_main:
             if self.step >= self.total_steps:
-                why = (f"holds the finished run ({self.step} steps, all {self.task.train.epochs} epochs); to train "
-                       f"longer raise train.epochs (the schedule stretches with it), or start a new run")
+                why = (
+                    f"holds the finished run ({self.step} steps, all {self.task.train.epochs} epochs); to train "
+                    f"longer raise train.epochs (the schedule stretches with it), or start a new run"
+                )
             else:
                 why = f"is at step {self.step}, where train.max_steps={self.task.train.max_steps} stops"
             say(f"nothing to train: {resumed} {why}")
-        return TrainResult(self.step, self.step // self.steps_per_epoch, self.step >= self.total_steps,
-                           self.last_metrics, resumed, self.step)
+        return TrainResult(
+            self.step,
+            self.step // self.steps_per_epoch,
+            self.step >= self.total_steps,
+            self.last_metrics,
+            resumed,
+            self.step,
+        )
 
-    def run_epoch(self, epoch: int, stop_at: int, logger: MetricsLogger, bar
-                  ) -> Tuple[Dict[str, float], Optional[Dict[str, Any]]]:
+    def run_epoch(
+        self, epoch: int, stop_at: int, logger: MetricsLogger, bar
+    ) -> Tuple[Dict[str, float], Optional[Dict[str, Any]]]:
         """Train from the current step to the end of `epoch` (or stop_at); returns the epoch's mean metrics
         and, when it stopped inside the epoch, its partial sums (for the checkpoint)."""
         accum = self.task.train.accum_steps
@@ -480,11 +538,13 @@ class Trainer:
             if self.step % self.task.train.log_every_steps == 0 or micro == end_micro:
                 self.log_window(window, logger, bar, epoch)
                 window = _Window(self.env.device)
-            if self.task.train.save_every_steps and self.step % self.task.train.save_every_steps == 0 \
-                    and micro < end_micro:
+            if (
+                self.task.train.save_every_steps
+                and self.step % self.task.train.save_every_steps == 0
+                and micro < end_micro
+            ):
                 self.check_finite(epoch_sums, epoch)
-                self.save_point(stop_at, partial={"epoch": epoch_sums.global_state(),
-                                                  "window": window.global_state()})
+                self.save_point(stop_at, partial={"epoch": epoch_sums.global_state(), "window": window.global_state()})
             if self.stop_requested():  # finish here: fit() writes the checkpoint at once
                 break
         if window.count:
@@ -497,21 +557,25 @@ class Trainer:
                 self.last_eval = evaluation
                 logger.log("eval", self.step, {"epoch": epoch + 1, **evaluation})
                 if self.env.is_main:
-                    say(f"epoch {epoch + 1}/{self.task.train.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items()))
+                    say(
+                        f"epoch {epoch + 1}/{self.task.train.epochs}: "
+                        + ", ".join(f"{k} {v:.4g}" for k, v in evaluation.items())
+                    )
             if epoch_sums.global_skipped and self.env.is_main:
-                say(f"epoch {epoch + 1}/{self.task.train.epochs}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
-                    f"of the data set, so every batch stayed full (data.strict=true stops at the first instead)")
+                say(
+                    f"epoch {epoch + 1}/{self.task.train.epochs}: {epoch_sums.global_skipped} unreadable images were replaced by other images "
+                    f"of the data set, so every batch stayed full (data.strict=true stops at the first instead)"
+                )
             return means, None
         return means, {"epoch": epoch_sums.global_state()}  # its last window was logged: nothing to carry
 
-    def micro_step(self, batch: Any, micro: int, epoch: int, sync: bool = True
-                   ) -> Tuple[Dict[str, torch.Tensor], int]:
+    def micro_step(self, batch: Any, micro: int, epoch: int, sync: bool = True) -> Tuple[Dict[str, torch.Tensor], int]:
         """Forward + backward of one micro-batch; gradients accumulate until optimizer_step.
         Under DDP, gradients are all-reduced only on the last micro-batch of an accumulation."""
         generator = torch.Generator().manual_seed(step_seed(self.task.train.seed, self.env.rank, epoch, micro))
         n_images = self.data.batch_size_of(batch)
         no_sync = getattr(self.forward_model, "no_sync", None)
-        with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
+        with contextlib.nullcontext() if sync or no_sync is None else no_sync():
             with autocast(self.env.device, self.env.precision):
                 loss, metrics = self.task.compute_loss(self.forward_model, batch, generator)
             self.scaler.scale(loss / self.task.train.accum_steps).backward()
@@ -541,8 +605,12 @@ class Trainer:
             self.diverged(f"{problem}, in the steps up to step {self.step} (epoch {epoch + 1})")
         self.check_weights()
         self.guard.observe_loss(means["loss"], self.step)
-        values = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **means,
-                  "img_per_s": window.global_images / max(window.elapsed(), 1e-9)}
+        values = {
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **means,
+            "img_per_s": window.global_images / max(window.elapsed(), 1e-9),
+        }
         logger.log("train", self.step, values)
         self.last_logged = {"step": self.step, **values}
         bar.show(self.step, epoch, values)
@@ -556,8 +624,10 @@ class Trainer:
         means = window.means()
         bad = {k: v for k, v in means.items() if not math.isfinite(v)}
         if bad:
-            self.diverged(f"non-finite loss at step {self.step} (epoch {epoch + 1}): "
-                          + ", ".join(f"{k}={v}" for k, v in bad.items()))
+            self.diverged(
+                f"non-finite loss at step {self.step} (epoch {epoch + 1}): "
+                + ", ".join(f"{k}={v}" for k, v in bad.items())
+            )
         return means
 
 
@@ -573,14 +643,18 @@ def snapshot(obj: Any, copy: bool) -> Any:
     return obj
 
 
-def config_changes(old: Dict[str, Any], new: Dict[str, Any], old_arch: Any = None, new_arch: Any = None,
-                   limit: int = 6) -> str:
+def config_changes(
+    old: Dict[str, Any], new: Dict[str, Any], old_arch: Any = None, new_arch: Any = None, limit: int = 6
+) -> str:
     """'model.encoder.embed_dim: 128 -> 64; ...' for the model keys (and the recorded architecture) that
     differ between a checkpoint's config and this run's."""
     a = {**flatten(old.get("model", {}), "model."), **flatten(old_arch or {}, "architecture.")}
     b = {**flatten(new.get("model", {}), "model."), **flatten(new_arch or {}, "architecture.")}
-    diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k) and k != "model.attn_impl"]
+    diffs = [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k != "model.attn_impl"
+    ]
     if not diffs:
         return "no model key (the weights themselves do not fit)"
     return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
@@ -606,8 +680,9 @@ class _Window:
 
     def __init__(self, device: Optional[torch.device] = None, carried: Optional[Dict[str, Any]] = None):
         carried = carried or {}
-        self.sums: Dict[str, torch.Tensor] = {k: torch.tensor(v, dtype=torch.float32, device=device)
-                                              for k, v in carried.get("sums", {}).items()}
+        self.sums: Dict[str, torch.Tensor] = {
+            k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in carried.get("sums", {}).items()
+        }
         self.count = int(carried.get("count", 0))  # micro-steps
         self.images = int(carried.get("images", 0))
         self.skipped = int(carried.get("skipped", 0))  # unreadable files replaced
@@ -633,13 +708,18 @@ class _Window:
         counts = [self.count, self.images, self.skipped, self.fresh_images]
         if is_distributed():
             device = sums[keys[0]].device if keys else torch.device("cpu")
-            packed = all_reduce_sum(torch.stack([sums[k] for k in keys] + [
-                torch.tensor(float(c), device=device) for c in counts]))
+            packed = all_reduce_sum(
+                torch.stack([sums[k] for k in keys] + [torch.tensor(float(c), device=device) for c in counts])
+            )
             sums = {k: packed[i] for i, k in enumerate(keys)}
-            counts = [int(v) for v in packed[len(keys):].tolist()]
+            counts = [int(v) for v in packed[len(keys) :].tolist()]
         count, images, skipped, fresh = counts
-        self.totals = {"sums": {k: v.item() for k, v in sums.items()}, "count": count, "images": images,
-                       "skipped": skipped}
+        self.totals = {
+            "sums": {k: v.item() for k, v in sums.items()},
+            "count": count,
+            "images": images,
+            "skipped": skipped,
+        }
         self.global_images, self.global_skipped = fresh, skipped
         return {k: v / max(count, 1) for k, v in self.totals["sums"].items()}
 

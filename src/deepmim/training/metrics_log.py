@@ -1,5 +1,6 @@
 """A run's metrics.jsonl (one JSON object per row, mirrored to the trackers of training/trackers.py),
 written by rank 0 only."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ class MetricsLogger:
     """One JSON object per line in output_dir/metrics.jsonl, mirrored to the trackers (training/trackers.py:
     TensorBoard, W&B, MLflow). `trackers=None`: TensorBoard alone when `tensorboard` is true."""
 
-    def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: Optional[int] = None, trackers: Optional[Callable[[], List[Any]]] = None):
+    def __init__(
+        self,
+        output_dir: Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: Optional[int] = None,
+        trackers: Optional[Callable[[], List[Any]]] = None,
+    ):
         self.enabled = enabled
         self.path = output_dir / METRICS_FILE
         self.trackers: List[Any] = []
@@ -28,6 +35,7 @@ class MetricsLogger:
             self.trackers = list(trackers())
         elif tensorboard:
             from .trackers import TensorBoardTracker
+
             self.trackers = [TensorBoardTracker(output_dir, resume_step)]
         if resume_step is None:
             self.path.write_text("")
@@ -53,6 +61,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         from .trackers import log_run_artifacts
+
         logged = log_run_artifacts(self.trackers, output_dir, checkpoint)
         if logged:
             say(f"logged {' and '.join(logged)} as artifacts")

@@ -21,6 +21,7 @@ Features: the raw residual stream after the block (before the final norm, for ev
 as `train.online_probe_pool` says (avg: mean of the patch tokens, cls: the cls token); the head is MAE's
 probe head, BatchNorm1d without affine + Linear, trained with AdamW at a constant lr.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -67,9 +68,19 @@ def probe_head(dim: int, num_classes: int) -> nn.Module:
 class OnlineProbe(TrainHooks):
     """Heads {block: BN + Linear}, their AdamW, one step per training micro-batch, val top-1 per epoch."""
 
-    def __init__(self, dim: int, blocks: Sequence[int], num_classes: int, device: torch.device, pool: str = "avg",
-                 lr: float = 1e-3, seed: int = 0, encoder: Optional[nn.Module] = None, val_loader=None,
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        dim: int,
+        blocks: Sequence[int],
+        num_classes: int,
+        device: torch.device,
+        pool: str = "avg",
+        lr: float = 1e-3,
+        seed: int = 0,
+        encoder: Optional[nn.Module] = None,
+        val_loader=None,
+        precision: str = "fp32",
+    ):
         if pool not in POOLS:
             raise ConfigError(f"train.online_probe_pool must be one of {POOLS}, got {pool!r}")
         self.blocks, self.pool, self.device = list(blocks), pool, device
@@ -92,15 +103,17 @@ class OnlineProbe(TrainHooks):
         if is_distributed():
             self._average_gradients()
         self.optimizer.step()
-        return {f"online_probe_top1_block{b}": (z.detach().argmax(dim=1) == labels).float().mean() * 100
-                for b, z in logits.items()}
+        return {
+            f"online_probe_top1_block{b}": (z.detach().argmax(dim=1) == labels).float().mean() * 100
+            for b, z in logits.items()
+        }
 
     def _average_gradients(self) -> None:
         grads = [p.grad for p in self.heads.parameters()]
         flat = all_reduce_sum(torch.cat([g.flatten() for g in grads])) / torch.distributed.get_world_size()
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def _average_batchnorm(self) -> None:
@@ -130,8 +143,9 @@ class OnlineProbe(TrainHooks):
         self.encoder.train(was_training)
         self.heads.train()
         counts = all_reduce_sum(counts).tolist()
-        return {f"online_probe_val_top1_block{b}": 100.0 * counts[i] / max(counts[-1], 1)
-                for i, b in enumerate(self.blocks)}
+        return {
+            f"online_probe_val_top1_block{b}": 100.0 * counts[i] / max(counts[-1], 1) for i, b in enumerate(self.blocks)
+        }
 
     # ------------------------------------------------------------------ TrainHooks
 
@@ -147,6 +161,7 @@ class OnlineProbe(TrainHooks):
         saved = state.get("online_probe")
         if saved is None:  # the run so far had no probe: it starts now, from its initialisation
             from .console import say
+
             say("online probe: the resumed checkpoint has no online-probe state; its heads start from scratch here")
             return
         self.heads.load_state_dict(saved["heads"])

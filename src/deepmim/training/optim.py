@@ -6,6 +6,7 @@ optim.no_decay_tokens=false is the authors' rule for pre-training (timm 0.3.2's 
 empty skip list) and for segmentation (mmseg's layer-decay constructor, whose own skip names never match
 the prefixed names): cls_token, the decoders' mask_token, learnable position embeddings and relative
 position tables are decayed there. tests/test_authors_recipe.py checks every parameter against both rules."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -39,12 +40,21 @@ def layer_decay_groups(model: torch.nn.Module, optim) -> List[Dict[str, Any]]:
     """timm's BEiT-style groups (fine-tuning, segmentation): the layer ids come from the model's
     `group_matcher` (embeddings 0, block i i + 1, heads last), lr scale = optim.layer_decay ** (last
     - layer id); no weight decay on 1-D params and `no_decay_names`."""
-    return param_groups_layer_decay(model, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay,
-                                    no_weight_decay_list=no_decay_names(model, optim))
+    return param_groups_layer_decay(
+        model,
+        weight_decay=optim.weight_decay,
+        layer_decay=optim.layer_decay,
+        no_weight_decay_list=no_decay_names(model, optim),
+    )
 
 
-def build_adamw(model: torch.nn.Module, cfg: OptimConfig, lr: float, device: torch.device,
-                groups: Optional[List[Dict[str, Any]]] = None) -> torch.optim.AdamW:
+def build_adamw(
+    model: torch.nn.Module,
+    cfg: OptimConfig,
+    lr: float,
+    device: torch.device,
+    groups: Optional[List[Dict[str, Any]]] = None,
+) -> torch.optim.AdamW:
     """AdamW over `groups` (e.g. timm's layer-decay groups with an `lr_scale` each) or, by default,
     the weight-decay groups of `model` (`weight_decay_groups`)."""
     if groups is None:

@@ -8,6 +8,7 @@
 - torch.compile of every Transformer block, also a frozen teacher's (regional, `training.compile`; the
   saved weights keep their plain names).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
@@ -65,8 +66,14 @@ def shard_fsdp(model: nn.Module) -> None:
     fully_shard(model)
 
 
-def prepare_model(model: nn.Module, device: torch.device, strategy: str = "ddp", activation_checkpointing: bool = False,
-                  compile_model: bool = False, find_unused_parameters: bool = False) -> Tuple[nn.Module, nn.Module]:
+def prepare_model(
+    model: nn.Module,
+    device: torch.device,
+    strategy: str = "ddp",
+    activation_checkpointing: bool = False,
+    compile_model: bool = False,
+    find_unused_parameters: bool = False,
+) -> Tuple[nn.Module, nn.Module]:
     """(model to save and optimise, module to call in the training step) for the run's settings."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -101,8 +108,9 @@ def full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> Tuple
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def load_full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: Dict[str, Any],
-                         optimizer_state: Dict[str, Any]) -> None:
+def load_full_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: Dict[str, Any], optimizer_state: Dict[str, Any]
+) -> None:
     """Inverse of `full_state_dict` (every rank passes the full state; FSDP keeps its own shard).
     Optimizer states keyed by position (older checkpoints) load with the optimizer's own method."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict

@@ -1,4 +1,5 @@
 """Choosing the precision and the attention kernel (the device: training/distributed.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs CUDA; on a CPU use bf16 or fp32")
     if name == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
-        warnings.warn("train.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated and "
-                      "far slower than fp32 here; use train.precision=auto", stacklevel=2)
+        warnings.warn(
+            "train.precision=bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated and "
+            "far slower than fp32 here; use train.precision=auto",
+            stacklevel=2,
+        )
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -52,8 +56,9 @@ def use_fused_attention(attn_impl: str, device: torch.device, precision: str) ->
     return not (device.type == "cpu" and precision == "bf16")
 
 
-def fastest_attention(step: Callable[[], None], set_fused: Callable[[bool], None], device: torch.device,
-                      reps: int = 2) -> Tuple[bool, Dict[str, float]]:
+def fastest_attention(
+    step: Callable[[], None], set_fused: Callable[[bool], None], device: torch.device, reps: int = 2
+) -> Tuple[bool, Dict[str, float]]:
     """Time `step` (a forward + backward at the run's shapes) with SDPA and with plain attention,
     alternating after one warm-up each; (SDPA is faster, {kernel: best seconds}). Under
     torch.distributed every process takes rank 0's times, so all choose the same kernel."""

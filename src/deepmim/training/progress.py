@@ -7,6 +7,7 @@ numbers are known), e.g.
 
     step 1200/18720 (6.4%) | epoch 2/40 | loss 1.4523 (block3 0.3641 block6 0.3598) | lr 1.20e-03 | 1432 img/s | ETA 1:02:11
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,13 +39,17 @@ def format_duration(seconds: float) -> str:
 
 def _head_losses(values: Dict[str, float]) -> str:
     """'loss_block6' -> 'block6 0.4123'; any other 'loss_*' key keeps its name after 'loss_'."""
-    parts = [f"{key[len('loss_'):]} {value:.4f}" for key, value in values.items()
-             if key.startswith("loss_") and isinstance(value, (int, float))]
+    parts = [
+        f"{key[len('loss_') :]} {value:.4f}"
+        for key, value in values.items()
+        if key.startswith("loss_") and isinstance(value, (int, float))
+    ]
     return f" ({' '.join(parts)})" if parts else ""
 
 
-def format_line(step: int, total: int, epoch: int, epochs: int, values: Dict[str, float],
-                eta_s: Optional[float]) -> str:
+def format_line(
+    step: int, total: int, epoch: int, epochs: int, values: Dict[str, float], eta_s: Optional[float]
+) -> str:
     """One self-contained progress line (see the module docstring)."""
     parts = [f"step {step}/{total} ({100.0 * step / max(total, 1):.1f}%)", f"epoch {epoch + 1}/{epochs}"]
     if "loss" in values:
@@ -61,8 +66,18 @@ def format_line(step: int, total: int, epoch: int, epochs: int, values: Dict[str
 class Progress:
     """The bar or the lines for steps `initial`..`stop_at` of a run of `total` steps."""
 
-    def __init__(self, total: int, initial: int, stop_at: int, steps_per_epoch: int, enabled: bool = True,
-                 style: str = "auto", every_s: float = 30.0, every_steps: int = 0, stream: TextIO = None):
+    def __init__(
+        self,
+        total: int,
+        initial: int,
+        stop_at: int,
+        steps_per_epoch: int,
+        enabled: bool = True,
+        style: str = "auto",
+        every_s: float = 30.0,
+        every_steps: int = 0,
+        stream: TextIO = None,
+    ):
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.stop_at, self.steps_per_epoch = total, stop_at, steps_per_epoch
         self.enabled = enabled
@@ -74,8 +89,10 @@ class Progress:
         self.bar = None
         if self.style == "bar":
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream,
-                            smoothing=0.1)
+
+            self.bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, file=self.stream, smoothing=0.1
+            )
 
     def update(self, n: int = 1) -> None:
         """After each optimizer step."""
@@ -85,8 +102,12 @@ class Progress:
     def show(self, step: int, epoch: int, values: Dict[str, float]) -> None:
         """At a logging step: the bar's numbers, or a line when one is due."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{values.get('lr', 0):.2e}",
-                                 img_s=f"{values.get('img_per_s', 0):.1f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{values.get('loss', float('nan')):.4f}",
+                lr=f"{values.get('lr', 0):.2e}",
+                img_s=f"{values.get('img_per_s', 0):.1f}",
+                refresh=False,
+            )
         elif self.style == "lines" and self.due(step):
             self.write_line(step, epoch, values)
 
@@ -111,7 +132,6 @@ class Progress:
             self.bar.close()
 
 
-
 def checkpoint_label(path) -> str:
     """A checkpoint as a bar names it: its run folder and file name ('pre/checkpoint-last.pt'), so two runs'
     checkpoint-last.pt are told apart."""
@@ -126,8 +146,15 @@ class LineBar:
     ETA 0:00:07`, at most one every `every_s` seconds, and a last one when it closes. Iterate through it
     (`for x in LineBar(loader, ...)`) or call update(n); disabled, it writes nothing."""
 
-    def __init__(self, iterable=None, total: Optional[int] = None, desc: str = "", enabled: bool = True,
-                 stream: TextIO = None, every_s: float = 30.0):
+    def __init__(
+        self,
+        iterable=None,
+        total: Optional[int] = None,
+        desc: str = "",
+        enabled: bool = True,
+        stream: TextIO = None,
+        every_s: float = 30.0,
+    ):
         self.iterable, self.desc, self.enabled, self.every_s = iterable, desc, enabled, every_s
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -150,8 +177,11 @@ class LineBar:
     def line(self) -> str:
         elapsed = time.perf_counter() - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.desc}: {self.n}" + (f"/{self.total} ({100.0 * self.n / max(self.total, 1):.1f}%)"
-                                             if self.total else ""), f"{rate:.1f}/s"]
+        parts = [
+            f"{self.desc}: {self.n}"
+            + (f"/{self.total} ({100.0 * self.n / max(self.total, 1):.1f}%)" if self.total else ""),
+            f"{rate:.1f}/s",
+        ]
         if self.total and 0 < self.n < self.total and rate > 0:
             parts.append(f"ETA {format_duration((self.total - self.n) / rate)}")
         elif self.total and self.n >= self.total:
@@ -169,13 +199,21 @@ class LineBar:
         self.enabled = False
 
 
-def task_bar(iterable=None, total: Optional[int] = None, desc: str = "", enabled: bool = True,
-             style: str = "auto", stream: TextIO = None, every_s: float = 30.0):
+def task_bar(
+    iterable=None,
+    total: Optional[int] = None,
+    desc: str = "",
+    enabled: bool = True,
+    style: str = "auto",
+    stream: TextIO = None,
+    every_s: float = 30.0,
+):
     """The console rule for every command's progress (feature extraction, probes, attention, ...): tqdm's
     bar on a terminal, whole lines (LineBar) anywhere else, nothing when disabled; never control codes
     in a file."""
     stream = stream if stream is not None else sys.stderr
     if enabled and resolve_style(style, stream) == "bar":
         from tqdm.auto import tqdm
+
         return tqdm(iterable, total=total, desc=desc, leave=False, file=stream, dynamic_ncols=True)
     return LineBar(iterable, total, desc, enabled, stream, every_s)

@@ -1,5 +1,6 @@
 """The RNG states a checkpoint carries for a bit-exact resume (the checkpoint file itself, its keys,
 names, atomic writes and reading, is deepmim.checkpoint's)."""
+
 from __future__ import annotations
 
 import random

@@ -1,11 +1,13 @@
 """MAE's learning-rate schedule, per optimizer step: linear warm-up, then half-cycle cosine."""
+
 from __future__ import annotations
 
 import math
 
 
-def warmup_cosine_lr(step: float, total_steps: float, warmup_steps: float, peak_lr: float, min_lr: float = 0.0
-                     ) -> float:
+def warmup_cosine_lr(
+    step: float, total_steps: float, warmup_steps: float, peak_lr: float, min_lr: float = 0.0
+) -> float:
     """lr at optimizer step `step` (0-based): peak*step/warmup during warm-up, then cosine to min_lr."""
     if step < warmup_steps:
         return peak_lr * step / warmup_steps
@@ -19,8 +21,15 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def warmup_poly_lr(step: float, total_steps: float, warmup_steps: float, peak_lr: float, min_lr: float = 0.0,
-                   power: float = 1.0, warmup_ratio: float = 1e-6) -> float:
+def warmup_poly_lr(
+    step: float,
+    total_steps: float,
+    warmup_steps: float,
+    peak_lr: float,
+    min_lr: float = 0.0,
+    power: float = 1.0,
+    warmup_ratio: float = 1e-6,
+) -> float:
     """mmcv's iteration-based 'poly' policy with linear warm-up (segmentation): the poly lr
     (peak - min) * (1 - step/total)**power + min, scaled during warm-up by a factor rising
     linearly from warmup_ratio to 1."""
@@ -37,6 +46,13 @@ def lr_at_step(optim, step: float, total_steps: float, warmup_steps: float, peak
     if schedule == "cosine":
         return warmup_cosine_lr(step, total_steps, warmup_steps, peak_lr, optim.min_lr)
     if schedule == "poly":
-        return warmup_poly_lr(step, total_steps, warmup_steps, peak_lr, optim.min_lr,
-                              getattr(optim, "poly_power", 1.0), getattr(optim, "warmup_ratio", 1e-6))
+        return warmup_poly_lr(
+            step,
+            total_steps,
+            warmup_steps,
+            peak_lr,
+            optim.min_lr,
+            getattr(optim, "poly_power", 1.0),
+            getattr(optim, "warmup_ratio", 1e-6),
+        )
     raise ValueError(f"unknown optim.schedule '{schedule}'; choose cosine or poly")

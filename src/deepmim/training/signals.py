@@ -16,6 +16,7 @@ KeyboardInterrupt as usual). Under SLURM, `train.requeue=true` puts the job back
 the save (`scontrol requeue $SLURM_JOB_ID`); the requeued job resumes from the checkpoint
 (`requested_resume` reads SLURM_RESTART_COUNT).
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,10 @@ def parse_signal(name: str) -> signal.Signals:
         return signal.Signals(int(text))
     text = text if text.startswith("SIG") else "SIG" + text
     if not hasattr(signal, text) or text in ("SIGKILL", "SIGSTOP"):
-        raise ValueError(f"train.save_signal must name a signal a process can catch, such as SIGUSR1, SIGUSR2 "
-                         f"or SIGTERM, got {name!r}")
+        raise ValueError(
+            f"train.save_signal must name a signal a process can catch, such as SIGUSR1, SIGUSR2 "
+            f"or SIGTERM, got {name!r}"
+        )
     return getattr(signal, text)
 
 
@@ -104,11 +107,13 @@ class StopSignals:
 
     def handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if os.getpid() != self.pid:  # a DataLoader worker forked while training: it carries on, the trainer
-            return                   # (which received the signal too, from the same terminal or scheduler) stops it
+            return  # (which received the signal too, from the same terminal or scheduler) stops it
         if self.received is None:
             self.received = signum
-            note = (f"deepmim: {signal_name(signum)} received: finishing this step, then saving a checkpoint "
-                    f"(a repeated signal is ignored until the save is done)\n")
+            note = (
+                f"deepmim: {signal_name(signum)} received: finishing this step, then saving a checkpoint "
+                f"(a repeated signal is ignored until the save is done)\n"
+            )
         else:
             self.repeats += 1
             note = f"deepmim: {signal_name(signum)} ignored: already stopping, the checkpoint is being written\n"

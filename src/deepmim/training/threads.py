@@ -6,6 +6,7 @@ measured 10-40x slow-downs from that on 2 cores. The rule here: the cores this p
 affinity and cgroup quota, divided among the torchrun processes of this machine) are split as
 workers + torch threads <= cores, with at least one torch thread; the main process runs the torch threads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,17 @@ class ThreadPlan:
             torch.set_num_threads(self.previous_threads)
 
     def describe(self) -> str:
-        clamp = "" if self.workers == self.requested_workers else \
-            f" (data.num_workers={self.requested_workers} lowered to fit)"
+        clamp = (
+            ""
+            if self.workers == self.requested_workers
+            else f" (data.num_workers={self.requested_workers} lowered to fit)"
+        )
         if self.fixed_workers and self.workers >= self.cores:
             clamp = " (kept: streamed shards are dealt to that many readers, which fixes the data order)"
-        return (f"threads: {self.cores} core(s) for this process -> {self.torch_threads} torch thread(s) + "
-                f"{self.workers} loader worker(s){clamp}")
+        return (
+            f"threads: {self.cores} core(s) for this process -> {self.torch_threads} torch thread(s) + "
+            f"{self.workers} loader worker(s){clamp}"
+        )
 
 
 def _cgroup_cpu_limit() -> Optional[float]:
@@ -77,8 +83,7 @@ def plan_threads(requested_workers: int, cores: Optional[int] = None, fixed_work
     return ThreadPlan(cores, max(1, cores - workers), workers, requested_workers, fixed_workers=fixed_workers)
 
 
-def apply_thread_plan(requested_workers: int, cores: Optional[int] = None, fixed_workers: bool = False
-                      ) -> ThreadPlan:
+def apply_thread_plan(requested_workers: int, cores: Optional[int] = None, fixed_workers: bool = False) -> ThreadPlan:
     """Choose the plan and set torch's intra-op threads to it (OMP_NUM_THREADS, when set, caps the
     threads: the user or a job scheduler asked for that many); `plan.restore()` undoes it."""
     import torch
@@ -88,15 +93,17 @@ def apply_thread_plan(requested_workers: int, cores: Optional[int] = None, fixed
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and 1 <= int(env) < threads:
         threads = int(env)
-    plan = ThreadPlan(plan.cores, threads, plan.workers, plan.requested_workers, torch.get_num_threads(),
-                      plan.fixed_workers)
+    plan = ThreadPlan(
+        plan.cores, threads, plan.workers, plan.requested_workers, torch.get_num_threads(), plan.fixed_workers
+    )
     torch.set_num_threads(plan.torch_threads)
     return plan
 
 
 @contextlib.contextmanager
-def planned_threads(requested_workers: int, cores: Optional[int] = None, fixed_workers: bool = False
-                    ) -> Iterator[ThreadPlan]:
+def planned_threads(
+    requested_workers: int, cores: Optional[int] = None, fixed_workers: bool = False
+) -> Iterator[ThreadPlan]:
     """apply_thread_plan for the duration of a run, then torch's previous thread count again."""
     plan = apply_thread_plan(requested_workers, cores, fixed_workers)
     try:
@@ -198,5 +205,7 @@ class ThreadAdapter:
         if threads == current:
             return None
         torch.set_num_threads(threads)
-        return (f"threads: {current} -> {threads} torch thread(s): other processes keep {others:.1f} of this "
-                f"process's {len(self.cpus)} core(s) busy (train.adapt_threads)")
+        return (
+            f"threads: {current} -> {threads} torch thread(s): other processes keep {others:.1f} of this "
+            f"process's {len(self.cpus)} core(s) busy (train.adapt_threads)"
+        )

@@ -15,6 +15,7 @@ What else they get: the run's config (W&B config, MLflow params without None val
 the config.yaml text), the epoch as a metric (`train/epoch`, next to the `<type>/<key>` scalars), and with
 `train.log_artifacts=true` config.yaml and the final weights (safetensors) as artifacts (W&B, MLflow).
 """
+
 from __future__ import annotations
 
 import json
@@ -98,6 +99,7 @@ class TensorBoardTracker(Tracker):
 
     def __init__(self, output_dir: Path, resume_step: Optional[int], config: Optional[Dict[str, Any]] = None):
         from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=resume_step)
         if config and resume_step is None:
             self.write_config(config)
@@ -132,12 +134,21 @@ class WandbTracker(Tracker):
     """A W&B run in output_dir/wandb (train.wandb.mode=offline: nothing leaves the machine; `wandb sync`).
     `skip_through`: on resume, the last step the run received (those rows are not sent again)."""
 
-    def __init__(self, output_dir: Path, cfg, config: Dict[str, Any], run_id: Optional[str],
-                 skip_through: Optional[int] = None):
+    def __init__(
+        self, output_dir: Path, cfg, config: Dict[str, Any], run_id: Optional[str], skip_through: Optional[int] = None
+    ):
         self.wandb = wandb = _optional("wandb", "wandb")
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or output_dir.name,
-                              mode=cfg.mode, tags=list(cfg.tags) or None, dir=str(output_dir), config=config,
-                              id=run_id, resume="allow" if run_id else None)
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            name=cfg.name or output_dir.name,
+            mode=cfg.mode,
+            tags=list(cfg.tags) or None,
+            dir=str(output_dir),
+            config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
         self.run_id = self.run.id
         self.skip_through = skip_through if run_id else None
 
@@ -159,8 +170,9 @@ class MlflowTracker(Tracker):
     """An MLflow run through MlflowClient. train.mlflow.tracking_uri unset: $MLFLOW_TRACKING_URI, else a
     file store in output_dir/mlruns (`mlflow ui --backend-store-uri runs/x/mlruns`)."""
 
-    def __init__(self, output_dir: Path, cfg, config: Dict[str, Any], run_id: Optional[str],
-                 skip_through: Optional[int] = None):
+    def __init__(
+        self, output_dir: Path, cfg, config: Dict[str, Any], run_id: Optional[str], skip_through: Optional[int] = None
+    ):
         _optional("mlflow", "mlflow")
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -177,7 +189,7 @@ class MlflowTracker(Tracker):
             run_id = self.client.create_run(experiment_id, run_name=cfg.run_name or output_dir.name).info.run_id
             params = [Param(k, v) for k, v in flat_config(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-                self.client.log_batch(run_id, params=params[i:i + 100])
+                self.client.log_batch(run_id, params=params[i : i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -185,6 +197,7 @@ class MlflowTracker(Tracker):
 
     def log(self, kind: str, step: int, values: Dict[str, Any]) -> None:
         from mlflow.entities import Metric
+
         if self.skip_through is not None and step <= self.skip_through:
             return
         now = int(time.time() * 1000)
@@ -199,8 +212,9 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(self.run_id)
 
 
-def build_trackers(names: Iterable[str], output_dir: Path, train_cfg, config: Dict[str, Any],
-                   resume_step: Optional[int]) -> List[Tracker]:
+def build_trackers(
+    names: Iterable[str], output_dir: Path, train_cfg, config: Dict[str, Any], resume_step: Optional[int]
+) -> List[Tracker]:
     """The trackers named (jsonl aside: MetricsLogger writes it); run ids kept for resume."""
     runs_file = output_dir / RUNS_FILE
     previous = json.loads(runs_file.read_text()) if resume_step is not None and runs_file.exists() else {}
@@ -238,8 +252,11 @@ def log_run_artifacts(trackers: List[Tracker], output_dir: Path, checkpoint: Opt
     if checkpoint is not None and Path(checkpoint).is_file():
         ckpt = read_checkpoint(checkpoint)
         with tempfile.TemporaryDirectory() as tmp:
-            weights = save_weights(ckpt.model_state, Path(tmp) / f"{ckpt.task or 'model'}-weights.safetensors",
-                                   {"format": "pt", "step": str(ckpt.step)})
+            weights = save_weights(
+                ckpt.model_state,
+                Path(tmp) / f"{ckpt.task or 'model'}-weights.safetensors",
+                {"format": "pt", "step": str(ckpt.step)},
+            )
             for tracker in trackers:
                 tracker.log_artifact(weights, "model")
         logged.append(f"the weights of {checkpoint}")
@@ -250,5 +267,7 @@ def _optional(module: str, extra: str):
     try:
         return __import__(module)
     except ImportError as err:
-        raise ConfigError(f"train.loggers includes {module}, which is not installed: pip install 'deepmim[{extra}]' "
-                          f"(or pip install {module}), or remove it from train.loggers") from err
+        raise ConfigError(
+            f"train.loggers includes {module}, which is not installed: pip install 'deepmim[{extra}]' "
+            f"(or pip install {module}), or remove it from train.loggers"
+        ) from err

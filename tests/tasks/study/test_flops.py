@@ -6,8 +6,8 @@ from tests.helpers.models import TINY_ENCODER
 
 
 def test_encoder_flops_match_the_hand_count():
-    from deepmim.models.encoder import MaskedViTEncoder
     from deepmim.config.schema import EncoderConfig
+    from deepmim.models.encoder import MaskedViTEncoder
     from deepmim.tasks.study.flops import classifier_flops_per_image, encoder_flops_per_image
 
     enc = EncoderConfig(**TINY_ENCODER)

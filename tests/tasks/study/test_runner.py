@@ -16,9 +16,7 @@ from deepmim.config.loader import ConfigError, list_recipes, recipe_task
 from deepmim.tasks.study import StudyChangedError, load_study_config, run_study
 from deepmim.tasks.study.runner import plan_study
 from deepmim.tasks.study.tables import render_markdown
-
 from tests.helpers.models import TINY_ENCODER
-
 
 HEAD = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
 QUIET = {"progress": False, "tensorboard": False, "device": "cpu", "precision": "fp32"}
@@ -28,16 +26,34 @@ def tiny_study(out: Path, **changes) -> dict:
     """MAE and the untrained encoder on 64 embedded 16px images, 2 seeds: 4 epochs x 8 steps of pre-training
     (a checkpoint every 2 steps, numbered copies every 2 epochs), 1 fine-tuning epoch, every measure."""
     study = {
-        "task": "study", "title": "tiny", "seeds": [0, 1], "output_dir": str(out),
+        "task": "study",
+        "title": "tiny",
+        "seeds": [0, 1],
+        "output_dir": str(out),
         "data": {"name": "embedded", "img_size": 16, "num_samples": 64, "num_workers": 0},
-        "pretrain": {"optim": {"base_lr": 1e-3, "warmup_epochs": 1},
-                     "train": {"epochs": 4, "batch_size": 8, "save_every_steps": 2, "save_every_epochs": 2,
-                               "plots": False, "log_every_steps": 4, **QUIET}},
+        "pretrain": {
+            "optim": {"base_lr": 1e-3, "warmup_epochs": 1},
+            "train": {
+                "epochs": 4,
+                "batch_size": 8,
+                "save_every_steps": 2,
+                "save_every_epochs": 2,
+                "plots": False,
+                "log_every_steps": 4,
+                **QUIET,
+            },
+        },
         "finetune": {"recipe": "finetune_demo", "overrides": {"train": {"epochs": 1, "batch_size": 16, **QUIET}}},
-        "arms": [{"name": "mae", "model": {"encoder": TINY_ENCODER, "heads": [{"block": 4, **HEAD}]}},
-                 {"name": "random", "kind": "random"}],
-        "evaluate": {"probe": {"epochs": 3, "batch_size": 32}, "attention_images": 16, "batch_size": 64,
-                     "device": "cpu"},
+        "arms": [
+            {"name": "mae", "model": {"encoder": TINY_ENCODER, "heads": [{"block": 4, **HEAD}]}},
+            {"name": "random", "kind": "random"},
+        ],
+        "evaluate": {
+            "probe": {"epochs": 3, "batch_size": 32},
+            "attention_images": 16,
+            "batch_size": 64,
+            "device": "cpu",
+        },
     }
     for key, value in changes.items():
         node = study
@@ -54,19 +70,26 @@ def write_recipe(path: Path, study: dict) -> Path:
 
 
 def study_command(recipe: Path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[3] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[3] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     return [sys.executable, "-m", "deepmim", "study", "--config", str(recipe)], env
 
 
 def comparable(results: dict, out: Path) -> dict:
     """The per-seed results without timings, with the study folder's path taken out."""
+
     def strip(node):
         if isinstance(node, dict):
             return {k: strip(v) for k, v in node.items() if k not in ("seconds", "summary")}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node.replace(str(out), "OUT") if isinstance(node, str) else node
+
     return strip({name: arm["seeds"] for name, arm in results["arms"].items()})
 
 
@@ -85,25 +108,39 @@ def finished(tmp_path_factory):
 def test_arms_and_seeds_make_their_runs_and_recorded_results(finished):
     out, results, done = finished
     assert list(results["arms"]) == ["mae", "random"] and results["seeds"] == [0, 1]
-    stages = {"mae": ["attention", "convergence", "finetune", "pretrain", "probe"],
-              "random": ["attention", "finetune", "init", "probe"]}
+    stages = {
+        "mae": ["attention", "convergence", "finetune", "pretrain", "probe"],
+        "random": ["attention", "finetune", "init", "probe"],
+    }
     for arm, names in stages.items():
         for seed in ("0", "1"):
             folder = out / arm / f"seed{seed}"
             assert sorted(p.stem for p in (folder / "stages").glob("*.json")) == names
             for name in names:
                 record = json.loads((folder / "stages" / f"{name}.json").read_text())
-                assert record["status"] == "done" and record["result"].items() <= {
-                    **results["arms"][arm]["seeds"][seed][name], "summary": record["result"].get("summary")}.items()
-            finetune = [json.loads(l) for l in (folder / "finetune" / "metrics.jsonl").read_text().splitlines()]
+                assert (
+                    record["status"] == "done"
+                    and record["result"].items()
+                    <= {**results["arms"][arm]["seeds"][seed][name], "summary": record["result"].get("summary")}.items()
+                )
+            finetune = [json.loads(line) for line in (folder / "finetune" / "metrics.jsonl").read_text().splitlines()]
             evals = [r for r in finetune if r["type"] == "eval"]
             assert results["arms"][arm]["seeds"][seed]["finetune"]["top1"] == evals[-1]["top1"]
             probe = results["arms"][arm]["seeds"][seed]["probe"]
-            assert sorted(probe["linear"]) == ["avg", "cls"] and sorted(probe["linear"]["cls"], key=int) == ["1", "2", "3", "4"]
+            assert sorted(probe["linear"]) == ["avg", "cls"] and sorted(probe["linear"]["cls"], key=int) == [
+                "1",
+                "2",
+                "3",
+                "4",
+            ]
             assert probe["train_images"] == probe["val_images"] == 64
     mae = out / "mae" / "seed0" / "pretrain"
-    assert sorted(p.name for p in mae.glob("checkpoint-*.pt")) == ["checkpoint-epoch0002.pt", "checkpoint-epoch0004.pt",
-                                                                    "checkpoint-last.pt", "checkpoint-prev.pt"]
+    assert sorted(p.name for p in mae.glob("checkpoint-*.pt")) == [
+        "checkpoint-epoch0002.pt",
+        "checkpoint-epoch0004.pt",
+        "checkpoint-last.pt",
+        "checkpoint-prev.pt",
+    ]
     assert results["arms"]["mae"]["seeds"]["0"]["convergence"]["epochs"] == [0, 2, 4]
     assert results["arms"]["mae"]["seeds"]["0"]["pretrain"]["images"] == 4 * 64
     # the seed drives the run: different weights for different seeds
@@ -139,8 +176,8 @@ def test_random_arm_is_the_initialisation_of_the_pretrain_arms(finished):
 def test_report_and_tables_come_from_the_results(finished):
     out, results, _ = finished
     html = (out / "report.html").read_text()
-    assert html.count("src=\"data:image/png;base64,") == len(results["figures"]) == 4
-    assert "src=\"http" not in html and "<link" not in html
+    assert html.count('src="data:image/png;base64,') == len(results["figures"]) == 4
+    assert 'src="http' not in html and "<link" not in html
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f["file"] for f in results["figures"])
     assert (out / "results.md").read_text().split("\n", 3)[3] == render_markdown(results).split("\n", 3)[3]
     assert results["machine"]["torch"] == torch.__version__ and results["machine"]["cpu"]
@@ -161,12 +198,17 @@ def test_killed_study_continues_where_it_stopped_and_ends_as_an_uninterrupted_on
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     returncode = proc.wait()
-    assert target.exists(), f"no {target.name} after the kill (the study's exit status: {returncode}); " \
+    assert target.exists(), (
+        f"no {target.name} after the kill (the study's exit status: {returncode}); "
         "its stderr:\n" + stderr_path.read_text(errors="replace")[-4000:]
+    )
     step = torch.load(target, weights_only=True)["step"]
     assert 6 <= step < 32, "the kill must land in the middle of seed 1's pre-training"
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.glob("*/seed*/stages/*.json")
-              if json.loads(p.read_text())["status"] == "done"}
+    before = {
+        p: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in out.glob("*/seed*/stages/*.json")
+        if json.loads(p.read_text())["status"] == "done"
+    }
     assert len(before) == 9  # seed 0: every stage of both arms
     kept_checkpoint = (out / "mae" / "seed0" / "pretrain" / "checkpoint-last.pt").stat().st_mtime_ns
 
@@ -209,12 +251,15 @@ def test_changed_inputs_are_refused_or_rerun_downstream_only(tmp_path):
 
     with pytest.raises(StudyChangedError, match=r"mae/seed0 pretrain: pretrain\.train\.epochs: 4 -> 2"):
         run_study(load_study_config(str(recipe), ["pretrain.train.epochs=2", "evaluate.probe.epochs=5"]), command="t")
-    rerun = run_study(load_study_config(str(recipe), ["pretrain.train.epochs=2", "evaluate.probe.epochs=5",
-                                                      "on_change=rerun"]), command="test")
+    rerun = run_study(
+        load_study_config(str(recipe), ["pretrain.train.epochs=2", "evaluate.probe.epochs=5", "on_change=rerun"]),
+        command="test",
+    )
     assert [label.split()[-1] for label in rerun["computed"]] == ["pretrain", "probe", "attention", "convergence"]
     assert rerun["arms"]["mae"]["seeds"]["0"]["pretrain"]["images"] == 2 * 64
-    assert sorted(p.name for p in (tmp_path / "out" / "mae" / "seed0" / "pretrain").glob("checkpoint-epoch*")) == \
-        ["checkpoint-epoch0002.pt"]  # the old run's folder was deleted, not resumed
+    assert sorted(p.name for p in (tmp_path / "out" / "mae" / "seed0" / "pretrain").glob("checkpoint-epoch*")) == [
+        "checkpoint-epoch0002.pt"
+    ]  # the old run's folder was deleted, not resumed
 
 
 def test_study_config_is_checked_before_any_work(tmp_path):
@@ -231,10 +276,12 @@ def test_study_config_is_checked_before_any_work(tmp_path):
     cfg = load_study_config(str(recipe), [f"arms.1.model={json.dumps(deeper)}"])
     with pytest.raises(ConfigError, match="different encoders.*depth"):
         run_study(cfg, command="test")
-    for override, message in (("pretrain.data={num_samples: 8}", "pretrain: data.num_samples is set by the study's own data"),
-                              ("pretrain.train.seed=3", "pretrain: train.seed is set by the study"),
-                              ("finetune.overrides.model.checkpoint=x.pt", "finetune.overrides: model.checkpoint"),
-                              ("arms.0.overrides=[data.hflip=false]", "arms.mae.overrides: data.hflip")):
+    for override, message in (
+        ("pretrain.data={num_samples: 8}", "pretrain: data.num_samples is set by the study's own data"),
+        ("pretrain.train.seed=3", "pretrain: train.seed is set by the study"),
+        ("finetune.overrides.model.checkpoint=x.pt", "finetune.overrides: model.checkpoint"),
+        ("arms.0.overrides=[data.hflip=false]", "arms.mae.overrides: data.hflip"),
+    ):
         with pytest.raises(ConfigError, match=message):
             load_study_config(str(recipe), [override])
     assert not (tmp_path / "out").exists()

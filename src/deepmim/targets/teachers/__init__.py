@@ -1,5 +1,6 @@
 """Frozen teachers for the `teacher` target. Every kind is loaded into a timm ViT (stand on
 timm: its CLIP converter, its position-embedding resampling), wrapped in `TeacherNet`."""
+
 from __future__ import annotations
 
 from typing import List, Tuple

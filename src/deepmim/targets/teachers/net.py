@@ -1,4 +1,5 @@
 """The frozen teacher every kind is loaded into: a timm ViT's patch tokens, optionally projected."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -19,8 +20,10 @@ class TeacherNet(nn.Module):
         super().__init__()
         patch_embed = getattr(vit, "patch_embed", None)
         if patch_embed is None or not hasattr(patch_embed, "patch_size") or not hasattr(vit, "forward_features"):
-            raise ConfigError(f"teacher target: {type(vit).__name__} is not a ViT with a patch embedding; "
-                              f"use a ViT-style teacher whose tokens form a patch grid")
+            raise ConfigError(
+                f"teacher target: {type(vit).__name__} is not a ViT with a patch embedding; "
+                f"use a ViT-style teacher whose tokens form a patch grid"
+            )
         self.vit = vit
         self.register_buffer("proj", proj, persistent=False)
         self.requires_grad_(False)
@@ -48,7 +51,8 @@ class TeacherNet(nn.Module):
                 raise ConfigError(
                     f"teacher target: the teacher's patch grid is {tuple(embed.grid_size)} and the student's "
                     f"{tuple(grid)}; {type(self.vit).__name__} cannot change its input size. Make the grids equal: "
-                    f"student img_size / patch_size must equal teacher img_size / patch_size")
+                    f"student img_size / patch_size must equal teacher img_size / patch_size"
+                )
             self.vit.set_input_size(img_size=size)
             self.requires_grad_(False)
         return size
@@ -57,5 +61,5 @@ class TeacherNet(nn.Module):
         tokens = self.vit.forward_features(x)
         if tokens.dim() != 3:
             raise ConfigError(f"teacher target: forward_features returned shape {tuple(tokens.shape)}, not tokens")
-        tokens = tokens[:, getattr(self.vit, "num_prefix_tokens", 1):]
+        tokens = tokens[:, getattr(self.vit, "num_prefix_tokens", 1) :]
         return tokens @ self.proj.to(tokens.dtype) if self.proj is not None else tokens

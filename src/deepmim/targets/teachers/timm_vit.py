@@ -1,4 +1,5 @@
 """Any timm ViT by model name + a local weights file (the classifier head is not needed)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -11,8 +12,9 @@ from ...config.schema import IMAGENET_MEAN, IMAGENET_STD
 from .net import MISFIT, TeacherNet
 
 
-def load_timm(path: str, name: Optional[str], model_kwargs: Dict[str, Any]
-              ) -> Tuple[TeacherNet, List[float], List[float]]:
+def load_timm(
+    path: str, name: Optional[str], model_kwargs: Dict[str, Any]
+) -> Tuple[TeacherNet, List[float], List[float]]:
     if not name:
         raise ConfigError("teacher target: kind=timm needs `model`, the timm model name (e.g. vit_base_patch16_224)")
     vit = timm.create_model(name, pretrained=False, num_classes=0, **model_kwargs)

@@ -1,4 +1,5 @@
 """The study's PNGs, drawn from results.json only: error bars are the sample std over seeds."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,11 @@ from .tables import best_block  # noqa: E402
 
 def _series(per_block: Dict[str, Dict[str, Any]]):
     blocks = sorted((b for b, ms in per_block.items() if ms.get("mean") is not None), key=int)
-    return ([int(b) for b in blocks], [per_block[b]["mean"] for b in blocks],
-            [per_block[b]["std"] or 0.0 for b in blocks])
+    return (
+        [int(b) for b in blocks],
+        [per_block[b]["mean"] for b in blocks],
+        [per_block[b]["std"] or 0.0 for b in blocks],
+    )
 
 
 def _save(fig, path: Path) -> str:
@@ -35,8 +39,16 @@ def probe_per_block(results: Dict[str, Any], path: Path) -> str:
             for kind, style in (("linear", "-o"), ("knn", "--s")):
                 xs, ys, es = _series(arm["aggregate"][kind].get(pool, {}))
                 if xs:
-                    ax.errorbar(xs, ys, yerr=es, fmt=style, color=colors(i % 10), markersize=4, capsize=3,
-                                label=f"{name} ({'linear' if kind == 'linear' else 'k-NN'})")
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=es,
+                        fmt=style,
+                        color=colors(i % 10),
+                        markersize=4,
+                        capsize=3,
+                        label=f"{name} ({'linear' if kind == 'linear' else 'k-NN'})",
+                    )
         ax.set_title(f"{pool} pooling")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("encoder block")
@@ -114,8 +126,16 @@ def accuracy_vs_flops(results: Dict[str, Any], path: Path) -> str:
         flops = agg["flops"]["training"]["mean"]
         if ms is None or not flops:
             continue
-        ax.errorbar([flops], [ms["mean"]], yerr=[ms["std"] or 0.0], fmt="o", color=colors(i % 10), capsize=4,
-                    markersize=7, label=name)
+        ax.errorbar(
+            [flops],
+            [ms["mean"]],
+            yerr=[ms["std"] or 0.0],
+            fmt="o",
+            color=colors(i % 10),
+            capsize=4,
+            markersize=7,
+            label=name,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs (pre-training + fine-tuning)")
     ax.set_ylabel(what)
@@ -127,14 +147,34 @@ def accuracy_vs_flops(results: Dict[str, Any], path: Path) -> str:
 
 def write_figures(results: Dict[str, Any], out: Path) -> List[Dict[str, str]]:
     """Every figure the results allow; returns [{section, file, caption}] for the report."""
-    figures = [("probe", probe_per_block(results, out / "probe_per_block.png"),
-                "linear probe and k-NN top-1 of every block, each pooling, mean ± std over seeds")]
+    figures = [
+        (
+            "probe",
+            probe_per_block(results, out / "probe_per_block.png"),
+            "linear probe and k-NN top-1 of every block, each pooling, mean ± std over seeds",
+        )
+    ]
     if any(a["aggregate"].get("convergence") for a in results["arms"].values()):
-        figures.append(("convergence", convergence(results, out / "convergence.png"),
-                        "best-block linear probe after each saved pre-training epoch, against epochs and FLOPs"))
+        figures.append(
+            (
+                "convergence",
+                convergence(results, out / "convergence.png"),
+                "best-block linear probe after each saved pre-training epoch, against epochs and FLOPs",
+            )
+        )
     if any("attention_mean" in a["aggregate"] for a in results["arms"].values()):
-        figures.append(("attention", attention_distance(results, out / "attention_distance.png"),
-                        "mean attention distance of the heads of every block, and their spread"))
-    figures.append(("headline", accuracy_vs_flops(results, out / "accuracy_vs_flops.png"),
-                    "accuracy against the training compute of each arm"))
+        figures.append(
+            (
+                "attention",
+                attention_distance(results, out / "attention_distance.png"),
+                "mean attention distance of the heads of every block, and their spread",
+            )
+        )
+    figures.append(
+        (
+            "headline",
+            accuracy_vs_flops(results, out / "accuracy_vs_flops.png"),
+            "accuracy against the training compute of each arm",
+        )
+    )
     return [{"section": s, "file": f, "caption": c} for s, f, c in figures]

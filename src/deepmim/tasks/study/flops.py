@@ -7,6 +7,7 @@ formula for CPU flash attention and would skip it. A stage's FLOPs are the count
 images it processed, so equal-compute comparisons can be read off next to equal-epoch ones. Optimizer
 updates, data loading and the linear probes / k-NN on cached features are not counted (tiny).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -57,8 +58,9 @@ def pretrain_flops_per_image(model_cfg: ModelConfig, images: torch.Tensor) -> fl
     return count_flops(lambda: model(images, noise=noise).loss.backward()) / images.shape[0]
 
 
-def classifier_flops_per_image(enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str,
-                               images: torch.Tensor) -> tuple:
+def classifier_flops_per_image(
+    enc: EncoderConfig, num_classes: int, img_size: int, global_pool: str, images: torch.Tensor
+) -> tuple:
     """(forward + backward with the loss, forward only) per image of the fine-tuning classifier."""
     from ...models.classifier import vit_classifier
 

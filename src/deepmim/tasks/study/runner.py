@@ -3,6 +3,7 @@
 Order: seed-major (every arm of seed 0, then seed 1, ...), so a partly finished study already compares
 all arms. results.json and results.md are rewritten after each arm/seed; figures and report.html at the end.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ from .stages import Stage, StageRunner, StudyChangedError, describe_change, inpu
 from .validate import validate_study
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Planned:
@@ -64,15 +66,20 @@ def check_plan(planned: List[Planned], on_change: str) -> int:
             if record is None:
                 continue
             if record["hash"] != inputs_hash(stage.inputs):
-                changed.append(f"{p.arm.name}/seed{p.seed} {stage.name}: {describe_change(record['inputs'], stage.inputs)}")
+                changed.append(
+                    f"{p.arm.name}/seed{p.seed} {stage.name}: {describe_change(record['inputs'], stage.inputs)}"
+                )
             elif record["status"] == "done":
                 done += 1
     if changed and on_change == "refuse":
         more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
         raise StudyChangedError(
             f"{len(changed)} stage(s) of this study were made with other inputs than the config asks for now:\n  "
-            + "\n  ".join(changed[:10]) + more + "\nResults would mix two configurations. Use another output_dir, "
-            "or pass on_change=rerun to delete and recompute the changed stages (and what depends on them).")
+            + "\n  ".join(changed[:10])
+            + more
+            + "\nResults would mix two configurations. Use another output_dir, "
+            "or pass on_change=rerun to delete and recompute the changed stages (and what depends on them)."
+        )
     return done
 
 
@@ -81,19 +88,23 @@ def check_arms(cfg: StudyConfig, arms: List[Arm]) -> None:
     from ...data import build_dataset
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("deepmim study runs in one process (each stage uses the machine's devices); run it "
-                          "without torchrun")
+        raise ConfigError(
+            "deepmim study runs in one process (each stage uses the machine's devices); run it without torchrun"
+        )
     encoders = {a.name: dataclasses.asdict(a.model_config().encoder) for a in arms}
     first = next(iter(encoders))
     for name, enc in encoders.items():
         if enc != encoders[first]:
-            raise ConfigError(f"arms '{first}' and '{name}' have different encoders ({describe_change(encoders[first], enc)});"
-                              f" a study compares one encoder architecture: align the arms' model settings")
+            raise ConfigError(
+                f"arms '{first}' and '{name}' have different encoders ({describe_change(encoders[first], enc)});"
+                f" a study compares one encoder architecture: align the arms' model settings"
+            )
     for split in (cfg.data.split, cfg.evaluate.val_split):
         classes = getattr(build_dataset(cfg.data, split), "classes", None)
         if not classes or len(classes) < 2:
-            raise ConfigError(f"the {split} split has no labels (or one class): probes and fine-tuning need a "
-                              f"labelled dataset")
+            raise ConfigError(
+                f"the {split} split has no labels (or one class): probes and fine-tuning need a labelled dataset"
+            )
 
 
 def run_study(cfg: StudyConfig, command: Optional[str] = None) -> Dict[str, Any]:
@@ -105,6 +116,7 @@ def run_study(cfg: StudyConfig, command: Optional[str] = None) -> Dict[str, Any]
     validate_study(cfg)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
+
     def log(message: str) -> None:  # called between stages: the stages' own output goes to their log files
         elapsed = int(time.perf_counter() - start)
         logger.info(f"study {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {message}")
@@ -136,6 +148,8 @@ def run_study(cfg: StudyConfig, command: Optional[str] = None) -> Dict[str, Any]
     write_json(out / "results.json", results)
     (out / "results.md").write_text(render_markdown(results))
     write_study_report(results, out, results["figures"])
-    log(f"finished: {len(runner.ran)} stages computed, {total - len(runner.ran)} taken from earlier runs; wrote "
-        f"{out / 'results.md'}, results.json, report.html and {len(results['figures'])} figures")
+    log(
+        f"finished: {len(runner.ran)} stages computed, {total - len(runner.ran)} taken from earlier runs; wrote "
+        f"{out / 'results.md'}, results.json, report.html and {len(results['figures'])} figures"
+    )
     return {**results, "out_dir": out, "computed": list(runner.ran)}

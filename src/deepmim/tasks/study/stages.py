@@ -8,6 +8,7 @@ for a stage whose inputs changed, stops with what changed (on_change=refuse) or 
 again (on_change=rerun). Inputs include the hash of the stage a stage reads from, so a change reaches
 everything downstream of it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,18 @@ from ...config.loader import ConfigError, flatten
 from ...training.jsonfile import dumps
 
 ON_CHANGE = ("refuse", "rerun")
-COSMETIC_KEYS = ("progress", "tensorboard", "plots", "num_workers", "log_every_steps", "output_dir", "resume",
-                 "overwrite", "divergence_factor", "reuse_host_memory")
+COSMETIC_KEYS = (
+    "progress",
+    "tensorboard",
+    "plots",
+    "num_workers",
+    "log_every_steps",
+    "output_dir",
+    "resume",
+    "overwrite",
+    "divergence_factor",
+    "reuse_host_memory",
+)
 
 
 class StudyChangedError(ConfigError):
@@ -77,8 +88,11 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
 def describe_change(old: Dict[str, Any], new: Dict[str, Any], limit: int = 8) -> str:
     """'train.epochs: 4 -> 6; ...' for the keys that differ."""
     a, b = flatten(json.loads(json.dumps(old, default=str))), flatten(json.loads(json.dumps(new, default=str)))
-    diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k)]
+    diffs = [
+        f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
     more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return "; ".join(diffs[:limit]) + more if diffs else "(its upstream stage changed)"
 
@@ -107,8 +121,11 @@ class StageRunner:
         base = {"stage": stage.name, "hash": digest, "inputs": stage.inputs, "attempts": attempts}
         write_json(record_path, {**base, "status": "running"})
         log_path = record_path.parent.parent / "logs" / f"{stage.name}.log"
-        self.log(f"start  {label}" + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else "")
-                 + (f"; log: {log_path}" if stage.folder is not None else ""))
+        self.log(
+            f"start  {label}"
+            + (f" (resuming, attempt {len(attempts)})" if len(attempts) > 1 else "")
+            + (f"; log: {log_path}" if stage.folder is not None else "")
+        )
         t0 = time.perf_counter()
         result = self._execute(stage, log_path, f"{label}, attempt {len(attempts)}")
         seconds = time.perf_counter() - t0 + sum(a.get("useful_s", 0.0) for a in attempts)
@@ -117,8 +134,7 @@ class StageRunner:
         self.log(f"done   {label} in {seconds:.1f} s" + _summary(result))
         return {**result, "seconds": seconds}
 
-    def _record_to_continue(self, stage: Stage, record_path: Path, label: str, digest: str
-                            ) -> Optional[Dict[str, Any]]:
+    def _record_to_continue(self, stage: Stage, record_path: Path, label: str, digest: str) -> Optional[Dict[str, Any]]:
         """The stage's record if it was made from the same inputs; otherwise refuse, or (on_change=rerun)
         delete the stage's folder and start over."""
         record = read_json(record_path)
@@ -129,14 +145,17 @@ class StageRunner:
                     f"{label} in {record_path.parent.parent} was {'run' if record['status'] == 'done' else 'started'}"
                     f" with other inputs than the study asks for now ({change}). Its results would mix two "
                     f"configurations: use another output_dir, or pass on_change=rerun to delete and recompute the "
-                    f"changed stages (and what depends on them)")
+                    f"changed stages (and what depends on them)"
+                )
             self.log(f"rerun  {label}: inputs changed ({change})")
             if stage.folder is not None and stage.folder.exists():
                 shutil.rmtree(stage.folder)
             return None
         if record is None and stage.folder is not None and stage.folder.exists() and any(stage.folder.iterdir()):
-            raise ConfigError(f"{stage.folder} exists but the study has no record of starting it: it was not "
-                              f"made by this study; move it away or use another output_dir")
+            raise ConfigError(
+                f"{stage.folder} exists but the study has no record of starting it: it was not "
+                f"made by this study; move it away or use another output_dir"
+            )
         return record
 
     def _execute(self, stage: Stage, log_path: Path, title: str) -> Dict[str, Any]:
@@ -152,8 +171,9 @@ class StageRunner:
                     log_file.write(f"=== failed: {type(err).__name__}: {err}\n")
                     raise
         except BaseException as err:  # said on the console, out of the redirection
-            self.log(f"failed {title} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); "
-                     f"its output: {log_path}")
+            self.log(
+                f"failed {title} after {time.perf_counter() - t0:.1f} s ({type(err).__name__}); its output: {log_path}"
+            )
             raise
 
     @staticmethod

@@ -1,5 +1,6 @@
 """A study config is checked before anything runs: names, kinds, seeds, pools, keys the study owns, and that
 every pretrain / finetune config it will make resolves (a typo stops here, not an hour in)."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,16 @@ POOLS = ("cls", "avg")
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Keys the study sets itself in every stage: a value given for them would be overwritten, so they are refused.
 PRETRAIN_OWNED = ("data", "model", "train.seed", "train.output_dir", "train.resume", "train.overwrite")
-FINETUNE_OWNED = ("data", "model.checkpoint", "model.preset", "val_split", "train.seed", "train.output_dir",
-                  "train.resume", "train.overwrite")
+FINETUNE_OWNED = (
+    "data",
+    "model.checkpoint",
+    "model.preset",
+    "val_split",
+    "train.seed",
+    "train.output_dir",
+    "train.resume",
+    "train.overwrite",
+)
 
 
 def load_study_config(recipe: Optional[str], overrides: Iterable[str] = ()) -> StudyConfig:
@@ -64,7 +73,9 @@ def _check_evaluate(cfg: StudyConfig) -> None:
         if not pools or any(p not in POOLS for p in pools):
             raise ConfigError(f"{key} must list some of {POOLS}, got {pools}")
     if ev.attention_images < 0:
-        raise ConfigError(f"evaluate.attention_images must be >= 0 (0: no attention distances), got {ev.attention_images}")
+        raise ConfigError(
+            f"evaluate.attention_images must be >= 0 (0: no attention distances), got {ev.attention_images}"
+        )
 
 
 def _dotted(tree, prefix: str = "") -> List[str]:
@@ -78,6 +89,8 @@ def _refuse_owned(keys: List[str], where: str, owned) -> None:
     for key in keys:
         hit = next((o for o in owned if key == o or key.startswith(o + ".")), None)
         if hit:
-            what = {"data": "the study's own data section (every arm and stage shares it)",
-                    "model": "the arm's model"}.get(hit, "the study, per seed and stage")
+            what = {
+                "data": "the study's own data section (every arm and stage shares it)",
+                "model": "the arm's model",
+            }.get(hit, "the study, per seed and stage")
             raise ConfigError(f"{where}: {key} is set by {what}; remove it here")

@@ -1,6 +1,7 @@
 """Arm kinds: how an arm gets the weights every measure reads. A new kind is one small module with an
 `Arm` subclass (its `kind` and `stage_name`) and one line in ARM_KINDS; results and tables read the
 training stages' names from here."""
+
 from __future__ import annotations
 
 from ....config.loader import ConfigError

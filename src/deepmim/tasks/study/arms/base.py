@@ -1,4 +1,5 @@
 """What every arm kind provides: its model, and the stage that produces the weights the measures read."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..stages import Stage
 def yaml_value(value: Any) -> str:
     """A value as the right-hand side of a key=value override (YAML flow style, quoted where needed)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
-    return text[:-len("\n...\n")] if text.endswith("\n...\n") else text.strip()
+    return text[: -len("\n...\n")] if text.endswith("\n...\n") else text.strip()
 
 
 def mapping_overrides(tree: Dict[str, Any], prefix: str = "") -> List[str]:

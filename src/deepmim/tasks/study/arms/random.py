@@ -5,6 +5,7 @@ every pretrain arm with the same encoder config starts from (MAE and DeepMIM ali
 Its frozen features are the floor the probes are read against; fine-tuning it with the study's recipe is
 supervised training from scratch (same code path, same recipe, only the weights differ).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,12 @@ class RandomArm(Arm):
 
         def run():
             write_initial_checkpoint(model, seed, path)
-            return {"checkpoint": str(path), "epoch_checkpoints": None, "images": 0, "flops": 0,
-                    "summary": f"untrained encoder written to {path}"}
+            return {
+                "checkpoint": str(path),
+                "epoch_checkpoints": None,
+                "images": 0,
+                "flops": 0,
+                "summary": f"untrained encoder written to {path}",
+            }
 
         return Stage(self.stage_name, {"kind": self.kind, "model": dataclasses.asdict(model), "seed": seed}, run)
