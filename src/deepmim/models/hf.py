@@ -67,11 +67,10 @@ def check_mae_layout(cfg: ModelConfig) -> HeadConfig:
     return last
 
 
-def vit_config(enc: EncoderConfig) -> Dict[str, Any]:
-    """config.json of a transformers ViTModel with this encoder's architecture."""
+def transformer_sizes(enc: EncoderConfig, image_size: int) -> Dict[str, Any]:
+    """The keys every transformers ViT-family config (ViT, ViTMAE, BEiT) spells the same way: sizes, GELU, no
+    dropout, the LayerNorm eps, the input."""
     return {
-        "model_type": "vit",
-        "architectures": ["ViTModel"],
         "hidden_size": enc.embed_dim,
         "num_hidden_layers": enc.depth,
         "num_attention_heads": enc.num_heads,
@@ -79,11 +78,20 @@ def vit_config(enc: EncoderConfig) -> Dict[str, Any]:
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
         "layer_norm_eps": enc.norm_eps,
-        "image_size": enc.img_size,
+        "image_size": image_size,
         "patch_size": enc.patch_size,
         "num_channels": enc.in_chans,
+    }
+
+
+def vit_config(enc: EncoderConfig) -> Dict[str, Any]:
+    """config.json of a transformers ViTModel with this encoder's architecture."""
+    return {
+        "model_type": "vit",
+        "architectures": ["ViTModel"],
+        **transformer_sizes(enc, enc.img_size),
+        "initializer_range": 0.02,
         "qkv_bias": enc.qkv_bias,
         "encoder_stride": enc.patch_size,
     }
@@ -367,18 +375,8 @@ def upernet_config(
     ours (use_mean_pooling: the BEiT model then builds no final LayerNorm, which the backbone never applies)."""
     backbone = {
         "model_type": "beit",
-        "image_size": crop_size,
-        "patch_size": enc.patch_size,
-        "num_channels": enc.in_chans,
-        "hidden_size": enc.embed_dim,
-        "num_hidden_layers": enc.depth,
-        "num_attention_heads": enc.num_heads,
-        "intermediate_size": int(enc.embed_dim * enc.mlp_ratio),
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
+        **transformer_sizes(enc, crop_size),
         "drop_path_rate": 0.0,
-        "layer_norm_eps": enc.norm_eps,
         "use_absolute_position_embeddings": True,
         "use_relative_position_bias": rel_pos_bias,
         "use_shared_relative_position_bias": False,
