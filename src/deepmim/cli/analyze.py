@@ -82,11 +82,7 @@ def run(args) -> int:
     parse_probe_args(args, "checkpoints")
     shorthand = data_overrides(data)
     cfg = load_analyze_config(args.config, shorthand + args.overrides)
-    source = "given"
-    if args.checkpoints:
-        cfg, source = resolve_scored_data(
-            cfg, args.checkpoints, args.config, args.overrides, "analyze", extra=shorthand
-        )
+    cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "analyze", extra=shorthand)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0

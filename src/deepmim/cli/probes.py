@@ -86,9 +86,7 @@ def knn(args) -> int:
 
     parse_probe_args(args, "checkpoint")
     cfg = load_probe_config(args.config, args.overrides)
-    source = "given"
-    if args.checkpoints:
-        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "knn")
+    cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "knn")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
@@ -132,9 +130,7 @@ def probe_layers(args) -> int:
 
     parse_probe_args(args, "checkpoints")
     cfg = load_probe_config(args.config, args.overrides)
-    source = "given"
-    if args.checkpoints:
-        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "probe-layers")
+    cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "probe-layers")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
@@ -159,9 +155,7 @@ def linprobe(args) -> int:
     if args.blocks:
         raise ValueError("linprobe reads the last block only; use probe-layers for --blocks")
     cfg = load_linprobe_config(args.config, args.overrides)
-    source = "given"
-    if args.checkpoints:
-        cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "linprobe")
+    cfg, source = resolve_scored_data(cfg, args.checkpoints, args.config, args.overrides, "linprobe")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0

@@ -77,7 +77,9 @@ def resolve_scored_data(
     extra: Iterable[str] = (),
 ) -> Tuple[C, str]:
     """`cfg` with the data to score `checkpoints` on, and where that choice came from (for the record).
-    See the module docstring for the rule."""
+    See the module docstring for the rule. No checkpoints (--print-config alone): `cfg` as given."""
+    if not checkpoints:
+        return cfg, "given"
     given = given_data(recipe, overrides, extra)
     first = checkpoints[0]
     recorded = recorded_data(first)
