@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from deepmim.checkpoint import LAST, PREV
-from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, TrainConfig
+from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, PretrainTrainConfig
 from tests.helpers.models import tiny_model_config
 
 TINY = [
@@ -50,9 +50,10 @@ def strict_load(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def tiny_pretrain_config(out: Path, **train) -> PretrainConfig:
-    """16px embedded shapes, 64 images, batch 16: 4 steps an epoch, a second or two per run. Torch's thread
-    count stays fixed (adapt_threads=False): tests compare runs bit for bit, whatever else the machine runs."""
+def tiny_pretrain_config(out: Path, heads=(2, 4), num_samples: int = 64, **train) -> PretrainConfig:
+    """16px embedded shapes, 64 images, batch 16: 4 steps an epoch, a second or two per run; `train`: any
+    train.* field (the online probe's too). Torch's thread count stays fixed (adapt_threads=False): tests
+    compare runs bit for bit, whatever else the machine runs."""
     defaults = dict(
         epochs=2,
         batch_size=16,
@@ -68,10 +69,10 @@ def tiny_pretrain_config(out: Path, **train) -> PretrainConfig:
     )
     defaults.update(train)
     return PretrainConfig(
-        model=tiny_model_config(),
-        data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
+        model=tiny_model_config(heads=heads),
+        data=DataConfig(name="embedded", img_size=16, num_samples=num_samples, num_workers=0),
         optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-        train=TrainConfig(**defaults),
+        train=PretrainTrainConfig(**defaults),
     )
 
 

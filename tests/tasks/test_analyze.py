@@ -17,17 +17,9 @@ import torch
 
 from deepmim import create_model
 from deepmim.cli.main import main
-from deepmim.config.schema import (
-    DataConfig,
-    EncoderConfig,
-    HeadConfig,
-    ModelConfig,
-    OptimConfig,
-    PretrainConfig,
-    TrainConfig,
-)
+from deepmim.config.schema import EncoderConfig, HeadConfig, ModelConfig
 from deepmim.tasks.analyze import data_overrides, epoch_checkpoints, load_analyze_config, run_analyze
-from tests.helpers.models import tiny_model_config
+from tests.helpers.runs import tiny_pretrain_config
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -58,25 +50,7 @@ def test_epoch_checkpoints_named_by_epochs_trained(tmp_path):
 def tiny_run(out: Path, heads) -> Path:
     from deepmim.tasks.pretrain import run_pretrain
 
-    cfg = PretrainConfig(
-        model=tiny_model_config(heads=heads),
-        data=DataConfig(name="embedded", img_size=16, num_samples=64, num_workers=0),
-        optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-        train=TrainConfig(
-            epochs=2,
-            batch_size=16,
-            output_dir=str(out),
-            log_every_steps=1,
-            progress=False,
-            tensorboard=False,
-            plots=False,
-            precision="fp32",
-            device="cpu",
-            seed=3,
-            save_every_epochs=1,
-        ),
-    )
-    run_pretrain(cfg)
+    run_pretrain(tiny_pretrain_config(out, heads=heads, save_every_epochs=1))
     return out / "checkpoint-last.pt"
 
 

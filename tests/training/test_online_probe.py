@@ -6,38 +6,17 @@ import pytest
 import torch
 
 from deepmim.config.loader import ConfigError
-from deepmim.config.schema import DataConfig, OptimConfig, PretrainConfig, PretrainTrainConfig
+from deepmim.config.schema import DataConfig, PretrainConfig
 from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.training.online_probe import resolve_probe_blocks
 from tests.helpers.data import separable_idx
-from tests.helpers.models import tiny_model_config
-from tests.helpers.runs import rows
+from tests.helpers.runs import rows, tiny_pretrain_config
 
 
 def probe_config(out: Path, online_probe: bool = True, num_samples: int = 64, **train) -> PretrainConfig:
     """The 16px tiny run of test_training (4 blocks, heads on 2 and 4), with or without the probe."""
-    defaults = dict(
-        epochs=2,
-        batch_size=16,
-        output_dir=str(out),
-        log_every_steps=1,
-        progress=False,
-        tensorboard=False,
-        plots=False,
-        precision="fp32",
-        device="cpu",
-        seed=3,
-        online_probe=online_probe,
-        online_probe_blocks="all",
-        online_probe_val_images=32,
-    )
-    defaults.update(train)
-    return PretrainConfig(
-        model=tiny_model_config(),
-        data=DataConfig(name="embedded", img_size=16, num_samples=num_samples, num_workers=0),
-        optim=OptimConfig(base_lr=1e-3, warmup_epochs=1),
-        train=PretrainTrainConfig(**defaults),
-    )
+    probe = {"online_probe_blocks": "all", "online_probe_val_images": 32, **train}
+    return tiny_pretrain_config(out, num_samples=num_samples, online_probe=online_probe, **probe)
 
 
 def checkpoint(out: Path):
