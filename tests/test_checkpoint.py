@@ -45,7 +45,7 @@ from deepmim.tasks.pretrain import load_pretrain_config, run_pretrain
 from deepmim.tasks.segment import load_segment_config, load_segmentor, run_segment_eval, run_segment_train
 from tests.helpers.cli import cli_error, single_line_cli_error, traceback_free_cli_error
 from tests.helpers.data import tiny_data
-from tests.helpers.runs import TINY, copy_run, tiny_pretrain_config
+from tests.helpers.runs import TINY, copy_run, tiny_pretrain_config, tiny_segment_overrides
 
 COMMON = ["train.progress=false", "train.tensorboard=false", "train.device=cpu", "train.precision=fp32"]
 
@@ -97,22 +97,11 @@ def runs(tmp_path_factory):
         load_segment_config(
             "upernet_demo",
             [
-                f"model.checkpoint={pre.checkpoint}",
-                "model.channels=16",
-                "model.aux_channels=8",
-                "data.img_size=16",
-                "data.scale=[16,16]",
-                "data.crop_size=16",
-                "data.num_samples=8",
+                *tiny_segment_overrides(pre.checkpoint, tmp / "seg"),
                 "data.val_samples=3",
-                "data.num_workers=0",
-                "eval.crop_size=16",
                 "train.batch_size=4",
                 "train.iterations=2",
-                "train.eval_every=2",
                 "optim.warmup_iters=1",
-                f"train.output_dir={tmp / 'seg'}",
-                *COMMON,
             ],
         )
     )

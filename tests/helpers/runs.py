@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import List
 
 import torch
 
@@ -84,3 +85,26 @@ def assert_same_weights(a, b):
     assert sorted(a) == sorted(b)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def tiny_segment_overrides(checkpoint, out) -> List[str]:
+    """The overrides every tiny `upernet_demo` run shares: 16px embedded shapes (8 images), the tiny
+    pre-trained encoder `checkpoint`, a small head, validation every 2 iterations, output in `out`, on the CPU in
+    fp32, quiet. Each run adds its own validation size, batch, iterations and warm-up."""
+    return [
+        f"model.checkpoint={checkpoint}",
+        "model.channels=16",
+        "model.aux_channels=8",
+        "data.img_size=16",
+        "data.scale=[16,16]",
+        "data.crop_size=16",
+        "data.num_samples=8",
+        "data.num_workers=0",
+        "eval.crop_size=16",
+        "train.eval_every=2",
+        f"train.output_dir={out}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.device=cpu",
+        "train.precision=fp32",
+    ]
