@@ -245,15 +245,3 @@ def write_timm_folder(
     save_weights(state, out / TIMM_WEIGHTS, metadata)
     (out / TIMM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
-
-
-def is_timm_folder(path) -> bool:
-    """A folder whose config.json is timm's (an `architecture`, no transformers `model_type`)."""
-    config = Path(path) / TIMM_CONFIG
-    if not (Path(path).is_dir() and config.is_file()):
-        return False
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "architecture" in data and "model_type" not in data
