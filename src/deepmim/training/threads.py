@@ -182,7 +182,9 @@ class ThreadAdapter:
 
     def others_cores(self) -> Optional[float]:
         """Cores of this process's set that other processes kept busy since the last call (None: too soon
-        or unknown)."""
+        or unknown). Too soon is decided on the clock alone: /proc is read at most every `min_seconds`."""
+        if self.clock() - self.last[0] < self.min_seconds:
+            return None
         now = self.sample()
         (t0, busy0, own0), (t1, busy1, own1) = self.last, now
         if busy0 is None or busy1 is None or t1 - t0 < self.min_seconds:
