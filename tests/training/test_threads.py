@@ -139,7 +139,13 @@ def test_adapt_threads_is_on_by_default_and_false_keeps_the_planned_count(tmp_pa
     from deepmim.config.schema import TrainConfig
 
     assert TrainConfig().adapt_threads is True
+    adapters = []  # every ThreadAdapter a run builds, whatever the number of cores here
+    build = ThreadAdapter.__init__
+    monkeypatch.setattr(ThreadAdapter, "__init__", lambda self, *a, **k: adapters.append(self) or build(self, *a, **k))
     monkeypatch.setattr(ThreadAdapter, "others_cores", lambda self: float(len(self.cpus)))  # every core taken
-    result = run_pretrain(tiny_pretrain_config(tmp_path / "run", epochs=1, adapt_threads=False))
-    assert result.finished
-    assert "(train.adapt_threads)" not in capsys.readouterr().err  # never re-planned, however busy the cores
+    for adapt in (False, True):
+        result = run_pretrain(tiny_pretrain_config(tmp_path / f"adapt-{adapt}", epochs=1, adapt_threads=adapt))
+        assert result.finished
+        assert len(adapters) == int(adapt)  # false: no adapter at all, so the count is never re-planned
+        if not adapt:
+            assert "(train.adapt_threads)" not in capsys.readouterr().err
